@@ -1,0 +1,121 @@
+//! Wiring: the store, the services and the router of one server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::http::router::{Router, routes};
+use crate::model::User;
+use crate::service::{self, NewUserInput, Services};
+use crate::store::{self, Store};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database file could not be opened.
+    #[error("cannot open the database {path}: {source}")]
+    Store {
+        /// The file.
+        path: String,
+        /// Why.
+        source: store::Error,
+    },
+    /// The administrator from the configuration could not be created.
+    #[error("cannot create the administrator: {0}")]
+    Admin(service::Error),
+}
+
+/// A running server's state, shared by every connection.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Business rules over the store.
+    pub services: Arc<Services>,
+    /// The route table.
+    pub router: Router,
+    /// `ansible --version`, looked up on first use.
+    ansible: OnceCell<String>,
+}
+
+impl App {
+    /// Opens the store, creates the configured administrator if missing, builds the router.
+    ///
+    /// # Errors
+    /// [`StartError`] when the database cannot be opened (in use, unreadable) or the
+    /// administrator cannot be created.
+    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        let path = config.db.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| StartError::Store {
+                path: config.db.display().to_string(),
+                source: store::Error::Db(redb::Error::Io(std::io::Error::other(e.to_string()))),
+            })?
+            .map_err(|source| StartError::Store {
+                path: config.db.display().to_string(),
+                source,
+            })?;
+        let services = Services::new(store, &config);
+        let app = Arc::new(Self {
+            config,
+            services,
+            router: Router::new(routes()),
+            ansible: OnceCell::new(),
+        });
+        if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
+            tracing::info!(login = %user.username, "created administrator");
+        }
+        Ok(app)
+    }
+
+    /// Creates the administrator named by `FORGE_ADMIN`/`FORGE_ADMIN_PASSWORD` unless a user
+    /// with that login already exists (its password is then left alone).
+    async fn bootstrap_admin(&self) -> service::Result<Option<User>> {
+        let (Some(login), Some(password)) = (&self.config.admin, &self.config.admin_password)
+        else {
+            return Ok(None);
+        };
+        if self.services.store().user_by_login(login)?.is_some() {
+            return Ok(None);
+        }
+        let input = NewUserInput {
+            username: login.clone(),
+            name: self
+                .config
+                .admin_name
+                .clone()
+                .unwrap_or_else(|| login.clone()),
+            email: self
+                .config
+                .admin_email
+                .clone()
+                .unwrap_or_else(|| format!("{login}@localhost")),
+            password: password.0.clone(),
+            admin: true,
+            ..NewUserInput::default()
+        };
+        self.services.add_user(input).await.map(Some)
+    }
+
+    /// The first line(s) `ansible --version` prints, or `""` when ansible is not installed.
+    pub async fn ansible_version(&self) -> &str {
+        self.ansible
+            .get_or_init(|| async {
+                let run = tokio::process::Command::new("ansible")
+                    .arg("--version")
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(Duration::from_secs(10), run).await {
+                    Ok(Ok(out)) if out.status.success() => {
+                        String::from_utf8_lossy(&out.stdout).into_owned()
+                    }
+                    _ => String::new(),
+                }
+            })
+            .await
+    }
+}

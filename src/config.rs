@@ -1,0 +1,158 @@
+//! Server configuration. Every field is a `forge serve` flag and an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::clock::ClockHandle;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// Default database file.
+pub const DEFAULT_DB: &str = "./forge.redb";
+const DEFAULT_SESSION_IDLE_SECS: i64 = 7 * 24 * 3600;
+const DEFAULT_LOGIN_MAX_FAILURES: u32 = 5;
+const DEFAULT_LOGIN_WINDOW_SECS: i64 = 15 * 60;
+const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+
+/// Configuration of a Forge server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "FORGE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// The database file (created if missing).
+    #[arg(long, env = "FORGE_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// Mark the session cookie `Secure` (serve behind HTTPS).
+    #[arg(long, env = "FORGE_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
+    /// A session unused for this many seconds expires (sliding).
+    #[arg(long, env = "FORGE_SESSION_IDLE_SECS", default_value_t = DEFAULT_SESSION_IDLE_SECS)]
+    pub session_idle_secs: i64,
+
+    /// Failed logins allowed per account or client address within the window.
+    #[arg(long, env = "FORGE_LOGIN_MAX_FAILURES", default_value_t = DEFAULT_LOGIN_MAX_FAILURES)]
+    pub login_max_failures: u32,
+
+    /// Length of the login-throttling window, in seconds.
+    #[arg(long, env = "FORGE_LOGIN_WINDOW_SECS", default_value_t = DEFAULT_LOGIN_WINDOW_SECS)]
+    pub login_window_secs: i64,
+
+    /// scrypt cost for new password hashes (log2 N); old hashes keep their own cost.
+    #[arg(long, env = "FORGE_SCRYPT_LOG_N", default_value_t = scrypt::Params::RECOMMENDED_LOG_N,
+          value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub scrypt_log_n: u8,
+
+    /// Largest request body accepted, in bytes (larger → 413).
+    #[arg(long, env = "FORGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a client has to send its request headers (slow-loris guard).
+    #[arg(long, env = "FORGE_HEADER_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a client has to send its request body.
+    #[arg(long, env = "FORGE_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+
+    /// Let non-admin users create projects.
+    #[arg(long, env = "FORGE_NON_ADMIN_CAN_CREATE_PROJECT")]
+    pub non_admin_can_create_project: bool,
+
+    /// Public URL of this server, reported by `/api/info`.
+    #[arg(long, env = "FORGE_WEB_HOST", default_value = "")]
+    pub web_host: String,
+
+    /// Create this administrator on start unless a user with this login exists.
+    #[arg(long, env = "FORGE_ADMIN")]
+    pub admin: Option<String>,
+
+    /// Password of that administrator (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "FORGE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+
+    /// Email of that administrator (default `<login>@localhost`).
+    #[arg(long, env = "FORGE_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// Display name of that administrator (default: the login).
+    #[arg(long, env = "FORGE_ADMIN_NAME")]
+    pub admin_name: Option<String>,
+
+    /// Time source; tests inject a manual clock.
+    #[arg(skip)]
+    pub clock: ClockHandle,
+}
+
+impl Config {
+    /// The defaults, with the database at `db`; for embedding and tests.
+    #[must_use]
+    pub fn with_db(db: PathBuf) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+            db,
+            secure_cookies: false,
+            session_idle_secs: DEFAULT_SESSION_IDLE_SECS,
+            login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
+            login_window_secs: DEFAULT_LOGIN_WINDOW_SECS,
+            scrypt_log_n: scrypt::Params::RECOMMENDED_LOG_N,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            non_admin_can_create_project: false,
+            web_host: String::new(),
+            admin: None,
+            admin_password: None,
+            admin_email: None,
+            admin_name: None,
+            clock: ClockHandle::default(),
+        }
+    }
+}
+
+/// A secret string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn with_db_matches_the_flag_defaults() {
+        if std::env::vars().any(|(k, _)| k.starts_with("FORGE_")) {
+            eprintln!("skipped: FORGE_* variables are set in this environment");
+            return;
+        }
+        let parsed = Cli::parse_from(["forge"]).config;
+        let built = Config::with_db(DEFAULT_DB.into());
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The one response body type and its constructors, and request-body decoding.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Every response body Forge sends.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+{
+    body.map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+#[must_use]
+pub fn empty() -> Body {
+    boxed(Empty::new())
+}
+
+/// A body holding `bytes`.
+#[must_use]
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    boxed(Full::new(bytes.into()))
+}
+
+/// A response with `status` and no body (204 and friends).
+#[must_use]
+pub fn status(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(empty());
+    *res.status_mut() = status;
+    res
+}
+
+/// A JSON response: `application/json`, the value, and a trailing newline as upstream sends.
+#[must_use]
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    // Serializing Forge's own response types cannot fail: they hold no maps with non-string
+    // keys and no failing Serialize impls.
+    let mut bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+    bytes.push(b'\n');
+    let mut res = Response::new(full(bytes));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// A plain-text response.
+#[must_use]
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// Why a request body did not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+/// Decodes a JSON request body as Go's `encoding/json` would for upstream: unknown fields are
+/// ignored, missing fields take their defaults (request types use `#[serde(default)]`), and
+/// `null` means "all defaults". An empty body or invalid JSON is an error that names the
+/// offending field where there is one.
+///
+/// # Errors
+/// [`DecodeError`] with a message for the client.
+pub fn decode<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError(
+            "request body must be JSON, got an empty body".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: Option<T> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            DecodeError(format!("invalid JSON body: {inner}"))
+        } else {
+            DecodeError(format!("invalid JSON in field `{path}`: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| DecodeError(format!("invalid JSON body: {e}")))?;
+    Ok(value.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Login {
+        auth: Option<String>,
+        password: Option<String>,
+        admin: Option<bool>,
+    }
+
+    #[test]
+    fn go_like_decoding() {
+        let l: Login = decode(br#"{"auth":"a","extra":[1,2]}"#).unwrap();
+        assert_eq!(l.auth.as_deref(), Some("a"));
+        assert_eq!(l.password, None);
+        assert_eq!(decode::<Login>(b"null").unwrap(), Login::default());
+        assert_eq!(
+            decode::<Login>(br#"{"auth":null}"#).unwrap(),
+            Login::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = decode::<Login>(br#"{"auth":"a","admin":"yes"}"#).unwrap_err();
+        assert!(e.0.contains("`admin`"), "{}", e.0);
+        assert!(decode::<Login>(b"").unwrap_err().0.contains("empty"));
+        assert!(decode::<Login>(b"{").is_err());
+        assert!(decode::<Login>(b"{} {}").is_err());
+        assert!(decode::<Login>(b"[1]").is_err());
+    }
+}

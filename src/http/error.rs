@@ -1,0 +1,98 @@
+//! Errors an HTTP handler returns, and the one function that renders them.
+
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use super::body::{self, Body};
+use crate::service;
+
+/// An error answered to the client; every one is rendered as `{"error": "..."}`.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with a message for the client.
+    BadRequest(String),
+    /// 401: missing, invalid or expired credentials (and upstream's user-route denials).
+    Unauthorized,
+    /// 403: authenticated but not allowed.
+    Forbidden,
+    /// 404: no such object or route.
+    NotFound,
+    /// 405: the path exists with other methods (listed in `Allow`).
+    MethodNotAllowed(String),
+    /// 408: the body did not arrive in time.
+    Timeout,
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge(usize),
+    /// 429: too many failed logins.
+    TooManyRequests(u64),
+    /// 500: logged where it is created, never detailed to the client.
+    Internal,
+}
+
+impl ApiError {
+    /// A 500 that logs its cause (the only place internal detail goes).
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        ApiError::Internal
+    }
+
+    /// Renders the error as a response.
+    #[must_use]
+    pub fn into_response(self) -> Response<Body> {
+        let (status, message) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication required".into()),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "permission denied".into()),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not found".into()),
+            ApiError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+            }
+            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out".into()),
+            ApiError::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            ),
+            ApiError::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins, try again later".into(),
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error".into(),
+            ),
+        };
+        let mut res = body::json(status, &serde_json::json!({ "error": message }));
+        match self {
+            ApiError::TooManyRequests(secs) => {
+                res.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    res.headers_mut().insert(hyper::header::ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<service::Error> for ApiError {
+    fn from(e: service::Error) -> Self {
+        match e {
+            service::Error::NotFound => ApiError::NotFound,
+            service::Error::Invalid(m) => ApiError::BadRequest(m),
+            service::Error::Unauthorized => ApiError::Unauthorized,
+            service::Error::Forbidden => ApiError::Forbidden,
+            service::Error::Throttled { retry_after } => ApiError::TooManyRequests(retry_after),
+            e @ service::Error::Internal(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<body::DecodeError> for ApiError {
+    fn from(e: body::DecodeError) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}

@@ -1,0 +1,35 @@
+//! Health and server information.
+
+use hyper::StatusCode;
+use serde::Serialize;
+
+use crate::http::Req;
+use crate::http::body;
+use crate::http::router::HandlerResult;
+
+/// `GET|HEAD /api/ping`: liveness, text `pong`. No side effects, no auth.
+pub async fn ping(_req: Req) -> HandlerResult {
+    Ok(body::text(StatusCode::OK, "pong"))
+}
+
+#[derive(Serialize)]
+struct Info<'a> {
+    version: &'a str,
+    ansible: &'a str,
+    web_host: &'a str,
+    use_remote_runner: bool,
+}
+
+/// `GET /api/info`: version, `ansible --version` (run once, on first request), web host.
+pub async fn info(req: Req) -> HandlerResult {
+    let ansible = req.app.ansible_version().await;
+    Ok(body::json(
+        StatusCode::OK,
+        &Info {
+            version: crate::VERSION,
+            ansible,
+            web_host: &req.app.config.web_host,
+            use_remote_runner: false,
+        },
+    ))
+}

@@ -1,0 +1,171 @@
+//! The one route table, and a matchit router per method over it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::{Method, Response};
+
+use super::Req;
+use super::auth::Need;
+use super::body::Body;
+use super::error::ApiError;
+use super::handlers::{meta, session, tokens, users};
+
+/// What a handler returns.
+pub type HandlerResult = Result<Response<Body>, ApiError>;
+/// A boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+/// A route's handler.
+pub type Handler = fn(Req) -> HandlerFuture;
+
+/// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// HTTP method (HEAD is served by every GET route).
+    pub method: Method,
+    /// Path pattern, e.g. `/api/users/{id}`.
+    pub path: &'static str,
+    /// Required authentication.
+    pub need: Need,
+    /// The handler.
+    pub handler: Handler,
+}
+
+macro_rules! route {
+    ($method:ident $path:literal, $need:ident, $handler:path) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            need: Need::$need,
+            handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+        }
+    };
+}
+
+/// Every route Forge serves.
+#[must_use]
+pub fn routes() -> Vec<Route> {
+    vec![
+        route!(GET "/api/ping", Anonymous, meta::ping),
+        route!(GET "/api/info", User, meta::info),
+        route!(GET "/api/auth/login", Anonymous, session::login_options),
+        route!(POST "/api/auth/login", Anonymous, session::login),
+        route!(POST "/api/auth/logout", Anonymous, session::logout),
+        route!(GET "/api/user", User, users::current),
+        route!(GET "/api/user/tokens", User, tokens::list),
+        route!(POST "/api/user/tokens", User, tokens::create),
+        route!(DELETE "/api/user/tokens/{token_id}", User, tokens::expire),
+        route!(GET "/api/users", User, users::list),
+        route!(POST "/api/users", User, users::create),
+        route!(GET "/api/users/{user_id}", User, users::get),
+        route!(PUT "/api/users/{user_id}", User, users::update),
+        route!(DELETE "/api/users/{user_id}", User, users::delete),
+        route!(POST "/api/users/{user_id}/password", User, users::set_password),
+    ]
+}
+
+/// The outcome of looking a request up.
+#[derive(Debug)]
+pub enum Lookup<'r> {
+    /// A route, with its path parameters.
+    Found(&'r Route, Vec<(String, String)>),
+    /// The path exists for these other methods.
+    MethodNotAllowed(String),
+    /// No route has this path.
+    NotFound,
+}
+
+/// Routes indexed by method.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+    by_method: HashMap<Method, matchit::Router<usize>>,
+}
+
+impl Router {
+    /// Builds the router over `routes`.
+    ///
+    /// # Panics
+    /// When two routes conflict: the table is static, so this is a programming error caught by
+    /// every test that starts a server.
+    #[must_use]
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut by_method: HashMap<Method, matchit::Router<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            by_method
+                .entry(r.method.clone())
+                .or_default()
+                .insert(r.path, i)
+                .unwrap_or_else(|e| panic!("route table conflict at {} {}: {e}", r.method, r.path));
+        }
+        Self { routes, by_method }
+    }
+
+    /// Finds the route for `method` and `path` (HEAD is looked up as GET).
+    #[must_use]
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        if let Some(m) = self.by_method.get(method).and_then(|r| r.at(path).ok()) {
+            let params = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            return Lookup::Found(&self.routes[*m.value], params);
+        }
+        let mut allowed: Vec<&str> = self
+            .by_method
+            .iter()
+            .filter(|(_, r)| r.at(path).is_ok())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        if allowed.is_empty() {
+            return Lookup::NotFound;
+        }
+        if allowed.contains(&"GET") {
+            allowed.push("HEAD");
+        }
+        allowed.sort_unstable();
+        Lookup::MethodNotAllowed(allowed.join(", "))
+    }
+
+    /// The route table.
+    #[must_use]
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_paths_and_params() {
+        let r = Router::new(routes());
+        match r.lookup(&Method::GET, "/api/users/12") {
+            Lookup::Found(route, params) => {
+                assert_eq!(route.path, "/api/users/{user_id}");
+                assert_eq!(params, [("user_id".to_owned(), "12".to_owned())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.lookup(&Method::HEAD, "/api/ping"),
+            Lookup::Found(..)
+        ));
+        match r.lookup(&Method::PATCH, "/api/users/1") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "DELETE, GET, HEAD, PUT"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.lookup(&Method::GET, "/api/nope"),
+            Lookup::NotFound
+        ));
+    }
+}

@@ -1,0 +1,35 @@
+//! Forge: a self-hosted automation server, wire-compatible with the Semaphore UI API.
+//!
+//! # Layout
+//! - [`config`]: every setting, as flags and environment variables.
+//! - [`app`]: wiring of the store, services and router ([`app::App`]).
+//! - [`server`]: the accept loop and graceful shutdown ([`server::serve`]).
+//! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, handlers.
+//! - [`service`]: business rules: passwords, sessions, tokens, throttling, users.
+//! - [`store`]: the redb file: tables, the record codec, one module per entity.
+//! - [`model`]: the plain stored types. [`clock`]: injectable time.
+//!
+//! Dependencies point one way: `http → service → store → model`.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use app::App;
+pub use config::Config;
+pub use server::serve;
+
+/// `<version>-<short commit>-<unix build time>`, upstream's format for `/api/info`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "-",
+    env!("FORGE_COMMIT"),
+    "-",
+    env!("FORGE_BUILD_TIME")
+);

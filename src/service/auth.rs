@@ -1,0 +1,229 @@
+//! Logins, sessions and API tokens.
+//!
+//! Secrets (session ids, API tokens) are 256-bit random values; only their SHA-256 is stored.
+//! Looking a secret up by its hash is an exact comparison whose timing reveals nothing about
+//! the secret (the attacker does not control the hash), so no separate constant-time compare
+//! of the raw value is needed.
+
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+use super::{Error, Result, Services, blocking};
+use crate::model::{ApiToken, SecretHash, Session, User};
+
+/// Length of an API token: 32 random bytes, padded URL-safe base64, lower-cased (upstream's
+/// shape, `^[a-z0-9_-]{43}=$`).
+pub const TOKEN_LEN: usize = 44;
+
+/// Seconds between two recorded activity updates of one session; requests in between do not
+/// write at all.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+/// Where a login comes from.
+#[derive(Debug, Clone)]
+pub struct LoginClient {
+    /// Client address (throttling key, stored with the session).
+    pub ip: String,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+/// SHA-256 of a secret.
+#[must_use]
+pub fn secret_hash(secret: &str) -> SecretHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new API token string.
+#[must_use]
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE.encode(bytes).to_lowercase()
+}
+
+/// Whether `s` has the shape of an API token (as opposed to a listed handle).
+#[must_use]
+pub fn looks_like_token(s: &str) -> bool {
+    s.len() == TOKEN_LEN && s.ends_with('=')
+}
+
+/// The non-secret handle listed for a token: 16 hex digits of its hash.
+fn handle_of(hash: &SecretHash) -> String {
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Services {
+    /// Checks a login and opens a session; returns the session id for the cookie.
+    ///
+    /// # Errors
+    /// [`Error::Throttled`] after too many failures for the account or the address;
+    /// [`Error::Unauthorized`] for an unknown user, a wrong password or an external user.
+    pub async fn login(
+        &self,
+        login: &str,
+        password: String,
+        client: LoginClient,
+    ) -> Result<String> {
+        let account_key = format!("user:{}", login.to_lowercase());
+        let ip_key = format!("ip:{}", client.ip);
+        let keys = [account_key.as_str(), ip_key.as_str()];
+        self.throttle
+            .check(&keys, self.now())
+            .map_err(|retry_after| Error::Throttled { retry_after })?;
+
+        let user = self.store.user_by_login(login)?;
+        let phc = user
+            .as_ref()
+            .filter(|u| !u.external)
+            .map(|u| u.password_hash.clone());
+        let ok = self.hasher.verify(password, phc).await?;
+        let Some(user) = user.filter(|_| ok) else {
+            self.throttle.fail(&keys, self.now());
+            return Err(Error::Unauthorized);
+        };
+        self.throttle.clear(&account_key);
+
+        let id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let now = self.now();
+        let session = Session {
+            user_id: user.id,
+            created: now,
+            last_active: now,
+            ip: client.ip,
+            user_agent: client.user_agent,
+        };
+        let store = self.store.clone();
+        let hash = secret_hash(&id);
+        blocking(move || Ok(store.create_session(&hash, &session)?)).await?;
+        Ok(id)
+    }
+
+    /// Revokes the session with id `session_id`, if it exists.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn logout(&self, session_id: &str) -> Result<()> {
+        let store = self.store.clone();
+        let hash = secret_hash(session_id);
+        blocking(move || Ok(store.revoke_session(&hash).map(drop)?)).await
+    }
+
+    /// The user a session id belongs to, with the session's hash; `None` for an unknown or
+    /// idle-expired session (which is then deleted). Activity is recorded at most once a
+    /// minute per session.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn session_user(&self, session_id: &str) -> Result<Option<(User, SecretHash)>> {
+        let hash = secret_hash(session_id);
+        let Some(session) = self.store.session(&hash)? else {
+            return Ok(None);
+        };
+        let now = self.now();
+        if now - session.last_active > self.session_idle_secs {
+            let store = self.store.clone();
+            blocking(move || Ok(store.revoke_session(&hash).map(drop)?)).await?;
+            return Ok(None);
+        }
+        let Some(user) = self.store.user(session.user_id)? else {
+            return Ok(None);
+        };
+        if now - session.last_active >= TOUCH_EVERY_SECS {
+            let store = self.store.clone();
+            blocking(move || Ok(store.touch_session(&hash, now)?)).await?;
+        }
+        Ok(Some((user, hash)))
+    }
+
+    /// The user an API token belongs to; `None` for an unknown or expired token. One hash and
+    /// one read transaction, no write.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn token_user(&self, token: &str) -> Result<Option<User>> {
+        let Some(t) = self.store.token(&secret_hash(token))? else {
+            return Ok(None);
+        };
+        if t.expired {
+            return Ok(None);
+        }
+        Ok(self.store.user(t.user_id)?)
+    }
+
+    /// Creates an API token for `user`; returns the token itself (shown once) and its record.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn create_token(&self, user: &User) -> Result<(String, ApiToken)> {
+        let token = new_token();
+        let hash = secret_hash(&token);
+        let record = ApiToken {
+            user_id: user.id,
+            handle: handle_of(&hash),
+            created: self.now(),
+            expired: false,
+        };
+        let store = self.store.clone();
+        let stored = record.clone();
+        blocking(move || Ok(store.create_token(&hash, &stored)?)).await?;
+        Ok((token, record))
+    }
+
+    /// Every token of `user`, expired ones included.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn tokens(&self, user: &User) -> Result<Vec<ApiToken>> {
+        Ok(self.store.tokens_of(user.id)?)
+    }
+
+    /// Expires one of `user`'s tokens, named by its listed handle or by the token itself.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `user` has no such token.
+    pub async fn expire_token(&self, user: &User, id: &str) -> Result<()> {
+        let store = self.store.clone();
+        let user_id = user.id;
+        if looks_like_token(id) {
+            let hash = secret_hash(id);
+            blocking(move || Ok(store.expire_token_by_hash(user_id, &hash)?)).await
+        } else {
+            let handle = id.to_owned();
+            blocking(move || Ok(store.expire_token_by_handle(user_id, &handle)?)).await
+        }
+    }
+
+    /// Deletes sessions idle for longer than the idle timeout; returns how many.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn sweep_sessions(&self) -> Result<usize> {
+        let store = self.store.clone();
+        let before = self.now() - self.session_idle_secs;
+        blocking(move || Ok(store.sweep_sessions(before)?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_shape_matches_upstream() {
+        for _ in 0..200 {
+            let t = new_token();
+            assert_eq!(t.len(), TOKEN_LEN);
+            assert!(t.ends_with('='));
+            assert!(
+                t[..43]
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+            );
+            assert!(looks_like_token(&t));
+        }
+        let h = handle_of(&secret_hash("x"));
+        assert_eq!(h.len(), 16);
+        assert!(!looks_like_token(&h));
+    }
+}

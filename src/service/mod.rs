@@ -1,0 +1,107 @@
+//! Business rules: authentication (passwords, sessions, API tokens, throttling) and users.
+//! Services sit between the HTTP layer and the store and know nothing of HTTP.
+
+pub mod auth;
+mod password;
+mod throttle;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::clock::ClockHandle;
+use crate::config::Config;
+use crate::store::{self, Store};
+
+pub use auth::LoginClient;
+pub use users::{NewUserInput, UserUpdate};
+
+/// What a service call can fail with; the HTTP layer maps each variant to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist (or the caller may not learn that it does).
+    #[error("not found")]
+    NotFound,
+    /// The request breaks a rule; the message is shown to the client.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not authenticated, or (as upstream answers for user routes) not allowed.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Authenticated but lacking a permission.
+    #[error("forbidden")]
+    Forbidden,
+    /// Too many failed logins; retry after this many seconds.
+    #[error("too many failed logins")]
+    Throttled {
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// An internal failure; logged, never shown in detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::NotFound => Error::NotFound,
+            store::Error::Conflict(msg) => Error::Invalid(msg.to_owned()),
+            e @ store::Error::LastAdmin => Error::Invalid(e.to_string()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Shorthand for service results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The services of one server, sharing one store.
+#[derive(Debug)]
+pub struct Services {
+    store: Store,
+    clock: ClockHandle,
+    hasher: password::Hasher,
+    throttle: throttle::Throttle,
+    session_idle_secs: i64,
+    non_admin_can_create_project: bool,
+}
+
+impl Services {
+    /// Services over `store`, configured by `config`.
+    #[must_use]
+    pub fn new(store: Store, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock: config.clock.clone(),
+            hasher: password::Hasher::new(config.scrypt_log_n),
+            throttle: throttle::Throttle::new(config.login_max_failures, config.login_window_secs),
+            session_idle_secs: config.session_idle_secs,
+            non_admin_can_create_project: config.non_admin_can_create_project,
+        })
+    }
+
+    /// The store these services write to.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Current time, Unix seconds.
+    #[must_use]
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Whether non-admin users may create projects (`can_create_project`).
+    #[must_use]
+    pub fn non_admin_can_create_project(&self) -> bool {
+        self.non_admin_can_create_project
+    }
+}
+
+/// Runs blocking work (a durable redb write, scrypt) off the async reactor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
