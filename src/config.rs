@@ -91,6 +91,9 @@ pub struct Config {
 
 impl Config {
     /// The defaults, with the database at `db`; for embedding and tests.
+    ///
+    /// # Panics
+    /// Never: the default listen address is a valid literal.
     #[must_use]
     pub fn with_db(db: PathBuf) -> Self {
         Self {

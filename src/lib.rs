@@ -11,6 +11,7 @@
 //!
 //! Dependencies point one way: `http → service → store → model`.
 #![forbid(unsafe_code)]
+#![warn(clippy::pedantic, missing_docs)]
 
 pub mod app;
 pub mod clock;

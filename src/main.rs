@@ -1,5 +1,8 @@
 //! The `forge` binary: `forge serve`, `forge user add`, `forge user list`.
 
+#![forbid(unsafe_code)]
+#![warn(clippy::pedantic)]
+
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -65,7 +65,7 @@ pub fn parse_authorization(value: &[u8]) -> Option<Result<&str, ()>> {
         };
     }
     let token = rest.trim_ascii_start();
-    let valid = !token.is_empty() && token.iter().all(|b| b.is_ascii_graphic());
+    let valid = !token.is_empty() && token.iter().all(u8::is_ascii_graphic);
     if !valid || token.len() == rest.len() {
         return Some(Err(()));
     }
@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn authorization_cases() {
-        let ok = |v: &str| parse_authorization(v.as_bytes());
+        fn ok(v: &str) -> Option<Result<&str, ()>> {
+            parse_authorization(v.as_bytes())
+        }
         assert_eq!(ok("Bearer abc="), Some(Ok("abc=")));
         assert_eq!(ok("bearer abc"), Some(Ok("abc")));
         assert_eq!(ok("BEARER   abc"), Some(Ok("abc")));
@@ -170,7 +172,9 @@ mod tests {
 
     #[test]
     fn cookie_cases() {
-        let c = |h: &str| parse_cookie(h.as_bytes(), "semaphore");
+        fn c(h: &str) -> Option<&str> {
+            parse_cookie(h.as_bytes(), "semaphore")
+        }
         assert_eq!(c("semaphore=abc"), Some("abc"));
         assert_eq!(c("a=1; semaphore=abc; b=2"), Some("abc"));
         assert_eq!(c("a=1;semaphore=\"abc\""), Some("abc"));

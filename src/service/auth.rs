@@ -50,7 +50,19 @@ pub fn looks_like_token(s: &str) -> bool {
 
 /// The non-secret handle listed for a token: 16 hex digits of its hash.
 fn handle_of(hash: &SecretHash) -> String {
-    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&hash[..8])
+}
+
+/// Lower-case hex of `bytes`.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl Services {

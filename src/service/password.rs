@@ -1,5 +1,5 @@
 //! scrypt password hashing on the blocking pool, bounded so that a login storm cannot take
-//! every core or unbounded memory (each hash at log_n 17 uses 128 MiB).
+//! every core or unbounded memory (each hash at `log_n` 17 uses 128 MiB).
 
 use std::sync::Arc;
 
@@ -57,10 +57,7 @@ impl Hasher {
         self.dummy
             .get_or_try_init(|| async move {
                 let random: [u8; 16] = rand::random();
-                let password = random
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>();
+                let password = super::auth::hex(&random);
                 blocking(move || hash_sync(params, &password)).await
             })
             .await

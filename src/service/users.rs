@@ -163,9 +163,9 @@ impl Services {
                 if user.external && new_hash.is_some() {
                     return Err(Error::Invalid("an external user has no password".into()));
                 }
-                user.name = update.name.trim().to_owned();
-                user.username = update.username.trim().to_owned();
-                user.email = update.email.trim().to_owned();
+                update.name.trim().clone_into(&mut user.name);
+                update.username.trim().clone_into(&mut user.username);
+                update.email.trim().clone_into(&mut user.email);
                 user.alert = update.alert;
                 user.admin = update.admin;
                 if let Some(hash) = new_hash {
