@@ -186,6 +186,77 @@ mod tests {
         assert_eq!(c(""), None);
     }
 
+    fn user(admin: bool) -> User {
+        User {
+            id: 1,
+            created: 0,
+            username: "u".into(),
+            name: "u".into(),
+            email: "u@x".into(),
+            admin,
+            external: false,
+            alert: false,
+            password_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn requirements_against_callers() {
+        assert!(matches!(Need::Anonymous.admit(Auth::Anonymous), Ok(None)));
+        assert!(matches!(Need::Anonymous.admit(Auth::Invalid), Ok(None)));
+        assert!(matches!(
+            Need::Anonymous.admit(Auth::User(user(false))),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            Need::User.admit(Auth::Anonymous),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            Need::User.admit(Auth::Invalid),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            Need::User.admit(Auth::User(user(false))),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            Need::Admin.admit(Auth::Anonymous),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            Need::Admin.admit(Auth::User(user(false))),
+            Err(ApiError::Forbidden)
+        ));
+        assert!(matches!(
+            Need::Admin.admit(Auth::User(user(true))),
+            Ok(Some(_))
+        ));
+    }
+
+    #[test]
+    fn credentials_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Credentials::from_headers(&h), Credentials::Missing);
+        h.insert(COOKIE, "x=1; semaphore=sid".parse().unwrap());
+        assert_eq!(
+            Credentials::from_headers(&h),
+            Credentials::Session("sid".into())
+        );
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(
+            Credentials::from_headers(&h),
+            Credentials::Session("sid".into())
+        );
+        h.insert(AUTHORIZATION, "Bearer tok".parse().unwrap());
+        assert_eq!(
+            Credentials::from_headers(&h),
+            Credentials::Bearer("tok".into())
+        );
+        h.insert(AUTHORIZATION, "Bearer a b".parse().unwrap());
+        assert_eq!(Credentials::from_headers(&h), Credentials::Invalid);
+    }
+
     proptest! {
         #[test]
         fn bearer_round_trips(token in "[A-Za-z0-9_=.~+/-]{1,64}", spaces in 1usize..4) {
