@@ -8,6 +8,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 use crate::http::router::{Router, routes};
 use crate::model::User;
+use crate::service::secrets::{Cipher, KeyError};
 use crate::service::{self, NewUserInput, Services};
 use crate::store::{self, Store};
 
@@ -22,6 +23,9 @@ pub enum StartError {
         /// Why.
         source: store::Error,
     },
+    /// The server key for secrets is missing, malformed or wrong.
+    #[error("{0}")]
+    Key(KeyError),
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
@@ -58,7 +62,8 @@ impl App {
                 path: config.db.display().to_string(),
                 source,
             })?;
-        let services = Services::new(store, &config);
+        let cipher = Cipher::load(&config, &store).map_err(StartError::Key)?;
+        let services = Services::new(store, cipher, &config);
         let app = Arc::new(Self {
             config,
             services,

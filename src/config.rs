@@ -84,12 +84,35 @@ pub struct Config {
     #[arg(long, env = "FORGE_ADMIN_NAME")]
     pub admin_name: Option<String>,
 
+    /// The server key sealing secrets at rest: 32 bytes as 64 hex digits or base64. Overrides
+    /// the key file.
+    #[arg(long, env = "FORGE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+
+    /// File holding the server key (created 0600 on first start); default: the db path + `.key`.
+    #[arg(long, env = "FORGE_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// App ids templates may use besides `bash`, `python` and `ansible` (comma-separated).
+    #[arg(long, env = "FORGE_EXTRA_APPS", value_delimiter = ',')]
+    pub extra_apps: Vec<String>,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
 }
 
 impl Config {
+    /// Where the server key file is: the flag, or the database path with `.key` appended.
+    #[must_use]
+    pub fn key_file(&self) -> PathBuf {
+        self.secret_key_file.clone().unwrap_or_else(|| {
+            let mut name = self.db.as_os_str().to_owned();
+            name.push(".key");
+            PathBuf::from(name)
+        })
+    }
+
     /// The defaults, with the database at `db`; for embedding and tests.
     ///
     /// # Panics
@@ -115,6 +138,9 @@ impl Config {
             admin_password: None,
             admin_email: None,
             admin_name: None,
+            secret_key: None,
+            secret_key_file: None,
+            extra_apps: Vec::new(),
             clock: ClockHandle::default(),
         }
     }

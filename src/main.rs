@@ -166,7 +166,11 @@ async fn user(cmd: UserCommand) -> ExitCode {
             };
             let mut config = Config::with_db(db);
             config.scrypt_log_n = scrypt_log_n;
-            let services = Services::new(store, &config);
+            let cipher = match forge::service::secrets::Cipher::load(&config, &store) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let services = Services::new(store, cipher, &config);
             let input = NewUserInput {
                 username: login,
                 email,

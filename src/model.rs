@@ -58,3 +58,353 @@ pub struct ApiToken {
     /// Revoked; an expired token never authenticates.
     pub expired: bool,
 }
+
+/// A project id.
+pub type ProjectId = u64;
+
+/// A project: the unit of membership and of every resource below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Server-assigned id.
+    pub id: ProjectId,
+    /// Display name (non-empty).
+    pub name: String,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Send alerts for this project's tasks.
+    pub alert: bool,
+    /// Chat to alert, if any.
+    pub alert_chat: Option<String>,
+    /// Tasks of this project that may run at once; 0 = unlimited.
+    pub max_parallel_tasks: u32,
+    /// Free-form project type (upstream's `type`, usually empty).
+    pub kind: String,
+}
+
+/// A member's role in a project; each grants a set of [`Permissions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything in the project.
+    Owner,
+    /// Run tasks and manage resources.
+    Manager,
+    /// Run and stop tasks.
+    TaskRunner,
+    /// Read only.
+    Guest,
+}
+
+/// Permission bits, as upstream encodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions(pub u8);
+
+impl Permissions {
+    /// Run, stop and confirm tasks.
+    pub const RUN_TASKS: Self = Self(1);
+    /// Change or delete the project itself.
+    pub const UPDATE_PROJECT: Self = Self(2);
+    /// Create, change and delete keys, repositories, inventories, environments, templates.
+    pub const MANAGE_RESOURCES: Self = Self(4);
+    /// Add, change and remove members.
+    pub const MANAGE_USERS: Self = Self(8);
+    /// Nothing beyond reading.
+    pub const NONE: Self = Self(0);
+    /// Every bit.
+    pub const ALL: Self = Self(15);
+
+    /// Whether every bit of `other` is set here.
+    #[must_use]
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl Role {
+    /// The wire name (`owner`, `manager`, `task_runner`, `guest`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Manager => "manager",
+            Role::TaskRunner => "task_runner",
+            Role::Guest => "guest",
+        }
+    }
+
+    /// Parses a wire name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "manager" => Some(Role::Manager),
+            "task_runner" => Some(Role::TaskRunner),
+            "guest" => Some(Role::Guest),
+            _ => None,
+        }
+    }
+
+    /// What the role may do.
+    #[must_use]
+    pub fn permissions(self) -> Permissions {
+        match self {
+            Role::Owner => Permissions::ALL,
+            Role::Manager => {
+                Permissions(Permissions::RUN_TASKS.0 | Permissions::MANAGE_RESOURCES.0)
+            }
+            Role::TaskRunner => Permissions::RUN_TASKS,
+            Role::Guest => Permissions::NONE,
+        }
+    }
+
+    /// Compact storage form.
+    #[must_use]
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Role::Owner => 0,
+            Role::Manager => 1,
+            Role::TaskRunner => 2,
+            Role::Guest => 3,
+        }
+    }
+
+    /// Inverse of [`Role::to_u8`]; unknown values read as the least privilege.
+    #[must_use]
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Role::Owner,
+            1 => Role::Manager,
+            2 => Role::TaskRunner,
+            _ => Role::Guest,
+        }
+    }
+}
+
+/// The kind of an access key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// No credentials.
+    None,
+    /// An SSH private key (with optional login and passphrase).
+    Ssh,
+    /// A login and password.
+    LoginPassword,
+    /// A single secret string (environment secrets).
+    String,
+}
+
+impl KeyKind {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::None => "none",
+            KeyKind::Ssh => "ssh",
+            KeyKind::LoginPassword => "login_password",
+            KeyKind::String => "string",
+        }
+    }
+
+    /// Parses a wire name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(KeyKind::None),
+            "ssh" => Some(KeyKind::Ssh),
+            "login_password" => Some(KeyKind::LoginPassword),
+            "string" => Some(KeyKind::String),
+            _ => None,
+        }
+    }
+}
+
+/// The plaintext of a key's secret; stored only encrypted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySecret {
+    /// SSH or password login.
+    pub login: String,
+    /// Password (`login_password`).
+    pub password: String,
+    /// SSH key passphrase.
+    pub passphrase: String,
+    /// SSH private key.
+    pub private_key: String,
+    /// Secret string (`string` keys).
+    pub string: String,
+}
+
+/// An access key: credentials used by repositories, inventories and tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// Kind of secret.
+    pub kind: KeyKind,
+    /// [`KeySecret`], encrypted with the server key; empty for `none` keys.
+    pub sealed_secret: Vec<u8>,
+    /// The environment this key is a secret of (hidden from key lists), if any.
+    pub environment_id: Option<u64>,
+}
+
+/// A git repository (or a local directory) that tasks run from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repository {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// Where to clone from, or an absolute local path.
+    pub git_url: String,
+    /// Branch to check out.
+    pub git_branch: String,
+    /// Key used to fetch (the project's `None` key for anonymous access).
+    pub ssh_key_id: u64,
+}
+
+/// An Ansible inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// INI or YAML text, or a path inside the repository checkout (`file`).
+    pub inventory: String,
+    /// Login key for the hosts.
+    pub ssh_key_id: Option<u64>,
+    /// Key for privilege escalation.
+    pub become_key_id: Option<u64>,
+    /// `static`, `static-yaml` or `file`.
+    pub kind: String,
+    /// Owning template (workspaces), if any.
+    pub holder_id: Option<u64>,
+    /// Repository a `file` inventory lives in, if not the template's.
+    pub repository_id: Option<u64>,
+}
+
+/// A set of variables for tasks: extra vars, environment variables and secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// A JSON object (as text) of extra variables.
+    pub json: String,
+    /// A JSON object (as text) of string environment variables, if any.
+    pub env: Option<String>,
+    /// Legacy vault password, encrypted; never returned.
+    pub sealed_password: Vec<u8>,
+}
+
+/// One question a template asks when a task is launched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurveyVar {
+    /// Variable name.
+    pub name: String,
+    /// Label.
+    pub title: String,
+    /// Help text.
+    pub description: String,
+    /// `""` (string), `int`, `enum` or `secret`.
+    pub kind: String,
+    /// Must be answered.
+    pub required: bool,
+    /// Choices for `enum`.
+    pub values: Vec<SurveyValue>,
+}
+
+/// A choice of an `enum` survey variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurveyValue {
+    /// Label.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// An Ansible vault password attached to a template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateVault {
+    /// Id within the template.
+    pub id: u64,
+    /// The `login_password` key holding the vault password.
+    pub vault_key_id: u64,
+    /// Vault id name; `None` = `default`.
+    pub name: Option<String>,
+}
+
+/// A task template: what to run, from where, with what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Inventory (required for `ansible`).
+    pub inventory_id: Option<u64>,
+    /// Repository the playbook/script lives in.
+    pub repository_id: u64,
+    /// Environment, if any.
+    pub environment_id: Option<u64>,
+    /// UI grouping.
+    pub view_id: Option<u64>,
+    /// Display name.
+    pub name: String,
+    /// Playbook or script path inside the repository.
+    pub playbook: String,
+    /// A JSON array of strings (as text), if any.
+    pub arguments: Option<String>,
+    /// A task may append its own arguments.
+    pub allow_override_args_in_task: bool,
+    /// Free text.
+    pub description: Option<String>,
+    /// `""`, `build` or `deploy`.
+    pub kind: String,
+    /// First version of a build template.
+    pub start_version: Option<String>,
+    /// Build template of a deploy template.
+    pub build_template_id: Option<u64>,
+    /// Run after a successful build.
+    pub autorun: bool,
+    /// Branch override.
+    pub git_branch: Option<String>,
+    /// Questions asked at launch.
+    pub survey_vars: Vec<SurveyVar>,
+    /// Vault passwords.
+    pub vaults: Vec<TemplateVault>,
+    /// No alert on success.
+    pub suppress_success_alerts: bool,
+    /// `bash`, `python`, `ansible`, or a configured app id.
+    pub app: String,
+    /// Longest a task of this template may run, in seconds (Forge extension; 0 = default).
+    pub max_duration_secs: u64,
+}
+
+/// Something that happened, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Server-assigned id (increasing).
+    pub id: u64,
+    /// Who did it, if anyone.
+    pub user_id: Option<UserId>,
+    /// In which project, if any.
+    pub project_id: Option<ProjectId>,
+    /// The object it concerns.
+    pub object_id: Option<u64>,
+    /// `project`, `key`, `repository`, `inventory`, `environment`, `template`, `user`, ...
+    pub object_type: String,
+    /// What happened, in words.
+    pub description: String,
+    /// When, Unix seconds.
+    pub created: i64,
+}

@@ -5,7 +5,7 @@ use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, COOKIE};
 
 use super::error::ApiError;
-use crate::model::User;
+use crate::model::{Permissions, User};
 use crate::service::Services;
 
 /// Name of the session cookie (upstream's, so existing clients keep working).
@@ -20,6 +20,9 @@ pub enum Need {
     User,
     /// A system administrator.
     Admin,
+    /// A user with these permissions in the route's `{project_id}` (members may always read;
+    /// non-members get 404; system admins pass).
+    Project(Permissions),
 }
 
 /// The credentials a request carries, before they are checked.

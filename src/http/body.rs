@@ -78,10 +78,14 @@ pub struct DecodeError(pub String);
 /// # Errors
 /// [`DecodeError`] with a message for the client.
 pub fn decode<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(DecodeError(
             "request body must be JSON, got an empty body".into(),
         ));
+    };
+    // serde would fill a struct from an array by position; Go (and so upstream) refuses.
+    if !matches!(first, b'{' | b'n') {
+        return Err(DecodeError("request body must be a JSON object".into()));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: Option<T> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -131,5 +135,9 @@ mod tests {
         assert!(decode::<Login>(b"{").is_err());
         assert!(decode::<Login>(b"{} {}").is_err());
         assert!(decode::<Login>(b"[1]").is_err());
+        assert!(decode::<Login>(br#"["a","b"]"#).is_err());
+        assert!(decode::<Login>(b"[]").is_err());
+        assert!(decode::<Login>(b"\"x\"").is_err());
+        assert!(decode::<Login>(b"nul").is_err());
     }
 }

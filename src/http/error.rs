@@ -17,6 +17,10 @@ pub enum ApiError {
     Forbidden,
     /// 404: no such object or route.
     NotFound,
+    /// 409: conflicts with the current state.
+    Conflict(String),
+    /// 400 with `"inUse": true`: still referenced.
+    InUse(String),
     /// 405: the path exists with other methods (listed in `Allow`).
     MethodNotAllowed(String),
     /// 408: the body did not arrive in time.
@@ -44,6 +48,13 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication required".into()),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "permission denied".into()),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not found".into()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::InUse(m) => {
+                return body::json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": m, "inUse": true }),
+                );
+            }
             ApiError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
             }
@@ -85,6 +96,8 @@ impl From<service::Error> for ApiError {
             service::Error::Invalid(m) => ApiError::BadRequest(m),
             service::Error::Unauthorized => ApiError::Unauthorized,
             service::Error::Forbidden => ApiError::Forbidden,
+            service::Error::Conflict(m) => ApiError::Conflict(m),
+            service::Error::InUse(m) => ApiError::InUse(m),
             service::Error::Throttled { retry_after } => ApiError::TooManyRequests(retry_after),
             e @ service::Error::Internal(_) => ApiError::internal(&e),
         }

@@ -19,6 +19,7 @@ use hyper::{HeaderMap, Method, Request, Response};
 
 use crate::app::App;
 use crate::model::User;
+use crate::service::projects::Access;
 use auth::Credentials;
 use body::Body;
 use error::ApiError;
@@ -39,9 +40,34 @@ pub struct Req {
     pub body: Bytes,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// What the caller may do in the route's project (project routes only).
+    pub access: Option<Access>,
 }
 
 impl Req {
+    /// The caller's access to the route's project.
+    ///
+    /// # Errors
+    /// 404 when the route is not a project route (a programming error caught by tests).
+    pub fn access(&self) -> Result<&Access, ApiError> {
+        self.access.as_ref().ok_or(ApiError::NotFound)
+    }
+
+    /// Query parameter `name`, percent-decoded (`+` is a space).
+    #[must_use]
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == name {
+                percent_decode(&v.replace('+', " "))
+            } else {
+                None
+            }
+        })
+    }
+
     /// The authenticated caller.
     ///
     /// # Errors
@@ -132,6 +158,18 @@ async fn dispatch(
                 .await?,
         )?,
     };
+    let access = match (need, &caller) {
+        (auth::Need::Project(permission), Some(user)) => {
+            let project = params
+                .iter()
+                .find(|(k, _)| k == "project_id")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .filter(|&id| id > 0)
+                .ok_or_else(|| ApiError::BadRequest("Invalid project ID".into()))?;
+            Some(app.services.access(user, project, permission)?)
+        }
+        _ => None,
+    };
     let body = read_body(
         &parts.headers,
         incoming,
@@ -146,6 +184,8 @@ async fn dispatch(
         headers: parts.headers,
         body,
         peer,
+        query: parts.uri.query().map(str::to_owned),
+        access,
     };
     match tokio::spawn(handler(req)).await {
         Ok(result) => result,

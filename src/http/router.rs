@@ -10,7 +10,8 @@ use super::Req;
 use super::auth::Need;
 use super::body::Body;
 use super::error::ApiError;
-use super::handlers::{meta, session, tokens, users};
+use super::handlers::{meta, projects, resources as res, session, tokens, users};
+use crate::model::Permissions;
 
 /// What a handler returns.
 pub type HandlerResult = Result<Response<Body>, ApiError>;
@@ -41,6 +42,14 @@ macro_rules! route {
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
         }
     };
+    ($method:ident $path:literal, Project($perm:ident), $handler:path) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            need: Need::Project(Permissions::$perm),
+            handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+        }
+    };
 }
 
 /// Every route Forge serves.
@@ -62,6 +71,52 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/users/{user_id}", User, users::update),
         route!(DELETE "/api/users/{user_id}", User, users::delete),
         route!(POST "/api/users/{user_id}/password", User, users::set_password),
+        route!(GET "/api/projects", User, projects::list),
+        route!(POST "/api/projects", User, projects::create),
+        route!(GET "/api/events", User, projects::events),
+        route!(GET "/api/events/last", User, projects::events_last),
+        route!(GET "/api/project/{project_id}", Project(NONE), projects::get),
+        route!(PUT "/api/project/{project_id}", Project(UPDATE_PROJECT), projects::update),
+        route!(DELETE "/api/project/{project_id}", Project(UPDATE_PROJECT), projects::delete),
+        route!(GET "/api/project/{project_id}/role", Project(NONE), projects::role),
+        route!(DELETE "/api/project/{project_id}/me", Project(NONE), projects::leave),
+        route!(GET "/api/project/{project_id}/events", Project(NONE), projects::project_events),
+        route!(GET "/api/project/{project_id}/events/last", Project(NONE), projects::project_events_last),
+        route!(GET "/api/project/{project_id}/users", Project(NONE), projects::members),
+        route!(POST "/api/project/{project_id}/users", Project(MANAGE_USERS), projects::add_member),
+        route!(GET "/api/project/{project_id}/users/{user_id}", Project(NONE), projects::member),
+        route!(PUT "/api/project/{project_id}/users/{user_id}", Project(MANAGE_USERS), projects::set_role),
+        route!(DELETE "/api/project/{project_id}/users/{user_id}", Project(MANAGE_USERS), projects::remove_member),
+        route!(GET "/api/project/{project_id}/keys", Project(NONE), res::keys),
+        route!(POST "/api/project/{project_id}/keys", Project(MANAGE_RESOURCES), res::create_key),
+        route!(GET "/api/project/{project_id}/keys/{key_id}", Project(NONE), res::key),
+        route!(PUT "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::update_key),
+        route!(DELETE "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::delete_key),
+        route!(GET "/api/project/{project_id}/keys/{key_id}/refs", Project(NONE), res::key_refs),
+        route!(GET "/api/project/{project_id}/repositories", Project(NONE), res::repositories),
+        route!(POST "/api/project/{project_id}/repositories", Project(MANAGE_RESOURCES), res::create_repository),
+        route!(GET "/api/project/{project_id}/repositories/{repository_id}", Project(NONE), res::repository),
+        route!(PUT "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::update_repository),
+        route!(DELETE "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::delete_repository),
+        route!(GET "/api/project/{project_id}/repositories/{repository_id}/refs", Project(NONE), res::repository_refs),
+        route!(GET "/api/project/{project_id}/inventory", Project(NONE), res::inventories),
+        route!(POST "/api/project/{project_id}/inventory", Project(MANAGE_RESOURCES), res::create_inventory),
+        route!(GET "/api/project/{project_id}/inventory/{inventory_id}", Project(NONE), res::inventory),
+        route!(PUT "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::update_inventory),
+        route!(DELETE "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::delete_inventory),
+        route!(GET "/api/project/{project_id}/inventory/{inventory_id}/refs", Project(NONE), res::inventory_refs),
+        route!(GET "/api/project/{project_id}/environment", Project(NONE), res::environments),
+        route!(POST "/api/project/{project_id}/environment", Project(MANAGE_RESOURCES), res::create_environment),
+        route!(GET "/api/project/{project_id}/environment/{environment_id}", Project(NONE), res::environment),
+        route!(PUT "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::update_environment),
+        route!(DELETE "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::delete_environment),
+        route!(GET "/api/project/{project_id}/environment/{environment_id}/refs", Project(NONE), res::environment_refs),
+        route!(GET "/api/project/{project_id}/templates", Project(NONE), res::templates),
+        route!(POST "/api/project/{project_id}/templates", Project(MANAGE_RESOURCES), res::create_template),
+        route!(GET "/api/project/{project_id}/templates/{template_id}", Project(NONE), res::template),
+        route!(PUT "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::update_template),
+        route!(DELETE "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::delete_template),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/refs", Project(NONE), res::template_refs),
     ]
 }
 

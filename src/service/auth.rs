@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Error, Result, Services, blocking};
 use crate::model::{ApiToken, SecretHash, Session, User};
+use crate::store::NewEvent;
 
 /// Length of an API token: 32 random bytes, padded URL-safe base64, lower-cased (upstream's
 /// shape, `^[a-z0-9_-]{43}=$`).
@@ -33,6 +34,11 @@ pub struct LoginClient {
 #[must_use]
 pub fn secret_hash(secret: &str) -> SecretHash {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// At most `max` characters of `s` (for log lines built from client input).
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 /// A new API token string.
@@ -92,6 +98,19 @@ impl Services {
         let ok = self.hasher.verify(password, phc).await?;
         let Some(user) = user.filter(|_| ok) else {
             self.throttle.fail(&keys, self.now());
+            let event = NewEvent {
+                user_id: None,
+                project_id: None,
+                object_id: None,
+                object_type: "user",
+                description: format!(
+                    "Failed login for {:?} from {}",
+                    truncate(login, 64),
+                    client.ip
+                ),
+            };
+            let (store, now) = (self.store.clone(), self.now());
+            blocking(move || Ok(store.record_event(now, event)?)).await?;
             return Err(Error::Unauthorized);
         };
         self.throttle.clear(&account_key);
@@ -105,9 +124,16 @@ impl Services {
             ip: client.ip,
             user_agent: client.user_agent,
         };
+        let event = NewEvent {
+            user_id: Some(user.id),
+            project_id: None,
+            object_id: Some(user.id),
+            object_type: "user",
+            description: format!("User {} logged in from {}", user.username, session.ip),
+        };
         let store = self.store.clone();
         let hash = secret_hash(&id);
-        blocking(move || Ok(store.create_session(&hash, &session)?)).await?;
+        blocking(move || Ok(store.create_session(&hash, &session, Some(event))?)).await?;
         Ok(id)
     }
 
@@ -154,13 +180,7 @@ impl Services {
     /// # Errors
     /// Storage failures only.
     pub fn token_user(&self, token: &str) -> Result<Option<User>> {
-        let Some(t) = self.store.token(&secret_hash(token))? else {
-            return Ok(None);
-        };
-        if t.expired {
-            return Ok(None);
-        }
-        Ok(self.store.user(t.user_id)?)
+        Ok(self.store.token_user(&secret_hash(token))?)
     }
 
     /// Creates an API token for `user`; returns the token itself (shown once) and its record.

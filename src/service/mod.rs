@@ -3,8 +3,12 @@
 
 pub mod auth;
 mod password;
+pub mod projects;
+pub mod resources;
+pub mod secrets;
 mod throttle;
 pub mod users;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -30,6 +34,12 @@ pub enum Error {
     /// Authenticated but lacking a permission.
     #[error("forbidden")]
     Forbidden,
+    /// The change conflicts with the current state (already a member, still referenced).
+    #[error("{0}")]
+    Conflict(String),
+    /// A resource cannot be deleted while templates (or others) use it.
+    #[error("{0}")]
+    InUse(String),
     /// Too many failed logins; retry after this many seconds.
     #[error("too many failed logins")]
     Throttled {
@@ -64,12 +74,14 @@ pub struct Services {
     throttle: throttle::Throttle,
     session_idle_secs: i64,
     non_admin_can_create_project: bool,
+    cipher: secrets::Cipher,
+    extra_apps: Vec<String>,
 }
 
 impl Services {
-    /// Services over `store`, configured by `config`.
+    /// Services over `store`, sealing secrets with `cipher`, configured by `config`.
     #[must_use]
-    pub fn new(store: Store, config: &Config) -> Arc<Self> {
+    pub fn new(store: Store, cipher: secrets::Cipher, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             store,
             clock: config.clock.clone(),
@@ -77,6 +89,8 @@ impl Services {
             throttle: throttle::Throttle::new(config.login_max_failures, config.login_window_secs),
             session_idle_secs: config.session_idle_secs,
             non_admin_can_create_project: config.non_admin_can_create_project,
+            cipher,
+            extra_apps: config.extra_apps.clone(),
         })
     }
 

@@ -3,6 +3,7 @@
 //! run writes on `spawn_blocking`.
 
 pub mod codec;
+pub mod projects;
 mod sessions;
 pub mod tables;
 mod tokens;
@@ -15,6 +16,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
+pub use projects::{NewEvent, Resource, Tx, View};
 pub use users::NewUser;
 
 /// What a store call can fail with. The first variants are outcomes callers handle.
@@ -93,6 +95,15 @@ impl Store {
             tx.open_table(tables::USERID_SESSIONHASH)?;
             tx.open_table(tables::TOKENHASH_TOKEN)?;
             tx.open_table(tables::USERID_TOKENHANDLE)?;
+            tx.open_table(tables::SETTINGS)?;
+            tx.open_table(tables::PROJECTID_PROJECT)?;
+            tx.open_table(tables::PROJECTUSER_ROLE)?;
+            tx.open_table(tables::USERPROJECT)?;
+            tx.open_table(tables::EVENTID_EVENT)?;
+            tx.open_table(tables::PROJECT_EVENTID)?;
+            for table in tables::PROJECT_SCOPED {
+                tx.open_table(*table)?;
+            }
             Ok::<_, Error>(())
         })?;
         Ok(store)
@@ -114,6 +125,29 @@ impl Store {
 
     fn read(&self) -> Result<ReadTransaction> {
         Ok(self.db.begin_read()?)
+    }
+}
+
+impl Store {
+    /// The setting `name`, if set.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let tx = self.read()?;
+        let table = tx.open_table(tables::SETTINGS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets `name` to `value`, durably.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(tables::SETTINGS)?.insert(name, value)?;
+            Ok(())
+        })
     }
 }
 

@@ -3,20 +3,28 @@
 use redb::{Durability, ReadableTable};
 
 use super::tables::{SESSIONHASH_SESSION, USERID_SESSIONHASH};
-use super::{Result, Store, codec};
+use super::{NewEvent, Result, Store, codec};
 use crate::model::{SecretHash, Session};
 
 impl Store {
-    /// Stores a new session durably.
+    /// Stores a new session durably, with the login's event in the same transaction.
     ///
     /// # Errors
     /// Storage failures only.
-    pub fn create_session(&self, hash: &SecretHash, session: &Session) -> Result<()> {
+    pub fn create_session(
+        &self,
+        hash: &SecretHash,
+        session: &Session,
+        event: Option<NewEvent>,
+    ) -> Result<()> {
         self.write(Durability::Immediate, |tx| {
             tx.open_table(SESSIONHASH_SESSION)?
                 .insert(hash, codec::encode(session).as_slice())?;
             tx.open_table(USERID_SESSIONHASH)?
                 .insert((session.user_id, *hash), ())?;
+            if let Some(e) = event {
+                super::projects::record(tx, session.created, e)?;
+            }
             Ok(())
         })
     }
@@ -118,7 +126,7 @@ mod tests {
     #[test]
     fn create_touch_revoke() {
         let (_d, s) = temp_store();
-        s.create_session(&[1; 32], &session(1, 100)).unwrap();
+        s.create_session(&[1; 32], &session(1, 100), None).unwrap();
         s.touch_session(&[1; 32], 150).unwrap();
         assert_eq!(s.session(&[1; 32]).unwrap().unwrap().last_active, 150);
         assert!(s.revoke_session(&[1; 32]).unwrap());
@@ -129,8 +137,8 @@ mod tests {
     #[test]
     fn sweep_removes_only_idle_sessions() {
         let (_d, s) = temp_store();
-        s.create_session(&[1; 32], &session(1, 100)).unwrap();
-        s.create_session(&[2; 32], &session(1, 500)).unwrap();
+        s.create_session(&[1; 32], &session(1, 100), None).unwrap();
+        s.create_session(&[2; 32], &session(1, 500), None).unwrap();
         assert_eq!(s.sweep_sessions(200).unwrap(), 1);
         assert!(s.session(&[1; 32]).unwrap().is_none());
         assert!(s.session(&[2; 32]).unwrap().is_some());

@@ -7,7 +7,7 @@
 
 use redb::TableDefinition;
 
-use crate::model::{SecretHash, UserId};
+use crate::model::{ProjectId, SecretHash, UserId};
 
 /// Named counters and settings: `"next_user_id"`, `"schema_version"`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -34,3 +34,47 @@ pub const TOKENHASH_TOKEN: TableDefinition<SecretHash, &[u8]> = TableDefinition:
 /// (user id, token handle) → SHA-256(API token): a user's tokens in handle order.
 pub const USERID_TOKENHANDLE: TableDefinition<(UserId, &str), SecretHash> =
     TableDefinition::new("tokens_by_user");
+
+/// Named byte values: `"secret_key_check"` (proves the server key is the one that sealed the
+/// stored secrets).
+pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+/// Project id → encoded [`crate::model::Project`].
+pub const PROJECTID_PROJECT: TableDefinition<ProjectId, &[u8]> = TableDefinition::new("projects");
+/// (project id, user id) → role (see `Role::to_u8`): the members of a project.
+pub const PROJECTUSER_ROLE: TableDefinition<(ProjectId, UserId), u8> =
+    TableDefinition::new("project_members");
+/// (user id, project id) → (): the projects of a user (reverse of `PROJECTUSER_ROLE`).
+pub const USERPROJECT: TableDefinition<(UserId, ProjectId), ()> =
+    TableDefinition::new("user_projects");
+
+/// (project id, key id) → encoded [`crate::model::AccessKey`].
+pub const PROJECT_KEY: TableDefinition<(ProjectId, u64), &[u8]> = TableDefinition::new("keys");
+/// (project id, repository id) → encoded [`crate::model::Repository`].
+pub const PROJECT_REPOSITORY: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("repositories");
+/// (project id, inventory id) → encoded [`crate::model::Inventory`].
+pub const PROJECT_INVENTORY: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("inventories");
+/// (project id, environment id) → encoded [`crate::model::Environment`].
+pub const PROJECT_ENVIRONMENT: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("environments");
+/// (project id, template id) → encoded [`crate::model::Template`].
+pub const PROJECT_TEMPLATE: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("templates");
+
+/// Event id → encoded [`crate::model::Event`]; ids increase, so reverse order is newest first.
+pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (project id, event id) → (): a project's events.
+pub const PROJECT_EVENTID: TableDefinition<(ProjectId, u64), ()> =
+    TableDefinition::new("events_by_project");
+
+/// Every table keyed by `(project id, object id)` with encoded records: deleting a project
+/// clears its range in each. A new project-scoped table must be added here.
+pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
+    PROJECT_KEY,
+    PROJECT_REPOSITORY,
+    PROJECT_INVENTORY,
+    PROJECT_ENVIRONMENT,
+    PROJECT_TEMPLATE,
+];

@@ -41,6 +41,27 @@ impl Store {
         }
     }
 
+    /// The live (unexpired) token's user, in one read transaction: the Bearer hot path.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn token_user(&self, hash: &SecretHash) -> Result<Option<crate::model::User>> {
+        let tx = self.read()?;
+        let tokens = tx.open_table(TOKENHASH_TOKEN)?;
+        let Some(bytes) = tokens.get(hash)? else {
+            return Ok(None);
+        };
+        let token: ApiToken = codec::decode(bytes.value())?;
+        if token.expired {
+            return Ok(None);
+        }
+        let users = tx.open_table(super::tables::USERID_USER)?;
+        match users.get(token.user_id)? {
+            Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every token of `user_id`, expired ones included, oldest first.
     ///
     /// # Errors

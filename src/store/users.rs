@@ -4,8 +4,8 @@
 use redb::{Durability, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::tables::{
-    ADMIN_USERID, EMAIL_USERID, SESSIONHASH_SESSION, TOKENHASH_TOKEN, USERID_SESSIONHASH,
-    USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID,
+    ADMIN_USERID, EMAIL_USERID, PROJECTUSER_ROLE, SESSIONHASH_SESSION, TOKENHASH_TOKEN,
+    USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
 };
 use super::{Error, Result, Store, codec, next_id};
 use crate::model::{User, UserId};
@@ -158,6 +158,16 @@ impl Store {
             for row in by_user.extract_from_if((id, [0; 32])..=(id, [0xff; 32]), |_, ()| true)? {
                 let hash = row?.0.value().1;
                 sessions.remove(hash)?;
+            }
+
+            let mut members = tx.open_table(PROJECTUSER_ROLE)?;
+            let range = (id, 0)..=(id, u64::MAX);
+            for row in tx
+                .open_table(USERPROJECT)?
+                .extract_from_if(range, |_, ()| true)?
+            {
+                let (_, project) = row?.0.value();
+                members.remove((project, id))?;
             }
 
             let mut handles = tx.open_table(USERID_TOKENHANDLE)?;

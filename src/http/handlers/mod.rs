@@ -1,6 +1,30 @@
 //! Route handlers: parse, call a service, render. One module per resource.
 
 pub mod meta;
+pub mod projects;
+pub mod resources;
 pub mod session;
 pub mod tokens;
 pub mod users;
+
+use super::Req;
+
+/// A sortable column: its `sort` name and the key it sorts by.
+pub type Column<'a, T> = (&'a str, &'a dyn Fn(&T) -> String);
+
+/// Sorts a list as upstream does: `?sort=<column>` (unknown or missing → `default`),
+/// `?order=desc` reverses, anything else is ascending. Ties keep id order.
+pub fn sort_list<T>(req: &Req, items: &mut [T], columns: &[Column<'_, T>], default: &str) {
+    let wanted = req.query_param("sort").unwrap_or_default();
+    let key = columns
+        .iter()
+        .find(|(name, _)| *name == wanted)
+        .or_else(|| columns.iter().find(|(name, _)| *name == default))
+        .map(|(_, key)| *key);
+    if let Some(key) = key {
+        items.sort_by_cached_key(|item| key(item).to_lowercase());
+    }
+    if req.query_param("order").as_deref() == Some("desc") {
+        items.reverse();
+    }
+}

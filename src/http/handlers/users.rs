@@ -12,7 +12,7 @@ use crate::service::{NewUserInput, UserUpdate};
 
 /// A user as the API shows it (never the password hash).
 #[derive(Serialize)]
-struct UserView<'a> {
+pub struct UserView<'a> {
     id: u64,
     created: String,
     username: &'a str,
@@ -26,7 +26,8 @@ struct UserView<'a> {
 }
 
 impl<'a> UserView<'a> {
-    fn new(u: &'a User) -> Self {
+    /// The view of `u`.
+    pub fn new(u: &'a User) -> Self {
         Self {
             id: u.id,
             created: rfc3339(u.created),

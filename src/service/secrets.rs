@@ -1,0 +1,262 @@
+//! Secrets at rest: XChaCha20-Poly1305 under a server key that Forge creates on first start
+//! (a 0600 file beside the database) or takes from `FORGE_SECRET_KEY`. A sealed check value in
+//! the database proves at start-up that the key is the one that sealed the stored secrets, so a
+//! wrong or missing key stops the server instead of corrupting data.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Settings name of the sealed check value.
+const CHECK_SETTING: &str = "secret_key_check";
+/// What the check value seals.
+const CHECK_PLAINTEXT: &[u8] = b"forge secret key check v1";
+/// Associated data binding every sealed value to this use.
+const AAD: &[u8] = b"forge-secret-v1";
+const NONCE_LEN: usize = 24;
+
+/// Why the server key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key text is not 32 bytes of hex or base64.
+    #[error("the server key must be 32 bytes written as 64 hex digits or base64")]
+    Malformed,
+    /// The key file could not be read or created.
+    #[error("server key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database holds secrets but the key file is gone.
+    #[error(
+        "the database holds secrets sealed with a server key, but {0} does not exist; restore it \
+         or set FORGE_SECRET_KEY (refusing to start rather than lose them)"
+    )]
+    Missing(String),
+    /// The key does not open the database's secrets.
+    #[error(
+        "the server key does not match the one that sealed this database's secrets; \
+         refusing to start"
+    )]
+    Wrong,
+    /// Reading or writing the check value failed.
+    #[error("{0}")]
+    Store(#[from] crate::store::Error),
+}
+
+/// A sealed value did not open (tampered with, or sealed under another key).
+#[derive(Debug, thiserror::Error)]
+#[error("a stored secret could not be decrypted")]
+pub struct OpenError;
+
+/// Seals and opens secrets.
+pub struct Cipher {
+    aead: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher(***)")
+    }
+}
+
+impl Cipher {
+    /// A cipher over a raw 32-byte key.
+    #[must_use]
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            aead: XChaCha20Poly1305::new(&(*key).into()),
+        }
+    }
+
+    /// Loads the configured key (creating the key file on a database without secrets) and
+    /// checks it against the database.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the key is malformed, missing, unreadable or wrong.
+    pub fn load(config: &Config, store: &Store) -> Result<Self, KeyError> {
+        let check = store.setting(CHECK_SETTING)?;
+        let key = if let Some(text) = &config.secret_key {
+            parse_key(&text.0)?
+        } else {
+            let path = config.key_file();
+            if path.exists() {
+                read_key_file(&path)?
+            } else if check.is_some() {
+                return Err(KeyError::Missing(path.display().to_string()));
+            } else {
+                create_key_file(&path)?
+            }
+        };
+        let cipher = Self::new(&key);
+        match check {
+            Some(sealed) => {
+                if cipher.open(&sealed).ok().as_deref() != Some(CHECK_PLAINTEXT) {
+                    return Err(KeyError::Wrong);
+                }
+            }
+            None => store.set_setting(CHECK_SETTING, &cipher.seal(CHECK_PLAINTEXT))?,
+        }
+        Ok(cipher)
+    }
+
+    /// Encrypts `plaintext`: a random nonce followed by the ciphertext and tag.
+    ///
+    /// # Panics
+    /// Never in practice: XChaCha20-Poly1305 encryption only fails for messages over 256 GiB.
+    #[must_use]
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let nonce = XNonce::from(nonce);
+        let sealed = self
+            .aead
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: AAD,
+                },
+            )
+            .expect("secrets are far below the AEAD's message size limit");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Decrypts a value made by [`Cipher::seal`].
+    ///
+    /// # Errors
+    /// [`OpenError`] when it was tampered with or sealed under another key.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(OpenError);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError)?;
+        self.aead
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: AAD,
+                },
+            )
+            .map_err(|_| OpenError)
+    }
+}
+
+fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| KeyError::Malformed)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+            .map_err(|_| KeyError::Malformed)?
+    };
+    bytes.try_into().map_err(|_| KeyError::Malformed)
+}
+
+fn read_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "server key file is readable by others; chmod 600 it");
+        }
+    }
+    parse_key(&text)
+}
+
+fn create_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let key: [u8; 32] = rand::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(format!("{}\n", super::auth::hex(&key)).as_bytes())
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    tracing::info!(path = %path.display(), "created the server key for secrets at rest; back it up");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let c = Cipher::new(&[7; 32]);
+        let sealed = c.seal(b"hunter2");
+        assert_eq!(c.open(&sealed).unwrap(), b"hunter2");
+        assert_ne!(c.seal(b"hunter2"), sealed, "fresh nonce each time");
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(c.open(&bad).is_err());
+        assert!(Cipher::new(&[8; 32]).open(&sealed).is_err());
+        assert!(c.open(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn key_parsing() {
+        assert_eq!(parse_key(&"ab".repeat(32)).unwrap(), [0xab; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+        assert_eq!(parse_key(&b64).unwrap(), [5; 32]);
+        assert!(parse_key("short").is_err());
+        assert!(parse_key(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_then_required_and_checked() {
+        let (dir, store) = temp_store();
+        let config = Config::with_db(dir.path().join("forge.redb"));
+        let key_file = config.key_file();
+        let first = Cipher::load(&config, &store).unwrap();
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sealed = first.seal(b"x");
+        // The same file opens the same secrets.
+        assert_eq!(
+            Cipher::load(&config, &store)
+                .unwrap()
+                .open(&sealed)
+                .unwrap(),
+            b"x"
+        );
+        // A missing file with secrets stored is refused, not replaced.
+        std::fs::remove_file(&key_file).unwrap();
+        assert!(matches!(
+            Cipher::load(&config, &store),
+            Err(KeyError::Missing(_))
+        ));
+        assert!(!key_file.exists());
+        // A different key is refused.
+        let mut wrong = config.clone();
+        wrong.secret_key = Some(crate::config::Secret("cd".repeat(32)));
+        assert!(matches!(Cipher::load(&wrong, &store), Err(KeyError::Wrong)));
+    }
+}
