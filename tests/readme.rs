@@ -57,7 +57,8 @@ fn run_blocking(script: &str, server: &TestServer) -> (String, String) {
     let jar = server.dir.path().join("cookie-jar");
     let script = script
         .replace("http://localhost:3000", &server.base())
-        .replace("/tmp/forge-cookie", &jar.display().to_string());
+        .replace("/tmp/forge-cookie", &jar.display().to_string())
+        .replace("/tmp/forge-demo", &server.dir.path().join("demo").display().to_string());
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
@@ -104,12 +105,24 @@ async fn readme_walkthrough_works_verbatim() {
         stderr.contains("< HTTP/1.1 201"),
         "token creation answered 201:\n{stderr}"
     );
+    assert!(stdout.contains(r#""name":"Demo""#), "the project was created:\n{stdout}");
+    assert!(stdout.contains(r#""type":"static""#), "the inventory was created:\n{stdout}");
+    assert!(stdout.contains(r#""playbook":"hello.sh""#), "the template was created:\n{stdout}");
+    assert!(!stdout.contains("s3cret") && !stdout.contains("t0ps3cret"), "secrets leaked:\n{stdout}");
     let codes: Vec<&str> = stdout.lines().filter(|l| l.len() == 3).collect();
     assert_eq!(
         codes,
-        ["401", "401"],
-        "expired token and old cookie are refused:\n{stdout}"
+        ["204", "204", "204", "401", "401"],
+        "key, repository, environment created; expired token and old cookie refused:\n{stdout}"
     );
+    // What the walk-through built is there, as the API shows it.
+    let admin = s.admin().await;
+    let templates = admin.get("/api/project/1/templates").await.json();
+    assert_eq!(templates[0]["repository_id"], 1);
+    assert_eq!(templates[0]["environment_id"], 2);
+    assert_eq!(templates[0]["arguments"], r#"["world"]"#);
+    let env = admin.get("/api/project/1/environment/2").await.json();
+    assert_eq!(env["secrets"][0]["name"], "API_TOKEN");
 }
 
 #[tokio::test(flavor = "multi_thread")]
