@@ -8,6 +8,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 use crate::http::router::{Router, routes};
 use crate::model::User;
+use crate::runner::Runner;
 use crate::service::secrets::{Cipher, KeyError};
 use crate::service::{self, NewUserInput, Services};
 use crate::store::{self, Store};
@@ -26,6 +27,9 @@ pub enum StartError {
     /// The server key for secrets is missing, malformed or wrong.
     #[error("{0}")]
     Key(KeyError),
+    /// Recovering unfinished tasks failed.
+    #[error("cannot recover unfinished tasks: {0}")]
+    Runner(service::Error),
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
@@ -40,6 +44,8 @@ pub struct App {
     pub services: Arc<Services>,
     /// The route table.
     pub router: Router,
+    /// The task runner.
+    pub runner: Runner,
     /// `ansible --version`, looked up on first use.
     ansible: OnceCell<String>,
 }
@@ -64,10 +70,12 @@ impl App {
             })?;
         let cipher = Cipher::load(&config, &store).map_err(StartError::Key)?;
         let services = Services::new(store, cipher, &config);
+        let runner = Runner::start(Arc::clone(&services), &config).map_err(StartError::Runner)?;
         let app = Arc::new(Self {
             config,
             services,
             router: Router::new(routes()),
+            runner,
             ansible: OnceCell::new(),
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {

@@ -97,12 +97,46 @@ pub struct Config {
     #[arg(long, env = "FORGE_EXTRA_APPS", value_delimiter = ',')]
     pub extra_apps: Vec<String>,
 
+    /// Tasks that may run at once on this server (0 = no limit).
+    #[arg(long, env = "FORGE_MAX_PARALLEL_TASKS", default_value_t = 10)]
+    pub max_parallel_tasks: usize,
+
+    /// Seconds a stopped task gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "FORGE_STOP_GRACE_SECS", default_value_t = 10)]
+    pub stop_grace_secs: u64,
+
+    /// Longest a task may run, in seconds, unless its template says otherwise (0 = no limit).
+    #[arg(long, env = "FORGE_MAX_TASK_DURATION_SECS", default_value_t = 24 * 3600)]
+    pub max_task_duration_secs: u64,
+
+    /// Output lines stored per task; past it one marker line says how much was dropped.
+    #[arg(long, env = "FORGE_OUTPUT_MAX_LINES", default_value_t = 100_000)]
+    pub output_max_lines: u64,
+
+    /// Output bytes stored per task (same marker).
+    #[arg(long, env = "FORGE_OUTPUT_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub output_max_bytes: u64,
+
+    /// Directory for repository checkouts and per-task homes; default: the db path + `.work`.
+    #[arg(long, env = "FORGE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
 }
 
 impl Config {
+    /// Where checkouts and task homes live: the flag, or the database path with `.work`.
+    #[must_use]
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir.clone().unwrap_or_else(|| {
+            let mut name = self.db.as_os_str().to_owned();
+            name.push(".work");
+            PathBuf::from(name)
+        })
+    }
+
     /// Where the server key file is: the flag, or the database path with `.key` appended.
     #[must_use]
     pub fn key_file(&self) -> PathBuf {
@@ -141,6 +175,12 @@ impl Config {
             secret_key: None,
             secret_key_file: None,
             extra_apps: Vec::new(),
+            max_parallel_tasks: 10,
+            stop_grace_secs: 10,
+            max_task_duration_secs: 24 * 3600,
+            output_max_lines: 100_000,
+            output_max_bytes: 64 * 1024 * 1024,
+            work_dir: None,
             clock: ClockHandle::default(),
         }
     }

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod model;
+pub mod runner;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -408,3 +408,122 @@ pub struct Event {
     /// When, Unix seconds.
     pub created: i64,
 }
+
+/// A task id.
+pub type TaskId = u64;
+
+/// Where a task is in its life (upstream's wire values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Queued.
+    Waiting,
+    /// Taken from the queue, preparing.
+    Starting,
+    /// Waiting for a plan approval (terraform; unused by Forge's apps).
+    WaitingConfirmation,
+    /// Plan approved.
+    Confirmed,
+    /// The app runs.
+    Running,
+    /// A stop was asked for; the process is being ended.
+    Stopping,
+    /// Ended by a stop.
+    Stopped,
+    /// Ended with exit status 0.
+    Success,
+    /// Ended otherwise (non-zero exit, preparation failure, timeout, interruption).
+    Error,
+}
+
+impl TaskStatus {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Waiting => "waiting",
+            TaskStatus::Starting => "starting",
+            TaskStatus::WaitingConfirmation => "waiting_confirmation",
+            TaskStatus::Confirmed => "confirmed",
+            TaskStatus::Running => "running",
+            TaskStatus::Stopping => "stopping",
+            TaskStatus::Stopped => "stopped",
+            TaskStatus::Success => "success",
+            TaskStatus::Error => "error",
+        }
+    }
+
+    /// `success`, `error` or `stopped`: nothing will change any more.
+    #[must_use]
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Stopped | TaskStatus::Success | TaskStatus::Error
+        )
+    }
+}
+
+/// A run of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Server-assigned id (increasing).
+    pub id: TaskId,
+    /// Project.
+    pub project_id: ProjectId,
+    /// Template it runs.
+    pub template_id: u64,
+    /// Current status.
+    pub status: TaskStatus,
+    /// ansible `-vvvv`.
+    pub debug: bool,
+    /// ansible `--check`.
+    pub dry_run: bool,
+    /// ansible `--diff`.
+    pub diff: bool,
+    /// Playbook override (ansible only).
+    pub playbook: String,
+    /// Extra variables: a JSON object as text.
+    pub environment: String,
+    /// ansible `--limit`.
+    pub limit: String,
+    /// Extra arguments: a JSON array of strings as text (if the template allows).
+    pub arguments: Option<String>,
+    /// Branch override.
+    pub git_branch: Option<String>,
+    /// Who started it.
+    pub user_id: Option<UserId>,
+    /// Integration that started it.
+    pub integration_id: Option<u64>,
+    /// Schedule that started it.
+    pub schedule_id: Option<u64>,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// When it started running.
+    pub start: Option<i64>,
+    /// When it finished.
+    pub end: Option<i64>,
+    /// Free text from the starter.
+    pub message: String,
+    /// Commit to check out.
+    pub commit_hash: Option<String>,
+    /// Message of the checked-out commit.
+    pub commit_message: String,
+    /// Build task a deploy task deploys.
+    pub build_task_id: Option<u64>,
+    /// Build version.
+    pub version: Option<String>,
+    /// Inventory override.
+    pub inventory_id: Option<u64>,
+    /// Process group of the running app (to kill leftovers after a crash).
+    pub process_group: Option<i32>,
+    /// Secret extra variables (a JSON object), encrypted; never returned.
+    pub sealed_secret: Vec<u8>,
+}
+
+/// One stored line of a task's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// When the line was read, Unix microseconds.
+    pub time_us: i64,
+    /// The line, without its newline.
+    pub text: String,
+}

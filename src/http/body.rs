@@ -32,6 +32,29 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(Full::new(bytes.into()))
 }
 
+/// A body streamed from a channel: each message is one chunk; the body ends when every sender
+/// is gone.
+#[must_use]
+pub fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    ChannelBody(rx).boxed()
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
 /// A response with `status` and no body (204 and friends).
 #[must_use]
 pub fn status(status: StatusCode) -> Response<Body> {

@@ -104,6 +104,12 @@ impl From<service::Error> for ApiError {
     }
 }
 
+impl From<crate::store::Error> for ApiError {
+    fn from(e: crate::store::Error) -> Self {
+        ApiError::from(crate::service::Error::from(e))
+    }
+}
+
 impl From<body::DecodeError> for ApiError {
     fn from(e: body::DecodeError) -> Self {
         ApiError::BadRequest(e.0)

@@ -10,7 +10,7 @@ use super::Req;
 use super::auth::Need;
 use super::body::Body;
 use super::error::ApiError;
-use super::handlers::{meta, projects, resources as res, session, tokens, users};
+use super::handlers::{meta, projects, resources as res, session, tasks, tokens, users};
 use crate::model::Permissions;
 
 /// What a handler returns.
@@ -117,6 +117,16 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::update_template),
         route!(DELETE "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::delete_template),
         route!(GET "/api/project/{project_id}/templates/{template_id}/refs", Project(NONE), res::template_refs),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/tasks", Project(NONE), tasks::template_tasks),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/tasks/last", Project(NONE), tasks::template_tasks_last),
+        route!(GET "/api/project/{project_id}/tasks", Project(NONE), tasks::list),
+        route!(POST "/api/project/{project_id}/tasks", Project(RUN_TASKS), tasks::create),
+        route!(GET "/api/project/{project_id}/tasks/last", Project(NONE), tasks::last),
+        route!(GET "/api/project/{project_id}/tasks/{task_id}", Project(NONE), tasks::get),
+        route!(DELETE "/api/project/{project_id}/tasks/{task_id}", Project(MANAGE_RESOURCES), tasks::delete),
+        route!(GET "/api/project/{project_id}/tasks/{task_id}/output", Project(NONE), tasks::output),
+        route!(POST "/api/project/{project_id}/tasks/{task_id}/stop", Project(RUN_TASKS), tasks::stop),
+        route!(GET "/api/tasks", Admin, tasks::active),
     ]
 }
 

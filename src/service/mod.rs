@@ -6,6 +6,7 @@ mod password;
 pub mod projects;
 pub mod resources;
 pub mod secrets;
+pub mod tasks;
 mod throttle;
 pub mod users;
 pub mod validate;

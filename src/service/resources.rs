@@ -177,6 +177,22 @@ impl Services {
         self.cipher.seal(&plain)
     }
 
+    /// Seals arbitrary secret bytes (a task's secret variables).
+    #[must_use]
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        self.cipher.seal(plain)
+    }
+
+    /// Opens what [`Services::seal`] sealed.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when it does not decrypt.
+    pub fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.cipher
+            .open(sealed)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
     /// Opens a key's secret (for the task runner; never for the API).
     ///
     /// # Errors

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod projects;
 mod sessions;
 pub mod tables;
+pub mod tasks;
 mod tokens;
 mod users;
 
@@ -101,6 +102,9 @@ impl Store {
             tx.open_table(tables::USERPROJECT)?;
             tx.open_table(tables::EVENTID_EVENT)?;
             tx.open_table(tables::PROJECT_EVENTID)?;
+            tx.open_table(tables::TASKID_PROJECT)?;
+            tx.open_table(tables::ACTIVE_TASK)?;
+            tx.open_table(tables::TASK_OUTPUT)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

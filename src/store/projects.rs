@@ -107,6 +107,11 @@ pub struct Tx<'t> {
 }
 
 impl Tx<'_> {
+    /// The underlying redb transaction (for sibling store modules).
+    pub(super) fn raw(&self) -> &WriteTransaction {
+        self.tx
+    }
+
     /// The transaction's time (Unix seconds), used for `created` fields and events.
     #[must_use]
     pub fn now(&self) -> i64 {
@@ -201,6 +206,7 @@ impl Tx<'_> {
             return Err(Error::NotFound);
         }
         let range = (id, 0)..=(id, u64::MAX);
+        super::tasks::forget_project_tasks(self.tx, id)?;
         for table in PROJECT_SCOPED {
             self.tx
                 .open_table(*table)?

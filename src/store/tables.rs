@@ -7,7 +7,7 @@
 
 use redb::TableDefinition;
 
-use crate::model::{ProjectId, SecretHash, UserId};
+use crate::model::{ProjectId, SecretHash, TaskId, UserId};
 
 /// Named counters and settings: `"next_user_id"`, `"schema_version"`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -69,6 +69,17 @@ pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("eve
 pub const PROJECT_EVENTID: TableDefinition<(ProjectId, u64), ()> =
     TableDefinition::new("events_by_project");
 
+/// (project id, task id) → encoded [`crate::model::Task`].
+pub const PROJECT_TASK: TableDefinition<(ProjectId, TaskId), &[u8]> = TableDefinition::new("tasks");
+/// Task id → project id: finds a task from its id alone.
+pub const TASKID_PROJECT: TableDefinition<TaskId, ProjectId> =
+    TableDefinition::new("task_projects");
+/// Task id → (): the unfinished tasks (waiting/starting/running/stopping), so the queue and crash
+/// recovery never scan all tasks.
+pub const ACTIVE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("active_tasks");
+/// (task id, line number from 0) → encoded [`crate::model::OutputLine`].
+pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::new("task_output");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
@@ -77,4 +88,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_INVENTORY,
     PROJECT_ENVIRONMENT,
     PROJECT_TEMPLATE,
+    PROJECT_TASK,
 ];

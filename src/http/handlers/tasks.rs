@@ -1,0 +1,311 @@
+//! Tasks: launch, read, follow output, stop, delete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::clock::rfc3339;
+use crate::http::Req;
+use crate::http::body;
+use crate::http::error::ApiError;
+use crate::http::router::HandlerResult;
+use crate::model::{Task, Template, User};
+use crate::runner::{LiveEvent, Location};
+use crate::service::tasks::{LIST_LIMIT, TaskInput};
+
+/// Formats Unix microseconds as RFC 3339 with microseconds.
+fn rfc3339_us(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let base = rfc3339(secs);
+    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
+}
+
+/// A task as the API shows it (§7.1); `secret` is never returned.
+pub fn task_view(t: &Task, secret: &str) -> Value {
+    json!({
+        "id": t.id,
+        "template_id": t.template_id,
+        "project_id": t.project_id,
+        "status": t.status.as_str(),
+        "debug": t.debug,
+        "dry_run": t.dry_run,
+        "diff": t.diff,
+        "playbook": t.playbook,
+        "environment": t.environment,
+        "limit": t.limit,
+        "secret": secret,
+        "arguments": t.arguments,
+        "git_branch": t.git_branch,
+        "user_id": t.user_id,
+        "integration_id": t.integration_id,
+        "schedule_id": t.schedule_id,
+        "created": rfc3339(t.created),
+        "start": t.start.map(rfc3339),
+        "end": t.end.map(rfc3339),
+        "message": t.message,
+        "commit_hash": t.commit_hash,
+        "commit_message": t.commit_message,
+        "build_task_id": t.build_task_id,
+        "version": t.version,
+        "inventory_id": t.inventory_id,
+    })
+}
+
+/// A list element (§7.2): the task plus its template's fields and the starter's name.
+fn task_with_tpl(
+    t: &Task,
+    templates: &HashMap<u64, Template>,
+    users: &HashMap<u64, User>,
+) -> Value {
+    let mut v = task_view(t, "");
+    let tpl = templates.get(&t.template_id);
+    v["tpl_playbook"] = json!(tpl.map(|t| t.playbook.as_str()).unwrap_or_default());
+    v["tpl_alias"] = json!(tpl.map(|t| t.name.as_str()).unwrap_or_default());
+    v["tpl_type"] = json!(tpl.map(|t| t.kind.as_str()).unwrap_or_default());
+    v["tpl_app"] = json!(tpl.map(|t| t.app.as_str()).unwrap_or_default());
+    v["user_name"] = json!(
+        t.user_id
+            .and_then(|u| users.get(&u))
+            .map(|u| u.name.as_str())
+    );
+    v["build_task"] = Value::Null;
+    v
+}
+
+fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
+    let access = req.access()?;
+    let templates: HashMap<u64, Template> = req
+        .app
+        .services
+        .templates(access)?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let users = req
+        .app
+        .services
+        .users_by_id(tasks.iter().filter_map(|t| t.user_id))?;
+    let views: Vec<Value> = tasks
+        .iter()
+        .map(|t| task_with_tpl(t, &templates, &users))
+        .collect();
+    Ok(body::json(StatusCode::OK, &views))
+}
+
+fn last_limit(req: &Req) -> usize {
+    req.query_param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| (1..=200).contains(l))
+        .unwrap_or(200)
+}
+
+/// `POST /api/project/{project_id}/tasks` → 201: stores a durable `waiting` task, then queues
+/// it; it starts as soon as the limits allow.
+pub async fn create(req: Req) -> HandlerResult {
+    let input: TaskInput = req.json()?;
+    let task = req.app.services.create_task(req.access()?, input).await?;
+    req.app.runner.enqueue(&task);
+    Ok(body::json(StatusCode::CREATED, &task_view(&task, "{}")))
+}
+
+/// `GET /api/project/{project_id}/tasks`: the 1000 newest, newest first.
+pub async fn list(req: Req) -> HandlerResult {
+    let tasks = req.app.services.tasks(req.access()?, None, LIST_LIMIT)?;
+    render_list(&req, &tasks)
+}
+
+/// `GET /api/project/{project_id}/tasks/last?limit=N` (1..200, default 200).
+pub async fn last(req: Req) -> HandlerResult {
+    let tasks = req
+        .app
+        .services
+        .tasks(req.access()?, None, last_limit(&req))?;
+    render_list(&req, &tasks)
+}
+
+/// `GET /api/project/{project_id}/templates/{template_id}/tasks`.
+pub async fn template_tasks(req: Req) -> HandlerResult {
+    let tpl = req.id("template_id", "template")?;
+    req.app.services.template(req.access()?, tpl)?;
+    let tasks = req
+        .app
+        .services
+        .tasks(req.access()?, Some(tpl), LIST_LIMIT)?;
+    render_list(&req, &tasks)
+}
+
+/// `GET /api/project/{project_id}/templates/{template_id}/tasks/last?limit=N`.
+pub async fn template_tasks_last(req: Req) -> HandlerResult {
+    let tpl = req.id("template_id", "template")?;
+    req.app.services.template(req.access()?, tpl)?;
+    let tasks = req
+        .app
+        .services
+        .tasks(req.access()?, Some(tpl), last_limit(&req))?;
+    render_list(&req, &tasks)
+}
+
+/// The route's task; upstream answers 400 (not 404) for a task outside the project.
+fn task(req: &Req) -> Result<Task, ApiError> {
+    let id = req.id("task_id", "task")?;
+    req.app
+        .services
+        .task(req.access()?, id)
+        .map_err(|_| ApiError::BadRequest(format!("task {id} not found in this project")))
+}
+
+/// `GET /api/project/{project_id}/tasks/{task_id}`.
+pub async fn get(req: Req) -> HandlerResult {
+    Ok(body::json(StatusCode::OK, &task_view(&task(&req)?, "")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StopBody {
+    force: Option<bool>,
+}
+
+/// `POST /api/project/{project_id}/tasks/{task_id}/stop` `{"force"}` (empty body = not forced)
+/// → 204: a queued task never runs; a running one gets SIGTERM (SIGKILL when forced) on its
+/// whole process group and ends `stopped`.
+pub async fn stop(req: Req) -> HandlerResult {
+    let task = task(&req)?;
+    let force = if req.body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        req.json::<StopBody>()?.force.unwrap_or(false)
+    };
+    req.app.runner.stop(task.id, force).await?;
+    Ok(body::status(StatusCode::NO_CONTENT))
+}
+
+/// `DELETE /api/project/{project_id}/tasks/{task_id}` → 204: system admins only (401 otherwise,
+/// as upstream); a queued or running task → 400. The output goes in the same transaction.
+pub async fn delete(req: Req) -> HandlerResult {
+    let id = req.id("task_id", "task")?;
+    req.app.services.delete_task(req.access()?, id).await?;
+    Ok(body::status(StatusCode::NO_CONTENT))
+}
+
+/// `GET /api/project/{project_id}/tasks/{task_id}/output[?offset=&limit=][&follow=true]`:
+/// upstream's `[{task_id, task, time, output}]`, oldest first, optionally one page of it. With
+/// `follow=true` the answer is `text/plain`, one line per output line, streamed as lines are
+/// stored, and it ends when the task has finished.
+pub async fn output(req: Req) -> HandlerResult {
+    let task = task(&req)?;
+    let offset = req
+        .query_param("offset")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    if req.query_param("follow").as_deref() == Some("true") {
+        return Ok(follow(&req, task, offset));
+    }
+    let limit = req
+        .query_param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    let lines = req.app.services.output(&task, offset, limit)?;
+    let views: Vec<Value> = lines
+        .iter()
+        .map(|(_, l)| json!({"task_id": task.id, "task": "", "time": rfc3339_us(l.time_us), "output": l.text}))
+        .collect();
+    Ok(body::json(StatusCode::OK, &views))
+}
+
+/// Streams stored lines from `offset`, then new ones as they are stored, until the task ends.
+/// Lines always come from the store, so a slow follower never misses or reorders one.
+fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let services = Arc::clone(&req.app.services);
+    let mut live = req.app.runner.subscribe();
+    let access = req.access.clone();
+    tokio::spawn(async move {
+        let Some(access) = access else { return };
+        let mut next = offset;
+        loop {
+            // Drain what is stored.
+            loop {
+                let Ok(batch) = services.output(&task, next, 4096) else {
+                    return;
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let mut chunk = String::new();
+                for (n, line) in &batch {
+                    chunk.push_str(&line.text);
+                    chunk.push('\n');
+                    next = n + 1;
+                }
+                if tx.send(Bytes::from(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            let finished = services
+                .task(&access, task.id)
+                .map_or(true, |t| t.status.is_finished());
+            if finished {
+                // The final status is written after the last line: nothing more will come.
+                let Ok(rest) = services.output(&task, next, usize::MAX) else {
+                    return;
+                };
+                let chunk: String = rest.iter().map(|(_, l)| format!("{}\n", l.text)).collect();
+                if !chunk.is_empty() {
+                    let _ = tx.send(Bytes::from(chunk)).await;
+                }
+                return;
+            }
+            // Wait for anything about this task (or a lag, after which the store is re-read).
+            loop {
+                match live.recv().await {
+                    Ok(LiveEvent::Log { task_id, .. } | LiveEvent::Update { task_id, .. })
+                        if task_id == task.id =>
+                    {
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    let mut res = hyper::Response::new(body::stream(rx));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// `GET /api/tasks` (admin): the unfinished tasks with where they are.
+pub async fn active(req: Req) -> HandlerResult {
+    let active = req.app.runner.active();
+    let store = req.app.services.store();
+    let view = store.view()?;
+    let mut out = Vec::new();
+    for (id, project, location) in active {
+        let Some(t) = store.task(id)? else { continue };
+        let username = t
+            .user_id
+            .and_then(|u| view.user(u).ok().flatten())
+            .map(|u| u.username);
+        let project_name = view.project(project)?.map(|p| p.name);
+        out.push(json!({
+            "task_id": id,
+            "project_id": project,
+            "status": t.status.as_str(),
+            "location": if location == Location::Queue { "queue" } else { "running" },
+            "username": username,
+            "project_name": project_name,
+        }));
+    }
+    Ok(body::json(StatusCode::OK, &out))
+}

@@ -1,0 +1,715 @@
+//! Running one task: claim it, prepare the repository, inventory and variables, start the app
+//! as an argv (never a shell string) in its own process group, pump its output, honour stops
+//! and the time limit at every step, and record how it ended.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::output::Sink;
+use super::{Inner, process};
+use crate::model::{
+    AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
+    Template,
+};
+use crate::store::NewEvent;
+
+/// How a run ended.
+enum Outcome {
+    Success,
+    Failed(String),
+    Stopped,
+    TimedOut(u64),
+}
+
+/// What to start.
+struct Prepared {
+    cwd: PathBuf,
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// Runs task `id` to its end; every state change is stored before it is published.
+pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver<Option<bool>>) {
+    let Ok(Some(task)) = inner.store.task(id) else {
+        return;
+    };
+    let first = inner.store.output_len(id).unwrap_or(0);
+    let sink = Sink::start(Arc::clone(&inner), task.clone(), first);
+    let task_dir = inner.settings.work_dir.join("tasks").join(id.to_string());
+    let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir).await;
+    let (status, line) = match &outcome {
+        Outcome::Success => (TaskStatus::Success, None),
+        Outcome::Failed(why) => (TaskStatus::Error, Some(why.clone())),
+        Outcome::Stopped => (TaskStatus::Stopped, Some("Task stopped".to_owned())),
+        Outcome::TimedOut(secs) => (
+            TaskStatus::Error,
+            Some(format!(
+                "Task timed out: it ran longer than {secs} s and was killed"
+            )),
+        ),
+    };
+    if let Some(line) = line {
+        sink.line(line).await;
+    }
+    // Output a grandchild still holds open must not keep the task from finishing.
+    if tokio::time::timeout(Duration::from_secs(5), sink.finish())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            task = id,
+            "task output still open after the app ended; finishing anyway"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&task_dir);
+    let now = inner.services.now();
+    let finished = update(&inner, id, move |t| {
+        if t.status.is_finished() {
+            return false;
+        }
+        t.status = status;
+        t.end = Some(now);
+        true
+    })
+    .await;
+    if let Some(t) = finished {
+        record(
+            &inner,
+            &t,
+            format!(
+                "Task ID {} finished - {}",
+                t.id,
+                status.as_str().to_uppercase()
+            ),
+        )
+        .await;
+    }
+}
+
+async fn run_steps(
+    inner: &Arc<Inner>,
+    task: Task,
+    sink: &Sink,
+    stop: &mut watch::Receiver<Option<bool>>,
+    task_dir: &Path,
+) -> Outcome {
+    let id = task.id;
+    let Some(template) = inner.store.view().ok().and_then(|v| {
+        v.get::<Template>(task.project_id, task.template_id)
+            .ok()
+            .flatten()
+    }) else {
+        return Outcome::Failed("the task's template no longer exists".into());
+    };
+    let claimed = update(inner, id, |t| {
+        if t.status != TaskStatus::Waiting {
+            return false;
+        }
+        t.status = TaskStatus::Starting;
+        true
+    })
+    .await;
+    if claimed.is_none() {
+        return Outcome::Stopped;
+    }
+    record(
+        inner,
+        &task,
+        format!("Task ID {id} ({}) is running", template.name),
+    )
+    .await;
+    sink.line(format!("Started: {id}")).await;
+    sink.line(format!("Run TaskRunner with template: {}", template.name))
+        .await;
+    if stop.borrow().is_some() {
+        return Outcome::Stopped;
+    }
+    let now = inner.services.now();
+    let running = update(inner, id, move |t| {
+        if t.status != TaskStatus::Starting {
+            return false;
+        }
+        t.status = TaskStatus::Running;
+        t.start = Some(now);
+        true
+    })
+    .await;
+    let Some(task) = running else {
+        return Outcome::Stopped;
+    };
+    sink.line(format!("Preparing: {id}")).await;
+
+    let max_secs = if template.max_duration_secs > 0 {
+        template.max_duration_secs
+    } else {
+        inner.settings.max_duration_secs
+    };
+    let deadline =
+        (max_secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(max_secs));
+    let sleep_until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until_deadline);
+
+    let prepared = tokio::select! {
+        p = prepare(inner, &task, &template, sink, task_dir) => p,
+        _ = stop.wait_for(Option::is_some) => return Outcome::Stopped,
+        () = &mut sleep_until_deadline => return Outcome::TimedOut(max_secs),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(why) => return Outcome::Failed(why),
+    };
+
+    let mut cmd = Command::new(&prepared.program);
+    cmd.args(&prepared.args)
+        .current_dir(&prepared.cwd)
+        .env_clear()
+        .envs(prepared.env);
+    let mut child = match process::spawn(cmd, sink.sender()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "Running app failed: cannot start {}: {e}",
+                prepared.program
+            ));
+        }
+    };
+    let pgid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .unwrap_or(0);
+    update(inner, id, move |t| {
+        t.process_group = Some(pgid);
+        true
+    })
+    .await;
+
+    let mut outcome = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let status = loop {
+        let kill_timer = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => break status,
+            force = stop.wait_for(Option::is_some), if outcome.is_none() => {
+                outcome = Some(Outcome::Stopped);
+                let force = force.map(|f| *f == Some(true)).unwrap_or(true);
+                if force {
+                    process::signal_group(pgid, Signal::SIGKILL);
+                } else {
+                    process::signal_group(pgid, Signal::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + inner.settings.stop_grace);
+                }
+            }
+            () = &mut sleep_until_deadline, if outcome.is_none() => {
+                outcome = Some(Outcome::TimedOut(max_secs));
+                process::signal_group(pgid, Signal::SIGKILL);
+            }
+            () = kill_timer => {
+                process::signal_group(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+        }
+    };
+    // Nothing of the task may outlive it: end whatever the app left running in its group.
+    process::signal_group(pgid, Signal::SIGKILL);
+    if let Some(outcome) = outcome {
+        return outcome;
+    }
+    match status {
+        Ok(s) if s.success() => Outcome::Success,
+        Ok(s) => Outcome::Failed(match s.code() {
+            Some(code) => format!("Running app failed: exit status {code}"),
+            None => "Running app failed: killed by a signal".into(),
+        }),
+        Err(e) => Outcome::Failed(format!("Running app failed: {e}")),
+    }
+}
+
+/// Applies `change` to the stored task in one transaction when it returns true; returns the
+/// updated task (published to live followers), or `None` when nothing changed.
+async fn update(
+    inner: &Arc<Inner>,
+    id: TaskId,
+    change: impl FnOnce(&mut Task) -> bool + Send + 'static,
+) -> Option<Task> {
+    let store = inner.store.clone();
+    let now = inner.services.now();
+    let result = tokio::task::spawn_blocking(move || {
+        store.transact(now, |tx| {
+            let Some(mut t) = tx.task(id)? else {
+                return Ok(None);
+            };
+            if !change(&mut t) {
+                return Ok(None);
+            }
+            tx.put_task(&t)?;
+            Ok::<_, crate::store::Error>(Some(t))
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(t))) => {
+            inner.publish_update(&t);
+            Some(t)
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::error!(task = id, error = %e, "updating task failed");
+            None
+        }
+        Err(e) => {
+            tracing::error!(task = id, error = %e, "updating task failed");
+            None
+        }
+    }
+}
+
+async fn record(inner: &Arc<Inner>, task: &Task, description: String) {
+    let event = NewEvent {
+        user_id: task.user_id,
+        project_id: Some(task.project_id),
+        object_id: Some(task.id),
+        object_type: "task",
+        description,
+    };
+    let (store, now) = (inner.store.clone(), inner.services.now());
+    let _ = tokio::task::spawn_blocking(move || store.record_event(now, event)).await;
+}
+
+/// Makes a directory (and parents) readable only by us.
+fn private_dir(path: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+/// Writes a file only we can read (keys, passwords, extra vars).
+fn private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(contents)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// `path` (relative) inside `root`, following symlinks: refuses anything that resolves outside.
+fn inside(root: &Path, path: &str, what: &str) -> Result<PathBuf, String> {
+    crate::service::validate::relative_path(path, what)?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    let full = root
+        .join(path)
+        .canonicalize()
+        .map_err(|_| format!("{what} {path} not found in the repository"))?;
+    if !full.starts_with(&root) {
+        return Err(format!("{what} {path} points outside the repository"));
+    }
+    Ok(full)
+}
+
+/// The base environment every child gets: nothing of the server's but `PATH` and `LANG`.
+fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
+    vec![
+        ("PATH".into(), path),
+        ("LANG".into(), lang),
+        ("HOME".into(), home.display().to_string()),
+        ("TMPDIR".into(), home.join("tmp").display().to_string()),
+        ("PWD".into(), cwd.display().to_string()),
+        ("FORGE_TASK_ID".into(), task.id.to_string()),
+    ]
+}
+
+async fn prepare(
+    inner: &Arc<Inner>,
+    task: &Task,
+    template: &Template,
+    sink: &Sink,
+    task_dir: &Path,
+) -> Result<Prepared, String> {
+    let p = task.project_id;
+    let view = inner.store.view().map_err(|e| e.to_string())?;
+    let get_err = |e: crate::store::Error| e.to_string();
+    let repo: Repository = view
+        .get(p, template.repository_id)
+        .map_err(get_err)?
+        .ok_or("the template's repository no longer exists")?;
+    let environment: Option<Environment> = match template.environment_id {
+        Some(e) => view.get(p, e).map_err(get_err)?,
+        None => None,
+    };
+    let inventory_id = task
+        .inventory_id
+        .filter(|&i| view.get::<Inventory>(p, i).ok().flatten().is_some())
+        .or(template.inventory_id);
+    let inventory: Option<Inventory> = match inventory_id {
+        Some(i) => view.get(p, i).map_err(get_err)?,
+        None => None,
+    };
+    let keys: Vec<AccessKey> = view.list(p).map_err(get_err)?;
+    drop(view);
+    let secret_of = |id: Option<u64>| -> Result<Option<(KeyKind, KeySecret)>, String> {
+        let Some(key) = id.and_then(|id| keys.iter().find(|k| k.id == id)) else {
+            return Ok(None);
+        };
+        let secret = inner.services.open_secret(key).map_err(|e| e.to_string())?;
+        Ok(Some((key.kind, secret)))
+    };
+
+    private_dir(&task_dir.join("tmp"))?;
+
+    // Repository: a local path is used in place; anything else is cloned or fetched.
+    let branch = task
+        .git_branch
+        .clone()
+        .or_else(|| template.git_branch.clone())
+        .unwrap_or_else(|| repo.git_branch.clone());
+    let cwd = if repo.git_url.starts_with('/') {
+        let path = PathBuf::from(&repo.git_url);
+        if !path.is_dir() {
+            return Err(format!("repository path {} does not exist", repo.git_url));
+        }
+        path
+    } else {
+        let dir = inner
+            .settings
+            .work_dir
+            .join("repos")
+            .join(format!("repository_{}_{}", repo.id, template.id));
+        let mut git_env = base_env(task, task_dir, &dir);
+        git_env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+        match secret_of(Some(repo.ssh_key_id))? {
+            Some((KeyKind::Ssh, s)) => {
+                let key_file = task_dir.join("git_ssh_key");
+                let mut key = s.private_key.clone();
+                if !key.ends_with('\n') {
+                    key.push('\n');
+                }
+                private_file(&key_file, key.as_bytes())?;
+                git_env.push((
+                    "GIT_SSH_COMMAND".into(),
+                    format!(
+                        "ssh -i '{}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile='{}'",
+                        key_file.display(),
+                        task_dir.join("known_hosts").display()
+                    ),
+                ));
+            }
+            Some((KeyKind::LoginPassword, s)) => {
+                // Credentials reach git through a helper reading the child's environment, never
+                // through the URL (which would show in `ps` and in .git/config).
+                git_env.extend([
+                    ("GIT_CONFIG_COUNT".into(), "1".into()),
+                    ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
+                    (
+                        "GIT_CONFIG_VALUE_0".into(),
+                        "!f() { echo \"username=$FORGE_GIT_USER\"; echo \"password=$FORGE_GIT_PASSWORD\"; }; f".into(),
+                    ),
+                    ("FORGE_GIT_USER".into(), s.login.clone()),
+                    ("FORGE_GIT_PASSWORD".into(), s.password.clone()),
+                ]);
+            }
+            _ => {}
+        }
+        checkout(&repo.git_url, &branch, &dir, &git_env, sink).await?;
+        if let Some(hash) = &task.commit_hash {
+            sink.line(format!("Checking out commit {hash}")).await;
+            git(
+                &["checkout", "--force", "--detach", hash.as_str(), "--"],
+                &dir,
+                &git_env,
+                sink,
+            )
+            .await?;
+        }
+        dir
+    };
+
+    // Variables: environment JSON, then the task's own (task keys win).
+    let mut extra: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    if let Some(env) = &environment {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&env.json) {
+            extra.extend(m);
+        }
+    }
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&task.environment) {
+        extra.extend(m);
+    }
+    let mut env = base_env(task, task_dir, &cwd);
+    let mut var_secrets: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(e) = &environment {
+        if let Some(Ok(serde_json::Value::Object(m))) = e.env.as_deref().map(serde_json::from_str) {
+            for (k, v) in m {
+                if let serde_json::Value::String(s) = v {
+                    env.push((k, s));
+                }
+            }
+        }
+        for key in keys.iter().filter(|k| k.environment_id == Some(e.id)) {
+            let value = inner
+                .services
+                .open_secret(key)
+                .map_err(|e| e.to_string())?
+                .string;
+            match key.name.split_once('.') {
+                Some(("env", name)) => env.push((name.to_owned(), value)),
+                Some((_, name)) => {
+                    var_secrets.insert(name.to_owned(), value);
+                }
+                None => {
+                    var_secrets.insert(key.name.clone(), value);
+                }
+            }
+        }
+    }
+    let template_args: Vec<String> = template
+        .arguments
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    let task_args: Vec<String> = if template.allow_override_args_in_task {
+        task.arguments
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+
+    let program = match template.app.as_str() {
+        "bash" => "bash".to_owned(),
+        "python" => "python3".to_owned(),
+        "ansible" => "ansible-playbook".to_owned(),
+        other => other.to_owned(),
+    };
+    let mut args = Vec::new();
+    if template.app == "ansible" {
+        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+        env.push((
+            "ANSIBLE_LOCAL_TEMP".into(),
+            task_dir.join("tmp").display().to_string(),
+        ));
+        let inventory = inventory.ok_or("an ansible template needs an inventory")?;
+        let inventory_path = match inventory.kind.as_str() {
+            "file" => inside(&cwd, &inventory.inventory, "inventory")?,
+            kind => {
+                let name = if kind == "static-yaml" {
+                    "inventory.yml"
+                } else {
+                    "inventory"
+                };
+                let path = task_dir.join(name);
+                private_file(&path, inventory.inventory.as_bytes())?;
+                path
+            }
+        };
+        args.extend(["-i".to_owned(), inventory_path.display().to_string()]);
+        match secret_of(inventory.ssh_key_id)? {
+            Some((KeyKind::Ssh, s)) => {
+                let key_file = task_dir.join("inventory_ssh_key");
+                let mut key = s.private_key.clone();
+                if !key.ends_with('\n') {
+                    key.push('\n');
+                }
+                private_file(&key_file, key.as_bytes())?;
+                args.push(format!("--private-key={}", key_file.display()));
+                if !s.login.is_empty() {
+                    args.push(format!("--user={}", s.login));
+                }
+            }
+            Some((KeyKind::LoginPassword, s)) => {
+                extra.insert("ansible_user".into(), s.login.into());
+                extra.insert("ansible_password".into(), s.password.into());
+            }
+            _ => {}
+        }
+        if let Some((KeyKind::LoginPassword, s)) = secret_of(inventory.become_key_id)? {
+            if !s.login.is_empty() {
+                extra.insert("ansible_become_user".into(), s.login.into());
+            }
+            extra.insert("ansible_become_password".into(), s.password.into());
+        }
+        for (i, vault) in template.vaults.iter().enumerate() {
+            if let Some((_, s)) = secret_of(Some(vault.vault_key_id))? {
+                let file = task_dir.join(format!("vault_{i}"));
+                private_file(&file, s.password.as_bytes())?;
+                let name = vault.name.clone().unwrap_or_else(|| "default".into());
+                args.push(format!("--vault-id={name}@{}", file.display()));
+            }
+        }
+        if task.debug {
+            args.push("-vvvv".into());
+        }
+        if task.diff {
+            args.push("--diff".into());
+        }
+        if task.dry_run {
+            args.push("--check".into());
+        }
+        for (k, v) in &var_secrets {
+            extra.insert(k.clone(), v.clone().into());
+        }
+        if !task.sealed_secret.is_empty() {
+            if let Ok(plain) = inner.services.open_sealed(&task.sealed_secret) {
+                if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&plain) {
+                    extra.extend(m);
+                }
+            }
+        }
+        extra.insert(
+            "semaphore_vars".into(),
+            serde_json::json!({"task_details": {"id": task.id, "message": task.message}}),
+        );
+        let vars_file = task_dir.join("extra_vars.json");
+        private_file(
+            &vars_file,
+            serde_json::Value::Object(extra).to_string().as_bytes(),
+        )?;
+        args.push(format!("--extra-vars=@{}", vars_file.display()));
+        args.extend(template_args);
+        args.extend(task_args);
+        if !task.limit.is_empty() {
+            args.push(format!("--limit={}", task.limit));
+        }
+        let playbook = if task.playbook.is_empty() {
+            &template.playbook
+        } else {
+            &task.playbook
+        };
+        inside(&cwd, playbook, "playbook")?;
+        args.push(playbook.clone());
+    } else {
+        inside(&cwd, &template.playbook, "playbook")?;
+        args.push(template.playbook.clone());
+        args.extend(var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
+        args.extend(template_args);
+        for (k, v) in &extra {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            args.push(format!("{k}={value}"));
+        }
+        args.extend(task_args);
+    }
+    Ok(Prepared {
+        cwd,
+        program,
+        args,
+        env,
+    })
+}
+
+/// Clones `url` at `branch` into `dir`, or brings an existing clone up to date (re-cloning
+/// when that fails).
+async fn checkout(
+    url: &str,
+    branch: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    sink: &Sink,
+) -> Result<(), String> {
+    if dir.join(".git").is_dir() {
+        sink.line(format!("Updating Repository {url}")).await;
+        let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        let remote = format!("refs/remotes/origin/{branch}");
+        let updated = async {
+            git(&["remote", "set-url", "origin", url], dir, env, sink).await?;
+            git(
+                &["fetch", "--prune", "origin", refspec.as_str()],
+                dir,
+                env,
+                sink,
+            )
+            .await?;
+            git(
+                &["checkout", "--force", "-B", branch, remote.as_str(), "--"],
+                dir,
+                env,
+                sink,
+            )
+            .await?;
+            git(&["clean", "-ffdx"], dir, env, sink).await?;
+            git(
+                &["submodule", "update", "--init", "--recursive"],
+                dir,
+                env,
+                sink,
+            )
+            .await
+        }
+        .await;
+        if updated.is_ok() {
+            return Ok(());
+        }
+        sink.line("Update failed; cloning again").await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    sink.line(format!("Cloning Repository {url}")).await;
+    if let Some(parent) = dir.parent() {
+        private_dir(parent)?;
+    }
+    let target = dir.display().to_string();
+    let parent = dir.parent().unwrap_or(dir);
+    let args = [
+        "clone",
+        "--recursive",
+        "--branch",
+        branch,
+        "--",
+        url,
+        target.as_str(),
+    ];
+    git(&args, parent, env, sink).await
+}
+
+/// Runs one git command (argv, output into the task log); a failure is an error.
+async fn git(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(String, String)],
+    sink: &Sink,
+) -> Result<(), String> {
+    let mut cmd = Command::new("git");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env.iter().cloned());
+    let mut child =
+        process::spawn(cmd, sink.sender()).map_err(|e| format!("cannot run git: {e}"))?;
+    let status = child.wait().await.map_err(|e| format!("git failed: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "git {} failed: {status}",
+            args.first().copied().unwrap_or_default()
+        ))
+    }
+}

@@ -1,0 +1,450 @@
+//! The task runner: a FIFO queue with global, per-project and per-template limits, dispatching
+//! the moment a slot frees up; one executor per running task; live events for followers and
+//! WebSocket clients; and recovery of unfinished tasks after a restart.
+//!
+//! State in memory is only the queue order and the running set; every status change is written
+//! to the store first, so a crash loses nothing that was acknowledged.
+
+mod exec;
+mod output;
+pub mod process;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::config::Config;
+use crate::model::{OutputLine, ProjectId, Task, TaskId, TaskStatus};
+use crate::service::Services;
+use crate::store::Store;
+
+/// Something that happened to a task, for live followers and WebSocket clients.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    /// The task's status (or times) changed.
+    Update {
+        /// Task.
+        task_id: TaskId,
+        /// Its project.
+        project_id: ProjectId,
+        /// Its template.
+        template_id: u64,
+        /// New status.
+        status: TaskStatus,
+        /// Start time, Unix seconds.
+        start: Option<i64>,
+        /// End time, Unix seconds.
+        end: Option<i64>,
+    },
+    /// Lines were stored (they are durable when this is sent).
+    Log {
+        /// Task.
+        task_id: TaskId,
+        /// Its project.
+        project_id: ProjectId,
+        /// Line number of the first line.
+        first: u64,
+        /// The lines.
+        lines: Arc<[OutputLine]>,
+    },
+}
+
+/// Limits and places the runner works with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    max_parallel: usize,
+    stop_grace: Duration,
+    max_duration_secs: u64,
+    output_max_lines: u64,
+    output_max_bytes: u64,
+    work_dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: TaskId,
+    project: ProjectId,
+    template: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    project: ProjectId,
+    template: u64,
+    /// `Some(force)` once a stop was asked for.
+    stop: watch::Sender<Option<bool>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    running: HashMap<TaskId, Running>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    services: Arc<Services>,
+    store: Store,
+    settings: Settings,
+    state: Mutex<State>,
+    wake: Notify,
+    live: broadcast::Sender<LiveEvent>,
+}
+
+/// A handle to the runner; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+    dispatcher: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Where an unfinished task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// Waiting for a slot.
+    Queue,
+    /// Being prepared or run.
+    Running,
+}
+
+impl Runner {
+    /// Recovers unfinished tasks (running ones become `error`, their leftover processes are
+    /// killed; waiting ones are queued again) and starts dispatching.
+    ///
+    /// # Errors
+    /// Storage failures during recovery.
+    pub fn start(services: Arc<Services>, config: &Config) -> crate::service::Result<Self> {
+        let (live, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            store: services.store().clone(),
+            services,
+            settings: Settings {
+                max_parallel: config.max_parallel_tasks,
+                stop_grace: Duration::from_secs(config.stop_grace_secs),
+                max_duration_secs: config.max_task_duration_secs,
+                output_max_lines: config.output_max_lines.max(1),
+                output_max_bytes: config.output_max_bytes.max(1),
+                work_dir: config.work_dir(),
+            },
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            live,
+        });
+        inner.recover()?;
+        let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch_loop());
+        Ok(Self {
+            inner,
+            dispatcher: Arc::new(Mutex::new(Some(dispatcher))),
+        })
+    }
+
+    /// Queues a task stored as `waiting`; it starts as soon as the limits allow.
+    pub fn enqueue(&self, task: &Task) {
+        self.inner.lock().queue.push_back(Queued {
+            id: task.id,
+            project: task.project_id,
+            template: task.template_id,
+        });
+        self.inner.publish_update(task);
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops a task: a queued one never runs; a running one gets SIGTERM (or SIGKILL with
+    /// `force`) on its process group and ends `stopped`. A finished task is left as it is.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn stop(&self, task_id: TaskId, force: bool) -> crate::service::Result<()> {
+        enum Action {
+            Dequeued,
+            Signalled,
+            Orphan,
+        }
+        let action = {
+            let mut state = self.inner.lock();
+            if let Some(pos) = state.queue.iter().position(|q| q.id == task_id) {
+                state.queue.remove(pos);
+                Action::Dequeued
+            } else if let Some(running) = state.running.get(&task_id) {
+                running.stop.send_replace(Some(force));
+                Action::Signalled
+            } else {
+                Action::Orphan
+            }
+        };
+        let inner = Arc::clone(&self.inner);
+        match action {
+            Action::Dequeued => {
+                inner
+                    .finish_without_running(
+                        task_id,
+                        TaskStatus::Stopped,
+                        "Task stopped before it started",
+                    )
+                    .await
+            }
+            Action::Signalled => {
+                // The executor ends it; record that a stop is under way (unless it already ended).
+                inner
+                    .set_status_if_active(task_id, TaskStatus::Stopping)
+                    .await
+            }
+            Action::Orphan => {
+                let active = inner
+                    .store
+                    .task(task_id)?
+                    .is_some_and(|t| !t.status.is_finished());
+                if active {
+                    inner
+                        .finish_without_running(task_id, TaskStatus::Stopped, "Task stopped")
+                        .await
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A receiver of every live event.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// The unfinished tasks this runner knows, with where they are.
+    #[must_use]
+    pub fn active(&self) -> Vec<(TaskId, ProjectId, Location)> {
+        let state = self.inner.lock();
+        let mut out: Vec<_> = state
+            .queue
+            .iter()
+            .map(|q| (q.id, q.project, Location::Queue))
+            .collect();
+        out.extend(
+            state
+                .running
+                .iter()
+                .map(|(id, r)| (*id, r.project, Location::Running)),
+        );
+        out.sort_by_key(|(id, _, _)| *id);
+        out
+    }
+
+    /// Stops dispatching (on server shutdown). Running tasks are left to finish or be
+    /// recovered at the next start.
+    pub fn shutdown(&self) {
+        let handle = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            h.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish_update(&self, task: &Task) {
+        let _ = self.live.send(LiveEvent::Update {
+            task_id: task.id,
+            project_id: task.project_id,
+            template_id: task.template_id,
+            status: task.status,
+            start: task.start,
+            end: task.end,
+        });
+    }
+
+    fn publish_lines(&self, task: &Task, first: u64, lines: Arc<[OutputLine]>) {
+        let _ = self.live.send(LiveEvent::Log {
+            task_id: task.id,
+            project_id: task.project_id,
+            first,
+            lines,
+        });
+    }
+
+    /// On start: unfinished tasks that were past the queue end as `error`; waiting ones queue
+    /// again in id (arrival) order.
+    fn recover(&self) -> crate::service::Result<()> {
+        let now = self.services.now();
+        for task in self.store.active_tasks()? {
+            if task.status == TaskStatus::Waiting {
+                self.lock().queue.push_back(Queued {
+                    id: task.id,
+                    project: task.project_id,
+                    template: task.template_id,
+                });
+                continue;
+            }
+            if let Some(pgid) = task.process_group {
+                if process::kill_leftover_group(pgid, task.id) {
+                    tracing::warn!(
+                        task = task.id,
+                        pgid,
+                        "killed leftover processes of an interrupted task"
+                    );
+                }
+            }
+            let first = self.store.output_len(task.id)?;
+            let line = OutputLine {
+                time_us: process::now_us(),
+                text: "interrupted: server restarted".into(),
+            };
+            self.store.transact(now, |tx| {
+                let Some(mut t) = tx.task(task.id)? else {
+                    return Ok(());
+                };
+                t.status = TaskStatus::Error;
+                t.end = Some(now);
+                tx.put_task(&t)?;
+                tx.append_output(t.id, first, std::slice::from_ref(&line))?;
+                Ok::<_, crate::store::Error>(())
+            })?;
+            tracing::info!(task = task.id, "marked interrupted task as error");
+        }
+        Ok(())
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            self.dispatch();
+            self.wake.notified().await;
+        }
+    }
+
+    /// Starts every queued task the limits allow, strictly FIFO within each project: once a
+    /// project's oldest waiting task is blocked, its later tasks wait too.
+    fn dispatch(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let mut blocked: HashSet<ProjectId> = HashSet::new();
+        let mut limits: HashMap<ProjectId, u32> = HashMap::new();
+        let mut i = 0;
+        while i < state.queue.len() {
+            if self.settings.max_parallel > 0 && state.running.len() >= self.settings.max_parallel {
+                break;
+            }
+            let (id, project, template) = {
+                let q = &state.queue[i];
+                (q.id, q.project, q.template)
+            };
+            if blocked.contains(&project) {
+                i += 1;
+                continue;
+            }
+            let limit = *limits.entry(project).or_insert_with(|| {
+                self.store
+                    .view()
+                    .ok()
+                    .and_then(|v| v.project(project).ok().flatten())
+                    .map_or(0, |p| p.max_parallel_tasks)
+            });
+            let in_project = state
+                .running
+                .values()
+                .filter(|r| r.project == project)
+                .count();
+            let template_busy = state
+                .running
+                .values()
+                .any(|r| r.project == project && r.template == template);
+            if template_busy || (limit > 0 && in_project >= limit as usize) {
+                blocked.insert(project);
+                i += 1;
+                continue;
+            }
+            state.queue.remove(i);
+            let (stop, stop_rx) = watch::channel(None);
+            state.running.insert(
+                id,
+                Running {
+                    project,
+                    template,
+                    stop,
+                },
+            );
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                exec::run(Arc::clone(&inner), id, stop_rx).await;
+                inner.lock().running.remove(&id);
+                inner.wake.notify_one();
+            });
+        }
+    }
+
+    /// Ends a task that never ran (stopped in the queue, or an orphan) with one output line.
+    async fn finish_without_running(
+        self: Arc<Self>,
+        task_id: TaskId,
+        status: TaskStatus,
+        message: &'static str,
+    ) -> crate::service::Result<()> {
+        let store = self.store.clone();
+        let now = self.services.now();
+        let task = tokio::task::spawn_blocking(move || {
+            let first = store.output_len(task_id)?;
+            let line = OutputLine {
+                time_us: process::now_us(),
+                text: message.into(),
+            };
+            store.transact(now, |tx| {
+                let Some(mut t) = tx.task(task_id)? else {
+                    return Ok(None);
+                };
+                if t.status.is_finished() {
+                    return Ok(None);
+                }
+                t.status = status;
+                t.end = Some(now);
+                tx.put_task(&t)?;
+                tx.append_output(task_id, first, std::slice::from_ref(&line))?;
+                Ok::<_, crate::store::Error>(Some((t, first, line)))
+            })
+        })
+        .await
+        .map_err(|e| crate::service::Error::Internal(e.to_string()))??;
+        if let Some((t, first, line)) = task {
+            self.publish_lines(&t, first, Arc::from(vec![line]));
+            self.publish_update(&t);
+        }
+        Ok(())
+    }
+
+    async fn set_status_if_active(
+        self: Arc<Self>,
+        task_id: TaskId,
+        status: TaskStatus,
+    ) -> crate::service::Result<()> {
+        let store = self.store.clone();
+        let now = self.services.now();
+        let task = tokio::task::spawn_blocking(move || {
+            store.transact(now, |tx| {
+                let Some(mut t) = tx.task(task_id)? else {
+                    return Ok(None);
+                };
+                if t.status.is_finished() || t.status == status {
+                    return Ok(None);
+                }
+                t.status = status;
+                tx.put_task(&t)?;
+                Ok::<_, crate::store::Error>(Some(t))
+            })
+        })
+        .await
+        .map_err(|e| crate::service::Error::Internal(e.to_string()))??;
+        if let Some(t) = task {
+            self.publish_update(&t);
+        }
+        Ok(())
+    }
+}

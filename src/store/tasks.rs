@@ -1,0 +1,229 @@
+//! Tasks, the index of unfinished tasks, and task output lines.
+
+use redb::{Durability, ReadableTable, WriteTransaction};
+
+use super::projects::{Resource, Tx};
+use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT};
+use super::{Error, Result, Store, codec};
+use crate::model::{OutputLine, ProjectId, Task, TaskId};
+
+impl Resource for Task {
+    const TABLE: redb::TableDefinition<'static, (ProjectId, u64), &'static [u8]> = PROJECT_TASK;
+    const COUNTER: &'static str = "next_task_id";
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn set_id(&mut self, id: u64) {
+        self.id = id;
+    }
+    fn project_id(&self) -> ProjectId {
+        self.project_id
+    }
+}
+
+/// Writes a task with its indexes (the active-task index follows the status).
+fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
+    tx.open_table(PROJECT_TASK)?
+        .insert((task.project_id, task.id), codec::encode(task).as_slice())?;
+    tx.open_table(TASKID_PROJECT)?
+        .insert(task.id, task.project_id)?;
+    let mut active = tx.open_table(ACTIVE_TASK)?;
+    if task.status.is_finished() {
+        active.remove(task.id)?;
+    } else {
+        active.insert(task.id, ())?;
+    }
+    Ok(())
+}
+
+/// Removes every task of `project` from the global indexes and drops their output (the task
+/// rows themselves go with the project's range).
+pub(super) fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) -> Result<()> {
+    let ids: Vec<TaskId> = tx
+        .open_table(PROJECT_TASK)?
+        .range((project, 0)..=(project, u64::MAX))?
+        .map(|row| Ok::<_, Error>(row?.0.value().1))
+        .collect::<Result<_>>()?;
+    let mut index = tx.open_table(TASKID_PROJECT)?;
+    let mut active = tx.open_table(ACTIVE_TASK)?;
+    let mut output = tx.open_table(TASK_OUTPUT)?;
+    for id in ids {
+        index.remove(id)?;
+        active.remove(id)?;
+        output.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+    }
+    Ok(())
+}
+
+impl Tx<'_> {
+    /// Stores a new task (assigning its id) with its indexes.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn insert_task(&self, task: &mut Task) -> Result<TaskId> {
+        task.id = super::next_id(self.raw(), Task::COUNTER)?;
+        put_task(self.raw(), task)?;
+        Ok(task.id)
+    }
+
+    /// Replaces a task, keeping the active-task index in step with its status.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn put_task(&self, task: &Task) -> Result<()> {
+        put_task(self.raw(), task)
+    }
+
+    /// Task `id` wherever it lives.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
+        let Some(project) = self
+            .raw()
+            .open_table(TASKID_PROJECT)?
+            .get(id)?
+            .map(|p| p.value())
+        else {
+            return Ok(None);
+        };
+        self.get::<Task>(project, id)
+    }
+
+    /// Deletes a task with its output.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn delete_task(&self, task: &Task) -> Result<()> {
+        self.raw()
+            .open_table(PROJECT_TASK)?
+            .remove((task.project_id, task.id))?;
+        self.raw().open_table(TASKID_PROJECT)?.remove(task.id)?;
+        self.raw().open_table(ACTIVE_TASK)?.remove(task.id)?;
+        self.raw()
+            .open_table(TASK_OUTPUT)?
+            .retain_in((task.id, 0)..=(task.id, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    /// Appends output lines to task `id` starting at line number `first`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
+        let mut output = self.raw().open_table(TASK_OUTPUT)?;
+        for (n, line) in (first..).zip(lines) {
+            output.insert((id, n), codec::encode(line).as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Task `id` wherever it lives.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
+        let tx = self.read()?;
+        let Some(project) = tx.open_table(TASKID_PROJECT)?.get(id)?.map(|p| p.value()) else {
+            return Ok(None);
+        };
+        match tx.open_table(PROJECT_TASK)?.get((project, id))? {
+            Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every unfinished task, oldest first (from the active-task index, not a scan).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn active_tasks(&self) -> Result<Vec<Task>> {
+        let tx = self.read()?;
+        let active = tx.open_table(ACTIVE_TASK)?;
+        let index = tx.open_table(TASKID_PROJECT)?;
+        let tasks = tx.open_table(PROJECT_TASK)?;
+        let mut out = Vec::new();
+        for row in active.iter()? {
+            let id = row?.0.value();
+            let Some(project) = index.get(id)?.map(|p| p.value()) else {
+                continue;
+            };
+            if let Some(bytes) = tasks.get((project, id))? {
+                out.push(codec::decode(bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest tasks of `project` (optionally of one template), newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn recent_tasks(
+        &self,
+        project: ProjectId,
+        template: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>> {
+        let tx = self.read()?;
+        let tasks = tx.open_table(PROJECT_TASK)?;
+        let mut out = Vec::new();
+        for row in tasks.range((project, 0)..=(project, u64::MAX))?.rev() {
+            let task: Task = codec::decode(row?.1.value())?;
+            if template.is_none_or(|t| t == task.template_id) {
+                out.push(task);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends a batch of output lines durably in one transaction.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
+        self.write(Durability::Immediate, |tx| {
+            let mut output = tx.open_table(TASK_OUTPUT)?;
+            for (n, line) in (first..).zip(lines) {
+                output.insert((id, n), codec::encode(line).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Output lines `offset..offset+limit` of task `id`, with their line numbers.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn output(&self, id: TaskId, offset: u64, limit: usize) -> Result<Vec<(u64, OutputLine)>> {
+        let tx = self.read()?;
+        let output = tx.open_table(TASK_OUTPUT)?;
+        output
+            .range((id, offset)..=(id, u64::MAX))?
+            .take(limit)
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((k.value().1, codec::decode(v.value())?))
+            })
+            .collect()
+    }
+
+    /// How many output lines task `id` has.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn output_len(&self, id: TaskId) -> Result<u64> {
+        let tx = self.read()?;
+        let output = tx.open_table(TASK_OUTPUT)?;
+        let last = output
+            .range((id, 0)..=(id, u64::MAX))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
+    }
+}
