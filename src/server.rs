@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
 use crate::http;
@@ -24,7 +24,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// (bounded by a drain timeout).
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
-    let graceful = GracefulShutdown::new();
+    // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
+    // last one has finished. (hyper-util's GracefulShutdown cannot watch upgradeable
+    // connections, which /api/ws needs.)
+    let (closing, closing_rx) = watch::channel(false);
+    let (open, mut drained) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -49,9 +53,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                     let app = Arc::clone(&app);
                     async move { Ok::<_, Infallible>(http::handle(app, req, peer).await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                let (mut closing, open) = (closing_rx.clone(), open.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let _open = open;
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = async { let _ = closing.wait_for(|c| *c).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 });
@@ -63,8 +77,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     sweeper.abort();
     let _ = sweeper.await;
     app.runner.shutdown();
+    closing.send_replace(true);
+    drop(open);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = drained.recv() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         }

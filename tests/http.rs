@@ -91,7 +91,12 @@ async fn every_route_refuses_oversized_bodies_with_413() {
     let s = TestServer::start_with(|c| c.max_body_bytes = 1024).await;
     let a = s.admin().await;
     // Project routes check access before reading the body: give them a project 1.
-    assert_eq!(a.post("/api/projects", serde_json::json!({"name": "p"})).await.status, 201);
+    assert_eq!(
+        a.post("/api/projects", serde_json::json!({"name": "p"}))
+            .await
+            .status,
+        201
+    );
     let big = vec![b' '; 1025];
     for route in routes() {
         let path = concrete(route.path);
@@ -139,7 +144,12 @@ async fn oversized_chunked_body_without_length_gets_413() {
 async fn head_works_wherever_get_does() {
     let s = TestServer::start().await;
     let a = s.admin().await;
-    assert_eq!(a.post("/api/projects", serde_json::json!({"name": "p"})).await.status, 201);
+    assert_eq!(
+        a.post("/api/projects", serde_json::json!({"name": "p"}))
+            .await
+            .status,
+        201
+    );
     for route in routes().iter().filter(|r| r.method == hyper::Method::GET) {
         let path = concrete(route.path);
         let get = a.get(&path).await;

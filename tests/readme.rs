@@ -58,7 +58,10 @@ fn run_blocking(script: &str, server: &TestServer) -> (String, String) {
     let script = script
         .replace("http://localhost:3000", &server.base())
         .replace("/tmp/forge-cookie", &jar.display().to_string())
-        .replace("/tmp/forge-demo", &server.dir.path().join("demo").display().to_string());
+        .replace(
+            "/tmp/forge-demo",
+            &server.dir.path().join("demo").display().to_string(),
+        );
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
@@ -105,10 +108,22 @@ async fn readme_walkthrough_works_verbatim() {
         stderr.contains("< HTTP/1.1 201"),
         "token creation answered 201:\n{stderr}"
     );
-    assert!(stdout.contains(r#""name":"Demo""#), "the project was created:\n{stdout}");
-    assert!(stdout.contains(r#""type":"static""#), "the inventory was created:\n{stdout}");
-    assert!(stdout.contains(r#""playbook":"hello.sh""#), "the template was created:\n{stdout}");
-    assert!(!stdout.contains("s3cret") && !stdout.contains("t0ps3cret"), "secrets leaked:\n{stdout}");
+    assert!(
+        stdout.contains(r#""name":"Demo""#),
+        "the project was created:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""type":"static""#),
+        "the inventory was created:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""playbook":"hello.sh""#),
+        "the template was created:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains("t0ps3cret"),
+        "secrets leaked:\n{stdout}"
+    );
     let codes: Vec<&str> = stdout.lines().filter(|l| l.len() == 3).collect();
     assert_eq!(
         codes,

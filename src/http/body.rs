@@ -93,6 +93,36 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecodeError(pub String);
 
+/// Removes quoted string values from a serde message (`invalid type: string "hunter2",
+/// expected ...`): a rejected field may hold a secret, and errors must not echo it.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at + "string".len()]);
+        let quoted = &rest[at + "string \"".len()..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(i) = end else {
+            rest = "";
+            break;
+        };
+        rest = &quoted[i + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Decodes a JSON request body as Go's `encoding/json` would for upstream: unknown fields are
 /// ignored, missing fields take their defaults (request types use `#[serde(default)]`), and
 /// `null` means "all defaults". An empty body or invalid JSON is an error that names the
@@ -113,7 +143,7 @@ pub fn decode<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, DecodeEr
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: Option<T> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = redact(&e.into_inner().to_string());
         if path == "." || path.is_empty() {
             DecodeError(format!("invalid JSON body: {inner}"))
         } else {
@@ -147,6 +177,21 @@ mod tests {
         assert_eq!(
             decode::<Login>(br#"{"auth":null}"#).unwrap(),
             Login::default()
+        );
+    }
+
+    #[test]
+    fn errors_never_echo_string_values() {
+        let e = decode::<Login>(br#"{"admin":"hunter2 \"quoted\" x"}"#).unwrap_err();
+        assert!(!e.0.contains("hunter2"), "{}", e.0);
+        assert!(
+            e.0.contains("`admin`") && e.0.contains("invalid type: string,"),
+            "{}",
+            e.0
+        );
+        assert_eq!(
+            redact(r#"a string "x\"y" b string "z""#),
+            "a string b string"
         );
     }
 

@@ -44,6 +44,8 @@ pub struct Req {
     pub query: Option<String>,
     /// What the caller may do in the route's project (project routes only).
     pub access: Option<Access>,
+    /// The connection's upgrade, for `/api/ws`.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Req {
@@ -149,7 +151,7 @@ async fn dispatch(
         Lookup::MethodNotAllowed(allow) => return Err(ApiError::MethodNotAllowed(allow)),
         Lookup::NotFound => return Err(ApiError::NotFound),
     };
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let caller = match need {
         auth::Need::Anonymous => None,
         need => need.admit(
@@ -186,6 +188,7 @@ async fn dispatch(
         peer,
         query: parts.uri.query().map(str::to_owned),
         access,
+        upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
     };
     match tokio::spawn(handler(req)).await {
         Ok(result) => result,

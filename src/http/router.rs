@@ -10,7 +10,7 @@ use super::Req;
 use super::auth::Need;
 use super::body::Body;
 use super::error::ApiError;
-use super::handlers::{meta, projects, resources as res, session, tasks, tokens, users};
+use super::handlers::{meta, projects, resources as res, session, tasks, tokens, users, ws};
 use crate::model::Permissions;
 
 /// What a handler returns.
@@ -127,6 +127,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/project/{project_id}/tasks/{task_id}/output", Project(NONE), tasks::output),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/stop", Project(RUN_TASKS), tasks::stop),
         route!(GET "/api/tasks", Admin, tasks::active),
+        route!(GET "/api/ws", User, ws::connect),
     ]
 }
 

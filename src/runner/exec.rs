@@ -196,6 +196,27 @@ async fn run_steps(
     })
     .await;
 
+    supervise(
+        &mut child,
+        pgid,
+        stop,
+        &mut sleep_until_deadline,
+        inner.settings.stop_grace,
+        max_secs,
+    )
+    .await
+}
+
+/// Waits for the app, honouring a stop (SIGTERM, then SIGKILL after `grace`; SIGKILL at once
+/// when forced) and the deadline; whatever is left of its process group is killed at the end.
+async fn supervise(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    stop: &mut watch::Receiver<Option<bool>>,
+    deadline: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    grace: Duration,
+    max_secs: u64,
+) -> Outcome {
     let mut outcome = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
     let status = loop {
@@ -209,15 +230,14 @@ async fn run_steps(
             status = child.wait() => break status,
             force = stop.wait_for(Option::is_some), if outcome.is_none() => {
                 outcome = Some(Outcome::Stopped);
-                let force = force.map(|f| *f == Some(true)).unwrap_or(true);
-                if force {
+                if force.map_or(true, |f| *f == Some(true)) {
                     process::signal_group(pgid, Signal::SIGKILL);
                 } else {
                     process::signal_group(pgid, Signal::SIGTERM);
-                    kill_at = Some(tokio::time::Instant::now() + inner.settings.stop_grace);
+                    kill_at = Some(tokio::time::Instant::now() + grace);
                 }
             }
-            () = &mut sleep_until_deadline, if outcome.is_none() => {
+            () = deadline.as_mut(), if outcome.is_none() => {
                 outcome = Some(Outcome::TimedOut(max_secs));
                 process::signal_group(pgid, Signal::SIGKILL);
             }
@@ -346,6 +366,71 @@ fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// What a run draws on, read in one view at the start.
+struct Materials {
+    repo: Repository,
+    environment: Option<Environment>,
+    inventory: Option<Inventory>,
+    keys: Vec<AccessKey>,
+}
+
+impl Materials {
+    fn load(inner: &Inner, task: &Task, template: &Template) -> Result<Self, String> {
+        let p = task.project_id;
+        let err = |e: crate::store::Error| e.to_string();
+        let view = inner.store.view().map_err(err)?;
+        let repo: Repository = view
+            .get(p, template.repository_id)
+            .map_err(err)?
+            .ok_or("the template's repository no longer exists")?;
+        let environment = match template.environment_id {
+            Some(e) => view.get(p, e).map_err(err)?,
+            None => None,
+        };
+        // A task's inventory override falls back to the template's when it is gone.
+        let inventory = match task.inventory_id {
+            Some(i) => view.get::<Inventory>(p, i).map_err(err)?,
+            None => None,
+        };
+        let inventory = match (inventory, template.inventory_id) {
+            (Some(i), _) => Some(i),
+            (None, Some(i)) => view.get(p, i).map_err(err)?,
+            (None, None) => None,
+        };
+        let keys = view.list(p).map_err(err)?;
+        Ok(Self {
+            repo,
+            environment,
+            inventory,
+            keys,
+        })
+    }
+
+    /// The opened secret of key `id`, if it exists.
+    fn secret(
+        &self,
+        inner: &Inner,
+        id: Option<u64>,
+    ) -> Result<Option<(KeyKind, KeySecret)>, String> {
+        let Some(key) = id.and_then(|id| self.keys.iter().find(|k| k.id == id)) else {
+            return Ok(None);
+        };
+        let secret = inner.services.open_secret(key).map_err(|e| e.to_string())?;
+        Ok(Some((key.kind, secret)))
+    }
+}
+
+/// Writes an SSH private key where only we can read it; returns its path.
+fn key_file(task_dir: &Path, name: &str, secret: &KeySecret) -> Result<PathBuf, String> {
+    let path = task_dir.join(name);
+    let mut key = secret.private_key.clone();
+    if !key.ends_with('\n') {
+        key.push('\n');
+    }
+    private_file(&path, key.as_bytes())?;
+    Ok(path)
+}
+
 async fn prepare(
     inner: &Arc<Inner>,
     task: &Task,
@@ -353,276 +438,317 @@ async fn prepare(
     sink: &Sink,
     task_dir: &Path,
 ) -> Result<Prepared, String> {
-    let p = task.project_id;
-    let view = inner.store.view().map_err(|e| e.to_string())?;
-    let get_err = |e: crate::store::Error| e.to_string();
-    let repo: Repository = view
-        .get(p, template.repository_id)
-        .map_err(get_err)?
-        .ok_or("the template's repository no longer exists")?;
-    let environment: Option<Environment> = match template.environment_id {
-        Some(e) => view.get(p, e).map_err(get_err)?,
-        None => None,
-    };
-    let inventory_id = task
-        .inventory_id
-        .filter(|&i| view.get::<Inventory>(p, i).ok().flatten().is_some())
-        .or(template.inventory_id);
-    let inventory: Option<Inventory> = match inventory_id {
-        Some(i) => view.get(p, i).map_err(get_err)?,
-        None => None,
-    };
-    let keys: Vec<AccessKey> = view.list(p).map_err(get_err)?;
-    drop(view);
-    let secret_of = |id: Option<u64>| -> Result<Option<(KeyKind, KeySecret)>, String> {
-        let Some(key) = id.and_then(|id| keys.iter().find(|k| k.id == id)) else {
-            return Ok(None);
-        };
-        let secret = inner.services.open_secret(key).map_err(|e| e.to_string())?;
-        Ok(Some((key.kind, secret)))
-    };
-
+    let m = Materials::load(inner, task, template)?;
     private_dir(&task_dir.join("tmp"))?;
+    let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;
+    let vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
+    if template.app == "ansible" {
+        ansible(inner, task, template, &m, vars, cwd, task_dir)
+    } else {
+        shell(template, task, vars, cwd)
+    }
+}
 
-    // Repository: a local path is used in place; anything else is cloned or fetched.
+/// The checkout to run in: a local path in place, anything else cloned or fetched into a
+/// directory of this repository and template (one template never runs twice at once).
+async fn prepare_repository(
+    inner: &Inner,
+    task: &Task,
+    template: &Template,
+    m: &Materials,
+    sink: &Sink,
+    task_dir: &Path,
+) -> Result<PathBuf, String> {
+    let repo = &m.repo;
+    if repo.git_url.starts_with('/') {
+        let path = PathBuf::from(&repo.git_url);
+        if !path.is_dir() {
+            return Err(format!("repository path {} does not exist", repo.git_url));
+        }
+        return Ok(path);
+    }
     let branch = task
         .git_branch
         .clone()
         .or_else(|| template.git_branch.clone())
         .unwrap_or_else(|| repo.git_branch.clone());
-    let cwd = if repo.git_url.starts_with('/') {
-        let path = PathBuf::from(&repo.git_url);
-        if !path.is_dir() {
-            return Err(format!("repository path {} does not exist", repo.git_url));
+    let dir = inner
+        .settings
+        .work_dir
+        .join("repos")
+        .join(format!("repository_{}_{}", repo.id, template.id));
+    let mut env = base_env(task, task_dir, &dir);
+    env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+    match m.secret(inner, Some(repo.ssh_key_id))? {
+        Some((KeyKind::Ssh, s)) => {
+            let key = key_file(task_dir, "git_ssh_key", &s)?;
+            let known_hosts = task_dir.join("known_hosts");
+            env.push((
+                "GIT_SSH_COMMAND".into(),
+                format!(
+                    "ssh -i '{}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new \
+                     -o UserKnownHostsFile='{}'",
+                    key.display(),
+                    known_hosts.display()
+                ),
+            ));
         }
-        path
-    } else {
-        let dir = inner
-            .settings
-            .work_dir
-            .join("repos")
-            .join(format!("repository_{}_{}", repo.id, template.id));
-        let mut git_env = base_env(task, task_dir, &dir);
-        git_env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
-        match secret_of(Some(repo.ssh_key_id))? {
-            Some((KeyKind::Ssh, s)) => {
-                let key_file = task_dir.join("git_ssh_key");
-                let mut key = s.private_key.clone();
-                if !key.ends_with('\n') {
-                    key.push('\n');
-                }
-                private_file(&key_file, key.as_bytes())?;
-                git_env.push((
-                    "GIT_SSH_COMMAND".into(),
-                    format!(
-                        "ssh -i '{}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile='{}'",
-                        key_file.display(),
-                        task_dir.join("known_hosts").display()
-                    ),
-                ));
-            }
-            Some((KeyKind::LoginPassword, s)) => {
-                // Credentials reach git through a helper reading the child's environment, never
-                // through the URL (which would show in `ps` and in .git/config).
-                git_env.extend([
-                    ("GIT_CONFIG_COUNT".into(), "1".into()),
-                    ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
-                    (
-                        "GIT_CONFIG_VALUE_0".into(),
-                        "!f() { echo \"username=$FORGE_GIT_USER\"; echo \"password=$FORGE_GIT_PASSWORD\"; }; f".into(),
-                    ),
-                    ("FORGE_GIT_USER".into(), s.login.clone()),
-                    ("FORGE_GIT_PASSWORD".into(), s.password.clone()),
-                ]);
-            }
-            _ => {}
+        Some((KeyKind::LoginPassword, s)) => {
+            // Credentials reach git through a helper reading the child's environment, never
+            // through the URL (which would show in `ps` and in .git/config).
+            env.extend([
+                ("GIT_CONFIG_COUNT".into(), "1".into()),
+                ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
+                (
+                    "GIT_CONFIG_VALUE_0".into(),
+                    "!f() { echo \"username=$FORGE_GIT_USER\"; echo \"password=$FORGE_GIT_PASSWORD\"; }; f"
+                        .into(),
+                ),
+                ("FORGE_GIT_USER".into(), s.login),
+                ("FORGE_GIT_PASSWORD".into(), s.password),
+            ]);
         }
-        checkout(&repo.git_url, &branch, &dir, &git_env, sink).await?;
-        if let Some(hash) = &task.commit_hash {
-            sink.line(format!("Checking out commit {hash}")).await;
-            git(
-                &["checkout", "--force", "--detach", hash.as_str(), "--"],
-                &dir,
-                &git_env,
-                sink,
-            )
-            .await?;
-        }
-        dir
-    };
+        _ => {}
+    }
+    checkout(&repo.git_url, &branch, &dir, &env, sink).await?;
+    if let Some(hash) = &task.commit_hash {
+        sink.line(format!("Checking out commit {hash}")).await;
+        git(
+            &["checkout", "--force", "--detach", hash.as_str(), "--"],
+            &dir,
+            &env,
+            sink,
+        )
+        .await?;
+    }
+    Ok(dir)
+}
 
-    // Variables: environment JSON, then the task's own (task keys win).
-    let mut extra: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
-    if let Some(env) = &environment {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&env.json) {
-            extra.extend(m);
+/// Variables of a run: extra vars (environment JSON, then the task's own, which win), the
+/// child's environment, and `var`-type secrets.
+struct Variables {
+    extra: serde_json::Map<String, serde_json::Value>,
+    env: Vec<(String, String)>,
+    var_secrets: BTreeMap<String, String>,
+}
+
+impl Variables {
+    fn collect(
+        inner: &Inner,
+        task: &Task,
+        m: &Materials,
+        cwd: &Path,
+        task_dir: &Path,
+    ) -> Result<Self, String> {
+        let mut extra = serde_json::Map::new();
+        if let Some(env) = &m.environment {
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&env.json) {
+                extra.extend(map);
+            }
         }
-    }
-    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&task.environment) {
-        extra.extend(m);
-    }
-    let mut env = base_env(task, task_dir, &cwd);
-    let mut var_secrets: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(e) = &environment {
-        if let Some(Ok(serde_json::Value::Object(m))) = e.env.as_deref().map(serde_json::from_str) {
-            for (k, v) in m {
-                if let serde_json::Value::String(s) = v {
-                    env.push((k, s));
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&task.environment) {
+            extra.extend(map);
+        }
+        let mut env = base_env(task, task_dir, cwd);
+        let mut var_secrets = BTreeMap::new();
+        if let Some(e) = &m.environment {
+            if let Some(Ok(serde_json::Value::Object(map))) = e
+                .env
+                .as_deref()
+                .map(serde_json::from_str::<serde_json::Value>)
+            {
+                env.extend(map.into_iter().filter_map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Some((k, s)),
+                    _ => None,
+                }));
+            }
+            for key in m.keys.iter().filter(|k| k.environment_id == Some(e.id)) {
+                let value = inner
+                    .services
+                    .open_secret(key)
+                    .map_err(|e| e.to_string())?
+                    .string;
+                match key.name.split_once('.') {
+                    Some(("env", name)) => env.push((name.to_owned(), value)),
+                    Some((_, name)) => {
+                        var_secrets.insert(name.to_owned(), value);
+                    }
+                    None => {
+                        var_secrets.insert(key.name.clone(), value);
+                    }
                 }
             }
         }
-        for key in keys.iter().filter(|k| k.environment_id == Some(e.id)) {
-            let value = inner
-                .services
-                .open_secret(key)
-                .map_err(|e| e.to_string())?
-                .string;
-            match key.name.split_once('.') {
-                Some(("env", name)) => env.push((name.to_owned(), value)),
-                Some((_, name)) => {
-                    var_secrets.insert(name.to_owned(), value);
-                }
-                None => {
-                    var_secrets.insert(key.name.clone(), value);
-                }
-            }
-        }
+        Ok(Self {
+            extra,
+            env,
+            var_secrets,
+        })
     }
-    let template_args: Vec<String> = template
-        .arguments
-        .as_deref()
-        .and_then(|a| serde_json::from_str(a).ok())
-        .unwrap_or_default();
-    let task_args: Vec<String> = if template.allow_override_args_in_task {
-        task.arguments
-            .as_deref()
-            .and_then(|a| serde_json::from_str(a).ok())
+}
+
+/// Template arguments, then the task's own when the template allows them.
+fn arguments(template: &Template, task: &Task) -> (Vec<String>, Vec<String>) {
+    let parse = |a: Option<&str>| -> Vec<String> {
+        a.and_then(|a| serde_json::from_str(a).ok())
             .unwrap_or_default()
+    };
+    let task_args = if template.allow_override_args_in_task {
+        parse(task.arguments.as_deref())
     } else {
         Vec::new()
     };
+    (parse(template.arguments.as_deref()), task_args)
+}
 
+/// `bash|python3 <script> [NAME=secret ...] [template args] [KEY=extra var ...] [task args]`
+/// (upstream's order; extra vars sorted by key).
+fn shell(
+    template: &Template,
+    task: &Task,
+    vars: Variables,
+    cwd: PathBuf,
+) -> Result<Prepared, String> {
+    inside(&cwd, &template.playbook, "script")?;
     let program = match template.app.as_str() {
         "bash" => "bash".to_owned(),
         "python" => "python3".to_owned(),
-        "ansible" => "ansible-playbook".to_owned(),
         other => other.to_owned(),
     };
-    let mut args = Vec::new();
-    if template.app == "ansible" {
-        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-        env.push((
-            "ANSIBLE_LOCAL_TEMP".into(),
-            task_dir.join("tmp").display().to_string(),
-        ));
-        let inventory = inventory.ok_or("an ansible template needs an inventory")?;
-        let inventory_path = match inventory.kind.as_str() {
-            "file" => inside(&cwd, &inventory.inventory, "inventory")?,
-            kind => {
-                let name = if kind == "static-yaml" {
-                    "inventory.yml"
-                } else {
-                    "inventory"
-                };
-                let path = task_dir.join(name);
-                private_file(&path, inventory.inventory.as_bytes())?;
-                path
-            }
+    let (template_args, task_args) = arguments(template, task);
+    let mut args = vec![template.playbook.clone()];
+    args.extend(vars.var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend(template_args);
+    for (k, v) in &vars.extra {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
         };
-        args.extend(["-i".to_owned(), inventory_path.display().to_string()]);
-        match secret_of(inventory.ssh_key_id)? {
-            Some((KeyKind::Ssh, s)) => {
-                let key_file = task_dir.join("inventory_ssh_key");
-                let mut key = s.private_key.clone();
-                if !key.ends_with('\n') {
-                    key.push('\n');
-                }
-                private_file(&key_file, key.as_bytes())?;
-                args.push(format!("--private-key={}", key_file.display()));
-                if !s.login.is_empty() {
-                    args.push(format!("--user={}", s.login));
-                }
-            }
-            Some((KeyKind::LoginPassword, s)) => {
-                extra.insert("ansible_user".into(), s.login.into());
-                extra.insert("ansible_password".into(), s.password.into());
-            }
-            _ => {}
-        }
-        if let Some((KeyKind::LoginPassword, s)) = secret_of(inventory.become_key_id)? {
-            if !s.login.is_empty() {
-                extra.insert("ansible_become_user".into(), s.login.into());
-            }
-            extra.insert("ansible_become_password".into(), s.password.into());
-        }
-        for (i, vault) in template.vaults.iter().enumerate() {
-            if let Some((_, s)) = secret_of(Some(vault.vault_key_id))? {
-                let file = task_dir.join(format!("vault_{i}"));
-                private_file(&file, s.password.as_bytes())?;
-                let name = vault.name.clone().unwrap_or_else(|| "default".into());
-                args.push(format!("--vault-id={name}@{}", file.display()));
-            }
-        }
-        if task.debug {
-            args.push("-vvvv".into());
-        }
-        if task.diff {
-            args.push("--diff".into());
-        }
-        if task.dry_run {
-            args.push("--check".into());
-        }
-        for (k, v) in &var_secrets {
-            extra.insert(k.clone(), v.clone().into());
-        }
-        if !task.sealed_secret.is_empty() {
-            if let Ok(plain) = inner.services.open_sealed(&task.sealed_secret) {
-                if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&plain) {
-                    extra.extend(m);
-                }
-            }
-        }
-        extra.insert(
-            "semaphore_vars".into(),
-            serde_json::json!({"task_details": {"id": task.id, "message": task.message}}),
-        );
-        let vars_file = task_dir.join("extra_vars.json");
-        private_file(
-            &vars_file,
-            serde_json::Value::Object(extra).to_string().as_bytes(),
-        )?;
-        args.push(format!("--extra-vars=@{}", vars_file.display()));
-        args.extend(template_args);
-        args.extend(task_args);
-        if !task.limit.is_empty() {
-            args.push(format!("--limit={}", task.limit));
-        }
-        let playbook = if task.playbook.is_empty() {
-            &template.playbook
-        } else {
-            &task.playbook
-        };
-        inside(&cwd, playbook, "playbook")?;
-        args.push(playbook.clone());
-    } else {
-        inside(&cwd, &template.playbook, "playbook")?;
-        args.push(template.playbook.clone());
-        args.extend(var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
-        args.extend(template_args);
-        for (k, v) in &extra {
-            let value = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            args.push(format!("{k}={value}"));
-        }
-        args.extend(task_args);
+        args.push(format!("{k}={value}"));
     }
+    args.extend(task_args);
     Ok(Prepared {
         cwd,
         program,
         args,
-        env,
+        env: vars.env,
+    })
+}
+
+/// `ansible-playbook -i <inventory> [key options] [-vvvv] [--diff] [--check]
+/// --extra-vars=@<file> [template args] [task args] [--limit=X] <playbook>`. Every secret
+/// goes through 0600 files, never the command line.
+fn ansible(
+    inner: &Inner,
+    task: &Task,
+    template: &Template,
+    m: &Materials,
+    mut vars: Variables,
+    cwd: PathBuf,
+    task_dir: &Path,
+) -> Result<Prepared, String> {
+    vars.env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    vars.env.push((
+        "ANSIBLE_LOCAL_TEMP".into(),
+        task_dir.join("tmp").display().to_string(),
+    ));
+    let inventory = m
+        .inventory
+        .as_ref()
+        .ok_or("an ansible template needs an inventory")?;
+    let inventory_path = if inventory.kind == "file" {
+        inside(&cwd, &inventory.inventory, "inventory")?
+    } else {
+        let name = if inventory.kind == "static-yaml" {
+            "inventory.yml"
+        } else {
+            "inventory"
+        };
+        let path = task_dir.join(name);
+        private_file(&path, inventory.inventory.as_bytes())?;
+        path
+    };
+    let mut args = vec!["-i".to_owned(), inventory_path.display().to_string()];
+    let extra = &mut vars.extra;
+    match m.secret(inner, inventory.ssh_key_id)? {
+        Some((KeyKind::Ssh, s)) => {
+            let key = key_file(task_dir, "inventory_ssh_key", &s)?;
+            args.push(format!("--private-key={}", key.display()));
+            if !s.login.is_empty() {
+                args.push(format!("--user={}", s.login));
+            }
+        }
+        Some((KeyKind::LoginPassword, s)) => {
+            extra.insert("ansible_user".into(), s.login.into());
+            extra.insert("ansible_password".into(), s.password.into());
+        }
+        _ => {}
+    }
+    if let Some((KeyKind::LoginPassword, s)) = m.secret(inner, inventory.become_key_id)? {
+        if !s.login.is_empty() {
+            extra.insert("ansible_become_user".into(), s.login.into());
+        }
+        extra.insert("ansible_become_password".into(), s.password.into());
+    }
+    for (i, vault) in template.vaults.iter().enumerate() {
+        if let Some((_, s)) = m.secret(inner, Some(vault.vault_key_id))? {
+            let file = task_dir.join(format!("vault_{i}"));
+            private_file(&file, s.password.as_bytes())?;
+            let name = vault.name.clone().unwrap_or_else(|| "default".into());
+            args.push(format!("--vault-id={name}@{}", file.display()));
+        }
+    }
+    for (flag, on) in [
+        ("-vvvv", task.debug),
+        ("--diff", task.diff),
+        ("--check", task.dry_run),
+    ] {
+        if on {
+            args.push(flag.into());
+        }
+    }
+    for (k, v) in &vars.var_secrets {
+        extra.insert(k.clone(), v.clone().into());
+    }
+    if !task.sealed_secret.is_empty() {
+        let plain = inner
+            .services
+            .open_sealed(&task.sealed_secret)
+            .map_err(|e| e.to_string())?;
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&plain) {
+            extra.extend(map);
+        }
+    }
+    extra.insert(
+        "semaphore_vars".into(),
+        serde_json::json!({"task_details": {"id": task.id, "message": task.message}}),
+    );
+    let vars_file = task_dir.join("extra_vars.json");
+    private_file(
+        &vars_file,
+        serde_json::Value::Object(std::mem::take(extra))
+            .to_string()
+            .as_bytes(),
+    )?;
+    args.push(format!("--extra-vars=@{}", vars_file.display()));
+    let (template_args, task_args) = arguments(template, task);
+    args.extend(template_args);
+    args.extend(task_args);
+    if !task.limit.is_empty() {
+        args.push(format!("--limit={}", task.limit));
+    }
+    let playbook = if task.playbook.is_empty() {
+        &template.playbook
+    } else {
+        &task.playbook
+    };
+    inside(&cwd, playbook, "playbook")?;
+    args.push(playbook.clone());
+    Ok(Prepared {
+        cwd,
+        program: "ansible-playbook".into(),
+        args,
+        env: vars.env,
     })
 }
 

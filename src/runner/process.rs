@@ -113,6 +113,7 @@ pub fn group_alive(pgid: i32) -> bool {
 /// Kills what is left of task `task_id`'s process group `pgid` after a crash, but only when a
 /// member of that group still carries the task's `FORGE_TASK_ID` marker in its environment: a
 /// recorded group id may since have been reused by an unrelated process.
+#[must_use]
 pub fn kill_leftover_group(pgid: i32, task_id: u64) -> bool {
     if !group_alive(pgid) {
         return false;

@@ -2,6 +2,7 @@
 //! Services sit between the HTTP layer and the store and know nothing of HTTP.
 
 pub mod auth;
+pub mod input;
 mod password;
 pub mod projects;
 pub mod resources;

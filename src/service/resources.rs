@@ -125,8 +125,10 @@ pub struct KeyInput {
     /// Must equal the URL's project when given.
     pub project_id: Option<u64>,
     /// SSH secret.
+    #[serde(deserialize_with = "super::input::object")]
     pub ssh: Option<SshInput>,
     /// Login/password secret.
+    #[serde(deserialize_with = "super::input::object")]
     pub login_password: Option<LoginPasswordInput>,
     /// String secret.
     pub string: Option<String>,
@@ -607,7 +609,9 @@ fn inventory_from(
     }
     let inventory = input.inventory.unwrap_or_default();
     if kind == "file" {
-        validate::relative_path(inventory.trim(), "inventory").map_err(Error::Invalid)?;
+        validate::relative_path(inventory.trim(), "inventory").map_err(|_| {
+            Error::Invalid("Invalid inventory file pathname. Must be: path/to/inventory.".into())
+        })?;
     }
     Ok(Inventory {
         id,
@@ -779,6 +783,7 @@ pub struct EnvironmentInput {
     /// Environment variables: a JSON object of strings, as text.
     pub env: Option<String>,
     /// Secret operations.
+    #[serde(deserialize_with = "super::input::objects")]
     pub secrets: Option<Vec<SecretInput>>,
 }
 
@@ -1161,6 +1166,7 @@ pub struct SurveyVarInput {
     /// Must be answered.
     pub required: Option<bool>,
     /// Choices.
+    #[serde(deserialize_with = "super::input::objects")]
     pub values: Option<Vec<SurveyValueInput>>,
 }
 
@@ -1222,8 +1228,10 @@ pub struct TemplateInput {
     /// Branch override.
     pub git_branch: Option<String>,
     /// Survey.
+    #[serde(deserialize_with = "super::input::objects")]
     pub survey_vars: Option<Vec<SurveyVarInput>>,
     /// Vault passwords.
+    #[serde(deserialize_with = "super::input::objects")]
     pub vaults: Option<Vec<VaultInput>>,
     /// No success alerts.
     pub suppress_success_alerts: Option<bool>,
@@ -1234,7 +1242,6 @@ pub struct TemplateInput {
 }
 
 impl Services {
-    #[allow(clippy::too_many_lines)] // one flat list of field rules reads best in one place
     fn template_from(&self, input: TemplateInput, id: u64, p: ProjectId) -> Result<Template> {
         let name = input.name.unwrap_or_default();
         if name.trim().is_empty() {

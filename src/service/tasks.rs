@@ -56,6 +56,7 @@ pub struct TaskInput {
     /// Commit to check out.
     pub commit_hash: Option<String>,
     /// UI flags.
+    #[serde(deserialize_with = "super::input::object")]
     pub params: Option<TaskParams>,
 }
 

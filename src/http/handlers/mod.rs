@@ -7,6 +7,7 @@ pub mod session;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
+pub mod ws;
 
 use super::Req;
 

@@ -219,6 +219,16 @@ pub async fn output(req: Req) -> HandlerResult {
     Ok(body::json(StatusCode::OK, &views))
 }
 
+/// Lines as text, one per line.
+fn text_chunk(lines: &[(u64, crate::model::OutputLine)]) -> String {
+    let mut chunk = String::new();
+    for (_, line) in lines {
+        chunk.push_str(&line.text);
+        chunk.push('\n');
+    }
+    chunk
+}
+
 /// Streams stored lines from `offset`, then new ones as they are stored, until the task ends.
 /// Lines always come from the store, so a slow follower never misses or reorders one.
 fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
@@ -238,13 +248,8 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                 if batch.is_empty() {
                     break;
                 }
-                let mut chunk = String::new();
-                for (n, line) in &batch {
-                    chunk.push_str(&line.text);
-                    chunk.push('\n');
-                    next = n + 1;
-                }
-                if tx.send(Bytes::from(chunk)).await.is_err() {
+                next = batch.last().map_or(next, |(n, _)| n + 1);
+                if tx.send(Bytes::from(text_chunk(&batch))).await.is_err() {
                     return;
                 }
             }
@@ -256,9 +261,8 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                 let Ok(rest) = services.output(&task, next, usize::MAX) else {
                     return;
                 };
-                let chunk: String = rest.iter().map(|(_, l)| format!("{}\n", l.text)).collect();
-                if !chunk.is_empty() {
-                    let _ = tx.send(Bytes::from(chunk)).await;
+                if !rest.is_empty() {
+                    let _ = tx.send(Bytes::from(text_chunk(&rest))).await;
                 }
                 return;
             }

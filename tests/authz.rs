@@ -1,0 +1,567 @@
+//! The authorization matrix (issue 3), through a real server: every project route (issue 3's
+//! projects, members and resources, and issue 4's tasks), plus the project list, project
+//! creation and the global event log, × every kind of caller → the status the API must answer
+//! (API.md §5 and §11).
+//!
+//! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
+//! route table in both directions, so a new project route without a row fails the tests. Read
+//! rows are asked of one shared project (reads change nothing), HEAD included; every write cell
+//! gets a project of its own, so no cell sees what another one changed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::{Client, Resp, TestServer};
+use forge::http::auth::Need;
+use forge::http::router::routes;
+use serde_json::{Value, json};
+
+/// The callers, in column order.
+const CALLERS: [&str; 7] = [
+    "anonymous",
+    "non-member",
+    "guest",
+    "task_runner",
+    "manager",
+    "owner",
+    "system admin",
+];
+
+/// Routes outside `/api/project/{project_id}` that belong to issue 3.
+const GLOBAL_ROUTES: [(&str, &str); 4] = [
+    ("GET", "/api/projects"),
+    ("POST", "/api/projects"),
+    ("GET", "/api/events"),
+    ("GET", "/api/events/last"),
+];
+
+/// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    expect: [u16; 7],
+}
+
+const fn row(method: &'static str, path: &'static str, expect: [u16; 7]) -> Row {
+    Row {
+        method,
+        path,
+        expect,
+    }
+}
+
+/// The matrix. Anonymous callers get 401 everywhere; non-members 404 on every project route
+/// (they never learn a project exists); members may read everything in the project; writes
+/// need the route's permission bit (task_runner = RunTasks, manager = RunTasks +
+/// ManageResources, owner = all, guest = none), else 403; system admins pass everywhere.
+/// Successes: GET 200; POST of keys, repositories, environments and members 204; POST of
+/// inventories, templates, tasks and projects 201; PUT, DELETE and stop 204.
+#[rustfmt::skip]
+fn rows() -> Vec<Row> {
+    const G: &str = "GET";
+    const P: &str = "POST";
+    const U: &str = "PUT";
+    const D: &str = "DELETE";
+    vec![
+        //                                                                     anon non-m guest runnr mangr owner admin
+        row(G, "/api/projects",                                               [401, 200, 200, 200, 200, 200, 200]),
+        // Only admins create projects (non_admin_can_create_project is off): upstream's 401.
+        row(P, "/api/projects",                                               [401, 401, 401, 401, 401, 401, 201]),
+        row(G, "/api/events",                                                 [401, 200, 200, 200, 200, 200, 200]),
+        row(G, "/api/events/last",                                            [401, 200, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
+        row(D, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
+        row(G, "/api/project/{project_id}/role",                              [401, 404, 200, 200, 200, 200, 200]),
+        // Membership only: a (non-admin) owner cannot leave; an admin who is no member has
+        // nothing to leave.
+        row(D, "/api/project/{project_id}/me",                                [401, 404, 204, 204, 204, 400, 404]),
+        row(G, "/api/project/{project_id}/events",                            [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/events/last",                       [401, 404, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}/users",                             [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/users",                             [401, 404, 403, 403, 403, 204, 204]),
+        row(G, "/api/project/{project_id}/users/{user_id}",                   [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/users/{user_id}",                   [401, 404, 403, 403, 403, 204, 204]),
+        row(D, "/api/project/{project_id}/users/{user_id}",                   [401, 404, 403, 403, 403, 204, 204]),
+
+        row(G, "/api/project/{project_id}/keys",                              [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/keys",                              [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/keys/{key_id}",                     [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/keys/{key_id}",                     [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/keys/{key_id}",                     [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/keys/{key_id}/refs",                [401, 404, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}/repositories",                      [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/repositories",                      [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/repositories/{repository_id}",      [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/repositories/{repository_id}",      [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/repositories/{repository_id}",      [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/repositories/{repository_id}/refs", [401, 404, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}/inventory",                         [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/inventory",                         [401, 404, 403, 403, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/inventory/{inventory_id}",          [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/inventory/{inventory_id}",          [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/inventory/{inventory_id}",          [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/inventory/{inventory_id}/refs",     [401, 404, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}/environment",                       [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/environment",                       [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/environment/{environment_id}",      [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/environment/{environment_id}",      [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/environment/{environment_id}",      [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/environment/{environment_id}/refs", [401, 404, 200, 200, 200, 200, 200]),
+
+        row(G, "/api/project/{project_id}/templates",                         [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/templates",                         [401, 404, 403, 403, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/templates/{template_id}",           [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/templates/{template_id}",           [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/templates/{template_id}",           [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/templates/{template_id}/refs",      [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/templates/{template_id}/tasks",     [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/templates/{template_id}/tasks/last",[401, 404, 200, 200, 200, 200, 200]),
+
+        // Tasks (issue 4): launching and stopping need RunTasks; deleting needs
+        // ManageResources (else 403) and then system admin (else upstream's 401).
+        row(G, "/api/project/{project_id}/tasks",                             [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/tasks",                             [401, 404, 403, 201, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/tasks/last",                        [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/tasks/{task_id}",                   [401, 404, 200, 200, 200, 200, 200]),
+        row(D, "/api/project/{project_id}/tasks/{task_id}",                   [401, 404, 403, 403, 401, 401, 204]),
+        row(G, "/api/project/{project_id}/tasks/{task_id}/output",            [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/tasks/{task_id}/stop",              [401, 404, 403, 204, 204, 204, 204]),
+    ]
+}
+
+/// A project with one object of each kind, and the users the member routes act on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fixture {
+    project: u64,
+    /// A key nothing uses: the target of the key routes.
+    key: u64,
+    /// The key the repositories use.
+    repo_key: u64,
+    /// A repository nothing uses: the target of the repository routes.
+    repository: u64,
+    /// The repository the template uses.
+    template_repo: u64,
+    inventory: u64,
+    environment: u64,
+    template: u64,
+    /// A finished task of `template`.
+    task: u64,
+    /// A guest member who is no caller: the target of the member routes.
+    member: u64,
+    /// A user in no project: who `POST .../users` adds.
+    candidate: u64,
+}
+
+impl Fixture {
+    fn param(&self, name: &str) -> u64 {
+        match name {
+            "project_id" => self.project,
+            "key_id" => self.key,
+            "repository_id" => self.repository,
+            "inventory_id" => self.inventory,
+            "environment_id" => self.environment,
+            "template_id" => self.template,
+            "task_id" => self.task,
+            "user_id" => self.member,
+            other => panic!("the fixture has no object for path parameter {{{other}}}"),
+        }
+    }
+
+    /// The concrete path of a route pattern.
+    fn path(&self, pattern: &str) -> String {
+        pattern
+            .split('/')
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => self.param(name).to_string(),
+                    None => seg.to_owned(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// A body that passes validation, so that an allowed caller gets the success status.
+    fn body(&self, method: &str, pattern: &str) -> Option<Value> {
+        let p = self.project;
+        let body = match (method, resource(pattern)) {
+            ("POST", None) if pattern == "/api/projects" => json!({"name": "made in a cell"}),
+            ("PUT", None) => json!({"id": p, "name": "renamed"}),
+            ("POST", Some("users")) => json!({"user_id": self.candidate, "role": "guest"}),
+            ("PUT", Some("users")) => json!({"role": "task_runner"}),
+            ("POST", Some("keys")) => json!({"name": "new key", "type": "none", "project_id": p}),
+            ("PUT", Some("keys")) => {
+                json!({"id": self.key, "name": "renamed key", "type": "none", "project_id": p})
+            }
+            ("POST", Some("repositories")) => json!({"name": "new repo", "project_id": p,
+                "git_url": "/srv/repo", "ssh_key_id": self.repo_key}),
+            ("PUT", Some("repositories")) => json!({"id": self.repository, "name": "renamed repo",
+                "project_id": p, "git_url": "/srv/other", "ssh_key_id": self.repo_key}),
+            ("POST", Some("inventory")) => json!({"name": "new inventory", "project_id": p,
+                "type": "static", "inventory": "localhost"}),
+            ("PUT", Some("inventory")) => json!({"id": self.inventory, "name": "renamed inventory",
+                "project_id": p, "type": "static", "inventory": "127.0.0.1"}),
+            ("POST", Some("environment")) => {
+                json!({"name": "new env", "project_id": p, "json": "{}"})
+            }
+            ("PUT", Some("environment")) => json!({"id": self.environment, "name": "renamed env",
+                "project_id": p, "json": "{\"a\": 1}"}),
+            ("POST", Some("templates")) => json!({"name": "new template", "project_id": p,
+                "app": "bash", "playbook": "run.sh", "repository_id": self.template_repo}),
+            ("PUT", Some("templates")) => json!({"id": self.template, "name": "renamed template",
+                "project_id": p, "app": "bash", "playbook": "other.sh",
+                "repository_id": self.template_repo}),
+            ("POST", Some("tasks")) if pattern.ends_with("/stop") => json!({}),
+            ("POST", Some("tasks")) => json!({"template_id": self.template}),
+            _ => return None,
+        };
+        Some(body)
+    }
+}
+
+/// A server with the callers of every column and the users the fixtures need.
+struct World {
+    /// Kept running for the clients.
+    _server: TestServer,
+    /// The admin who creates (and so owns) every project; no column.
+    creator: Client,
+    /// One client per column, in [`CALLERS`] order.
+    callers: Vec<Client>,
+    /// Ids of the guest, task_runner, manager and owner callers.
+    roles: [(u64, &'static str); 4],
+    member: u64,
+    candidate: u64,
+}
+
+impl World {
+    async fn new() -> Self {
+        // Hundreds of small durable writes: keep the database in memory where we can.
+        let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir());
+        let server = TestServer::start_in(dir.expect("temp dir"), |_| {}).await;
+        let creator = server.admin().await;
+        let (_, outsider) = server.user("outsider", false).await;
+        let (guest_id, guest) = server.user("guest", false).await;
+        let (runner_id, runner) = server.user("runner", false).await;
+        let (manager_id, manager) = server.user("manager", false).await;
+        let (owner_id, owner) = server.user("owner", false).await;
+        let (_, root) = server.user("root", true).await;
+        let (member, _) = server.user("member", false).await;
+        let (candidate, _) = server.user("candidate", false).await;
+        let callers = vec![
+            server.client(),
+            outsider,
+            guest,
+            runner,
+            manager,
+            owner,
+            root,
+        ];
+        Self {
+            _server: server,
+            creator,
+            callers,
+            roles: [
+                (guest_id, "guest"),
+                (runner_id, "task_runner"),
+                (manager_id, "manager"),
+                (owner_id, "owner"),
+            ],
+            member,
+            candidate,
+        }
+    }
+
+    /// A fresh project with the callers as members and one object of each kind (or only of
+    /// the kind `only` names, with what it depends on).
+    async fn project(&self, only: Option<&str>) -> Fixture {
+        let wants = |kind: &str| only.is_none_or(|o| o == kind);
+        let a = &self.creator;
+        let r = a.post("/api/projects", json!({"name": "matrix"})).await;
+        assert_eq!(r.status, 201, "create project: {}", r.text());
+        let p = r.json()["id"].as_u64().expect("project id");
+        let base = format!("/api/project/{p}");
+        for (user, role) in self.roles.iter().copied().chain([(self.member, "guest")]) {
+            let r = a
+                .post(
+                    &format!("{base}/users"),
+                    json!({"user_id": user, "role": role}),
+                )
+                .await;
+            assert_eq!(r.status, 204, "add member: {}", r.text());
+        }
+        let mut fx = Fixture {
+            project: p,
+            member: self.member,
+            candidate: self.candidate,
+            ..Fixture::default()
+        };
+        if wants("keys") {
+            fx.key = create(
+                a,
+                &base,
+                "keys",
+                json!({"name": "target key", "type": "none"}),
+            )
+            .await;
+        }
+        if wants("repositories") || wants("templates") || wants("tasks") {
+            fx.repo_key = create(
+                a,
+                &base,
+                "keys",
+                json!({"name": "repo key", "type": "none"}),
+            )
+            .await;
+        }
+        let repo =
+            |name: &str| json!({"name": name, "git_url": "/srv/repo", "ssh_key_id": fx.repo_key});
+        if wants("repositories") {
+            fx.repository = create(a, &base, "repositories", repo("target repo")).await;
+        }
+        if wants("templates") || wants("tasks") {
+            fx.template_repo = create(a, &base, "repositories", repo("template repo")).await;
+            fx.template = create(
+                a,
+                &base,
+                "templates",
+                json!({"name": "target template", "app": "bash", "playbook": "run.sh",
+                       "repository_id": fx.template_repo}),
+            )
+            .await;
+        }
+        if wants("tasks") {
+            fx.task = finished_task(a, &base, fx.template).await;
+        }
+        if wants("inventory") {
+            fx.inventory = create(
+                a,
+                &base,
+                "inventory",
+                json!({"name": "target inventory", "type": "static", "inventory": "localhost"}),
+            )
+            .await;
+        }
+        if wants("environment") {
+            fx.environment = create(
+                a,
+                &base,
+                "environment",
+                json!({"name": "target env", "json": "{}"}),
+            )
+            .await;
+        }
+        fx
+    }
+
+    /// What a write cell on `pattern` needs: a project of its own with the objects of the
+    /// pattern's resource (none for routes outside a project).
+    async fn fixture_for(&self, pattern: &str) -> Fixture {
+        if !pattern.contains("{project_id}") {
+            return Fixture {
+                member: self.member,
+                candidate: self.candidate,
+                ..Fixture::default()
+            };
+        }
+        self.project(Some(resource(pattern).unwrap_or("-"))).await
+    }
+}
+
+/// The resource a project route is about: `keys` for `/api/project/{project_id}/keys/{key_id}`.
+fn resource(pattern: &str) -> Option<&str> {
+    pattern
+        .strip_prefix("/api/project/{project_id}/")
+        .and_then(|rest| rest.split('/').next())
+}
+
+/// Launches a task of `template` and stops it: a task that exists and has finished (only
+/// finished tasks may be deleted).
+async fn finished_task(a: &Client, base: &str, template: u64) -> u64 {
+    let r = a
+        .post(&format!("{base}/tasks"), json!({"template_id": template}))
+        .await;
+    assert_eq!(r.status, 201, "launch task: {}", r.text());
+    let id = r.json()["id"].as_u64().expect("task id");
+    let url = format!("{base}/tasks/{id}");
+    let r = a.post(&format!("{url}/stop"), json!({})).await;
+    assert_eq!(r.status, 204, "stop task: {}", r.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = a.get(&url).await.json()["status"].clone();
+        if ["success", "error", "stopped"].contains(&status.as_str().unwrap_or_default()) {
+            return id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} still {status} after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Creates a project resource and returns its id (found by name when the API answers 204).
+async fn create(a: &Client, base: &str, resource: &str, body: Value) -> u64 {
+    let name = body["name"].as_str().expect("name").to_owned();
+    let url = format!("{base}/{resource}");
+    let r = a.post(&url, body).await;
+    match r.status {
+        201 => r.json()["id"].as_u64().expect("id"),
+        204 => {
+            let list = a.get(&url).await.json();
+            list.as_array()
+                .expect("list")
+                .iter()
+                .find(|o| o["name"] == name.as_str())
+                .and_then(|o| o["id"].as_u64())
+                .unwrap_or_else(|| panic!("{resource} {name:?} not in {list}"))
+        }
+        _ => panic!("create {resource}: {} {}", r.status, r.text()),
+    }
+}
+
+async fn send(client: &Client, fx: &Fixture, method: &str, pattern: &str) -> Resp {
+    let path = fx.path(pattern);
+    match fx.body(method, pattern) {
+        Some(body) => {
+            client
+                .raw(
+                    method,
+                    &path,
+                    Some(body.to_string().into_bytes()),
+                    &[("content-type", "application/json")],
+                )
+                .await
+        }
+        None => client.raw(method, &path, None, &[]).await,
+    }
+}
+
+fn mismatch(method: &str, pattern: &str, caller: usize, expected: u16, r: &Resp) -> String {
+    format!(
+        "{method} {pattern} as {}: expected {expected}, got {} (body: {:?})",
+        CALLERS[caller],
+        r.status,
+        r.text()
+    )
+}
+
+fn report(what: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} {what} cell(s) wrong:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn every_project_route_has_a_row() {
+    let in_scope: BTreeSet<(String, String)> = routes()
+        .iter()
+        .filter(|r| {
+            matches!(r.need, Need::Project(_))
+                || GLOBAL_ROUTES.contains(&(r.method.as_str(), r.path))
+        })
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .collect();
+    let table = rows();
+    let mut in_table = BTreeSet::new();
+    for r in &table {
+        assert!(
+            in_table.insert((r.method.to_owned(), r.path.to_owned())),
+            "the authorization matrix has two rows for {} {}",
+            r.method,
+            r.path
+        );
+    }
+    let missing: Vec<String> = in_scope
+        .difference(&in_table)
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "route(s) without a row in the authorization matrix (tests/authz.rs, fn rows): {}",
+        missing.join(", ")
+    );
+    let stale: Vec<String> = in_table
+        .difference(&in_scope)
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "row(s) of the authorization matrix naming no project route in routes(): {}",
+        stale.join(", ")
+    );
+    // Every path parameter of a project route has an object in the fixture.
+    let fx = Fixture::default();
+    for r in &table {
+        fx.path(r.path);
+    }
+}
+
+/// Reads (GET and HEAD) change nothing: every caller asks the same project.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_routes_answer_every_caller_as_the_matrix_says() {
+    let w = World::new().await;
+    let fx = w.project(None).await;
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for row in rows().iter().filter(|r| r.method == "GET") {
+        for (c, client) in w.callers.iter().enumerate() {
+            let get = send(client, &fx, "GET", row.path).await;
+            if get.status != row.expect[c] {
+                failures.push(mismatch("GET", row.path, c, row.expect[c], &get));
+            }
+            let head = send(client, &fx, "HEAD", row.path).await;
+            if head.status != row.expect[c] || head.status != get.status {
+                failures.push(format!(
+                    "{} (GET gave {})",
+                    mismatch("HEAD", row.path, c, row.expect[c], &head),
+                    get.status
+                ));
+            }
+            if !head.body.is_empty() {
+                failures.push(format!("HEAD {} as {}: has a body", row.path, CALLERS[c]));
+            }
+            cells += 2;
+        }
+    }
+    report(&format!("of {cells} read"), &failures);
+}
+
+/// Every write cell gets a project of its own, so a 403 is never a 404 from an object another
+/// cell deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn write_routes_answer_every_caller_as_the_matrix_says() {
+    let w = Arc::new(World::new().await);
+    let mut columns = tokio::task::JoinSet::new();
+    for c in 0..CALLERS.len() {
+        let w = w.clone();
+        columns.spawn(async move {
+            let mut failures = Vec::new();
+            let mut cells = 0;
+            for row in rows().iter().filter(|r| r.method != "GET") {
+                let fx = w.fixture_for(row.path).await;
+                let r = send(&w.callers[c], &fx, row.method, row.path).await;
+                if r.status != row.expect[c] {
+                    failures.push(mismatch(row.method, row.path, c, row.expect[c], &r));
+                }
+                cells += 1;
+            }
+            (c, cells, failures)
+        });
+    }
+    let mut results = columns.join_all().await;
+    results.sort_by_key(|(c, _, _)| *c);
+    let cells: usize = results.iter().map(|(_, n, _)| n).sum();
+    let failures: Vec<String> = results.into_iter().flat_map(|(_, _, f)| f).collect();
+    report(&format!("of {cells} write"), &failures);
+}
