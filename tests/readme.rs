@@ -121,6 +121,24 @@ async fn readme_walkthrough_works_verbatim() {
         "the template was created:\n{stdout}"
     );
     assert!(
+        stdout.contains(r#""status":"waiting""#),
+        "the task was launched:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "Started: 1\nRun TaskRunner with template: Hello\nPreparing: 1\nhello, world\n"
+        ),
+        "the followed output shows the run:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""status":"success""#),
+        "the task succeeded:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""output":"hello, world""#),
+        "paged output:\n{stdout}"
+    );
+    assert!(
         !stdout.contains("s3cret") && !stdout.contains("t0ps3cret"),
         "secrets leaked:\n{stdout}"
     );
@@ -187,7 +205,55 @@ async fn product_docs_walkthrough_works() {
     assert_eq!(token.len(), 44);
     let bearer = s.client().with_bearer(&token);
     assert_eq!(bearer.get("/api/user").await.status, 200);
-    // The launch-a-task block needs the task engine (a later issue); the expiry block runs here.
+    // The launch block runs template 1 of project 1: set that up as the README does.
+    let admin = s.admin().await;
+    let repo = s.dir.path().join("docs-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("run.sh"), "echo launched from the docs\n").unwrap();
+    assert_eq!(
+        admin
+            .post("/api/projects", serde_json::json!({"name": "Docs"}))
+            .await
+            .status,
+        201
+    );
+    let r = admin
+        .post(
+            "/api/project/1/repositories",
+            serde_json::json!({"name": "r", "project_id": 1, "git_url": repo, "ssh_key_id": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = admin
+        .post(
+            "/api/project/1/templates",
+            serde_json::json!({"name": "t", "project_id": 1, "app": "bash", "playbook": "run.sh",
+                "repository_id": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let launch = find("/api/project/1/tasks").replace("YOUR_ACCESS_TOKEN", &token);
+    let (stdout, stderr) = run(&launch, &s);
+    assert!(stderr.contains("< HTTP/1.1 201"), "{stderr}");
+    assert!(stdout.contains(r#""status":"waiting""#), "{stdout}");
+    let mut done = false;
+    for _ in 0..100 {
+        if bearer.get("/api/project/1/tasks/1").await.json()["status"] == "success" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(done, "the launched task did not succeed");
+    let output = bearer.get("/api/project/1/tasks/1/output").await.json();
+    assert!(
+        output
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["output"] == "launched from the docs")
+    );
+    // The expiry block, last.
     let expire = find("-XDELETE").replace("YOUR_ACCESS_TOKEN", &token);
     let (_, stderr) = run(&expire, &s);
     assert!(stderr.contains("< HTTP/1.1 204"), "{stderr}");

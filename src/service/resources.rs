@@ -1372,6 +1372,18 @@ impl Services {
             .ok_or(Error::NotFound)
     }
 
+    /// How many tasks template `id` has, and its newest.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn template_task_stats(
+        &self,
+        access: &Access,
+        id: u64,
+    ) -> Result<(u64, Option<crate::model::Task>)> {
+        Ok(self.store.template_task_stats(access.project_id(), id)?)
+    }
+
     /// Names of the objects templates refer to, for sorting lists by them.
     ///
     /// # Errors
@@ -1469,6 +1481,14 @@ impl Services {
                 return Err(Error::Conflict(
                     "Template is the build template of one or more deploy templates".into(),
                 ));
+            }
+            // Its tasks and their output go with it (as upstream), but never a live one.
+            let tasks = tx.template_tasks(access.project_id(), id)?;
+            if tasks.iter().any(|task| !task.status.is_finished()) {
+                return invalid("the template has queued or running tasks; stop them first");
+            }
+            for task in &tasks {
+                tx.delete_task(task)?;
             }
             tx.remove::<Template>(access.project_id(), id)?;
             tx.record(access.event("template", id, format!("Template {} deleted", t.name)))?;

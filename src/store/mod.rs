@@ -105,6 +105,7 @@ impl Store {
             tx.open_table(tables::TASKID_PROJECT)?;
             tx.open_table(tables::ACTIVE_TASK)?;
             tx.open_table(tables::TASK_OUTPUT)?;
+            tx.open_table(tables::TEMPLATE_TASK)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

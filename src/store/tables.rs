@@ -77,6 +77,9 @@ pub const TASKID_PROJECT: TableDefinition<TaskId, ProjectId> =
 /// Task id → (): the unfinished tasks (waiting/starting/running/stopping), so the queue and crash
 /// recovery never scan all tasks.
 pub const ACTIVE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("active_tasks");
+/// (project id, template id, task id) → (): a template's tasks, newest last.
+pub const TEMPLATE_TASK: TableDefinition<(ProjectId, u64, TaskId), ()> =
+    TableDefinition::new("tasks_by_template");
 /// (task id, line number from 0) → encoded [`crate::model::OutputLine`].
 pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::new("task_output");
 

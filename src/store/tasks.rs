@@ -3,7 +3,7 @@
 use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::projects::{Resource, Tx};
-use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT};
+use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK};
 use super::{Error, Result, Store, codec};
 use crate::model::{OutputLine, ProjectId, Task, TaskId};
 
@@ -47,6 +47,10 @@ pub(super) fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) ->
     let mut index = tx.open_table(TASKID_PROJECT)?;
     let mut active = tx.open_table(ACTIVE_TASK)?;
     let mut output = tx.open_table(TASK_OUTPUT)?;
+    tx.open_table(TEMPLATE_TASK)?
+        .retain_in((project, 0, 0)..=(project, u64::MAX, u64::MAX), |_, ()| {
+            false
+        })?;
     for id in ids {
         index.remove(id)?;
         active.remove(id)?;
@@ -100,10 +104,33 @@ impl Tx<'_> {
             .remove((task.project_id, task.id))?;
         self.raw().open_table(TASKID_PROJECT)?.remove(task.id)?;
         self.raw().open_table(ACTIVE_TASK)?.remove(task.id)?;
+        self.raw().open_table(TEMPLATE_TASK)?.remove((
+            task.project_id,
+            task.template_id,
+            task.id,
+        ))?;
         self.raw()
             .open_table(TASK_OUTPUT)?
             .retain_in((task.id, 0)..=(task.id, u64::MAX), |_, _| false)?;
         Ok(())
+    }
+
+    /// The tasks of template `template`, oldest first.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn template_tasks(&self, project: ProjectId, template: u64) -> Result<Vec<Task>> {
+        let ids: Vec<TaskId> = self
+            .raw()
+            .open_table(TEMPLATE_TASK)?
+            .range((project, template, 0)..=(project, template, u64::MAX))?
+            .map(|row| Ok::<_, Error>(row?.0.value().2))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get::<Task>(project, id)?);
+        }
+        Ok(out)
     }
 
     /// Appends output lines to task `id` starting at line number `first`.
@@ -170,16 +197,54 @@ impl Store {
         let tx = self.read()?;
         let tasks = tx.open_table(PROJECT_TASK)?;
         let mut out = Vec::new();
-        for row in tasks.range((project, 0)..=(project, u64::MAX))?.rev() {
-            let task: Task = codec::decode(row?.1.value())?;
-            if template.is_none_or(|t| t == task.template_id) {
-                out.push(task);
-                if out.len() >= limit {
-                    break;
-                }
+        let Some(template) = template else {
+            for row in tasks
+                .range((project, 0)..=(project, u64::MAX))?
+                .rev()
+                .take(limit)
+            {
+                out.push(codec::decode(row?.1.value())?);
+            }
+            return Ok(out);
+        };
+        let index = tx.open_table(TEMPLATE_TASK)?;
+        for row in index
+            .range((project, template, 0)..=(project, template, u64::MAX))?
+            .rev()
+            .take(limit)
+        {
+            let id = row?.0.value().2;
+            if let Some(bytes) = tasks.get((project, id))? {
+                out.push(codec::decode(bytes.value())?);
             }
         }
         Ok(out)
+    }
+
+    /// How many tasks template `template` has, and its newest one.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn template_task_stats(
+        &self,
+        project: ProjectId,
+        template: u64,
+    ) -> Result<(u64, Option<Task>)> {
+        let tx = self.read()?;
+        let index = tx.open_table(TEMPLATE_TASK)?;
+        let range = (project, template, 0)..=(project, template, u64::MAX);
+        let count = index.range(range.clone())?.count() as u64;
+        let last = match index.range(range)?.next_back().transpose()? {
+            Some((k, _)) => {
+                let tasks = tx.open_table(PROJECT_TASK)?;
+                match tasks.get((project, k.value().2))? {
+                    Some(bytes) => Some(codec::decode(bytes.value())?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok((count, last))
     }
 
     /// Appends a batch of output lines durably in one transaction.

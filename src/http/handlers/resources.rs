@@ -379,8 +379,20 @@ pub async fn environment_refs(req: Req) -> HandlerResult {
 
 // --- templates ----------------------------------------------------------------------------
 
-fn template_view(t: &Template) -> serde_json::Value {
-    json!({
+fn template_view(
+    req: &Req,
+    t: &Template,
+) -> Result<serde_json::Value, crate::http::error::ApiError> {
+    let (tasks, last) = req.app.services.template_task_stats(req.access()?, t.id)?;
+    let last_task = last.map(|task| {
+        let mut v = super::tasks::task_view(&task, "");
+        v["tpl_playbook"] = json!(t.playbook);
+        v["tpl_alias"] = json!(t.name);
+        v["tpl_type"] = json!(t.kind);
+        v["tpl_app"] = json!(t.app);
+        v
+    });
+    Ok(json!({
         "id": t.id,
         "project_id": t.project_id,
         "inventory_id": t.inventory_id,
@@ -415,9 +427,9 @@ fn template_view(t: &Template) -> serde_json::Value {
         "suppress_success_alerts": t.suppress_success_alerts,
         "app": t.app,
         "max_duration_secs": t.max_duration_secs,
-        "tasks": 0,
-        "last_task": null,
-    })
+        "tasks": tasks,
+        "last_task": last_task,
+    }))
 }
 
 /// `GET /api/project/{project_id}/templates?sort=name|playbook|inventory|environment|repository`.
@@ -444,10 +456,11 @@ pub async fn templates(req: Req) -> HandlerResult {
         ],
         "name",
     );
-    Ok(body::json(
-        StatusCode::OK,
-        &items.iter().map(template_view).collect::<Vec<_>>(),
-    ))
+    let views = items
+        .iter()
+        .map(|t| template_view(&req, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(body::json(StatusCode::OK, &views))
 }
 
 /// `GET /api/project/{project_id}/templates/{template_id}`.
@@ -456,7 +469,7 @@ pub async fn template(req: Req) -> HandlerResult {
         .app
         .services
         .template(req.access()?, req.id("template_id", "template")?)?;
-    Ok(body::json(StatusCode::OK, &template_view(&t)))
+    Ok(body::json(StatusCode::OK, &template_view(&req, &t)?))
 }
 
 /// `POST /api/project/{project_id}/templates` → 201 with the template; everything is checked
@@ -468,7 +481,7 @@ pub async fn create_template(req: Req) -> HandlerResult {
         .services
         .create_template(req.access()?, input)
         .await?;
-    Ok(body::json(StatusCode::CREATED, &template_view(&t)))
+    Ok(body::json(StatusCode::CREATED, &template_view(&req, &t)?))
 }
 
 /// `PUT /api/project/{project_id}/templates/{template_id}` → 204.
