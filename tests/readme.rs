@@ -24,15 +24,11 @@ fn have_curl() -> bool {
     ok
 }
 
-/// The ```bash blocks between the walk-through markers, in order.
-fn walkthrough_blocks(readme: &str) -> Vec<String> {
-    let start = readme
-        .find("<!-- walkthrough:start -->")
-        .expect("start marker");
-    let end = readme.find("<!-- walkthrough:end -->").expect("end marker");
+/// The ```bash blocks of `text`, in order.
+fn bash_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in readme[start..end].lines() {
+    for line in text.lines() {
         match (&mut current, line.trim_end()) {
             (None, "```bash") => current = Some(String::new()),
             (Some(_), "```") => blocks.push(current.take().unwrap_or_default()),
@@ -44,6 +40,15 @@ fn walkthrough_blocks(readme: &str) -> Vec<String> {
         }
     }
     blocks
+}
+
+/// The ```bash blocks between the walk-through markers, in order.
+fn walkthrough_blocks(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("<!-- walkthrough:start -->")
+        .expect("start marker");
+    let end = readme.find("<!-- walkthrough:end -->").expect("end marker");
+    bash_blocks(&readme[start..end])
 }
 
 /// Runs `script` with bash, `localhost:3000` pointing at the test server and the cookie jar in
@@ -177,19 +182,7 @@ async fn product_docs_walkthrough_works() {
     let docs = docs
         .replace("YOUR_LOGIN", common::ADMIN)
         .replace("YOUR_PASSWORD", common::ADMIN_PASSWORD);
-    let mut blocks: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
-    for line in docs.lines() {
-        match (&mut current, line.trim_end()) {
-            (None, "```bash") => current = Some(String::new()),
-            (Some(_), "```") => blocks.push(current.take().unwrap_or_default()),
-            (Some(block), text) => {
-                block.push_str(text);
-                block.push('\n');
-            }
-            (None, _) => {}
-        }
-    }
+    let blocks = bash_blocks(&docs);
     let find = |needle: &str| {
         blocks
             .iter()

@@ -32,6 +32,7 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn project_id(&self) -> ProjectId;
 }
 
+/// Implements [`Resource`] for a model type with `id` and `project_id` fields.
 macro_rules! resource {
     ($t:ty, $table:expr, $counter:literal) => {
         impl Resource for $t {
@@ -54,6 +55,11 @@ resource!(Repository, PROJECT_REPOSITORY, "next_repository_id");
 resource!(Inventory, PROJECT_INVENTORY, "next_inventory_id");
 resource!(Environment, PROJECT_ENVIRONMENT, "next_environment_id");
 resource!(Template, PROJECT_TEMPLATE, "next_template_id");
+resource!(
+    crate::model::Task,
+    super::tables::PROJECT_TASK,
+    "next_task_id"
+);
 
 /// An event to record; the transaction assigns its id and time.
 #[derive(Debug, Clone)]

@@ -7,20 +7,6 @@ use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT, TEMP
 use super::{Error, Result, Store, codec};
 use crate::model::{OutputLine, ProjectId, Task, TaskId};
 
-impl Resource for Task {
-    const TABLE: redb::TableDefinition<'static, (ProjectId, u64), &'static [u8]> = PROJECT_TASK;
-    const COUNTER: &'static str = "next_task_id";
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn set_id(&mut self, id: u64) {
-        self.id = id;
-    }
-    fn project_id(&self) -> ProjectId {
-        self.project_id
-    }
-}
-
 /// Writes a task with its indexes (the active-task index follows the status).
 fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
     tx.open_table(PROJECT_TASK)?
