@@ -829,6 +829,9 @@ async fn git(
         .envs(env.iter().cloned());
     let mut child =
         process::spawn(cmd, sink.sender()).map_err(|e| format!("cannot run git: {e}"))?;
+    // git starts helpers (git-remote-http, ssh) in its group: if this future is dropped by a
+    // stop or a timeout, or git fails, none of them may live on.
+    let _group = process::GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
     let status = child.wait().await.map_err(|e| format!("git failed: {e}"))?;
     if status.success() {
         Ok(())

@@ -56,7 +56,8 @@ impl Sink {
 async fn pump(inner: Arc<Inner>, task: Task, mut rx: mpsc::Receiver<Line>, first: u64) {
     let max_lines = inner.settings.output_max_lines;
     let max_bytes = inner.settings.output_max_bytes;
-    let (mut next, mut lines, mut bytes, mut dropped) = (first, 0u64, 0u64, 0u64);
+    // The cap counts every stored line of the task, including those before this run began.
+    let (mut next, mut lines, mut bytes, mut dropped) = (first, first, 0u64, 0u64);
     let mut batch = Vec::with_capacity(64);
     while let Some(line) = rx.recv().await {
         batch.push(line);

@@ -104,6 +104,16 @@ pub fn signal_group(pgid: i32, signal: Signal) {
     }
 }
 
+/// Kills process group `.0` when dropped (a no-op once the group is gone).
+#[derive(Debug)]
+pub struct GroupGuard(pub i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
+}
+
 /// Whether any process of group `pgid` still exists.
 #[must_use]
 pub fn group_alive(pgid: i32) -> bool {

@@ -13,6 +13,8 @@ fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
         .insert((task.project_id, task.id), codec::encode(task).as_slice())?;
     tx.open_table(TASKID_PROJECT)?
         .insert(task.id, task.project_id)?;
+    tx.open_table(TEMPLATE_TASK)?
+        .insert((task.project_id, task.template_id, task.id), ())?;
     let mut active = tx.open_table(ACTIVE_TASK)?;
     if task.status.is_finished() {
         active.remove(task.id)?;
