@@ -1,18 +1,46 @@
 #!/usr/bin/env bash
 # Installs the outside tools Forge's test suites use. The one place such tools come from:
 # .ci/run calls it, and developers may run it once on a Debian machine.
-#   curl   - tests/readme.rs runs the README's curl walk-through (Debian package)
+#   curl             - tests/readme.rs runs the README's curl walk-through (Debian package)
+#   ansible-playbook - tests/ansible.rs runs a real playbook: ansible-core from PyPI, in the
+#                      venv .ci/venv (git-ignored); .ci/run puts .ci/venv/bin on PATH
+# Idempotent: a second run installs nothing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
+apt_updated=""
+apt_install() {
+  echo "install-tools: installing $* from Debian"
+  if [ -z "$apt_updated" ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "install-tools: installing ${need_apt[*]} from Debian"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
 fi
 echo "install-tools: curl $(curl --version | head -1 | cut -d' ' -f2)"
+
+# ansible-core, pinned to a major line, in a venv of our own.
+VENV=.ci/venv
+ANSIBLE_SPEC='ansible-core>=2.16,<2.19'
+if ! "$VENV/bin/ansible-playbook" --version >/dev/null 2>&1; then
+  rm -rf "$VENV"
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian's python3 needs python3-venv (ensurepip) for `python3 -m venv`.
+    rm -rf "$VENV"
+    apt_install python3-venv
+    python3 -m venv "$VENV"
+  fi
+  echo "install-tools: installing $ANSIBLE_SPEC from PyPI into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$ANSIBLE_SPEC"
+fi
+echo "install-tools: $("$VENV/bin/ansible-playbook" --version | head -1)"

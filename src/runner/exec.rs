@@ -276,17 +276,22 @@ async fn update(
             let Some(mut t) = tx.task(id)? else {
                 return Ok(None);
             };
+            let before = (t.status, t.start, t.end);
             if !change(&mut t) {
                 return Ok(None);
             }
             tx.put_task(&t)?;
-            Ok::<_, crate::store::Error>(Some(t))
+            let visible = before != (t.status, t.start, t.end);
+            Ok::<_, crate::store::Error>(Some((t, visible)))
         })
     })
     .await;
     match result {
-        Ok(Ok(Some(t))) => {
-            inner.publish_update(&t);
+        Ok(Ok(Some((t, visible)))) => {
+            // Bookkeeping (the process group) is not news for followers.
+            if visible {
+                inner.publish_update(&t);
+            }
             Some(t)
         }
         Ok(Ok(None)) => None,

@@ -141,8 +141,16 @@ impl Runner {
         })
     }
 
-    /// Queues a task stored as `waiting`; it starts as soon as the limits allow.
+    /// Queues a task stored as `waiting`; it starts as soon as the limits allow. Its stored
+    /// lines so far (`Task N added to queue`) go out to live followers with the update.
     pub fn enqueue(&self, task: &Task) {
+        if let Ok(lines) = self.inner.store.output(task.id, 0, 16) {
+            if let Some((first, _)) = lines.first() {
+                let first = *first;
+                let lines: Vec<OutputLine> = lines.into_iter().map(|(_, l)| l).collect();
+                self.inner.publish_lines(task, first, Arc::from(lines));
+            }
+        }
         self.inner.lock().queue.push_back(Queued {
             id: task.id,
             project: task.project_id,
