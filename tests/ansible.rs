@@ -9,16 +9,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use common::process::ServerProcess;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, ADMIN_PASSWORD, Client};
 use serde_json::{Value, json};
-
-const FORGE: &str = env!("CARGO_BIN_EXE_forge");
 
 /// The directory holding an `ansible-playbook` that runs: PATH first, then `.ci/venv/bin`.
 fn ansible_dir() -> Option<PathBuf> {
@@ -38,62 +36,15 @@ fn ansible_dir() -> Option<PathBuf> {
         })
 }
 
-/// A `forge serve` child process whose PATH starts with `ansible_dir`.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(db: &Path, ansible_dir: &Path) -> Self {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let path = std::env::join_paths(
-            std::iter::once(ansible_dir.to_path_buf()).chain(std::env::split_paths(&path)),
-        )
-        .expect("PATH");
-        let mut child = Command::new(FORGE)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("PATH", path)
-            .env("FORGE_DB", db)
-            .env("FORGE_ADMIN", ADMIN)
-            .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("FORGE_SCRYPT_LOG_N", "4")
-            .env("FORGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn forge serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr = addr.trim().trim_end_matches("\u{1b}[0m").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server says where it listens");
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr:?}: {e}"));
-        Self { child, addr }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `forge serve` whose PATH starts with `ansible_dir`.
+fn start_server(db: &Path, ansible_dir: &Path) -> ServerProcess {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(ansible_dir.to_path_buf()).chain(std::env::split_paths(&path)),
+    )
+    .expect("PATH");
+    let path = path.to_str().expect("PATH is UTF-8").to_owned();
+    ServerProcess::start(db, &[("PATH", path.as_str())])
 }
 
 fn at(p: u64, rest: &str) -> String {
@@ -163,7 +114,7 @@ async fn ansible_playbook_runs_against_localhost() {
     std::fs::create_dir(repo.path().join("playbooks")).unwrap();
     std::fs::write(repo.path().join("playbooks/site.yml"), PLAYBOOK).unwrap();
 
-    let server = ServerProcess::start(&dir.path().join("forge.redb"), &ansible);
+    let server = start_server(&dir.path().join("forge.redb"), &ansible);
     let mut a = Client::new(server.addr);
     assert_eq!(a.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
 

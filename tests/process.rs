@@ -3,92 +3,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use common::process::ServerProcess;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{ADMIN, ADMIN_PASSWORD, Client};
 use serde_json::json;
 
-const FORGE: &str = env!("CARGO_BIN_EXE_forge");
-
-/// A `forge serve` child process on a random port.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(db: &Path) -> Self {
-        let mut child = Command::new(FORGE)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("FORGE_DB", db)
-            .env("FORGE_ADMIN", ADMIN)
-            .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("FORGE_SCRYPT_LOG_N", "4")
-            .env("FORGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn forge serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr = addr.trim().trim_end_matches("\u{1b}[0m").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server says where it listens");
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr:?}: {e}"));
-        Self { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.addr)
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        self.child.wait().expect("reap")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::process::FORGE;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("forge.redb");
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[]);
     let mut admin = server.client();
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let token = admin.new_token().await;
@@ -132,7 +63,7 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.len()
     );
 
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[]);
     let bearer = server.client().with_bearer(&token);
     let users = bearer.get("/api/users").await.json();
     let names: std::collections::HashSet<&str> = users
@@ -164,7 +95,7 @@ async fn try_request(c: &Client, path: &str, body: Vec<u8>) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_shuts_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("forge.redb"));
+    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
     assert_eq!(server.client().get("/api/ping").await.status, 200);
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
@@ -230,7 +161,7 @@ async fn user_commands_work_offline_and_refuse_a_locked_file() {
     );
 
     // While a server holds the file, the commands say so and exit 2 without a panic.
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[]);
     let locked = Command::new(FORGE)
         .args(["user", "list", "--db"])
         .arg(&db)

@@ -5,18 +5,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use common::process::{ServerProcess, capture, forge_serve};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, Client, Resp, TestServer};
 use serde_json::{Value, json};
 
-const FORGE: &str = env!("CARGO_BIN_EXE_forge");
 /// The administrator's password, itself a secret that must not be logged or returned.
 const ADMIN_PASSWORD: &str = "MARK-admin-password-e4c1";
 
@@ -66,118 +64,27 @@ fn private_key(marker: &str) -> String {
     format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{marker}\n-----END OPENSSH PRIVATE KEY-----\n")
 }
 
-/// A `forge serve` child process on a random port whose whole stderr is captured.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// `envs` after this test's own: the admin password is a marker, and logging is as verbose as
+/// it gets, so a leak would show.
+fn with_markers<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![
+        ("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("FORGE_LOG", "trace"),
+    ];
+    all.extend_from_slice(envs);
+    all
 }
 
-fn forge_serve(db: &Path, envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(FORGE);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env("FORGE_DB", db)
-        .env("FORGE_ADMIN", ADMIN)
-        .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("FORGE_SCRYPT_LOG_N", "4")
-        .env("FORGE_LOG", "trace")
-        .env("NO_COLOR", "1")
-        .env_remove("FORGE_SECRET_KEY")
-        .env_remove("FORGE_SECRET_KEY_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Reads a pipe to its end into `buf`, sending the listen address once it shows.
-fn capture(
-    pipe: impl Read + Send + 'static,
-    buf: Arc<Mutex<Vec<u8>>>,
-    addr: Option<std::sync::mpsc::Sender<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut addr = addr;
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            buf.lock().unwrap().extend_from_slice(&line);
-            let text = String::from_utf8_lossy(&line);
-            if let Some(found) = text.split("listening on http://").nth(1) {
-                if let Some(tx) = addr.take() {
-                    let _ = tx.send(found.trim().to_owned());
-                }
-            }
-        }
-    })
-}
-
-impl ServerProcess {
-    fn start(db: &Path, envs: &[(&str, &str)]) -> Self {
-        let mut child = forge_serve(db, envs).spawn().expect("spawn forge serve");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = capture(child.stderr.take().unwrap(), log.clone(), Some(tx));
-        // stdout is captured into the same log.
-        capture(child.stdout.take().unwrap(), log.clone(), None);
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the server did not say where it listens:\n{}",
-                String::from_utf8_lossy(&log.lock().unwrap())
-            );
-        };
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr:?}: {e}"));
-        Self {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.addr)
-    }
-
-    /// Stops the server with SIGTERM; returns everything it logged.
-    fn stop(mut self) -> Vec<u8> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let exit = self.child.wait().expect("reap");
-        assert!(exit.success(), "{exit:?}");
-        if let Some(r) = self.reader.take() {
-            r.join().expect("log reader");
-        }
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `forge serve` with [`with_markers`].
+fn start(db: &Path, envs: &[(&str, &str)]) -> ServerProcess {
+    ServerProcess::start(db, &with_markers(envs))
 }
 
 /// Runs `forge serve` expecting it to exit by itself; returns (exit code, stderr+stdout).
 fn serve_expecting_exit(db: &Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = forge_serve(db, envs).spawn().expect("spawn forge serve");
+    let mut child = forge_serve(db, &with_markers(envs))
+        .spawn()
+        .expect("spawn forge serve");
     let log = Arc::new(Mutex::new(Vec::new()));
     let err = capture(child.stderr.take().unwrap(), log.clone(), None);
     let out = capture(child.stdout.take().unwrap(), log.clone(), None);
@@ -575,7 +482,7 @@ async fn secrets_never_leave_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("forge.redb");
     let key_file = PathBuf::from(format!("{}.key", db.display()));
-    let server = ServerProcess::start(&db, &[]);
+    let server = start(&db, &[]);
     let recorded = exercise(&server).await;
     let log = server.stop();
     assert!(
@@ -615,7 +522,7 @@ async fn secrets_never_leave_the_server() {
     let key_text = std::fs::read_to_string(&key_file).unwrap();
 
     // Restart on the same db: the key file opens it.
-    let server = ServerProcess::start(&db, &[]);
+    let server = start(&db, &[]);
     let mut c = server.client();
     assert_eq!(c.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let p = c.get("/api/projects").await.json()[0]["id"]
@@ -657,7 +564,7 @@ async fn secrets_never_leave_the_server() {
     // The right key, given in the environment, works without the file; the refusals above
     // changed nothing.
     std::fs::remove_file(&key_file).unwrap();
-    let server = ServerProcess::start(&db, &[("FORGE_SECRET_KEY", key_text.trim())]);
+    let server = start(&db, &[("FORGE_SECRET_KEY", key_text.trim())]);
     let mut c = server.client();
     assert_eq!(c.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let p = c.get("/api/projects").await.json()[0]["id"]
@@ -675,7 +582,7 @@ async fn a_fresh_database_gets_a_0600_key_file_and_no_secret_in_the_log() {
     let db = dir.path().join("forge.redb");
     let key_file = dir.path().join("forge.redb.key");
     assert!(!key_file.exists());
-    let server = ServerProcess::start(&db, &[]);
+    let server = start(&db, &[]);
     let log = server.stop();
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -5,19 +5,18 @@
 
 mod common;
 
+use common::process::ServerProcess;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
-
-const FORGE: &str = env!("CARGO_BIN_EXE_forge");
 
 /// The manual clock's start (every timestamp the server writes in these tests).
 const T0_TEXT: &str = "2025-05-21T02:35:12Z";
@@ -1624,71 +1623,6 @@ async fn follow_streams_lines_while_the_task_runs() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "line-one-7f3a\nline-two-7f3a\n");
-}
-
-/// A `forge serve` child process on a random port (as in tests/process.rs), with extra env.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(db: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(FORGE);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("FORGE_DB", db)
-            .env("FORGE_ADMIN", ADMIN)
-            .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("FORGE_SCRYPT_LOG_N", "4")
-            .env("FORGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn forge serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr = addr.trim().trim_end_matches("\u{1b}[0m").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server says where it listens");
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr:?}: {e}"));
-        Self { child, addr }
-    }
-
-    /// A field of /proc/<pid>/status in KiB (`VmHWM`, `VmRSS`).
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("server status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in {status}"))
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,78 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use common::process::ServerProcess;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, ADMIN_PASSWORD, Client};
 use serde_json::{Value, json};
-
-const FORGE: &str = env!("CARGO_BIN_EXE_forge");
-
-/// A `forge serve` child process on a random port with one task slot.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(db: &Path) -> Self {
-        let mut child = Command::new(FORGE)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("FORGE_DB", db)
-            .env("FORGE_ADMIN", ADMIN)
-            .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("FORGE_SCRYPT_LOG_N", "4")
-            .env("FORGE_MAX_PARALLEL_TASKS", "1")
-            .env("FORGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn forge serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr = addr.trim().trim_end_matches("\u{1b}[0m").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server says where it listens");
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr:?}: {e}"));
-        Self { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.addr)
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Kills leftover test processes if an assertion fails before the server did.
 struct KillOnDrop(Vec<i32>);
@@ -188,7 +123,7 @@ async fn kill_9_mid_task_then_restart_recovers() {
     std::fs::write(repo.path().join("long.sh"), LONG_SCRIPT).unwrap();
     std::fs::write(repo.path().join("quick.sh"), QUICK_SCRIPT).unwrap();
 
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[("FORGE_MAX_PARALLEL_TASKS", "1")]);
     let mut admin = server.client();
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let token = admin.new_token().await;
@@ -275,7 +210,7 @@ async fn kill_9_mid_task_then_restart_recovers() {
         alive(grandchild)
     );
 
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[("FORGE_MAX_PARALLEL_TASKS", "1")]);
     let c = server.client().with_bearer(&token);
 
     let t = ok_json(&c, &at(p, &format!("tasks/{long}"))).await;
@@ -349,7 +284,7 @@ async fn kill_9_mid_task_then_restart_recovers() {
 
     // The interrupted task stays as it was: a second restart changes nothing.
     server.kill_9();
-    let server = ServerProcess::start(&db);
+    let server = ServerProcess::start(&db, &[("FORGE_MAX_PARALLEL_TASKS", "1")]);
     let c = server.client().with_bearer(&token);
     let t = ok_json(&c, &at(p, &format!("tasks/{long}"))).await;
     assert_eq!(t["status"], "error", "{t}");

@@ -12,18 +12,26 @@ use forge::service::validate::{git_branch, git_url, relative_path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
 
     if git_url(s).is_ok() {
         assert!(!s.starts_with('-'), "accepted option-like url {s:?}");
-        assert!(!s.chars().any(char::is_control), "accepted control chars in {s:?}");
+        assert!(
+            !s.chars().any(char::is_control),
+            "accepted control chars in {s:?}"
+        );
         let transport_helper = !s.starts_with('/') && !s.contains("://") && s.contains("::");
         assert!(!transport_helper, "accepted transport helper {s:?}");
     }
 
     if git_branch(s).is_ok() {
         assert!(!s.starts_with('-'), "accepted option-like branch {s:?}");
-        assert!(!s.chars().any(char::is_whitespace), "accepted whitespace in {s:?}");
+        assert!(
+            !s.chars().any(char::is_whitespace),
+            "accepted whitespace in {s:?}"
+        );
         assert!(!s.contains(".."), "accepted '..' in {s:?}");
     }
 

@@ -2,6 +2,8 @@
 //! clock, and a small real HTTP/1 client (hyper's) with a cookie jar.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
