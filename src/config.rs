@@ -48,6 +48,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(1..=20))]
     pub scrypt_log_n: u8,
 
+    /// Threads hashing passwords (0 = one per core but one, at least one).
+    #[arg(long, env = "FORGE_HASH_THREADS", default_value_t = 0)]
+    pub hash_threads: usize,
+
+    /// Password hashes that may wait for a thread; a login beyond that gets 503 at once.
+    #[arg(long, env = "FORGE_HASH_QUEUE", default_value_t = 16)]
+    pub hash_queue: usize,
+
     /// Largest request body accepted, in bytes (larger → 413).
     #[arg(long, env = "FORGE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -163,6 +171,8 @@ impl Config {
             login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
             login_window_secs: DEFAULT_LOGIN_WINDOW_SECS,
             scrypt_log_n: scrypt::Params::RECOMMENDED_LOG_N,
+            hash_threads: 0,
+            hash_queue: 16,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,

@@ -88,7 +88,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 }
 
 async fn sweep_sessions(app: Arc<App>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    // The first sweep waits a period: start-up reads no more than it must.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
     loop {
         tick.tick().await;
         match app.services.sweep_sessions().await {

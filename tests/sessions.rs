@@ -234,3 +234,57 @@ async fn bearer_wins_over_cookie_and_scheme_is_case_insensitive() {
         .await
         .assert_error(401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_storm_gets_503_at_once_and_bearer_requests_still_pass() {
+    let s = TestServer::start_with(|c| {
+        c.scrypt_log_n = 12;
+        c.hash_threads = 1;
+        c.hash_queue = 1;
+        c.login_max_failures = u32::MAX;
+    })
+    .await;
+    let token = s.admin().await.new_token().await;
+    let bearer = s.client().with_bearer(&token);
+    let logins: Vec<_> = (0..12)
+        .map(|_| {
+            let c = s.client();
+            tokio::spawn(async move {
+                c.raw(
+                    "POST",
+                    "/api/auth/login",
+                    Some(
+                        json!({"auth": ADMIN, "password": "wrong"})
+                            .to_string()
+                            .into_bytes(),
+                    ),
+                    &[],
+                )
+                .await
+            })
+        })
+        .collect();
+    // Bearer requests do not queue behind the hashes.
+    for _ in 0..5 {
+        assert_eq!(bearer.get("/api/user").await.status, 200);
+    }
+    let mut busy = 0;
+    for l in logins {
+        let r = l.await.unwrap();
+        match r.status {
+            401 => {}
+            503 => {
+                busy += 1;
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+                r.assert_error(503);
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(
+        busy > 0,
+        "one thread and one queue slot cannot take 12 logins at once"
+    );
+    // Once the storm has passed, logins work again.
+    assert_eq!(s.client().login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+}

@@ -29,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 429: too many failed logins.
     TooManyRequests(u64),
+    /// 503: too busy right now; retry after this many seconds.
+    Unavailable(u64),
     /// 500: logged where it is created, never detailed to the client.
     Internal,
 }
@@ -67,6 +69,10 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed logins, try again later".into(),
             ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many logins at once, try again shortly".into(),
+            ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error".into(),
@@ -74,7 +80,7 @@ impl ApiError {
         };
         let mut res = body::json(status, &serde_json::json!({ "error": message }));
         match self {
-            ApiError::TooManyRequests(secs) => {
+            ApiError::TooManyRequests(secs) | ApiError::Unavailable(secs) => {
                 res.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs));
             }
@@ -99,6 +105,7 @@ impl From<service::Error> for ApiError {
             service::Error::Conflict(m) => ApiError::Conflict(m),
             service::Error::InUse(m) => ApiError::InUse(m),
             service::Error::Throttled { retry_after } => ApiError::TooManyRequests(retry_after),
+            service::Error::Busy { retry_after } => ApiError::Unavailable(retry_after),
             e @ service::Error::Internal(_) => ApiError::internal(&e),
         }
     }

@@ -42,6 +42,12 @@ pub enum Error {
     /// A resource cannot be deleted while templates (or others) use it.
     #[error("{0}")]
     InUse(String),
+    /// Too busy to take the request now (password hashing queue full).
+    #[error("busy")]
+    Busy {
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// Too many failed logins; retry after this many seconds.
     #[error("too many failed logins")]
     Throttled {
@@ -87,7 +93,11 @@ impl Services {
         Arc::new(Self {
             store,
             clock: config.clock.clone(),
-            hasher: password::Hasher::new(config.scrypt_log_n),
+            hasher: password::Hasher::new(
+                config.scrypt_log_n,
+                config.hash_threads,
+                config.hash_queue,
+            ),
             throttle: throttle::Throttle::new(config.login_max_failures, config.login_window_secs),
             session_idle_secs: config.session_idle_secs,
             non_admin_can_create_project: config.non_admin_can_create_project,

@@ -1,43 +1,87 @@
-//! scrypt password hashing on the blocking pool, bounded so that a login storm cannot take
-//! every core or unbounded memory (each hash at `log_n` 17 uses 128 MiB).
+//! scrypt password hashing on a pool of its own: at most `threads` hashes run at once (each
+//! uses 128 MiB at `log_n` 17), at most `queue` wait, and a login finding the queue full is
+//! refused at once (503) instead of piling up. Nothing else runs on these threads, so Bearer
+//! and cookie requests never wait behind logins.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use scrypt::Scrypt;
 use scrypt::password_hash::phc::PasswordHash;
 use scrypt::password_hash::{PasswordHasher, PasswordVerifier};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, oneshot};
 
-use super::{Error, Result, blocking};
+use super::{Error, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Hashes and verifies passwords.
 #[derive(Debug)]
 pub struct Hasher {
     params: scrypt::Params,
-    permits: Arc<Semaphore>,
+    jobs: SyncSender<Job>,
     /// A hash of a random password with the current parameters, verified against when the
     /// login names no user, so that "no such user" costs what "wrong password" costs.
     dummy: OnceCell<String>,
 }
 
+/// The default number of hashing threads: one per core but one, at least one.
+#[must_use]
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    cores.saturating_sub(1).max(1)
+}
+
 impl Hasher {
-    /// A hasher producing scrypt hashes with cost `log_n` (r = 8, p = 1).
-    pub fn new(log_n: u8) -> Self {
+    /// A hasher producing scrypt hashes with cost `log_n` (r = 8, p = 1) on `threads` threads
+    /// (0 = [`default_threads`]) with at most `queue` hashes waiting.
+    pub fn new(log_n: u8, threads: usize, queue: usize) -> Self {
         let params = scrypt::Params::new(log_n, scrypt::Params::RECOMMENDED_R, 1)
             .unwrap_or(scrypt::Params::RECOMMENDED);
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let threads = if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        };
+        let (jobs, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("forge-scrypt-{n}"))
+                .spawn(move || work(&rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         Self {
             params,
-            permits: Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))),
+            jobs,
             dummy: OnceCell::new(),
         }
     }
 
+    /// Runs `f` on the pool; [`Error::Busy`] at once when the queue is full.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(Error::Busy { retry_after: 1 }),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(Error::Internal("the password hashing pool is gone".into()));
+            }
+        }
+        rx.await
+            .map_err(|_| Error::Internal("a password hashing thread failed".into()))
+    }
+
     /// The PHC string of `password`.
     pub async fn hash(&self, password: String) -> Result<String> {
-        let _permit = self.permit().await?;
         let params = self.params;
-        blocking(move || hash_sync(params, &password)).await
+        self.run(move || hash_sync(params, &password)).await?
     }
 
     /// Whether `password` matches `phc`. With no hash (unknown user) it verifies against a
@@ -47,8 +91,7 @@ impl Hasher {
             Some(phc) => (phc, true),
             None => (self.dummy().await?, false),
         };
-        let _permit = self.permit().await?;
-        let ok = blocking(move || Ok(verify_sync(&password, &phc))).await?;
+        let ok = self.run(move || verify_sync(&password, &phc)).await?;
         Ok(ok && real)
     }
 
@@ -58,17 +101,24 @@ impl Hasher {
             .get_or_try_init(|| async move {
                 let random: [u8; 16] = rand::random();
                 let password = super::auth::hex(&random);
-                blocking(move || hash_sync(params, &password)).await
+                self.run(move || hash_sync(params, &password)).await?
             })
             .await
             .cloned()
     }
+}
 
-    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))
+/// A hashing thread: takes jobs until the hasher is dropped.
+fn work(rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
     }
 }
 
@@ -104,8 +154,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let h = Hasher::new(14, 1, 1);
+        let (a, b, c) = tokio::join!(h.hash("a".into()), h.hash("b".into()), h.hash("c".into()));
+        let busy = [&a, &b, &c]
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Busy { .. })))
+            .count();
+        assert!(
+            busy >= 1,
+            "one thread and one queue slot cannot take three hashes at once"
+        );
+        assert!([a, b, c].iter().any(Result::is_ok));
+    }
+
+    #[tokio::test]
     async fn unknown_user_never_verifies() {
-        let h = Hasher::new(4);
+        let h = Hasher::new(4, 1, 4);
         assert!(!h.verify("anything".into(), None).await.unwrap());
         let phc = h.hash("pw".into()).await.unwrap();
         assert!(h.verify("pw".into(), Some(phc)).await.unwrap());
