@@ -7,6 +7,8 @@ pub mod error;
 mod handlers;
 pub mod router;
 
+pub use handlers::tasks::task_view;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,107 @@
+//! Questions about the store and the request path:
+//! - What does one durable write cost alone, and what do 64 concurrent durable writes cost
+//!   together (group commit: they share fsyncs)?
+//! - What does routing a request cost?
+//! - What does rendering a task as JSON cost?
+
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use forge::http::router::{Router, routes};
+use forge::model::{Task, TaskStatus};
+use forge::store::{NewEvent, Store};
+use hyper::Method;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        user_id: Some(1),
+        project_id: None,
+        object_id: Some(n),
+        object_type: "user",
+        description: format!("bench event {n}"),
+    }
+}
+
+fn durable_writes(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("bench.redb")).expect("open");
+    let mut group = c.benchmark_group("durable_write");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("one_alone", |b| {
+        let mut n = 0;
+        b.iter(|| {
+            n += 1;
+            store.record_event(0, event(n)).expect("write");
+        });
+    });
+    // 64 writers, 10 writes each: thread start-up is amortised, the writes contend.
+    group.throughput(Throughput::Elements(640));
+    group.bench_function("64_concurrent_writers", |b| {
+        let store = Arc::new(store.clone());
+        b.iter_batched(
+            || Arc::clone(&store),
+            |store| {
+                std::thread::scope(|s| {
+                    for t in 0..64 {
+                        let store = &store;
+                        s.spawn(move || {
+                            for n in 0..10 {
+                                store.record_event(0, event(t * 100 + n)).expect("write");
+                            }
+                        });
+                    }
+                });
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let router = Router::new(routes());
+    c.bench_function("route/project_task_output", |b| {
+        b.iter(|| router.lookup(&Method::GET, "/api/project/12/tasks/3456/output"));
+    });
+    c.bench_function("route/ping", |b| {
+        b.iter(|| router.lookup(&Method::GET, "/api/ping"))
+    });
+}
+
+fn task_json(c: &mut Criterion) {
+    let task = Task {
+        id: 42,
+        project_id: 1,
+        template_id: 7,
+        status: TaskStatus::Running,
+        debug: false,
+        dry_run: false,
+        diff: false,
+        playbook: String::new(),
+        environment: r#"{"k":"v"}"#.into(),
+        limit: String::new(),
+        arguments: Some(r#"["--x"]"#.into()),
+        git_branch: None,
+        user_id: Some(1),
+        integration_id: None,
+        schedule_id: None,
+        created: 1_747_794_912,
+        start: Some(1_747_794_913),
+        end: None,
+        message: "deploy 1.2".into(),
+        commit_hash: None,
+        commit_message: String::new(),
+        build_task_id: None,
+        version: None,
+        inventory_id: None,
+        process_group: Some(1234),
+        sealed_secret: Vec::new(),
+    };
+    c.bench_function("task_json", |b| {
+        b.iter(|| serde_json::to_vec(&forge::http::task_view(&task, "")));
+    });
+}
+
+criterion_group!(benches, durable_writes, routing, task_json);
+criterion_main!(benches);
