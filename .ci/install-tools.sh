@@ -4,6 +4,7 @@
 #   curl             - tests/readme.rs runs the README's curl walk-through (Debian package)
 #   ansible-playbook - tests/ansible.rs runs a real playbook: ansible-core from PyPI, in the
 #                      venv .ci/venv (git-ignored); .ci/run puts .ci/venv/bin on PATH
+#   wrk, file        - benches/load.sh and the static-binary check in .ci/static-build.sh
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,8 @@ apt_install() {
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v file >/dev/null 2>&1 || need_apt+=(file)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"
 fi

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the static musl binary ("copy this one file to the edge host"), checks that it is
+# static and that it serves, then runs a short smoke version of the load benchmark with it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=x86_64-unknown-linux-musl
+rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+cargo build --release --target "$target" --quiet
+bin="target/$target/release/forge"
+
+description=$(file -b "$bin")
+echo "static build: $description"
+case "$description" in
+  *"statically linked"* | *"static-pie linked"*) ;;
+  *) echo "static build: not a static executable"; exit 1 ;;
+esac
+if ldd "$bin" 2>&1 | grep -q '=>'; then
+  echo "static build: ldd lists shared libraries"; ldd "$bin"; exit 1
+fi
+echo "static build: $(stat -c %s "$bin") bytes"
+
+work=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+"$bin" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" >"$work/log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 50); do
+  if [ "$(curl -s "http://127.0.0.1:$port/api/ping")" = pong ]; then
+    echo "static build: serves /api/ping"
+    kill $pid; wait $pid || true
+    FORGE_BIN="$bin" benches/load.sh --smoke
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "static build: no answer on /api/ping"; cat "$work/log"; exit 1

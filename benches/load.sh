@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Load benchmark: starts a release build of Forge on a temp db (loopback only) and measures,
+# with wrk, req/s and p50/p99 latency for the paths users feel, then prints the ratios the
+# performance issue asks for. Speeds are measured, never asserted.
+#
+#   benches/load.sh            # 10 s per scenario
+#   benches/load.sh --smoke    # 2 s per scenario (CI)
+#   FORGE_BIN=path benches/load.sh   # use an already built binary
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=10s
+[ "${1:-}" = "--smoke" ] && DURATION=2s
+command -v wrk >/dev/null || { echo "load.sh: wrk is required (.ci/install-tools.sh installs it)"; exit 1; }
+
+BIN=${FORGE_BIN:-target/release/forge}
+if [ -z "${FORGE_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+
+work=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+base="http://127.0.0.1:$port"
+mkdir -p "$work/repo" && printf 'true\n' > "$work/repo/run.sh"
+FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn \
+  "$BIN" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" > "$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do curl -sf "$base/api/ping" >/dev/null && break; sleep 0.1; done
+idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
+
+curl -sf -c "$work/cookie" -XPOST -d '{"auth":"admin","password":"changeme"}' "$base/api/auth/login"
+token=$(curl -sf -b "$work/cookie" -XPOST "$base/api/user/tokens" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+auth="Authorization: Bearer $token"
+curl -sf -H "$auth" -XPOST -d '{"name":"load"}' "$base/api/projects" >/dev/null
+curl -sf -H "$auth" -XPOST -d "{\"name\":\"r\",\"project_id\":1,\"git_url\":\"$work/repo\",\"ssh_key_id\":1}" \
+  "$base/api/project/1/repositories"
+curl -sf -H "$auth" -XPOST -d '{"name":"t","project_id":1,"app":"bash","playbook":"run.sh","repository_id":1}' \
+  "$base/api/project/1/templates" >/dev/null
+curl -sf -H "$auth" -XPOST -d '{"template_id":1}' "$base/api/project/1/tasks" >/dev/null
+
+cat > "$work/launch.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"template_id": 1}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+cat > "$work/login.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"auth": "admin", "password": "changeme"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+# run NAME CONNECTIONS WRK-ARGS...: prints "NAME req/s p50 p99 non2xx" and keeps req/s in $rps
+run() {
+  local name=$1 conns=$2; shift 2
+  local out
+  out=$(wrk -t2 -c"$conns" -d"$DURATION" --latency "$@")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  local p50 p99 bad
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  bad=$(awk '/Non-2xx or 3xx responses:/ {print $5}' <<<"$out")
+  printf '%-40s %10s req/s   p50 %9s   p99 %9s   non-2xx %s\n' "$name" "$rps" "$p50" "$p99" "${bad:-0}"
+}
+
+echo "Forge load benchmark: $DURATION per scenario, wrk -t2, on $(nproc) cores (server and wrk share them)"
+run "GET /api/ping" 64 "$base/api/ping";                                   ping=$rps
+run "Bearer GET /api/user" 64 -H "$auth" "$base/api/user";                 user=$rps
+run "Bearer GET /api/project/1/tasks/last" 64 -H "$auth" "$base/api/project/1/tasks/last"
+run "POST /api/project/1/tasks (durable)" 64 -s "$work/launch.lua" "$base/api/project/1/tasks"; launch=$rps
+run "POST /api/auth/login (scrypt 17)" 16 -s "$work/login.lua" "$base/api/auth/login"
+wrk -t1 -c16 -d"$DURATION" -s "$work/login.lua" "$base/api/auth/login" >/dev/null &
+storm=$!
+sleep 0.5
+run "Bearer GET /api/user during login storm" 64 -H "$auth" "$base/api/user"; during=$rps
+wait $storm || true
+peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+
+echo
+awk -v p="$ping" -v u="$user" -v d="$during" -v l="$launch" 'BEGIN {
+  printf "Bearer GET /api/user / ping:                 %.2f (target >= 0.7)\n", u / p
+  printf "Bearer during login storm / without:         %.2f (target >= 0.4)\n", d / u
+  printf "durable launches/s at 64 connections:        %.0f (compare: benches/store one_alone)\n", l
+}'
+echo "idle RSS: ${idle_rss} kB; peak RSS (VmHWM) after the run: ${peak_rss} kB"
