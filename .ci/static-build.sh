@@ -24,7 +24,7 @@ work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 "$bin" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" >"$work/log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 50); do
   if [ "$(curl -s "http://127.0.0.1:$port/api/ping")" = pong ]; then
     echo "static build: serves /api/ping"

@@ -25,7 +25,7 @@ mkdir -p "$work/repo" && printf 'true\n' > "$work/repo/run.sh"
 FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn \
   "$BIN" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" > "$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do curl -sf "$base/api/ping" >/dev/null && break; sleep 0.1; done
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
 

@@ -108,8 +108,14 @@ impl Hasher {
     }
 }
 
-/// A hashing thread: takes jobs until the hasher is dropped.
+/// A hashing thread: takes jobs until the hasher is dropped. It runs at the lowest priority:
+/// under CPU contention every other request goes first, and logins wait (bounded by the queue).
 fn work(rx: &Mutex<Receiver<Job>>) {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(error = ?e, "cannot lower the password hashing thread's priority");
+    }
     loop {
         let job = rx
             .lock()
