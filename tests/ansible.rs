@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{at, id_of, ok_json};
+
 use common::process::ServerProcess;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, ADMIN_PASSWORD, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The directory holding an `ansible-playbook` that runs: PATH first, then `.ci/venv/bin`.
 fn ansible_dir() -> Option<PathBuf> {
@@ -45,22 +47,6 @@ fn start_server(db: &Path, ansible_dir: &Path) -> ServerProcess {
     .expect("PATH");
     let path = path.to_str().expect("PATH is UTF-8").to_owned();
     ServerProcess::start(db, &[("PATH", path.as_str())])
-}
-
-fn at(p: u64, rest: &str) -> String {
-    format!("/api/project/{p}/{rest}")
-}
-
-fn id_of(v: &Value) -> u64 {
-    v["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer id in {v}"))
-}
-
-async fn ok_json(c: &Client, path: &str) -> Value {
-    let r = c.get(path).await;
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    r.json()
 }
 
 async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {

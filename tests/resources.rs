@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{at, id_of};
+
 use common::{Client, Resp, TestServer};
 use std::collections::BTreeMap;
 
@@ -13,11 +15,6 @@ use serde_json::{Value, json};
 // =============================================================================================
 // Helpers
 // =============================================================================================
-
-/// `/api/project/{p}/{rest}`.
-fn at(p: u64, rest: &str) -> String {
-    format!("/api/project/{p}/{rest}")
-}
 
 /// `base` with the fields of `patch` set (a `null` in `patch` removes the field).
 fn with(base: &Value, patch: Value) -> Value {
@@ -42,12 +39,6 @@ fn strip(v: &Value, fields: &[&str]) -> Value {
         }
     }
     out
-}
-
-fn id_of(v: &Value) -> u64 {
-    v["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer id in {v}"))
 }
 
 fn names(items: &[Value]) -> Vec<String> {

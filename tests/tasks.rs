@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{at, id_of};
+
 use common::process::ServerProcess;
 
 use std::collections::BTreeSet;
@@ -25,19 +27,9 @@ const T0_TEXT: &str = "2025-05-21T02:35:12Z";
 // Helpers
 // =============================================================================================
 
-/// `/api/project/{p}/{rest}`.
-fn at(p: u64, rest: &str) -> String {
-    format!("/api/project/{p}/{rest}")
-}
-
+/// The path of task `t` of project `p`.
 fn task_path(p: u64, t: u64) -> String {
     at(p, &format!("tasks/{t}"))
-}
-
-fn id_of(v: &Value) -> u64 {
-    v["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer id in {v}"))
 }
 
 fn is_finished(status: &str) -> bool {

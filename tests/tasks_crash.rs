@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{at, id_of, ok_json};
+
 use common::process::ServerProcess;
 
 use std::process::Command;
@@ -40,22 +42,6 @@ fn alive(pid: i32) -> bool {
         .and_then(|i| stat[i + 1..].split_whitespace().next())
         .unwrap_or("?");
     state != "Z" && state != "X"
-}
-
-fn at(p: u64, rest: &str) -> String {
-    format!("/api/project/{p}/{rest}")
-}
-
-fn id_of(v: &Value) -> u64 {
-    v["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer id in {v}"))
-}
-
-async fn ok_json(c: &Client, path: &str) -> Value {
-    let r = c.get(path).await;
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    r.json()
 }
 
 async fn output(c: &Client, p: u64, task: u64) -> Vec<Value> {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{at, id_of, ok_json};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -84,22 +86,6 @@ async fn read_until(ws: &mut Ws, secs: u64, last: impl Fn(&Value) -> bool) -> Ve
 
 fn finished(task: u64) -> impl Fn(&Value) -> bool {
     move |m| m["type"] == "update" && m["task_id"] == task && m["status"] == "success"
-}
-
-fn at(p: u64, rest: &str) -> String {
-    format!("/api/project/{p}/{rest}")
-}
-
-fn id_of(v: &Value) -> u64 {
-    v["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no integer id in {v}"))
-}
-
-async fn ok_json(c: &Client, path: &str) -> Value {
-    let r = c.get(path).await;
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    r.json()
 }
 
 /// A project with a local-path repository and a bash template running `run.sh`; returns the

@@ -26,6 +26,25 @@ pub const ADMIN_PASSWORD: &str = "changeme";
 /// The manual clock's starting time (2025-05-21T02:35:12Z).
 pub const T0: i64 = 1_747_794_912;
 
+/// `/api/project/{p}/{rest}`.
+pub fn at(p: u64, rest: &str) -> String {
+    format!("/api/project/{p}/{rest}")
+}
+
+/// The integer `id` of a JSON object (panics with the object when there is none).
+pub fn id_of(v: &Value) -> u64 {
+    v["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer id in {v}"))
+}
+
+/// GET `path`, asserting 200, as JSON.
+pub async fn ok_json(c: &Client, path: &str) -> Value {
+    let r = c.get(path).await;
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    r.json()
+}
+
 /// A running in-process server.
 pub struct TestServer {
     /// Where it listens.
