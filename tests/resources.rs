@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{at, id_of};
+use common::{at, id_of, new_project};
 
 use common::{Client, Resp, TestServer};
 use std::collections::BTreeMap;
@@ -55,12 +55,6 @@ fn column(items: &[Value], field: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
-}
-
-async fn new_project(a: &Client, name: &str) -> u64 {
-    let r = a.post("/api/projects", json!({ "name": name })).await;
-    assert_eq!(r.status, 201, "create project: {}", r.text());
-    id_of(&r.json())
 }
 
 /// GET of a list: 200, `application/json`, a plain array (never `null`).

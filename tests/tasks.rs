@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{at, id_of};
+use common::{at, id_of, new_project};
 
 use common::process::ServerProcess;
 
@@ -34,12 +34,6 @@ fn task_path(p: u64, t: u64) -> String {
 
 fn is_finished(status: &str) -> bool {
     matches!(status, "success" | "error" | "stopped")
-}
-
-async fn new_project(a: &Client, name: &str) -> u64 {
-    let r = a.post("/api/projects", json!({ "name": name })).await;
-    assert_eq!(r.status, 201, "create project: {}", r.text());
-    id_of(&r.json())
 }
 
 /// GET of a JSON array.

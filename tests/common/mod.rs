@@ -38,6 +38,15 @@ pub fn id_of(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no integer id in {v}"))
 }
 
+/// Creates a project named `name` (asserting 201); returns its id.
+pub async fn new_project(a: &Client, name: &str) -> u64 {
+    let r = a
+        .post("/api/projects", serde_json::json!({ "name": name }))
+        .await;
+    assert_eq!(r.status, 201, "create project: {}", r.text());
+    id_of(&r.json())
+}
+
 /// GET `path`, asserting 200, as JSON.
 pub async fn ok_json(c: &Client, path: &str) -> Value {
     let r = c.get(path).await;
