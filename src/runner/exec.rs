@@ -546,10 +546,10 @@ impl Variables {
         task_dir: &Path,
     ) -> Result<Self, String> {
         let mut extra = serde_json::Map::new();
-        if let Some(env) = &m.environment {
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&env.json) {
-                extra.extend(map);
-            }
+        if let Some(env) = &m.environment
+            && let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&env.json)
+        {
+            extra.extend(map);
         }
         if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&task.environment) {
             extra.extend(map);

@@ -144,12 +144,12 @@ impl Runner {
     /// Queues a task stored as `waiting`; it starts as soon as the limits allow. Its stored
     /// lines so far (`Task N added to queue`) go out to live followers with the update.
     pub fn enqueue(&self, task: &Task) {
-        if let Ok(lines) = self.inner.store.output(task.id, 0, 16) {
-            if let Some((first, _)) = lines.first() {
-                let first = *first;
-                let lines: Vec<OutputLine> = lines.into_iter().map(|(_, l)| l).collect();
-                self.inner.publish_lines(task, first, Arc::from(lines));
-            }
+        if let Ok(lines) = self.inner.store.output(task.id, 0, 16)
+            && let Some((first, _)) = lines.first()
+        {
+            let first = *first;
+            let lines: Vec<OutputLine> = lines.into_iter().map(|(_, l)| l).collect();
+            self.inner.publish_lines(task, first, Arc::from(lines));
         }
         self.inner.lock().queue.push_back(Queued {
             id: task.id,
@@ -295,14 +295,14 @@ impl Inner {
                 });
                 continue;
             }
-            if let Some(pgid) = task.process_group {
-                if process::kill_leftover_group(pgid, task.id) {
-                    tracing::warn!(
-                        task = task.id,
-                        pgid,
-                        "killed leftover processes of an interrupted task"
-                    );
-                }
+            if let Some(pgid) = task.process_group
+                && process::kill_leftover_group(pgid, task.id)
+            {
+                tracing::warn!(
+                    task = task.id,
+                    pgid,
+                    "killed leftover processes of an interrupted task"
+                );
             }
             let first = self.store.output_len(task.id)?;
             let line = OutputLine {

@@ -390,15 +390,15 @@ impl Services {
         let view = self.store.view()?;
         let mut names = EventNames::default();
         for e in events {
-            if let Some(p) = e.project_id {
-                if let std::collections::hash_map::Entry::Vacant(v) = names.projects.entry(p) {
-                    v.insert(view.project(p)?.map(|p| p.name).unwrap_or_default());
-                }
+            if let Some(p) = e.project_id
+                && let std::collections::hash_map::Entry::Vacant(v) = names.projects.entry(p)
+            {
+                v.insert(view.project(p)?.map(|p| p.name).unwrap_or_default());
             }
-            if let Some(u) = e.user_id {
-                if let std::collections::hash_map::Entry::Vacant(v) = names.users.entry(u) {
-                    v.insert(view.user(u)?.map(|u| u.username).unwrap_or_default());
-                }
+            if let Some(u) = e.user_id
+                && let std::collections::hash_map::Entry::Vacant(v) = names.users.entry(u)
+            {
+                v.insert(view.user(u)?.map(|u| u.username).unwrap_or_default());
             }
         }
         Ok(names)

@@ -1269,10 +1269,10 @@ impl Services {
             .filter(|&r| r != 0)
             .ok_or_else(|| Error::Invalid("template repository can not be empty".into()))?;
         let arguments = input.arguments.filter(|a| !a.trim().is_empty());
-        if let Some(args) = &arguments {
-            if serde_json::from_str::<Vec<String>>(args).is_err() {
-                return invalid("template arguments must be valid JSON (an array of strings)");
-            }
+        if let Some(args) = &arguments
+            && serde_json::from_str::<Vec<String>>(args).is_err()
+        {
+            return invalid("template arguments must be valid JSON (an array of strings)");
         }
         let kind = input.kind.unwrap_or_default();
         if !["", "build", "deploy"].contains(&kind.as_str()) {

@@ -176,10 +176,10 @@ fn read_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
         source,
     };
     let text = std::fs::read_to_string(path).map_err(io)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "server key file is readable by others; chmod 600 it");
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "server key file is readable by others; chmod 600 it");
     }
     parse_key(&text)
 }

@@ -89,12 +89,12 @@ impl Services {
             self.seal(secret.as_bytes())
         };
         let arguments = input.arguments.filter(|a| !a.trim().is_empty());
-        if let Some(a) = &arguments {
-            if serde_json::from_str::<Vec<String>>(a).is_err() {
-                return Err(Error::Invalid(
-                    "arguments must be a JSON array of strings".into(),
-                ));
-            }
+        if let Some(a) = &arguments
+            && serde_json::from_str::<Vec<String>>(a).is_err()
+        {
+            return Err(Error::Invalid(
+                "arguments must be a JSON array of strings".into(),
+            ));
         }
         let git_branch = input.git_branch.filter(|b| !b.trim().is_empty());
         if let Some(b) = &git_branch {
@@ -245,10 +245,10 @@ impl Services {
         let view = self.store.view()?;
         let mut out = std::collections::HashMap::new();
         for id in ids {
-            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(id) {
-                if let Some(u) = view.user(id)? {
-                    v.insert(u);
-                }
+            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(id)
+                && let Some(u) = view.user(id)?
+            {
+                v.insert(u);
             }
         }
         Ok(out)

@@ -62,10 +62,10 @@ pub fn capture(
             }
             buf.lock().unwrap().extend_from_slice(&line);
             let text = String::from_utf8_lossy(&line);
-            if let Some(found) = text.split("listening on http://").nth(1) {
-                if let Some(tx) = addr.take() {
-                    let _ = tx.send(found.trim().to_owned());
-                }
+            if let Some(found) = text.split("listening on http://").nth(1)
+                && let Some(tx) = addr.take()
+            {
+                let _ = tx.send(found.trim().to_owned());
             }
         }
     })
