@@ -1,8 +1,23 @@
-//! Stamps the binary with the git commit and build time for `/api/info`'s `version`.
+//! Stamps the binary with the git commit and build time for `/api/info`'s `version`, and
+//! embeds Swagger UI: the files `/swagger/` serves come from the Swagger UI release zip that the
+//! `utoipa-swagger-ui-vendored` crate ships (crates.io), not from a CDN and not from a copy in
+//! this repository. Each file's deflate stream is taken from the zip as it is and wrapped as a
+//! gzip member (same stream, plus the zip's CRC-32 and size), so the binary holds it compressed
+//! and browsers get it with `Content-Encoding: gzip` without recompression.
 
+use std::fmt::Write as _;
+use std::io::{Cursor, Read};
+use std::path::PathBuf;
 use std::process::Command;
 
+use zip::CompressionMethod;
+
 fn main() {
+    stamp();
+    swagger_ui();
+}
+
+fn stamp() {
     let commit = Command::new("git")
         .args(["rev-parse", "--short=7", "HEAD"])
         .output()
@@ -21,4 +36,68 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+}
+
+/// The dist files we serve, with their content types.
+const FILES: &[(&str, &str)] = &[
+    ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    ("swagger-ui.css", "text/css; charset=utf-8"),
+    ("favicon-32x32.png", "image/png"),
+    ("favicon-16x16.png", "image/png"),
+];
+
+fn swagger_ui() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(utoipa_swagger_ui_vendored::SWAGGER_UI_VENDORED))
+            .expect("the vendored Swagger UI zip opens");
+    let root = (0..archive.len())
+        .filter_map(|i| archive.name_for_index(i)?.ok().map(|n| n.into_owned()))
+        .find_map(|name| {
+            name.strip_suffix("dist/swagger-ui-bundle.js")
+                .map(str::to_owned)
+        })
+        .filter(|prefix| !prefix.contains("flavors"))
+        .expect("the zip holds dist/swagger-ui-bundle.js");
+    let version = root
+        .trim_end_matches('/')
+        .trim_start_matches("swagger-ui-")
+        .to_owned();
+
+    let mut table = String::from("&[\n");
+    for (name, content_type) in FILES {
+        let mut entry = archive
+            .by_name_raw(format!("{root}dist/{name}").as_bytes())
+            .unwrap_or_else(|e| panic!("{name} in the Swagger UI zip: {e}"));
+        let (method, crc, size) = (entry.compression(), entry.crc32(), entry.size());
+        let mut raw = Vec::new();
+        entry.read_to_end(&mut raw).expect("read zip entry");
+        let (bytes, gzip) = match method {
+            m if m == CompressionMethod::STORE => (raw, false),
+            // Without the crate's deflate feature (we never inflate here) this is its
+            // `Unsupported(8)`: the stream is copied, not decoded.
+            m if m == CompressionMethod::DEFLATE => {
+                let size = u32::try_from(size).expect("file under 4 GiB");
+                // RFC 1952: magic, CM=8 (deflate), no flags, no mtime, XFL=0, OS=255.
+                let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+                gz.extend_from_slice(&raw);
+                gz.extend_from_slice(&crc.to_le_bytes());
+                gz.extend_from_slice(&size.to_le_bytes());
+                (gz, true)
+            }
+            other => panic!("{name}: unexpected compression {other:?}"),
+        };
+        let path = out.join(format!("swagger-{name}{}", if gzip { ".gz" } else { "" }));
+        std::fs::write(&path, &bytes).expect("write asset");
+        writeln!(
+            table,
+            "    SwaggerAsset {{ name: {name:?}, content_type: {content_type:?}, gzip: {gzip}, \
+             bytes: include_bytes!({path:?}) }},"
+        )
+        .expect("write to string");
+    }
+    table.push(']');
+    std::fs::write(out.join("swagger_assets.rs"), table).expect("write table");
+    std::fs::write(out.join("swagger_version.txt"), version).expect("write version");
 }

@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "FORGE_WEB_HOST", default_value = "")]
     pub web_host: String,
 
+    /// Other origins (`https://host[:port]`, comma-separated) whose pages may send
+    /// cookie-authenticated POST/PUT/DELETE requests, for browsers that send `Origin` but not
+    /// `Sec-Fetch-Site` when a proxy rewrites `Host`. Same-origin requests always pass.
+    #[arg(long, env = "FORGE_TRUSTED_ORIGINS", value_delimiter = ',')]
+    pub trusted_origins: Vec<String>,
+
     /// Create this administrator on start unless a user with this login exists.
     #[arg(long, env = "FORGE_ADMIN")]
     pub admin: Option<String>,
@@ -178,6 +184,7 @@ impl Config {
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
             non_admin_can_create_project: false,
             web_host: String::new(),
+            trusted_origins: Vec::new(),
             admin: None,
             admin_password: None,
             admin_email: None,

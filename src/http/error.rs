@@ -15,6 +15,8 @@ pub enum ApiError {
     Unauthorized,
     /// 403: authenticated but not allowed.
     Forbidden,
+    /// 403: a cookie-authenticated (or anonymous) state-changing request from another origin.
+    CrossOrigin,
     /// 404: no such object or route.
     NotFound,
     /// 409: conflicts with the current state.
@@ -49,6 +51,11 @@ impl ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication required".into()),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "permission denied".into()),
+            ApiError::CrossOrigin => (
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused: use an API token (Bearer) or this server's own page"
+                    .into(),
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not found".into()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             ApiError::InUse(m) => {

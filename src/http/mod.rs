@@ -133,7 +133,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         }
     }
     let headers = res.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     headers.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -151,8 +153,14 @@ async fn dispatch(
     let (need, handler, params) = match app.router.lookup(req.method(), path) {
         Lookup::Found(route, params) => (route.need, route.handler, params),
         Lookup::MethodNotAllowed(allow) => return Err(ApiError::MethodNotAllowed(allow)),
+        Lookup::NotFound if serves_page(req.method(), path) => {
+            return Ok(handlers::site::page(req.uri().path(), req.headers()));
+        }
         Lookup::NotFound => return Err(ApiError::NotFound),
     };
+    if !req.method().is_safe() && refuse_cross_origin(req.headers(), &app.config.trusted_origins) {
+        return Err(ApiError::CrossOrigin);
+    }
     let (mut parts, incoming) = req.into_parts();
     let caller = match need {
         auth::Need::Anonymous => None,
@@ -196,6 +204,50 @@ async fn dispatch(
         Ok(result) => result,
         Err(panic) => Err(ApiError::internal(&panic)),
     }
+}
+
+/// Whether a request the route table does not know gets the web page (or Swagger UI): any
+/// `GET`/`HEAD` outside `/api`, as upstream serves its app for every non-API path.
+fn serves_page(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && path != "/api"
+        && !path.starts_with("/api/")
+}
+
+/// CSRF guard for state-changing requests: refuses one a browser sent from another site's
+/// page. Bearer requests pass (a page on another origin cannot add `Authorization` without a
+/// CORS preflight, which Forge never grants), as do clients that are not browsers (curl sends
+/// neither header). A browser's `Sec-Fetch-Site` decides when present; otherwise its `Origin`
+/// must name this host (`Host`) or one of `trusted` (`--trusted-origins`).
+fn refuse_cross_origin(headers: &HeaderMap, trusted: &[String]) -> bool {
+    let bearer = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| auth::parse_authorization(v.as_bytes()))
+        .is_some_and(|t| t.is_ok());
+    if bearer {
+        return false;
+    }
+    let origin = headers
+        .get(hyper::header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("null"));
+    if origin.is_some_and(|o| {
+        trusted
+            .iter()
+            .any(|t| t.trim_end_matches('/').eq_ignore_ascii_case(o))
+    }) {
+        return false;
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = origin else {
+        return false;
+    };
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413) or a body slower than
@@ -261,6 +313,74 @@ mod tests {
         assert_eq!(normalize("/api/user//"), "/api/user");
         assert_eq!(normalize("/"), "/");
         assert_eq!(normalize(""), "/");
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    hyper::header::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cross_origin_guard() {
+        let trusted = vec!["https://forge.example.com".to_owned()];
+        let refused =
+            |pairs: &[(&'static str, &'static str)]| refuse_cross_origin(&headers(pairs), &trusted);
+        // curl and other non-browser clients send neither header.
+        assert!(!refused(&[("host", "h:3000")]));
+        assert!(!refused(&[("host", "h:3000"), ("origin", "http://h:3000")]));
+        assert!(!refused(&[("host", "H:3000"), ("origin", "http://h:3000")]));
+        assert!(refused(&[
+            ("host", "h:3000"),
+            ("origin", "http://evil.test")
+        ]));
+        assert!(refused(&[("host", "h:3000"), ("origin", "null")]));
+        assert!(refused(&[("origin", "http://h:3000")]));
+        // Sec-Fetch-Site decides when a browser sends it (proxies may rewrite Host).
+        assert!(!refused(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "https://forge.lan"),
+            ("sec-fetch-site", "same-origin"),
+        ]));
+        assert!(refused(&[
+            ("host", "h:3000"),
+            ("sec-fetch-site", "cross-site")
+        ]));
+        assert!(refused(&[
+            ("host", "h:3000"),
+            ("sec-fetch-site", "same-site")
+        ]));
+        assert!(!refused(&[("sec-fetch-site", "none")]));
+        // A trusted origin passes; Bearer requests are never cookie-authenticated.
+        assert!(!refused(&[
+            ("host", "10.0.0.1:3000"),
+            ("origin", "https://forge.example.com"),
+            ("sec-fetch-site", "cross-site"),
+        ]));
+        assert!(!refused(&[
+            ("origin", "http://evil.test"),
+            ("authorization", "Bearer abc"),
+        ]));
+        assert!(refused(&[
+            ("origin", "http://evil.test"),
+            ("authorization", "Basic abc"),
+        ]));
+    }
+
+    #[test]
+    fn pages_outside_the_api() {
+        assert!(serves_page(&Method::GET, "/"));
+        assert!(serves_page(&Method::HEAD, "/projects/1"));
+        assert!(serves_page(&Method::GET, "/apis"));
+        assert!(!serves_page(&Method::GET, "/api"));
+        assert!(!serves_page(&Method::GET, "/api/nope"));
+        assert!(!serves_page(&Method::POST, "/"));
     }
 
     #[test]

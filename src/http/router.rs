@@ -10,7 +10,7 @@ use super::Req;
 use super::auth::Need;
 use super::body::Body;
 use super::error::ApiError;
-use super::handlers::{meta, projects, resources as res, session, tasks, tokens, users, ws};
+use super::handlers::{meta, projects, resources as res, session, site, tasks, tokens, users, ws};
 use crate::model::Permissions;
 
 /// What a handler returns.
@@ -58,6 +58,8 @@ pub fn routes() -> Vec<Route> {
     vec![
         route!(GET "/api/ping", Anonymous, meta::ping),
         route!(GET "/api/info", User, meta::info),
+        route!(GET "/api/openapi.json", Anonymous, site::openapi),
+        route!(GET "/api/postman.json", Anonymous, site::postman),
         route!(GET "/api/auth/login", Anonymous, session::login_options),
         route!(POST "/api/auth/login", Anonymous, session::login),
         route!(POST "/api/auth/logout", Anonymous, session::logout),

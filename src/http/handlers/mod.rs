@@ -4,6 +4,7 @@ pub mod meta;
 pub mod projects;
 pub mod resources;
 pub mod session;
+pub mod site;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
