@@ -13,30 +13,11 @@ use common::{at, id_of, ok_json};
 
 use common::process::ServerProcess;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, ADMIN_PASSWORD, Client};
 use serde_json::json;
-
-/// The directory holding an `ansible-playbook` that runs: PATH first, then `.ci/venv/bin`.
-fn ansible_dir() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin");
-    std::env::split_paths(&path)
-        .chain(std::iter::once(venv))
-        .find(|dir| {
-            let exe = dir.join("ansible-playbook");
-            exe.is_file()
-                && Command::new(&exe)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-        })
-}
 
 /// `forge serve` whose PATH starts with `ansible_dir`.
 fn start_server(db: &Path, ansible_dir: &Path) -> ServerProcess {
@@ -86,21 +67,19 @@ const PLAYBOOK: &str = r#"- name: forge smoke play
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ansible_playbook_runs_against_localhost() {
-    let Some(ansible) = ansible_dir() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ansible-playbook is required in CI; .ci/install-tools.sh installs it"
-        );
-        println!("SKIPPED: ansible-playbook not installed");
+    let Some(ansible) = common::tools::require("ansible-playbook", "the ansible test") else {
         return;
     };
+    let ansible = ansible
+        .parent()
+        .expect("a directory holds ansible-playbook");
 
     let dir = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
     std::fs::create_dir(repo.path().join("playbooks")).unwrap();
     std::fs::write(repo.path().join("playbooks/site.yml"), PLAYBOOK).unwrap();
 
-    let server = start_server(&dir.path().join("forge.redb"), &ansible);
+    let server = start_server(&dir.path().join("forge.redb"), ansible);
     let mut a = Client::new(server.addr);
     assert_eq!(a.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
 

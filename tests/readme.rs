@@ -7,21 +7,9 @@ use std::process::Command;
 
 use common::TestServer;
 
-/// Whether `curl` can run here; outside CI a missing curl skips with a visible message, in CI
-/// (`CI=true`) it fails.
+/// Whether `curl` can run here (see [`common::tools::ready`]).
 fn have_curl() -> bool {
-    let ok = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "curl is required in CI (.ci/install-tools.sh installs it)"
-        );
-        eprintln!("SKIPPED: curl is not installed (run .ci/install-tools.sh)");
-    }
-    ok
+    common::tools::require("curl", "the README walk-through").is_some()
 }
 
 /// The ```bash blocks of `text`, in order.

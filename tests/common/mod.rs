@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
