@@ -267,12 +267,12 @@ async fn supervise(
 async fn update(
     inner: &Arc<Inner>,
     id: TaskId,
-    change: impl FnOnce(&mut Task) -> bool + Send + 'static,
+    change: impl Fn(&mut Task) -> bool + Send + 'static,
 ) -> Option<Task> {
-    let store = inner.store.clone();
     let now = inner.services.now();
-    let result = tokio::task::spawn_blocking(move || {
-        store.transact(now, |tx| {
+    let result = inner
+        .store
+        .transact_async(now, move |tx| {
             let Some(mut t) = tx.task(id)? else {
                 return Ok(None);
             };
@@ -284,21 +284,16 @@ async fn update(
             let visible = before != (t.status, t.start, t.end);
             Ok::<_, crate::store::Error>(Some((t, visible)))
         })
-    })
-    .await;
+        .await;
     match result {
-        Ok(Ok(Some((t, visible)))) => {
+        Ok(Some((t, visible))) => {
             // Bookkeeping (the process group) is not news for followers.
             if visible {
                 inner.publish_update(&t);
             }
             Some(t)
         }
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            tracing::error!(task = id, error = %e, "updating task failed");
-            None
-        }
+        Ok(None) => None,
         Err(e) => {
             tracing::error!(task = id, error = %e, "updating task failed");
             None

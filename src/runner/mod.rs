@@ -8,8 +8,9 @@
 mod exec;
 mod output;
 pub mod process;
+mod queue;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::model::{OutputLine, ProjectId, Task, TaskId, TaskStatus};
 use crate::service::Services;
 use crate::store::Store;
+use queue::{Queue, Queued};
 
 /// Something that happened to a task, for live followers and WebSocket clients.
 #[derive(Debug, Clone)]
@@ -64,13 +66,6 @@ pub(crate) struct Settings {
 }
 
 #[derive(Debug)]
-struct Queued {
-    id: TaskId,
-    project: ProjectId,
-    template: u64,
-}
-
-#[derive(Debug)]
 struct Running {
     project: ProjectId,
     template: u64,
@@ -80,7 +75,7 @@ struct Running {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Queued>,
+    queue: Queue,
     running: HashMap<TaskId, Running>,
 }
 
@@ -141,17 +136,12 @@ impl Runner {
         })
     }
 
-    /// Queues a task stored as `waiting`; it starts as soon as the limits allow. Its stored
-    /// lines so far (`Task N added to queue`) go out to live followers with the update.
-    pub fn enqueue(&self, task: &Task) {
-        if let Ok(lines) = self.inner.store.output(task.id, 0, 16)
-            && let Some((first, _)) = lines.first()
-        {
-            let first = *first;
-            let lines: Vec<OutputLine> = lines.into_iter().map(|(_, l)| l).collect();
-            self.inner.publish_lines(task, first, Arc::from(lines));
-        }
-        self.inner.lock().queue.push_back(Queued {
+    /// Queues a task stored as `waiting`; it starts as soon as the limits allow. Its first
+    /// stored line (`queued`: `Task N added to queue`) goes out to live followers with the
+    /// update.
+    pub fn enqueue(&self, task: &Task, queued: OutputLine) {
+        self.inner.publish_lines(task, 0, Arc::from(vec![queued]));
+        self.inner.lock().queue.push(Queued {
             id: task.id,
             project: task.project_id,
             template: task.template_id,
@@ -173,8 +163,7 @@ impl Runner {
         }
         let action = {
             let mut state = self.inner.lock();
-            if let Some(pos) = state.queue.iter().position(|q| q.id == task_id) {
-                state.queue.remove(pos);
+            if state.queue.remove(task_id) {
                 Action::Dequeued
             } else if let Some(running) = state.running.get(&task_id) {
                 running.stop.send_replace(Some(force));
@@ -288,7 +277,7 @@ impl Inner {
         let now = self.services.now();
         for task in self.store.active_tasks()? {
             if task.status == TaskStatus::Waiting {
-                self.lock().queue.push_back(Queued {
+                self.lock().queue.push(Queued {
                     id: task.id,
                     project: task.project_id,
                     template: task.template_id,
@@ -309,8 +298,9 @@ impl Inner {
                 time_us: process::now_us(),
                 text: "interrupted: server restarted".into(),
             };
-            self.store.transact(now, |tx| {
-                let Some(mut t) = tx.task(task.id)? else {
+            let id = task.id;
+            self.store.transact(now, move |tx| {
+                let Some(mut t) = tx.task(id)? else {
                     return Ok(());
                 };
                 t.status = TaskStatus::Error;
@@ -337,19 +327,18 @@ impl Inner {
         let mut state = self.lock();
         let mut blocked: HashSet<ProjectId> = HashSet::new();
         let mut limits: HashMap<ProjectId, u32> = HashMap::new();
-        let mut i = 0;
-        while i < state.queue.len() {
+        loop {
             if self.settings.max_parallel > 0 && state.running.len() >= self.settings.max_parallel {
                 break;
             }
-            let (id, project, template) = {
-                let q = &state.queue[i];
-                (q.id, q.project, q.template)
+            let Some(Queued {
+                id,
+                project,
+                template,
+            }) = state.queue.oldest_head(|p| !blocked.contains(&p))
+            else {
+                break;
             };
-            if blocked.contains(&project) {
-                i += 1;
-                continue;
-            }
             let limit = *limits.entry(project).or_insert_with(|| {
                 self.store
                     .view()
@@ -368,10 +357,9 @@ impl Inner {
                 .any(|r| r.project == project && r.template == template);
             if template_busy || (limit > 0 && in_project >= limit as usize) {
                 blocked.insert(project);
-                i += 1;
                 continue;
             }
-            state.queue.remove(i);
+            state.queue.pop(project);
             let (stop, stop_rx) = watch::channel(None);
             state.running.insert(
                 id,
@@ -397,15 +385,15 @@ impl Inner {
         status: TaskStatus,
         message: &'static str,
     ) -> crate::service::Result<()> {
-        let store = self.store.clone();
         let now = self.services.now();
-        let task = tokio::task::spawn_blocking(move || {
-            let first = store.output_len(task_id)?;
-            let line = OutputLine {
-                time_us: process::now_us(),
-                text: message.into(),
-            };
-            store.transact(now, |tx| {
+        let first = self.store.output_len(task_id)?;
+        let line = OutputLine {
+            time_us: process::now_us(),
+            text: message.into(),
+        };
+        let task = self
+            .store
+            .transact_async(now, move |tx| {
                 let Some(mut t) = tx.task(task_id)? else {
                     return Ok(None);
                 };
@@ -416,11 +404,9 @@ impl Inner {
                 t.end = Some(now);
                 tx.put_task(&t)?;
                 tx.append_output(task_id, first, std::slice::from_ref(&line))?;
-                Ok::<_, crate::store::Error>(Some((t, first, line)))
+                Ok::<_, crate::store::Error>(Some((t, first, line.clone())))
             })
-        })
-        .await
-        .map_err(|e| crate::service::Error::Internal(e.to_string()))??;
+            .await?;
         if let Some((t, first, line)) = task {
             self.publish_lines(&t, first, Arc::from(vec![line]));
             self.publish_update(&t);
@@ -433,10 +419,10 @@ impl Inner {
         task_id: TaskId,
         status: TaskStatus,
     ) -> crate::service::Result<()> {
-        let store = self.store.clone();
         let now = self.services.now();
-        let task = tokio::task::spawn_blocking(move || {
-            store.transact(now, |tx| {
+        let task = self
+            .store
+            .transact_async(now, move |tx| {
                 let Some(mut t) = tx.task(task_id)? else {
                     return Ok(None);
                 };
@@ -447,9 +433,7 @@ impl Inner {
                 tx.put_task(&t)?;
                 Ok::<_, crate::store::Error>(Some(t))
             })
-        })
-        .await
-        .map_err(|e| crate::service::Error::Internal(e.to_string()))??;
+            .await?;
         if let Some(t) = task {
             self.publish_update(&t);
         }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{Error, Result, Services, blocking, validate};
+use super::{Error, Result, Services, validate};
 use crate::model::{
     AccessKey, Environment, Event, KeyKind, Permissions, Project, ProjectId, Role, User, UserId,
 };
@@ -143,9 +143,9 @@ impl Services {
                 name: name.trim().to_owned(),
                 created: tx.now(),
                 alert: input.alert.unwrap_or_default(),
-                alert_chat: input.alert_chat.filter(|c| !c.is_empty()),
+                alert_chat: input.alert_chat.clone().filter(|c| !c.is_empty()),
                 max_parallel_tasks: input.max_parallel_tasks.unwrap_or_default(),
-                kind: input.kind.unwrap_or_default(),
+                kind: input.kind.clone().unwrap_or_default(),
             };
             let id = tx.insert_project(&mut project)?;
             tx.set_role(id, caller.id, Role::Owner)?;
@@ -196,9 +196,9 @@ impl Services {
             let mut project = tx.project(access.project_id())?.ok_or(Error::NotFound)?;
             name.trim().clone_into(&mut project.name);
             project.alert = input.alert.unwrap_or_default();
-            project.alert_chat = input.alert_chat.filter(|c| !c.is_empty());
+            project.alert_chat = input.alert_chat.clone().filter(|c| !c.is_empty());
             project.max_parallel_tasks = input.max_parallel_tasks.unwrap_or_default();
-            project.kind = input.kind.unwrap_or_default();
+            project.kind = input.kind.clone().unwrap_or_default();
             tx.put_project(&project)?;
             tx.record(access.event(
                 "project",
@@ -407,11 +407,9 @@ impl Services {
     /// Runs `f` in one durable transaction on the blocking pool, at the current time.
     pub(crate) async fn transact<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
+        f: impl Fn(&Tx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
-        let now = self.now();
-        blocking(move || store.transact(now, f)).await
+        self.store.transact_async(self.now(), f).await
     }
 }
 

@@ -251,7 +251,7 @@ impl Services {
                 project_id: access.project_id(),
                 name: name.trim().to_owned(),
                 kind,
-                sealed_secret: sealed,
+                sealed_secret: sealed.clone(),
                 environment_id: None,
             };
             let id = tx.insert(&mut key)?;
@@ -288,9 +288,9 @@ impl Services {
                 return Err(Error::NotFound);
             }
             name.trim().clone_into(&mut key.name);
-            if let Some((kind, sealed)) = replace {
-                key.kind = kind;
-                key.sealed_secret = sealed;
+            if let Some((kind, sealed)) = &replace {
+                key.kind = *kind;
+                key.sealed_secret.clone_from(sealed);
             }
             tx.put(&key)?;
             tx.record(access.event("key", id, format!("Access Key {} updated", key.name)))?;
@@ -440,9 +440,9 @@ impl Services {
             let mut repo = Repository {
                 id: 0,
                 project_id: access.project_id(),
-                name,
-                git_url,
-                git_branch,
+                name: name.clone(),
+                git_url: git_url.clone(),
+                git_branch: git_branch.clone(),
                 ssh_key_id,
             };
             let id = tx.insert(&mut repo)?;
@@ -481,9 +481,9 @@ impl Services {
             let repo = Repository {
                 id,
                 project_id: access.project_id(),
-                name,
-                git_url,
-                git_branch,
+                name: name.clone(),
+                git_url: git_url.clone(),
+                git_branch: git_branch.clone(),
                 ssh_key_id,
             };
             tx.put(&repo)?;
@@ -660,11 +660,12 @@ impl Services {
         input: InventoryInput,
     ) -> Result<Inventory> {
         check_project(input.project_id, access.project_id())?;
-        let mut inv = inventory_from(input, 0, access.project_id(), |_| {
+        let inv = inventory_from(input, 0, access.project_id(), |_| {
             "Not supported inventory type".into()
         })?;
         let access = access.clone();
         self.transact(move |tx| {
+            let mut inv = inv.clone();
             check_inventory_refs(tx, access.project_id(), &inv)?;
             let id = tx.insert(&mut inv)?;
             tx.record(access.event("inventory", id, format!("Inventory {} created", inv.name)))?;
@@ -842,6 +843,7 @@ fn is_env_var_name(name: &str) -> bool {
 }
 
 /// Validated secret operations, sealed and ready to apply.
+#[derive(Clone)]
 enum SecretOp {
     Create {
         kind: &'static str,
@@ -975,13 +977,13 @@ impl Services {
             let mut e = Environment {
                 id: 0,
                 project_id: access.project_id(),
-                name,
-                json,
-                env,
-                sealed_password,
+                name: name.clone(),
+                json: json.clone(),
+                env: env.clone(),
+                sealed_password: sealed_password.clone(),
             };
             let id = tx.insert(&mut e)?;
-            apply_secret_ops(tx, access.project_id(), id, ops)?;
+            apply_secret_ops(tx, access.project_id(), id, ops.clone())?;
             tx.record(access.event("environment", id, format!("Environment {} created", e.name)))?;
             Ok(e)
         })
@@ -1015,14 +1017,14 @@ impl Services {
         let access = access.clone();
         self.transact(move |tx| {
             let mut e: Environment = get_or_404(tx, access.project_id(), id)?;
-            e.name = name;
-            e.json = json;
-            e.env = env;
-            if let Some(p) = new_password {
-                e.sealed_password = p;
+            e.name.clone_from(&name);
+            e.json.clone_from(&json);
+            e.env.clone_from(&env);
+            if let Some(p) = &new_password {
+                e.sealed_password.clone_from(p);
             }
             tx.put(&e)?;
-            apply_secret_ops(tx, access.project_id(), id, ops)?;
+            apply_secret_ops(tx, access.project_id(), id, ops.clone())?;
             tx.record(access.event("environment", id, format!("Environment {} updated", e.name)))?;
             Ok(())
         })
@@ -1421,9 +1423,10 @@ impl Services {
     /// anything is written).
     pub async fn create_template(&self, access: &Access, input: TemplateInput) -> Result<Template> {
         check_project(input.project_id, access.project_id())?;
-        let mut t = self.template_from(input, 0, access.project_id())?;
+        let t = self.template_from(input, 0, access.project_id())?;
         let access = access.clone();
         self.transact(move |tx| {
+            let mut t = t.clone();
             check_template_refs(tx, access.project_id(), &t)?;
             let id = tx.insert(&mut t)?;
             tx.record(access.event("template", id, format!("Template {} created", t.name)))?;
@@ -1511,7 +1514,7 @@ impl Services {
     /// transaction that commits nothing.
     async fn transact_read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
+        f: impl Fn(&Tx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         // An Err rolls the transaction back; the value travels out through the error path.
         let out = std::sync::Arc::new(std::sync::Mutex::new(None));

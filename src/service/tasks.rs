@@ -76,7 +76,11 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::Invalid`] for an unknown template or inventory, or malformed fields.
-    pub async fn create_task(&self, access: &Access, input: TaskInput) -> Result<Task> {
+    pub async fn create_task(
+        &self,
+        access: &Access,
+        input: TaskInput,
+    ) -> Result<(Task, OutputLine)> {
         let template_id = input
             .template_id
             .filter(|&t| t != 0)
@@ -149,25 +153,25 @@ impl Services {
                 debug,
                 dry_run,
                 diff,
-                playbook,
-                environment,
-                limit,
-                arguments,
-                git_branch,
+                playbook: playbook.clone(),
+                environment: environment.clone(),
+                limit: limit.clone(),
+                arguments: arguments.clone(),
+                git_branch: git_branch.clone(),
                 user_id: Some(access.user.id),
                 integration_id: None,
                 schedule_id: None,
                 created: tx.now(),
                 start: None,
                 end: None,
-                message,
-                commit_hash,
+                message: message.clone(),
+                commit_hash: commit_hash.clone(),
                 commit_message: String::new(),
                 build_task_id,
                 version: None,
                 inventory_id,
                 process_group: None,
-                sealed_secret,
+                sealed_secret: sealed_secret.clone(),
             };
             let id = tx.insert_task(&mut task)?;
             let line = OutputLine {
@@ -176,7 +180,7 @@ impl Services {
             };
             tx.append_output(id, 0, std::slice::from_ref(&line))?;
             tx.record(access.event("task", id, format!("Task ID {id} queued for running")))?;
-            Ok(task)
+            Ok((task, line))
         })
         .await
     }

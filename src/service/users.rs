@@ -151,7 +151,7 @@ impl Services {
         let store = self.store.clone();
         let caller_id = caller.id;
         blocking(move || {
-            store.update_user(id, |user| {
+            store.update_user(id, move |user| {
                 if caller_id == id && update.admin != user.admin {
                     return Err(Error::Unauthorized);
                 }
@@ -168,8 +168,8 @@ impl Services {
                 update.email.trim().clone_into(&mut user.email);
                 user.alert = update.alert;
                 user.admin = update.admin;
-                if let Some(hash) = new_hash {
-                    user.password_hash = hash;
+                if let Some(hash) = &new_hash {
+                    user.password_hash.clone_from(hash);
                 }
                 Ok(())
             })
@@ -205,11 +205,11 @@ impl Services {
         let hash = self.hasher.hash(password).await?;
         let store = self.store.clone();
         blocking(move || {
-            store.update_user(id, |user| {
+            store.update_user(id, move |user| {
                 if user.external {
                     return Err(Error::Invalid("an external user has no password".into()));
                 }
-                user.password_hash = hash;
+                user.password_hash.clone_from(&hash);
                 Ok(())
             })
         })

@@ -1,6 +1,6 @@
 //! The store: one redb file holding every record, with typed tables (`tables`), one record
-//! encoding (`codec`) and one module per entity. All calls block; callers on the async reactor
-//! run writes on `spawn_blocking`.
+//! encoding (`codec`) and one module per entity. Reads block the caller briefly; writes are
+//! committed in groups by one writer thread (`writer`), with a blocking and an async entry.
 
 pub mod codec;
 pub mod projects;
@@ -9,6 +9,7 @@ pub mod tables;
 pub mod tasks;
 mod tokens;
 mod users;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub enum Error {
     /// redb failed (I/O, corruption, ...).
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
+    /// A write could not be committed (the commit failed, or the write panicked).
+    #[error("database write failed: {0}")]
+    Write(String),
 }
 
 macro_rules! from_redb {
@@ -72,39 +76,13 @@ impl From<redb::DatabaseError> for Error {
 /// Shorthand for store results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A handle to the database; cheap to clone.
+/// A handle to the database; cheap to clone. Reads run on the caller's thread; writes go to
+/// the one writer thread (see [`writer`]), which commits them in groups.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Arc<Database>,
-    group: Arc<GroupCommit>,
+    writer: Arc<writer::Writer>,
 }
-
-/// Group commit. Each durable write commits its own transaction without an fsync (so a failed
-/// write never disturbs another), then waits for a durable commit that began after it: one
-/// caller at a time runs an empty `Durability::Immediate` commit, which makes every earlier
-/// commit durable at once, and everyone it covered returns together. Under load, many writes
-/// share one fsync; alone, a write costs one commit and one fsync as before.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    state: std::sync::Mutex<Flush>,
-    flushed: std::sync::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Flush {
-    /// Writes committed (without fsync) so far.
-    committed: u64,
-    /// Writes known to be durable.
-    durable: u64,
-    /// A durable commit is under way.
-    flushing: bool,
-    /// Write transactions begun or waiting to begin: a flush waits (briefly) for them, so
-    /// that they share its fsync instead of each needing the next.
-    writing: usize,
-}
-
-/// Longest a flush waits for writes under way to join it.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Store {
     /// Opens (creating if needed) the database file and makes sure every table exists.
@@ -112,10 +90,10 @@ impl Store {
     /// # Errors
     /// [`Error::Locked`] when another process has the file open; [`Error::Db`] otherwise.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)?;
+        let db = Arc::new(Database::create(path)?);
         let store = Self {
-            db: Arc::new(db),
-            group: Arc::default(),
+            writer: Arc::new(writer::Writer::start(Arc::clone(&db))?),
+            db,
         };
         store.write(Durability::Immediate, |tx| {
             tx.open_table(tables::META)?;
@@ -145,94 +123,36 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs `f` in a write transaction and commits it when `f` succeeds (on error nothing is
-    /// written). With `Durability::Immediate` it returns only once the write is on disk, through
-    /// the group commit; with `Durability::None` it may be lost in a crash.
-    fn write<T, E: From<Error>>(
-        &self,
-        durability: Durability,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, E>,
-    ) -> Result<T, E> {
-        self.lock_group().writing += 1;
-        let result = (|| {
-            let mut tx = self.db.begin_write().map_err(Error::from)?;
-            tx.set_durability(Durability::None).map_err(Error::from)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(Error::from)?;
-            Ok(out)
-        })();
-        let seq = {
-            let mut state = self.lock_group();
-            state.writing -= 1;
-            let durable = result.is_ok() && matches!(durability, Durability::Immediate);
-            if durable {
-                state.committed += 1;
-            }
-            self.group.flushed.notify_all();
-            durable.then_some(state.committed)
-        };
-        if let Some(seq) = seq {
-            self.make_durable(seq)?;
-        }
-        result
+    /// Runs `f` in a write transaction and commits it when `f` succeeds (on error nothing of
+    /// it is written). With `Durability::Immediate` it returns only once the write is on disk;
+    /// with `Durability::None` it may be lost in a crash. `f` runs on the writer thread, in a
+    /// transaction shared with other writes, and may run more than once (see [`writer`]): it
+    /// must only act through the transaction.
+    fn write<T, E, F>(&self, durability: Durability, f: F) -> Result<T, E>
+    where
+        F: Fn(&WriteTransaction) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let durable = matches!(durability, Durability::Immediate);
+        self.writer.submit(durable, f, writer::Reply::Sync(tx));
+        rx.recv()
+            .unwrap_or_else(|_| Err(E::from(Error::Write("the writer has stopped".into()))))
     }
 
-    fn lock_group(&self) -> std::sync::MutexGuard<'_, Flush> {
-        self.group
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Returns once write number `seq` is durable, running the fsync itself when no one else
-    /// is.
-    fn make_durable(&self, seq: u64) -> Result<()> {
-        let mut state = self.lock_group();
-        loop {
-            if state.durable >= seq {
-                return Ok(());
-            }
-            if state.flushing {
-                state = self
-                    .group
-                    .flushed
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            state.flushing = true;
-            let deadline = std::time::Instant::now() + GATHER;
-            while state.writing > 0 {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = self
-                    .group
-                    .flushed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
-            let target = state.committed;
-            drop(state);
-            let flushed = self.flush();
-            state = self.lock_group();
-            state.flushing = false;
-            if flushed.is_ok() {
-                state.durable = state.durable.max(target);
-            }
-            self.group.flushed.notify_all();
-            flushed?;
-        }
-    }
-
-    /// An empty durable commit: persists every commit before it.
-    fn flush(&self) -> Result<()> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        tx.commit()?;
-        Ok(())
+    /// [`Store::write`] for async callers: awaits the commit instead of blocking a thread.
+    async fn write_async<T, E, F>(&self, durability: Durability, f: F) -> Result<T, E>
+    where
+        F: Fn(&WriteTransaction) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let durable = matches!(durability, Durability::Immediate);
+        self.writer.submit(durable, f, writer::Reply::Async(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(E::from(Error::Write("the writer has stopped".into()))))
     }
 
     fn read(&self) -> Result<ReadTransaction> {
@@ -256,8 +176,10 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
-            tx.open_table(tables::SETTINGS)?.insert(name, value)?;
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.write(Durability::Immediate, move |tx| {
+            tx.open_table(tables::SETTINGS)?
+                .insert(name.as_str(), value.as_slice())?;
             Ok(())
         })
     }

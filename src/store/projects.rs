@@ -445,15 +445,32 @@ impl View {
 
 impl Store {
     /// Runs `f` in one durable write transaction at time `now`; nothing is written if it fails.
+    /// `f` runs on the writer thread, possibly more than once (see [`super::writer`]).
     ///
     /// # Errors
     /// `f`'s error, or a storage failure.
-    pub fn transact<T, E: From<Error>>(
-        &self,
-        now: i64,
-        f: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E> {
-        self.write(Durability::Immediate, |tx| f(&Tx { tx, now }))
+    pub fn transact<T, E, F>(&self, now: i64, f: F) -> std::result::Result<T, E>
+    where
+        F: Fn(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.write(Durability::Immediate, move |tx| f(&Tx { tx, now }))
+    }
+
+    /// [`Store::transact`] for async callers: awaits the group commit without blocking a
+    /// thread.
+    ///
+    /// # Errors
+    /// `f`'s error, or a storage failure.
+    pub async fn transact_async<T, E, F>(&self, now: i64, f: F) -> std::result::Result<T, E>
+    where
+        F: Fn(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.write_async(Durability::Immediate, move |tx| f(&Tx { tx, now }))
+            .await
     }
 
     /// A consistent read-only view of the store.
@@ -469,6 +486,6 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn record_event(&self, now: i64, e: NewEvent) -> Result<()> {
-        self.write(Durability::Immediate, |tx| record(tx, now, e))
+        self.write(Durability::Immediate, move |tx| record(tx, now, e.clone()))
     }
 }

@@ -17,13 +17,19 @@ impl Store {
         session: &Session,
         event: Option<NewEvent>,
     ) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
+        let (hash, encoded, user_id, created) = (
+            *hash,
+            codec::encode(session),
+            session.user_id,
+            session.created,
+        );
+        self.write(Durability::Immediate, move |tx| {
             tx.open_table(SESSIONHASH_SESSION)?
-                .insert(hash, codec::encode(session).as_slice())?;
+                .insert(&hash, encoded.as_slice())?;
             tx.open_table(USERID_SESSIONHASH)?
-                .insert((session.user_id, *hash), ())?;
-            if let Some(e) = event {
-                super::projects::record(tx, session.created, e)?;
+                .insert((user_id, hash), ())?;
+            if let Some(e) = &event {
+                super::projects::record(tx, created, e.clone())?;
             }
             Ok(())
         })
@@ -49,9 +55,10 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn touch_session(&self, hash: &SecretHash, now: i64) -> Result<()> {
-        self.write(Durability::None, |tx| {
+        let hash = *hash;
+        self.write(Durability::None, move |tx| {
             let mut sessions = tx.open_table(SESSIONHASH_SESSION)?;
-            let current = match sessions.get(hash)? {
+            let current = match sessions.get(&hash)? {
                 Some(bytes) => codec::decode::<Session>(bytes.value())?,
                 None => return Ok(()),
             };
@@ -60,7 +67,7 @@ impl Store {
                     last_active: now,
                     ..current
                 };
-                sessions.insert(hash, codec::encode(&updated).as_slice())?;
+                sessions.insert(&hash, codec::encode(&updated).as_slice())?;
             }
             Ok(())
         })
@@ -71,14 +78,15 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn revoke_session(&self, hash: &SecretHash) -> Result<bool> {
-        self.write(Durability::Immediate, |tx| {
+        let hash = *hash;
+        self.write(Durability::Immediate, move |tx| {
             let mut sessions = tx.open_table(SESSIONHASH_SESSION)?;
-            let Some(bytes) = sessions.remove(hash)? else {
+            let Some(bytes) = sessions.remove(&hash)? else {
                 return Ok(false);
             };
             let session: Session = codec::decode(bytes.value())?;
             tx.open_table(USERID_SESSIONHASH)?
-                .remove((session.user_id, *hash))?;
+                .remove((session.user_id, hash))?;
             Ok(true)
         })
     }
@@ -89,7 +97,7 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn sweep_sessions(&self, idle_before: i64) -> Result<usize> {
-        self.write(Durability::Immediate, |tx| {
+        self.write(Durability::Immediate, move |tx| {
             let mut sessions = tx.open_table(SESSIONHASH_SESSION)?;
             let mut by_user = tx.open_table(USERID_SESSIONHASH)?;
             let mut gone = Vec::new();

@@ -240,9 +240,10 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
+        let lines = lines.to_vec();
+        self.write(Durability::Immediate, move |tx| {
             let mut output = tx.open_table(TASK_OUTPUT)?;
-            for (n, line) in (first..).zip(lines) {
+            for (n, line) in (first..).zip(&lines) {
                 output.insert((id, n), codec::encode(line).as_slice())?;
             }
             Ok(())

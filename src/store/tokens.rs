@@ -13,7 +13,8 @@ impl Store {
     /// [`Error::Conflict`] if the handle is already used by this user (a hash-prefix collision,
     /// astronomically unlikely); storage failures.
     pub fn create_token(&self, hash: &SecretHash, token: &ApiToken) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
+        let (hash, token) = (*hash, token.clone());
+        self.write(Durability::Immediate, move |tx| {
             let mut handles = tx.open_table(USERID_TOKENHANDLE)?;
             if handles
                 .get((token.user_id, token.handle.as_str()))?
@@ -21,9 +22,9 @@ impl Store {
             {
                 return Err(Error::Conflict("token handle collision"));
             }
-            handles.insert((token.user_id, token.handle.as_str()), hash)?;
+            handles.insert((token.user_id, token.handle.as_str()), &hash)?;
             tx.open_table(TOKENHASH_TOKEN)?
-                .insert(hash, codec::encode(token).as_slice())?;
+                .insert(&hash, codec::encode(&token).as_slice())?;
             Ok(())
         })
     }
@@ -86,10 +87,11 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`] when the user has no token with that handle.
     pub fn expire_token_by_handle(&self, user_id: UserId, handle: &str) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
+        let handle = handle.to_owned();
+        self.write(Durability::Immediate, move |tx| {
             let hash = tx
                 .open_table(USERID_TOKENHANDLE)?
-                .get((user_id, handle))?
+                .get((user_id, handle.as_str()))?
                 .map(|h| h.value())
                 .ok_or(Error::NotFound)?;
             expire(tx, user_id, &hash)
@@ -101,7 +103,8 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`] when no such token belongs to the user.
     pub fn expire_token_by_hash(&self, user_id: UserId, hash: &SecretHash) -> Result<()> {
-        self.write(Durability::Immediate, |tx| expire(tx, user_id, hash))
+        let hash = *hash;
+        self.write(Durability::Immediate, move |tx| expire(tx, user_id, &hash))
     }
 }
 

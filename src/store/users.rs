@@ -37,8 +37,9 @@ impl Store {
     /// # Errors
     /// [`Error::Conflict`] when the username or email is taken.
     pub fn create_user(&self, new: NewUser) -> Result<User> {
-        self.write(Durability::Immediate, |tx| {
+        self.write(Durability::Immediate, move |tx| {
             let id = next_id(tx, "next_user_id")?;
+            let new = new.clone();
             let user = User {
                 id,
                 created: new.created,
@@ -120,12 +121,12 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Conflict`], [`Error::LastAdmin`], or `change`'s error.
-    pub fn update_user<E: From<Error>>(
+    pub fn update_user<E: From<Error> + Send + 'static>(
         &self,
         id: UserId,
-        change: impl FnOnce(&mut User) -> Result<(), E>,
+        change: impl Fn(&mut User) -> Result<(), E> + Send + 'static,
     ) -> Result<User, E> {
-        self.write(Durability::Immediate, |tx| {
+        self.write(Durability::Immediate, move |tx| {
             let old = load(tx, id)?;
             let mut user = old.clone();
             change(&mut user)?;
@@ -145,7 +146,7 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::LastAdmin`] for the only administrator.
     pub fn delete_user(&self, id: UserId) -> Result<()> {
-        self.write(Durability::Immediate, |tx| {
+        self.write(Durability::Immediate, move |tx| {
             let user = load(tx, id)?;
             if user.admin {
                 ensure_not_last_admin(tx)?;

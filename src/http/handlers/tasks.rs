@@ -110,8 +110,8 @@ fn last_limit(req: &Req) -> usize {
 /// it; it starts as soon as the limits allow.
 pub async fn create(req: Req) -> HandlerResult {
     let input: TaskInput = req.json()?;
-    let task = req.app.services.create_task(req.access()?, input).await?;
-    req.app.runner.enqueue(&task);
+    let (task, queued) = req.app.services.create_task(req.access()?, input).await?;
+    req.app.runner.enqueue(&task, queued);
     Ok(body::json(StatusCode::CREATED, &task_view(&task, "{}")))
 }
 

@@ -1,0 +1,364 @@
+//! Group commit by one writer: every write request is a job sent to one writer thread, which
+//! runs all the jobs waiting at that moment in one redb transaction and commits it once —
+//! durably (one fsync) when any job asked for durability. Each request is answered only after
+//! the commit that holds it. Under load the jobs that arrive during one commit's fsync form
+//! the next batch; alone, a write costs one commit as before.
+//!
+//! A job that fails must leave no trace, and must not fail the others: the writer then aborts
+//! the transaction, answers that job with its error and runs the rest again in a new one (so
+//! jobs are `Fn`, run once per attempt). A job that panics is answered with an error the same
+//! way; the writer lives on.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, WriteTransaction};
+
+use super::{Error, Result};
+
+/// Most jobs one transaction takes (bounds the work a failure makes the writer repeat).
+const MAX_BATCH: usize = 256;
+
+/// Where a job's answer goes: a thread blocked on a channel, or an awaiting task.
+pub enum Reply<T> {
+    /// A blocking caller.
+    Sync(SyncSender<T>),
+    /// An async caller.
+    Async(tokio::sync::oneshot::Sender<T>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, value: T) {
+        // A caller that has gone away (a dropped future) no longer wants the answer.
+        match self {
+            Reply::Sync(tx) => drop(tx.send(value)),
+            Reply::Async(tx) => drop(tx.send(value)),
+        }
+    }
+}
+
+/// A write request as the writer sees it.
+trait Job: Send {
+    /// Runs the request in `tx`, keeping its result; `false` when it failed.
+    fn run(&mut self, tx: &WriteTransaction) -> bool;
+    /// Whether the request must be on disk before it is answered.
+    fn durable(&self) -> bool;
+    /// Answers the request: its result when `committed`, else the commit's error.
+    fn answer(self: Box<Self>, committed: std::result::Result<(), String>);
+}
+
+struct Request<F, T, E> {
+    f: F,
+    durable: bool,
+    out: Option<std::result::Result<T, E>>,
+    reply: Reply<std::result::Result<T, E>>,
+}
+
+impl<F, T, E> Job for Request<F, T, E>
+where
+    F: Fn(&WriteTransaction) -> std::result::Result<T, E> + Send,
+    T: Send,
+    E: From<Error> + Send,
+{
+    fn run(&mut self, tx: &WriteTransaction) -> bool {
+        let out = catch_unwind(AssertUnwindSafe(|| (self.f)(tx))).unwrap_or_else(|_| {
+            Err(E::from(Error::Write(
+                "a write panicked; nothing of it was stored".into(),
+            )))
+        });
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
+    fn answer(self: Box<Self>, committed: std::result::Result<(), String>) {
+        let out = match (committed, self.out) {
+            (Ok(()), Some(out)) => out,
+            (Ok(()), None) => Err(E::from(Error::Write("the write never ran".into()))),
+            (Err(e), _) => Err(E::from(Error::Write(e))),
+        };
+        self.reply.send(out);
+    }
+}
+
+/// The writer thread and the way to it. Dropping the last handle stops the thread and waits
+/// for it, so the database file is closed when the store is.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: Option<Sender<Box<dyn Job>>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Write requests answered with success.
+    pub writes: AtomicU64,
+}
+
+impl std::fmt::Debug for dyn Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over `db`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn start(db: Arc<Database>) -> Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let counted = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("forge-writer".into())
+            .spawn(move || run(&db, &rx, &counted))
+            .map_err(|e| Error::Write(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// Counters of commits and writes (a batch is one commit of many writes).
+    #[must_use]
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues `f` to run in the next transaction; the answer goes to `reply`.
+    pub fn submit<F, T, E>(&self, durable: bool, f: F, reply: Reply<std::result::Result<T, E>>)
+    where
+        F: Fn(&WriteTransaction) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let job: Box<dyn Job> = Box::new(Request {
+            f,
+            durable,
+            out: None,
+            reply,
+        });
+        let unsent = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            job.answer(Err("the writer has stopped".into()));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(db: &Database, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(db, batch, stats);
+    }
+}
+
+/// Runs `batch` in one transaction and commits it; a failed job is answered on its own and
+/// the others run again without it.
+fn commit(db: &Database, mut batch: Vec<Box<dyn Job>>, stats: &Stats) {
+    while !batch.is_empty() {
+        let durable = batch.iter().any(|j| j.durable());
+        let tx = db
+            .begin_write()
+            .map_err(|e| e.to_string())
+            .and_then(|mut tx| {
+                let durability = if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                };
+                tx.set_durability(durability).map_err(|e| e.to_string())?;
+                Ok(tx)
+            });
+        let tx = match tx {
+            Ok(tx) => tx,
+            Err(e) => {
+                for job in batch {
+                    job.answer(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
+            drop(tx.abort());
+            // Its own error is its answer; nothing of it (or of the others) was committed.
+            batch.remove(failed).answer(Ok(()));
+            continue;
+        }
+        let committed = tx.commit().map_err(|e| e.to_string());
+        if committed.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        for job in batch {
+            job.answer(committed.clone());
+        }
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tables::SETTINGS;
+    use redb::{ReadableDatabase, TableDefinition};
+
+    fn db() -> (tempfile::TempDir, Arc<Database>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::create(dir.path().join("w.redb")).expect("db");
+        (dir, Arc::new(db))
+    }
+
+    fn put(key: String, fail: bool) -> impl Fn(&WriteTransaction) -> Result<String> + Send {
+        move |tx| {
+            tx.open_table(SETTINGS)?
+                .insert(key.as_str(), key.as_bytes())?;
+            if fail {
+                // Written first, then failed: the write must leave no trace.
+                return Err(Error::Conflict("refused"));
+            }
+            Ok(key.clone())
+        }
+    }
+
+    fn stored(db: &Database, key: &str) -> bool {
+        let tx = db.begin_read().expect("read");
+        let Ok(table) = tx.open_table(SETTINGS) else {
+            return false;
+        };
+        table.get(key).expect("get").is_some()
+    }
+
+    /// A job that holds the writer until `release` is sent, so the next jobs queue up.
+    fn hold(
+        writer: &Writer,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<Result<()>>,
+    ) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        writer.submit(
+            true,
+            move |_: &WriteTransaction| {
+                let _ = started_tx.send(());
+                let _ = wait.lock().expect("lock").recv();
+                Ok(())
+            },
+            Reply::Sync(tx),
+        );
+        started.recv().expect("the writer runs the holding job");
+        (release, rx)
+    }
+
+    #[test]
+    fn queued_writes_share_one_commit_and_a_failure_only_fails_itself() {
+        let (_dir, db) = db();
+        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let (release, held) = hold(&writer);
+        let answers: Vec<_> = (0..64)
+            .map(|i| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                writer.submit(true, put(format!("k{i}"), i % 10 == 3), Reply::Sync(tx));
+                rx
+            })
+            .collect();
+        release.send(()).expect("release");
+        held.recv().expect("answer").expect("holding job");
+        for (i, rx) in answers.into_iter().enumerate() {
+            let answer = rx.recv().expect("answered");
+            let key = format!("k{i}");
+            if i % 10 == 3 {
+                assert!(
+                    matches!(answer, Err(Error::Conflict("refused"))),
+                    "{i}: {answer:?}"
+                );
+                assert!(!stored(&db, &key), "failed write {key} left a trace");
+            } else {
+                assert_eq!(answer.expect("write"), key);
+                assert!(stored(&db, &key), "{key} lost");
+            }
+        }
+        // The holding job alone, then the 64 queued behind it in one transaction (each of the
+        // 7 failures costs a retry, but only one commit happens).
+        assert_eq!(writer.stats(), (2, 58));
+    }
+
+    #[test]
+    fn a_panicking_write_is_an_error_and_the_writer_lives_on() {
+        let (_dir, db) = db();
+        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        writer.submit(
+            true,
+            |tx: &WriteTransaction| -> Result<()> {
+                tx.open_table(SETTINGS)?.insert("boom", b"x".as_slice())?;
+                panic!("a bug in a write");
+            },
+            Reply::Sync(tx),
+        );
+        let answer = rx.recv().expect("answered");
+        assert!(matches!(answer, Err(Error::Write(_))), "{answer:?}");
+        assert!(!stored(&db, "boom"));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        writer.submit(true, put("after".into(), false), Reply::Sync(tx));
+        assert_eq!(rx.recv().expect("answered").expect("write"), "after");
+        assert!(stored(&db, "after"));
+    }
+
+    #[test]
+    fn dropping_the_writer_closes_the_database() {
+        let (dir, db) = db();
+        let writer = Writer::start(db).expect("writer");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        writer.submit(true, put("k".into(), false), Reply::Sync(tx));
+        rx.recv().expect("answered").expect("write");
+        drop(writer);
+        // The thread held the last handle: the file opens again at once.
+        let again = Database::create(dir.path().join("w.redb")).expect("reopen");
+        let tx = again.begin_read().expect("read");
+        let table: redb::ReadOnlyTable<&str, &[u8]> = tx
+            .open_table(TableDefinition::new("settings"))
+            .expect("table");
+        assert!(table.get("k").expect("get").is_some());
+    }
+}
