@@ -1,6 +1,8 @@
 //! Questions about the store and the request path:
-//! - What does one durable write cost alone, and what do 64 concurrent durable writes cost
-//!   together (group commit: they share fsyncs)?
+//! - What does one durable redb commit cost (the one-commit-per-request ceiling that group
+//!   commit is measured against), what does one durable write through the store cost alone,
+//!   and what do 64 concurrent durable writes cost together (group commit: one writer commits
+//!   them in shared transactions)?
 //! - What does routing a request cost?
 //! - What does rendering a task as JSON cost?
 
@@ -28,6 +30,22 @@ fn durable_writes(c: &mut Criterion) {
     let mut group = c.benchmark_group("durable_write");
     group.sample_size(20);
     group.throughput(Throughput::Elements(1));
+    // The ceiling: plain redb, one row per durable (fsynced) transaction, nothing else.
+    group.bench_function("redb_one_commit_per_write", |b| {
+        const ROWS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("rows");
+        let db = redb::Database::create(dir.path().join("ceiling.redb")).expect("create");
+        let row = [7u8; 160];
+        let mut n = 0u64;
+        b.iter(|| {
+            n += 1;
+            let tx = db.begin_write().expect("begin");
+            tx.open_table(ROWS)
+                .expect("table")
+                .insert(n, row.as_slice())
+                .expect("insert");
+            tx.commit().expect("commit");
+        });
+    });
     group.bench_function("one_alone", |b| {
         let mut n = 0;
         b.iter(|| {
