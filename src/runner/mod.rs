@@ -271,10 +271,11 @@ impl Inner {
         });
     }
 
-    /// On start: unfinished tasks that were past the queue end as `error`; waiting ones queue
-    /// again in id (arrival) order.
+    /// On start: unfinished tasks that were past the queue end as `error` (all in one
+    /// transaction); waiting ones queue again in id (arrival) order.
     fn recover(&self) -> crate::service::Result<()> {
         let now = self.services.now();
+        let mut interrupted = Vec::new();
         for task in self.store.active_tasks()? {
             if task.status == TaskStatus::Waiting {
                 self.lock().queue.push(Queued {
@@ -293,23 +294,30 @@ impl Inner {
                     "killed leftover processes of an interrupted task"
                 );
             }
-            let first = self.store.output_len(task.id)?;
-            let line = OutputLine {
-                time_us: process::now_us(),
-                text: "interrupted: server restarted".into(),
-            };
-            let id = task.id;
-            self.store.transact(now, move |tx| {
+            interrupted.push((task.id, self.store.output_len(task.id)?));
+        }
+        if interrupted.is_empty() {
+            return Ok(());
+        }
+        let line = OutputLine {
+            time_us: process::now_us(),
+            text: "interrupted: server restarted".into(),
+        };
+        let marked = interrupted.clone();
+        self.store.transact(now, move |tx| {
+            for &(id, first) in &marked {
                 let Some(mut t) = tx.task(id)? else {
-                    return Ok(());
+                    continue;
                 };
                 t.status = TaskStatus::Error;
                 t.end = Some(now);
                 tx.put_task(&t)?;
-                tx.append_output(t.id, first, std::slice::from_ref(&line))?;
-                Ok::<_, crate::store::Error>(())
-            })?;
-            tracing::info!(task = task.id, "marked interrupted task as error");
+                tx.append_output(id, first, std::slice::from_ref(&line))?;
+            }
+            Ok::<_, crate::store::Error>(())
+        })?;
+        for (id, _) in interrupted {
+            tracing::info!(task = id, "marked interrupted task as error");
         }
         Ok(())
     }
