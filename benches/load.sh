@@ -22,14 +22,6 @@ if [ -z "${FORGE_BIN:-}" ]; then
   cargo build --release --quiet
 fi
 
-# The one-commit-per-request ceiling, measured now so the ratio comes from one run:
-# criterion's durable_write/redb_one_commit_per_write, in writes per second.
-ceiling=""
-if [ -z "$SMOKE" ]; then
-  ceiling=$(cargo bench --quiet --bench store -- --noplot 'durable_write/redb_one_commit_per_write' 2>/dev/null |
-    awk '/thrpt:/ { v = $4; u = $5; gsub(/\[/, "", v); m = (u ~ /^K/) ? 1000 : (u ~ /^M/) ? 1000000 : 1; printf "%.0f", v * m; exit }')
-fi
-
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 base="http://127.0.0.1:$port"
@@ -88,6 +80,16 @@ run "Bearer GET /api/user during login storm" 64 -H "$auth" "$base/api/user"; du
 wait $storm || true
 run "POST /api/project/1/tasks (durable)" 64 -s "$work/launch.lua" "$base/api/project/1/tasks"; launch=$rps
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+kill $server 2>/dev/null || true
+wait $server 2>/dev/null || true
+
+# The one-commit-per-request ceiling, measured last (its fsyncs must not disturb the scenarios
+# above) but in the same run: criterion's durable_write/redb_one_commit_per_write, writes/s.
+ceiling=""
+if [ -z "$SMOKE" ]; then
+  ceiling=$(cargo bench --quiet --bench store -- --noplot 'durable_write/redb_one_commit_per_write' 2>/dev/null |
+    awk '/thrpt:/ { v = $4; u = $5; gsub(/\[/, "", v); m = (u ~ /^K/) ? 1000 : (u ~ /^M/) ? 1000000 : 1; printf "%.0f", v * m; exit }')
+fi
 
 echo
 awk -v p="$ping" -v u="$user" -v d="$during" -v l="$launch" -v c="$ceiling" 'BEGIN {

@@ -209,6 +209,25 @@ async fn the_served_document_is_the_committed_one() {
         Some("application/json")
     );
     assert_eq!(r.json(), spec());
+    // Stored gzipped in the binary: clients that take gzip get it as it is.
+    let gz = server
+        .client()
+        .raw(
+            "GET",
+            "/api/openapi.json",
+            None,
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(gz.header("content-encoding").as_deref(), Some("gzip"));
+    assert!(
+        gz.body.len() * 5 < r.body.len(),
+        "gzip: {} bytes",
+        gz.body.len()
+    );
+    let inflated = miniz_oxide::inflate::decompress_to_vec(&gz.body[10..gz.body.len() - 8])
+        .expect("a gzip member");
+    assert_eq!(inflated, r.body.to_vec());
     let head = server
         .client()
         .raw("HEAD", "/api/openapi.json", None, &[])

@@ -15,14 +15,22 @@ use crate::http::Req;
 use crate::http::body::{self, Body};
 use crate::http::router::HandlerResult;
 
-/// The OpenAPI 3.1 document: the one source, `docs/openapi.json`.
-pub const OPENAPI_JSON: &str =
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"));
+/// The OpenAPI 3.1 document: the one source, `docs/openapi.json` (gzipped by `build.rs`).
+static OPENAPI: Asset = Asset {
+    name: "openapi.json",
+    content_type: "application/json",
+    gzip: true,
+    bytes: include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json.gz")),
+    inflated: OnceLock::new(),
+};
 /// The Postman v2.1 collection generated from it (`docs/postman/generate.sh`).
-pub const POSTMAN_JSON: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/docs/postman/forge.postman_collection.json"
-));
+static POSTMAN: Asset = Asset {
+    name: "postman.json",
+    content_type: "application/json",
+    gzip: true,
+    bytes: include_bytes!(concat!(env!("OUT_DIR"), "/postman.json.gz")),
+    inflated: OnceLock::new(),
+};
 /// The Swagger UI release the assets come from.
 #[cfg(test)]
 const SWAGGER_UI_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/swagger_version.txt"));
@@ -77,29 +85,27 @@ const SWAGGER_INITIALIZER: &str = r"window.onload = function () {
 };
 ";
 
-/// One Swagger UI file embedded by `build.rs`.
-struct SwaggerAsset {
+/// A file embedded by `build.rs`, stored gzipped (or as it is when it does not compress).
+struct Asset {
     name: &'static str,
     content_type: &'static str,
     /// `bytes` is a gzip member (else the file as it is).
     gzip: bool,
     bytes: &'static [u8],
+    /// The file, inflated on first use by a client that does not take gzip.
+    inflated: OnceLock<Bytes>,
 }
 
-static SWAGGER_ASSETS: &[SwaggerAsset] = include!(concat!(env!("OUT_DIR"), "/swagger_assets.rs"));
+include!(concat!(env!("OUT_DIR"), "/swagger_assets.rs"));
 
 /// `GET /api/openapi.json`: the OpenAPI document.
-pub async fn openapi(_req: Req) -> HandlerResult {
-    Ok(json_document(OPENAPI_JSON))
+pub async fn openapi(req: Req) -> HandlerResult {
+    Ok(asset_response(&OPENAPI, &req.headers))
 }
 
 /// `GET /api/postman.json`: the Postman collection.
-pub async fn postman(_req: Req) -> HandlerResult {
-    Ok(json_document(POSTMAN_JSON))
-}
-
-fn json_document(text: &'static str) -> Response<Body> {
-    with_type(Response::new(body::full(text)), "application/json")
+pub async fn postman(req: Req) -> HandlerResult {
+    Ok(asset_response(&POSTMAN, &req.headers))
 }
 
 fn with_type(mut res: Response<Body>, content_type: &'static str) -> Response<Body> {
@@ -159,7 +165,7 @@ fn swagger(file: &str, headers: &HeaderMap) -> Response<Body> {
 
 /// An embedded asset: as stored (gzip) when the client accepts gzip, else inflated once and
 /// kept.
-fn asset_response(asset: &'static SwaggerAsset, headers: &HeaderMap) -> Response<Body> {
+fn asset_response(asset: &'static Asset, headers: &HeaderMap) -> Response<Body> {
     let mut res = if !asset.gzip {
         Response::new(body::full(asset.bytes))
     } else if accepts_gzip(headers) {
@@ -181,26 +187,16 @@ fn asset_response(asset: &'static SwaggerAsset, headers: &HeaderMap) -> Response
 }
 
 /// The asset's file, from its gzip member (header of 10 bytes, trailer of 8).
-fn inflated(asset: &'static SwaggerAsset) -> Bytes {
-    static CACHE: OnceLock<Vec<(&'static str, Bytes)>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| {
-        SWAGGER_ASSETS
-            .iter()
-            .filter(|a| a.gzip)
-            .map(|a| {
-                let deflate = &a.bytes[10..a.bytes.len() - 8];
-                // The build inflated nothing, but the zip's CRC vouches for the stream; a
-                // failure here would be a corrupt build, served as an empty file.
-                let file = miniz_oxide::inflate::decompress_to_vec(deflate).unwrap_or_default();
-                (a.name, Bytes::from(file))
-            })
-            .collect()
-    });
-    cache
-        .iter()
-        .find(|(name, _)| *name == asset.name)
-        .map(|(_, b)| b.clone())
-        .unwrap_or_default()
+fn inflated(asset: &'static Asset) -> Bytes {
+    asset
+        .inflated
+        .get_or_init(|| {
+            let deflate = &asset.bytes[10..asset.bytes.len() - 8];
+            // The build wrote (or took from the zip, under its CRC) this very stream; a failure
+            // here would be a corrupt build, served as an empty file.
+            Bytes::from(miniz_oxide::inflate::decompress_to_vec(deflate).unwrap_or_default())
+        })
+        .clone()
 }
 
 /// Whether `Accept-Encoding` lists gzip with a non-zero quality.
