@@ -6,7 +6,8 @@
 //! - [`server`]: the accept loop and graceful shutdown ([`server::serve`]).
 //! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, handlers.
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users.
-//! - [`store`]: the redb file: tables, the record codec, one module per entity.
+//! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
+//!   writer thread that commits writes in groups.
 //! - [`model`]: the plain stored types. [`clock`]: injectable time.
 //!
 //! Dependencies point one way: `http → service → store → model`.

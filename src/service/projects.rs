@@ -404,7 +404,7 @@ impl Services {
         Ok(names)
     }
 
-    /// Runs `f` in one durable transaction on the blocking pool, at the current time.
+    /// Runs `f` in one durable transaction (through the store's writer), at the current time.
     pub(crate) async fn transact<T: Send + 'static>(
         &self,
         f: impl Fn(&Tx<'_>) -> Result<T> + Send + 'static,
