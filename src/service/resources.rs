@@ -12,7 +12,7 @@ use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, ProjectId, Repository, SurveyValue,
     SurveyVar, Template, TemplateVault,
 };
-use crate::store::{Resource, Tx};
+use crate::store::{Lists, Resource, Tx};
 
 /// Apps Forge runs itself.
 pub const BUILTIN_APPS: &[&str] = &["ansible", "bash", "python"];
@@ -326,14 +326,14 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn key_refs(&self, access: &Access, id: u64) -> Result<Refs> {
+    pub fn key_refs(&self, access: &Access, id: u64) -> Result<Refs> {
         self.key(access, id)?;
         let p = access.project_id();
-        self.transact_read(move |tx| key_refs(tx, p, id)).await
+        key_refs(&self.store.view()?, p, id)
     }
 }
 
-fn key_refs(tx: &Tx<'_>, p: ProjectId, id: u64) -> Result<Refs> {
+fn key_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
     let mut refs = Refs::default();
     for t in tx.list::<Template>(p)? {
         if t.vaults.iter().any(|v| v.vault_key_id == id) {
@@ -525,15 +525,14 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn repository_refs(&self, access: &Access, id: u64) -> Result<Refs> {
+    pub fn repository_refs(&self, access: &Access, id: u64) -> Result<Refs> {
         self.repository(access, id)?;
         let p = access.project_id();
-        self.transact_read(move |tx| repository_refs(tx, p, id))
-            .await
+        repository_refs(&self.store.view()?, p, id)
     }
 }
 
-fn repository_refs(tx: &Tx<'_>, p: ProjectId, id: u64) -> Result<Refs> {
+fn repository_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
     let mut refs = Refs::default();
     for t in tx.list::<Template>(p)? {
         if t.repository_id == id {
@@ -729,15 +728,14 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn inventory_refs(&self, access: &Access, id: u64) -> Result<Refs> {
+    pub fn inventory_refs(&self, access: &Access, id: u64) -> Result<Refs> {
         self.inventory(access, id)?;
         let p = access.project_id();
-        self.transact_read(move |tx| inventory_refs(tx, p, id))
-            .await
+        inventory_refs(&self.store.view()?, p, id)
     }
 }
 
-fn inventory_refs(tx: &Tx<'_>, p: ProjectId, id: u64) -> Result<Refs> {
+fn inventory_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
     let mut refs = Refs::default();
     for t in tx.list::<Template>(p)? {
         if t.inventory_id == Some(id) {
@@ -1060,11 +1058,10 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn environment_refs(&self, access: &Access, id: u64) -> Result<Refs> {
+    pub fn environment_refs(&self, access: &Access, id: u64) -> Result<Refs> {
         self.environment(access, id)?;
         let p = access.project_id();
-        self.transact_read(move |tx| environment_refs(tx, p, id))
-            .await
+        environment_refs(&self.store.view()?, p, id)
     }
 }
 
@@ -1139,7 +1136,7 @@ fn owned_secret(tx: &Tx<'_>, p: ProjectId, env: u64, id: u64) -> Result<AccessKe
         .ok_or_else(|| Error::Invalid(format!("secret {id} does not belong to this environment")))
 }
 
-fn environment_refs(tx: &Tx<'_>, p: ProjectId, id: u64) -> Result<Refs> {
+fn environment_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
     let mut refs = Refs::default();
     for t in tx.list::<Template>(p)? {
         if t.environment_id == Some(id) {
@@ -1504,40 +1501,10 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn template_refs(&self, access: &Access, id: u64) -> Result<Refs> {
+    pub fn template_refs(&self, access: &Access, id: u64) -> Result<Refs> {
         self.template(access, id)?;
         let p = access.project_id();
-        self.transact_read(move |tx| template_refs(tx, p, id)).await
-    }
-
-    /// Runs a read-only computation that shares code with writers (the `refs` scans) in a
-    /// transaction that commits nothing.
-    async fn transact_read<T: Send + 'static>(
-        &self,
-        f: impl Fn(&Tx<'_>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        // An Err rolls the transaction back; the value travels out through the error path.
-        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let slot = out.clone();
-        let result = self
-            .transact(move |tx| {
-                let value = f(tx)?;
-                *slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
-                Err::<(), _>(Error::Conflict(String::new()))
-            })
-            .await;
-        match result {
-            Err(Error::Conflict(m)) if m.is_empty() => {}
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
-        let value = out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        value.ok_or_else(|| Error::Internal("read transaction produced no value".into()))
+        template_refs(&self.store.view()?, p, id)
     }
 }
 
@@ -1575,7 +1542,7 @@ fn check_template_refs(tx: &Tx<'_>, p: ProjectId, t: &Template) -> Result<()> {
     Ok(())
 }
 
-fn template_refs(tx: &Tx<'_>, p: ProjectId, id: u64) -> Result<Refs> {
+fn template_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
     let mut refs = Refs::default();
     for t in tx.list::<Template>(p)? {
         if t.build_template_id == Some(id) {

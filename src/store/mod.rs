@@ -18,7 +18,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
-pub use projects::{NewEvent, Resource, Tx, View};
+pub use projects::{Lists, NewEvent, Resource, Tx, View};
 pub use users::NewUser;
 
 /// What a store call can fail with. The first variants are outcomes callers handle.

@@ -443,6 +443,29 @@ impl View {
     }
 }
 
+/// What lists a project's resources: a write transaction ([`Tx`]) or a read view ([`View`]).
+/// Checks that writers run inside their transaction (what still uses this key?) can then
+/// answer plain reads on a view, without a write transaction.
+pub trait Lists {
+    /// Every resource of this type in `project`, by id.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    fn list<R: Resource>(&self, project: ProjectId) -> Result<Vec<R>>;
+}
+
+impl Lists for Tx<'_> {
+    fn list<R: Resource>(&self, project: ProjectId) -> Result<Vec<R>> {
+        Tx::list(self, project)
+    }
+}
+
+impl Lists for View {
+    fn list<R: Resource>(&self, project: ProjectId) -> Result<Vec<R>> {
+        View::list(self, project)
+    }
+}
+
 impl Store {
     /// Runs `f` in one durable write transaction at time `now`; nothing is written if it fails.
     /// `f` runs on the writer thread, possibly more than once (see [`super::writer`]).

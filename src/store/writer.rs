@@ -106,12 +106,6 @@ pub struct Stats {
     pub writes: AtomicU64,
 }
 
-impl std::fmt::Debug for dyn Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
-}
-
 impl Writer {
     /// Starts the writer thread over `db`.
     ///

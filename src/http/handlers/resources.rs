@@ -111,8 +111,7 @@ pub async fn key_refs(req: Req) -> HandlerResult {
     let refs = req
         .app
         .services
-        .key_refs(req.access()?, req.id("key_id", "key")?)
-        .await?;
+        .key_refs(req.access()?, req.id("key_id", "key")?)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -210,7 +209,7 @@ pub async fn delete_repository(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/repositories/{repository_id}/refs`.
 pub async fn repository_refs(req: Req) -> HandlerResult {
     let id = req.id("repository_id", "repository")?;
-    let refs = req.app.services.repository_refs(req.access()?, id).await?;
+    let refs = req.app.services.repository_refs(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -296,7 +295,7 @@ pub async fn delete_inventory(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/inventory/{inventory_id}/refs`.
 pub async fn inventory_refs(req: Req) -> HandlerResult {
     let id = req.id("inventory_id", "inventory")?;
-    let refs = req.app.services.inventory_refs(req.access()?, id).await?;
+    let refs = req.app.services.inventory_refs(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -373,7 +372,7 @@ pub async fn delete_environment(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/environment/{environment_id}/refs`.
 pub async fn environment_refs(req: Req) -> HandlerResult {
     let id = req.id("environment_id", "environment")?;
-    let refs = req.app.services.environment_refs(req.access()?, id).await?;
+    let refs = req.app.services.environment_refs(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -506,6 +505,6 @@ pub async fn delete_template(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/templates/{template_id}/refs`.
 pub async fn template_refs(req: Req) -> HandlerResult {
     let id = req.id("template_id", "template")?;
-    let refs = req.app.services.template_refs(req.access()?, id).await?;
+    let refs = req.app.services.template_refs(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
