@@ -30,6 +30,9 @@ pub enum StartError {
     /// Recovering unfinished tasks failed.
     #[error("cannot recover unfinished tasks: {0}")]
     Runner(service::Error),
+    /// The configured paths could not be made absolute.
+    #[error("cannot resolve the configured paths: {0}")]
+    Paths(std::io::Error),
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
@@ -56,7 +59,8 @@ impl App {
     /// # Errors
     /// [`StartError`] when the database cannot be opened (in use, unreadable) or the
     /// administrator cannot be created.
-    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+    pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
+        config.resolve_paths().map_err(StartError::Paths)?;
         let path = config.db.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
             .await

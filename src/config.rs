@@ -161,6 +161,23 @@ impl Config {
         })
     }
 
+    /// Makes the database, key file and work dir paths absolute against the current
+    /// directory, once, so that nothing later (git running in a checkout, a task's working
+    /// directory) reads them relative to another folder.
+    ///
+    /// # Errors
+    /// When the current directory cannot be read.
+    pub fn resolve_paths(&mut self) -> std::io::Result<()> {
+        self.db = std::path::absolute(&self.db)?;
+        for path in [&mut self.secret_key_file, &mut self.work_dir]
+            .into_iter()
+            .flatten()
+        {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
+    }
+
     /// The defaults, with the database at `db`; for embedding and tests.
     ///
     /// # Panics
@@ -229,6 +246,20 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: Config,
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_and_derived_ones_follow() {
+        let mut config = Config::with_db("./data/forge.redb".into());
+        config.work_dir = Some("work".into());
+        config.resolve_paths().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config.db, cwd.join("data/forge.redb"));
+        assert_eq!(config.work_dir(), cwd.join("work"));
+        assert_eq!(config.key_file(), cwd.join("data/forge.redb.key"));
+        let mut absolute = Config::with_db("/srv/forge.redb".into());
+        absolute.resolve_paths().unwrap();
+        assert_eq!(absolute.db, std::path::Path::new("/srv/forge.redb"));
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! The `forge` binary: `forge serve`, `forge user add`, `forge user list`.
+//! The `forge` binary: `forge serve`, `forge user add|list`, `forge key rotate`.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::pedantic)]
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +27,23 @@ enum Command {
     /// Manage users in the database file while the server is stopped.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the server key that seals secrets at rest (server stopped).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Re-seal every secret under a new key in one transaction; the new key replaces the key
+    /// file (0600) and the old one is kept as `<key file>.old` until you delete it.
+    Rotate {
+        /// The database file.
+        #[arg(long, env = "FORGE_DB", default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// The key file; default: the db path + `.key`.
+        #[arg(long, env = "FORGE_SECRET_KEY_FILE")]
+        secret_key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +88,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,6 +102,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve(*config).await,
             Command::User(cmd) => user(cmd).await,
+            Command::Key(cmd) => key(cmd),
         }
     })
 }
@@ -94,6 +114,12 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Signal handlers go in before anything announces readiness: a supervisor (or a test)
+    // may send SIGTERM the moment it reads "listening on".
+    let shutdown = match shutdown_signal() {
+        Ok(signal) => signal,
+        Err(e) => return fail(&format!("cannot install the signal handlers: {e}")),
+    };
     let listen = config.listen;
     let app = match App::start(config).await {
         Ok(app) => app,
@@ -105,28 +131,24 @@ async fn serve(config: Config) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(listen);
     tracing::info!("forge {} listening on http://{addr}", forge::VERSION);
-    forge::serve(listener, app, shutdown_signal()).await;
+    forge::serve(listener, app, shutdown).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that completes on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 fn open(db: &std::path::Path) -> Result<Store, ExitCode> {
@@ -140,6 +162,40 @@ fn open(db: &std::path::Path) -> Result<Store, ExitCode> {
             db.display()
         )),
     })
+}
+
+fn key(cmd: KeyCommand) -> ExitCode {
+    let KeyCommand::Rotate {
+        db,
+        secret_key_file,
+    } = cmd;
+    let store = match open(&db) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut config = Config::with_db(db);
+    config.secret_key_file = secret_key_file;
+    config.secret_key = std::env::var("FORGE_SECRET_KEY")
+        .ok()
+        .map(forge::config::Secret);
+    match forge::service::secrets::rotate(&config, &store) {
+        Ok(done) => {
+            println!(
+                "re-sealed {} access keys, {} environment passwords and {} task secrets \
+                 under a new key in {}",
+                done.resealed.keys,
+                done.resealed.environments,
+                done.resealed.tasks,
+                done.key_file.display()
+            );
+            println!(
+                "the old key is kept in {}: delete it once no backup made before now is needed",
+                done.old_key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("key rotation refused: {e}")),
+    }
 }
 
 async fn user(cmd: UserCommand) -> ExitCode {

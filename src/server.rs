@@ -33,6 +33,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(app.config.header_timeout_secs))
+        // Go writes `Set-Cookie`, hyper `set-cookie`: clients that copy headers into a plain
+        // dict (generated Python clients) look the names up as Go writes them.
+        .title_case_headers(true)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {

@@ -217,3 +217,57 @@ async fn errors_are_json_and_responses_are_not_cached() {
         Some("nosniff")
     );
 }
+
+/// The raw head of the answer to `request`, as the bytes on the wire.
+async fn raw_head(s: &TestServer, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the head ended");
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    String::from_utf8(bytes[..end].to_vec()).expect("ASCII head")
+}
+
+/// Regression: hyper writes `set-cookie`; a generated client that copies headers into a plain
+/// dict reads `headers["Set-Cookie"]` as Go writes it, and found no session.
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_are_title_case_on_the_wire() {
+    let s = TestServer::start().await;
+    let body = format!(
+        r#"{{"auth":"{}","password":"{}"}}"#,
+        common::ADMIN,
+        common::ADMIN_PASSWORD
+    );
+    let request = format!(
+        "POST /api/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let head = raw_head(&s, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    assert!(head.contains("\r\nSet-Cookie: semaphore="), "{head}");
+    let ping = raw_head(
+        &s,
+        b"GET /api/ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    for line in [&head, &ping].iter().flat_map(|h| h.lines().skip(1)) {
+        let name = line.split(':').next().unwrap();
+        let title = name
+            .split('-')
+            .all(|w| w.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
+        assert!(
+            title,
+            "header {name:?} is not Title-Case in:\n{head}\n{ping}"
+        );
+    }
+    assert!(ping.contains("\r\nContent-Type: text/plain"), "{ping}");
+}

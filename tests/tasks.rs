@@ -453,6 +453,45 @@ async fn git_repository_is_cloned_then_fetched_and_the_output_keeps_order() {
     assert!(lines(&a, p, t5).await.ends_with(&git_script_lines("2")));
 }
 
+/// Regression: with the default `./forge.redb` git ran in a checkout's parent with the relative
+/// work-dir path, so every clone failed (`./forge.redb.work/repos/...: No such file`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_db_path_still_clones() {
+    let cwd = tempfile::tempdir().unwrap();
+    let upstream = tempfile::tempdir().unwrap();
+    let up = upstream.path();
+    git(up, &["init", "-q", "-b", "main"]);
+    write_script(up, "run.sh", GIT_SCRIPT);
+    std::fs::write(up.join("version.txt"), "rel\n").unwrap();
+    git(up, &["add", "."]);
+    git(up, &["commit", "-q", "-m", "first"]);
+
+    let mut cmd = common::process::forge_serve(Path::new("./forge.redb"), &[]);
+    cmd.current_dir(cwd.path());
+    let server = ServerProcess::spawn(cmd);
+    let mut a = server.client();
+    assert_eq!(a.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let p = new_project(&a, "Relative").await;
+    let url = format!("file://{}", up.display());
+    let repo = add_repo(&a, p, "upstream", &url, "main").await;
+    let tpl = add_template(&a, p, "rel", repo, "run.sh", json!({})).await;
+    let t = launch(&a, p, tpl).await;
+    let task = wait_finished(&a, p, t, Duration::from_secs(30)).await;
+    let out = lines(&a, p, t).await;
+    assert_eq!(task["status"], "success", "{out:#?}");
+    assert!(out.ends_with(&git_script_lines("rel")), "{out:#?}");
+    server.stop();
+    // Everything landed beside the db, in the folder it was started from.
+    let work = cwd.path().join("forge.redb.work");
+    assert!(cwd.path().join("forge.redb").is_file());
+    assert!(cwd.path().join("forge.redb.key").is_file());
+    assert!(work.is_dir(), "no work dir in {}", cwd.path().display());
+    assert!(
+        !work.join("repos").join("forge.redb.work").exists(),
+        "a clone nested the relative path"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn local_path_repository_runs_in_place() {
     let s = TestServer::start().await;

@@ -45,12 +45,16 @@ pub enum KeyError {
     /// The key does not open the database's secrets.
     #[error(
         "the server key does not match the one that sealed this database's secrets; \
-         refusing to start"
+         refusing to start (if a `forge key rotate` was interrupted, the key file's `.new` \
+         sibling holds the new key)"
     )]
     Wrong,
     /// Reading or writing the check value failed.
     #[error("{0}")]
     Store(#[from] crate::store::Error),
+    /// A key rotation was refused or failed; nothing was changed.
+    #[error("{0}")]
+    Rotate(String),
 }
 
 /// A sealed value did not open (tampered with, or sealed under another key).
@@ -152,6 +156,103 @@ impl Cipher {
             )
             .map_err(|_| OpenError)
     }
+}
+
+/// What `forge key rotate` did.
+#[derive(Debug)]
+pub struct Rotation {
+    /// The new key file.
+    pub key_file: std::path::PathBuf,
+    /// Where the old key was kept.
+    pub old_key_file: std::path::PathBuf,
+    /// How many sealed values were re-sealed.
+    pub resealed: crate::store::reseal::Resealed,
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Re-seals every secret of `store` under a fresh key (the server must be stopped): checks
+/// that the current key file opens the check value and every secret, writes the new key to
+/// `<key>.new` (0600, synced), re-seals everything in one durable transaction, keeps the old
+/// key as `<key>.old` and moves the new one into place. An existing `.old` is never
+/// overwritten: it may be the only key that opens older backups.
+///
+/// # Errors
+/// [`KeyError`] when the key is missing, wrong or given by `FORGE_SECRET_KEY`, when
+/// `<key>.old` exists, or when a secret does not open (then nothing is changed).
+pub fn rotate(config: &Config, store: &Store) -> Result<Rotation, KeyError> {
+    if config.secret_key.is_some() {
+        return Err(KeyError::Rotate(
+            "the key comes from FORGE_SECRET_KEY; rotation rewrites the key file, so unset it \
+             and keep the key in the file"
+                .into(),
+        ));
+    }
+    let path = config.key_file();
+    let old_path = with_suffix(&path, ".old");
+    let new_path = with_suffix(&path, ".new");
+    if old_path.exists() {
+        return Err(KeyError::Rotate(format!(
+            "{} exists from an earlier rotation; delete it once no backup needs it, then \
+             rotate again",
+            old_path.display()
+        )));
+    }
+    if !path.exists() {
+        return Err(KeyError::Missing(path.display().to_string()));
+    }
+    let old = Cipher::new(&read_key_file(&path)?);
+    match store.setting(CHECK_SETTING)? {
+        Some(check) if old.open(&check).ok().as_deref() == Some(CHECK_PLAINTEXT) => {}
+        Some(_) => return Err(KeyError::Wrong),
+        None => {
+            return Err(KeyError::Rotate(
+                "this database has never been opened by a server with this key; nothing to \
+                 rotate"
+                    .into(),
+            ));
+        }
+    }
+    if new_path.exists() {
+        return Err(KeyError::Rotate(format!(
+            "{} exists: an earlier rotation was interrupted. If the server refuses the current \
+             key, that file holds the key the database is sealed with: move it into place",
+            new_path.display()
+        )));
+    }
+    let key = create_key_file(&new_path)?;
+    let new = Cipher::new(&key);
+    let resealed = store
+        .reseal_all(&[CHECK_SETTING], move |sealed| {
+            old.open(sealed).ok().map(|plain| new.seal(&plain))
+        })
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&new_path);
+            KeyError::Rotate(format!("nothing was changed: {e}"))
+        })?;
+    // The database is sealed under the new key from here on: keep the old key, then move the
+    // new one into place (a rename, so the key file is never half-written).
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::hard_link(&path, &old_path).map_err(io)?;
+    std::fs::rename(&new_path, &path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(Rotation {
+        key_file: path,
+        old_key_file: old_path,
+        resealed,
+    })
 }
 
 fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {

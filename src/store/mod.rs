@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod projects;
+pub mod reseal;
 mod sessions;
 pub mod tables;
 pub mod tasks;

@@ -74,7 +74,13 @@ pub fn capture(
 impl ServerProcess {
     /// Starts `forge serve` (see [`forge_serve`]) and waits until it says where it listens.
     pub fn start(db: &Path, envs: &[(&str, &str)]) -> Self {
-        let mut child = forge_serve(db, envs).spawn().expect("spawn forge serve");
+        Self::spawn(forge_serve(db, envs))
+    }
+
+    /// Starts `cmd` (a [`forge_serve`] command, adjusted) and waits until it says where it
+    /// listens.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("spawn forge serve");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let readers = vec![

@@ -34,8 +34,10 @@ fn refs_view(refs: &Refs) -> serde_json::Value {
 
 // --- keys ---------------------------------------------------------------------------------
 
+/// Upstream's default backend sends exactly these fields (no `empty`): strict clients build
+/// their `Key` from them and fail on any other.
 fn key_view(k: &AccessKey) -> serde_json::Value {
-    let mut v = json!({
+    json!({
         "id": k.id,
         "name": k.name,
         "type": k.kind.as_str(),
@@ -44,11 +46,7 @@ fn key_view(k: &AccessKey) -> serde_json::Value {
         "login_password": {"login": "", "password": ""},
         "ssh": {"login": "", "passphrase": "", "private_key": ""},
         "override_secret": false,
-    });
-    if k.sealed_secret.is_empty() {
-        v["empty"] = json!(true);
-    }
-    v
+    })
 }
 
 /// `GET /api/project/{project_id}/keys?sort=name|type&order=`: secrets never included.
@@ -391,7 +389,7 @@ fn template_view(
         v["tpl_app"] = json!(t.app);
         v
     });
-    Ok(json!({
+    let mut view = json!({
         "id": t.id,
         "project_id": t.project_id,
         "inventory_id": t.inventory_id,
@@ -425,10 +423,15 @@ fn template_view(
         })).collect::<Vec<_>>(),
         "suppress_success_alerts": t.suppress_success_alerts,
         "app": t.app,
-        "max_duration_secs": t.max_duration_secs,
         "tasks": tasks,
         "last_task": last_task,
-    }))
+    });
+    // Forge's own field shows only once set, so a template stays upstream's exact shape for
+    // strict clients that never use it.
+    if t.max_duration_secs != 0 {
+        view["max_duration_secs"] = json!(t.max_duration_secs);
+    }
+    Ok(view)
 }
 
 /// `GET /api/project/{project_id}/templates?sort=name|playbook|inventory|environment|repository`.
