@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the outside tools Forge's test suites use. The one place such tools come from:
 # .ci/run calls it, and developers may run it once on a Debian machine.
-#   curl             - tests/readme.rs runs the README's curl walk-through (Debian package)
+#   curl, jq         - tests/readme.rs runs the README's curl walk-through, which reads answers
+#                      with jq (Debian packages)
 #   ansible-playbook - tests/ansible.rs runs a real playbook: ansible-core from PyPI, in the
 #                      venv .ci/venv (git-ignored); .ci/run puts .ci/venv/bin on PATH
 #   wrk, file        - benches/load.sh and the static-binary check in .ci/static-build.sh
@@ -33,6 +34,7 @@ apt_install() {
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v file >/dev/null 2>&1 || need_apt+=(file)

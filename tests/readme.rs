@@ -1,5 +1,5 @@
 //! The README's curl walk-through, run from the README text itself so it cannot drift, and the
-//! product docs' walk-through (`../shared/PRODUCT-API-DOCS.md`) where that file is present.
+//! product's own API page (`docs/api.md`), whose curl blocks must work as printed.
 
 mod common;
 
@@ -7,9 +7,14 @@ use std::process::Command;
 
 use common::TestServer;
 
-/// Whether `curl` can run here (see [`common::tools::ready`]).
-fn have_curl() -> bool {
-    common::tools::require("curl", "the README walk-through").is_some()
+/// Whether `curl` and `jq` can run here (see [`common::tools::ready`]).
+fn have_tools() -> bool {
+    let missing: Vec<String> = ["curl", "jq"]
+        .into_iter()
+        .filter(|t| common::tools::find(t).is_none())
+        .map(str::to_owned)
+        .collect();
+    common::tools::ready("the README walk-through", &missing)
 }
 
 /// The ```bash blocks of `text`, in order.
@@ -47,13 +52,11 @@ fn run(script: &str, server: &TestServer) -> (String, String) {
 }
 
 fn run_blocking(script: &str, server: &TestServer) -> (String, String) {
-    let jar = server.dir.path().join("cookie-jar");
     let script = script
         .replace("http://localhost:3000", &server.base())
-        .replace("/tmp/forge-cookie", &jar.display().to_string())
         .replace(
-            "/tmp/forge-demo",
-            &server.dir.path().join("demo").display().to_string(),
+            "/tmp/forge-",
+            &format!("{}/forge-", server.dir.path().display()),
         );
     let out = Command::new("bash")
         .arg("-c")
@@ -69,9 +72,17 @@ fn run_blocking(script: &str, server: &TestServer) -> (String, String) {
     (stdout, stderr)
 }
 
+/// curl's own complaints (`Note: Unnecessary use of -X or --request, POST is already inferred.`).
+fn curl_warnings(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("Note:") || l.starts_with("Warning:"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_walkthrough_works_verbatim() {
-    if !have_curl() {
+    if !have_tools() {
         return;
     }
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
@@ -79,90 +90,98 @@ async fn readme_walkthrough_works_verbatim() {
     let blocks = walkthrough_blocks(&readme);
     assert!(blocks.len() >= 7, "found {} blocks", blocks.len());
     let s = TestServer::start().await;
-    let (stdout, stderr) = run(&blocks.join("\n"), &s);
-
-    assert!(
-        stderr.contains("< HTTP/1.1 204"),
-        "login answered 204:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("semaphore="),
-        "the session cookie was set:\n{stderr}"
-    );
-    assert!(
-        stdout.contains(r#""expired":false"#),
-        "a token was created:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""username":"admin""#),
-        "Bearer GET /api/user worked:\n{stdout}"
-    );
-    assert!(
-        stderr.contains("< HTTP/1.1 201"),
-        "token creation answered 201:\n{stderr}"
-    );
-    assert!(
-        stdout.contains(r#""name":"Demo""#),
-        "the project was created:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""type":"static""#),
-        "the inventory was created:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""playbook":"hello.sh""#),
-        "the template was created:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""status":"waiting""#),
-        "the task was launched:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(
-            "Started: 1\nRun TaskRunner with template: Hello\nPreparing: 1\nhello, world\n"
-        ),
-        "the followed output shows the run:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""status":"success""#),
-        "the task succeeded:\n{stdout}"
-    );
-    assert!(
-        stdout.contains(r#""output":"hello, world""#),
-        "paged output:\n{stdout}"
-    );
-    assert!(
-        !stdout.contains("s3cret") && !stdout.contains("t0ps3cret"),
-        "secrets leaked:\n{stdout}"
-    );
-    let codes: Vec<&str> = stdout.lines().filter(|l| l.len() == 3).collect();
-    assert_eq!(
-        codes,
-        ["204", "204", "204", "401", "401"],
-        "key, repository, environment created; expired token and old cookie refused:\n{stdout}"
-    );
-    // What the walk-through built is there, as the API shows it.
     let admin = s.admin().await;
-    let templates = admin.get("/api/project/1/templates").await.json();
-    assert_eq!(templates[0]["repository_id"], 1);
-    assert_eq!(templates[0]["environment_id"], 2);
-    assert_eq!(templates[0]["arguments"], r#"["world"]"#);
-    let env = admin.get("/api/project/1/environment/2").await.json();
-    assert_eq!(env["secrets"][0]["name"], "API_TOKEN");
+    // Twice against one database: the walk-through captures every id it uses, so the second
+    // run works on its own project and task, not the first run's.
+    for run_no in 1..=2 {
+        let (stdout, stderr) = run(&blocks.join("\n"), &s);
+        assert!(
+            curl_warnings(&stderr).is_empty(),
+            "curl warned: {:?}",
+            curl_warnings(&stderr)
+        );
+        assert!(
+            stderr.contains("< HTTP/1.1 204"),
+            "login answered 204:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("< Set-Cookie: semaphore="),
+            "the session cookie was set, as Go names the header:\n{stderr}"
+        );
+        for (needle, what) in [
+            (r#""expired":false"#, "a token was created"),
+            (r#""username":"admin""#, "Bearer GET /api/user worked"),
+            (r#""name":"Demo""#, "the project was created"),
+            (r#""type":"static""#, "the inventory was created"),
+            (r#""playbook":"hello.sh""#, "the template was created"),
+            (r#""status":"waiting""#, "the task was launched"),
+            (r#""status":"success""#, "the task succeeded"),
+            (r#""output":"hello, world""#, "paged output"),
+        ] {
+            assert!(stdout.contains(needle), "run {run_no}: {what}:\n{stdout}");
+        }
+        assert!(
+            stderr.contains("< HTTP/1.1 201"),
+            "token creation answered 201:\n{stderr}"
+        );
+        assert!(
+            !stdout.contains("s3cret") && !stdout.contains("t0ps3cret"),
+            "secrets leaked:\n{stdout}"
+        );
+        let codes: Vec<&str> = stdout.lines().filter(|l| l.len() == 3).collect();
+        assert_eq!(
+            codes,
+            ["204", "204", "204", "401", "401"],
+            "key, repository, environment created; expired token and old cookie refused:\n{stdout}"
+        );
+
+        // This run's objects, as the API shows them: the newest project named Demo.
+        let projects = admin.get("/api/projects").await.json();
+        let demos: Vec<u64> = projects
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "Demo")
+            .map(common::id_of)
+            .collect();
+        assert_eq!(demos.len(), run_no, "{projects}");
+        let p = *demos.iter().max().unwrap();
+        let repos = common::ok_json(&admin, &common::at(p, "repositories")).await;
+        let envs = common::ok_json(&admin, &common::at(p, "environment")).await;
+        let prod = envs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "prod")
+            .unwrap_or_else(|| panic!("no prod environment: {envs}"));
+        let templates = common::ok_json(&admin, &common::at(p, "templates")).await;
+        assert_eq!(templates[0]["repository_id"], repos[0]["id"]);
+        assert_eq!(templates[0]["environment_id"], prod["id"]);
+        assert_eq!(templates[0]["arguments"], r#"["world"]"#);
+        let detail = common::ok_json(
+            &admin,
+            &common::at(p, &format!("environment/{}", prod["id"])),
+        )
+        .await;
+        assert_eq!(detail["secrets"][0]["name"], "API_TOKEN");
+        let tasks = common::ok_json(&admin, &common::at(p, "tasks")).await;
+        assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+        let t = common::id_of(&tasks[0]);
+        assert!(
+            stdout.contains(&format!(
+                "Task {t} added to queue\nStarted: {t}\nRun TaskRunner with template: Hello\n\
+                 Preparing: {t}\nhello, world\n"
+            )),
+            "run {run_no}: the followed output shows task {t}:\n{stdout}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn product_docs_walkthrough_works() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/PRODUCT-API-DOCS.md");
-    let Ok(docs) = std::fs::read_to_string(path) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the product docs must sit beside the repository in CI: {path}"
-        );
-        eprintln!("SKIPPED: {path} is not present");
-        return;
-    };
-    if !have_curl() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"))
+        .expect("docs/api.md");
+    if !have_tools() {
         return;
     }
     let s = TestServer::start().await;
@@ -179,6 +198,7 @@ async fn product_docs_walkthrough_works() {
             .clone()
     };
     let (_, stderr) = run(&find("/api/auth/login"), &s);
+    assert!(curl_warnings(&stderr).is_empty(), "{stderr}");
     assert!(stderr.contains("< HTTP/1.1 204"), "{stderr}");
     let (stdout, _) = run(&find("/api/user/tokens\n"), &s);
     let token: serde_json::Value = serde_json::from_str(stdout.trim()).expect("token JSON");
@@ -239,4 +259,28 @@ async fn product_docs_walkthrough_works() {
     let (_, stderr) = run(&expire, &s);
     assert!(stderr.contains("< HTTP/1.1 204"), "{stderr}");
     bearer.get("/api/user").await.assert_error(401);
+}
+
+/// A user's clone has only the repository: the README names no file outside it, and every
+/// relative link in it points at a file that exists.
+#[test]
+fn readme_needs_nothing_outside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["README.md", "docs/api.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).expect(doc);
+        for banned in ["../", "API.md", "§"] {
+            assert!(!text.contains(banned), "{doc} mentions {banned:?}");
+        }
+        for link in text.split("](").skip(1) {
+            let target = link.split(')').next().unwrap_or_default();
+            let target = target.split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") {
+                continue;
+            }
+            assert!(
+                root.join(target).exists(),
+                "{doc} links to a missing {target}"
+            );
+        }
+    }
 }
