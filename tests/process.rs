@@ -101,6 +101,67 @@ async fn sigterm_shuts_down_gracefully() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Regression: the SIGTERM handler was installed only after "listening on" was logged, so a
+/// supervisor (or a test) that stopped the server the moment it read that line killed it about
+/// one time in four.
+#[test]
+fn sigterm_the_moment_it_listens_is_a_clean_stop() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
+        let status = server.terminate();
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}
+
+/// A log written to a file or a pipe has no colour escapes (only a terminal gets them).
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::process::forge_serve(&dir.path().join("forge.redb"), &[]);
+    cmd.env_remove("NO_COLOR");
+    let log = ServerProcess::spawn(cmd).stop();
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("listening on"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in the log: {text:?}"
+    );
+}
+
+/// The repository carries no server key or database outside the test fixtures: a committed
+/// key is a key everyone has.
+#[test]
+fn the_repository_tracks_no_key_or_database() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let Ok(out) = Command::new("git")
+        .args(["ls-files"])
+        .current_dir(root)
+        .output()
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "git is needed in CI"
+        );
+        return;
+    };
+    if !out.status.success() {
+        // Not a git checkout (a source tarball): nothing is tracked.
+        return;
+    }
+    let tracked = String::from_utf8_lossy(&out.stdout);
+    let bad: Vec<&str> = tracked
+        .lines()
+        .filter(|f| !f.starts_with("tests/fixtures/"))
+        .filter(|f| {
+            [".key", ".redb", ".pem", "id_rsa", "id_ed25519"]
+                .iter()
+                .any(|end| f.ends_with(end))
+        })
+        .collect();
+    assert!(bad.is_empty(), "tracked secrets or databases: {bad:?}");
+}
+
 fn user_add(db: &Path, login: &str, password: &str, admin: bool) -> std::process::Output {
     let mut cmd = Command::new(FORGE);
     cmd.args([
