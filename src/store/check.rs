@@ -105,6 +105,16 @@ pub fn check_file(path: &Path, key: Option<&dyn Unseal>) -> Result<Report> {
             format!("{} does not exist", path.display()),
         ))));
     }
+    // Refuse a newer file before the writable open below marks it.
+    match redb::ReadOnlyDatabase::open(path) {
+        Ok(ro) => {
+            let found = migrate::inspect(&redb::ReadableDatabase::begin_read(&ro)?)?;
+            migrate::refuse_newer(found.version, migrate::CURRENT)?;
+            ro.close()?;
+        }
+        Err(redb::DatabaseError::RepairAborted) => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut db = Database::open(path)?;
     let mut report = Report::default();
     match db.check_integrity() {

@@ -152,7 +152,7 @@ pub fn inspect(tx: &ReadTransaction) -> Result<Found> {
     })
 }
 
-fn refuse_newer(found: Option<u64>, current: u64) -> Result<()> {
+pub(crate) fn refuse_newer(found: Option<u64>, current: u64) -> Result<()> {
     match found {
         Some(v) if v > current => Err(Error::TooNew {
             found: v,
