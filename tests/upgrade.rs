@@ -182,6 +182,7 @@ async fn upgrade_one(name: &str) {
             "fixture-lp-password",
             "fixture-vault-password",
             "fixture-string-secret",
+            "fixture-env-vault-password",
             facts["env_secret"].as_str().unwrap(),
             facts["var_secret"].as_str().unwrap(),
         ] {
