@@ -136,7 +136,9 @@ pub struct Config {
     pub work_dir: Option<PathBuf>,
 
     /// Upgrade an older database without first copying it to `<db>.pre-v<N>-<time>.bak`.
-    #[arg(long, env = "FORGE_NO_UPGRADE_BACKUP")]
+    /// (The variable takes `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.)
+    #[arg(long, env = "FORGE_NO_UPGRADE_BACKUP",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_upgrade_backup: bool,
 
     /// Time source; tests inject a manual clock.

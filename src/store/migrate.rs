@@ -497,6 +497,27 @@ mod tests {
     }
 
     #[test]
+    fn a_file_left_unclean_by_a_crash_is_repaired_then_upgraded_with_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let clean = v1_file(dir.path());
+        let path = dir.path().join("crashed.redb");
+        {
+            // A copy taken while the file is open is what a kill -9 leaves: marked in use.
+            let _open = Database::create(&clean).unwrap();
+            std::fs::copy(&clean, &path).unwrap();
+        }
+        assert!(matches!(
+            ReadOnlyDatabase::open(&path),
+            Err(DatabaseError::RepairAborted)
+        ));
+        drop(open_with(&path, &Upgrade::default(), V1_TO_3, 3).unwrap());
+        assert_eq!(version(&path), Some(3));
+        let copies = backups(dir.path());
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert!(copies[0].starts_with("crashed.redb.pre-v3-"), "{copies:?}");
+    }
+
+    #[test]
     fn a_new_file_is_stamped_current_without_a_copy() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("forge.redb");
