@@ -157,3 +157,112 @@ async fn compact_shrinks_a_file_with_deleted_records_and_keeps_the_rest() {
     let out = forge(&["check"], &db);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Runs a bash template `script.sh` of project `p` once, to the end; returns the task id.
+async fn run_once(a: &common::Client, p: u64, dir: &Path, name: &str) -> u64 {
+    use common::{at, id_of};
+    use serde_json::json;
+    std::fs::write(dir.join("script.sh"), "echo one\necho two\n").expect("script");
+    let keys = a.get(&at(p, "keys")).await.json();
+    let none = keys
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["type"] == "none"))
+        .map(id_of)
+        .expect("none key");
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            json!({"name": name, "project_id": p, "git_url": dir, "git_branch": "main",
+                   "ssh_key_id": none}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let repos = a.get(&at(p, "repositories")).await.json();
+    let repo = repos
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name))
+        .map(id_of)
+        .expect("repo");
+    let r = a
+        .post(
+            &at(p, "templates"),
+            json!({"name": name, "project_id": p, "app": "bash", "playbook": "script.sh",
+                   "repository_id": repo}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let tpl = id_of(&r.json());
+    let r = a.post(&at(p, "tasks"), json!({ "template_id": tpl })).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t = id_of(&r.json());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while a.get(&at(p, &format!("tasks/{t}"))).await.json()["status"] != "success" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {t} did not succeed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    t
+}
+
+/// No false alarms: a file that went through every kind of deletion the server does is clean.
+#[tokio::test]
+async fn check_finds_nothing_wrong_after_deletions_through_the_api() {
+    use common::{at, id_of, new_project};
+    use serde_json::json;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("forge.redb");
+    let scripts = tempfile::tempdir().expect("scripts");
+    let server = ServerProcess::start(&db, &[]);
+    let mut a = server.client();
+    assert_eq!(
+        a.login(common::ADMIN, common::ADMIN_PASSWORD).await.status,
+        204
+    );
+    let r = a
+        .post(
+            "/api/users",
+            json!({"name": "Gone", "username": "gone", "email": "gone@example.com",
+                   "password": "pw-of-gone", "admin": false}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let gone = id_of(&r.json());
+    let mut g = server.client();
+    assert_eq!(g.login("gone", "pw-of-gone").await.status, 204);
+    let _ = g.new_token().await;
+    let token = a.new_token().await;
+    assert_eq!(
+        a.delete(&format!("/api/user/tokens/{token}")).await.status,
+        204
+    );
+
+    let kept = new_project(&a, "kept").await;
+    let r = a
+        .post(
+            &at(kept, "users"),
+            json!({"user_id": gone, "role": "task_runner"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let t = run_once(&a, kept, scripts.path(), "first").await;
+    run_once(&a, kept, scripts.path(), "second").await;
+    assert_eq!(a.delete(&at(kept, &format!("tasks/{t}"))).await.status, 204);
+
+    let doomed = new_project(&a, "doomed").await;
+    run_once(&a, doomed, scripts.path(), "third").await;
+    assert_eq!(
+        a.delete(&format!("/api/project/{doomed}")).await.status,
+        204
+    );
+    assert_eq!(a.delete(&format!("/api/users/{gone}")).await.status, 204);
+    assert_eq!(
+        a.raw("POST", "/api/auth/logout", None, &[]).await.status,
+        204
+    );
+    drop(server.stop());
+
+    let out = forge(&["check"], &db);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
