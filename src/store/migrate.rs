@@ -214,7 +214,7 @@ fn run(db: &Database, migrations: &[Migration], current: u64) -> Result<()> {
 }
 
 /// The version recorded in `tx`, without creating anything; `None` for a new file.
-fn version_in(tx: &WriteTransaction) -> Result<Option<u64>> {
+pub(crate) fn version_in(tx: &WriteTransaction) -> Result<Option<u64>> {
     if !tx.list_tables()?.any(|t| t.name() == tables::META.name()) {
         return Ok(None);
     }
