@@ -62,7 +62,10 @@ impl App {
     pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
         config.resolve_paths().map_err(StartError::Paths)?;
         let path = config.db.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let upgrade = store::migrate::Upgrade {
+            backup: !config.no_upgrade_backup,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, &upgrade))
             .await
             .map_err(|e| StartError::Store {
                 path: config.db.display().to_string(),

@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "FORGE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 
+    /// Upgrade an older database without first copying it to `<db>.pre-v<N>-<time>.bak`.
+    /// (The variable takes `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.)
+    #[arg(long, env = "FORGE_NO_UPGRADE_BACKUP",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_upgrade_backup: bool,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
@@ -215,6 +221,7 @@ impl Config {
             output_max_lines: 100_000,
             output_max_bytes: 64 * 1024 * 1024,
             work_dir: None,
+            no_upgrade_backup: false,
             clock: ClockHandle::default(),
         }
     }

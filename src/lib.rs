@@ -7,7 +7,9 @@
 //! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, handlers.
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users.
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
-//!   writer thread that commits writes in groups.
+//!   writer thread that commits writes in groups; format versions and migrations
+//!   (`store::migrate`), and the offline `forge check` / `forge compact` (`store::check`,
+//!   `store::compact`).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time.
 //!
 //! Dependencies point one way: `http → service → store → model`.

@@ -255,6 +255,34 @@ pub fn rotate(config: &Config, store: &Store) -> Result<Rotation, KeyError> {
     })
 }
 
+impl Cipher {
+    /// The configured key (flag, environment or key file), read without creating a key file:
+    /// for offline tools. `None` when no key is configured and the key file does not exist.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the key is malformed or the file unreadable.
+    pub fn configured(config: &Config) -> Result<Option<Self>, KeyError> {
+        if let Some(text) = &config.secret_key {
+            return Ok(Some(Self::new(&parse_key(&text.0)?)));
+        }
+        let path = config.key_file();
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self::new(&read_key_file(&path)?)))
+    }
+}
+
+impl crate::store::check::Unseal for Cipher {
+    fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.open(sealed).ok()
+    }
+
+    fn is_check_value(&self, sealed: &[u8]) -> bool {
+        self.open(sealed).ok().as_deref() == Some(CHECK_PLAINTEXT)
+    }
+}
+
 fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {
     let text = text.trim();
     let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -320,6 +348,11 @@ mod tests {
         assert!(c.open(&bad).is_err());
         assert!(Cipher::new(&[8; 32]).open(&sealed).is_err());
         assert!(c.open(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_check_tool_reads_the_same_setting() {
+        assert_eq!(CHECK_SETTING, crate::store::check::CHECK_SETTING);
     }
 
     #[test]

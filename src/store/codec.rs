@@ -1,5 +1,9 @@
 //! The one encoding of stored records: a format byte, then bincode 2 (standard config) of the
 //! serde form. Swapping the encoding means changing only this module (and bumping the byte).
+//!
+//! bincode is positional: a record carries no field names, so bytes decode only into the exact
+//! shape that wrote them. Changing a stored type therefore needs a migration that rewrites its
+//! table; follow the checklist in [`crate::store`] ("Versions and shape changes").
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -1,8 +1,30 @@
 //! The store: one redb file holding every record, with typed tables (`tables`), one record
 //! encoding (`codec`) and one module per entity. Reads block the caller briefly; writes are
 //! committed in groups by one writer thread (`writer`), with a blocking and an async entry.
+//!
+//! # Versions and shape changes
+//! The file records its format version (`meta.schema_version`, see [`migrate`]); opening it
+//! runs the pending migrations in one transaction, after a backup copy, and refuses a file
+//! from a newer Forge. Records are positional bincode: a field added, renamed, dropped or
+//! reordered makes old bytes undecodable, so every change to a stored shape follows this
+//! checklist (the rest of the store only ever decodes the current shapes):
+//! 1. Copy the type's current definition, frozen, into `migrate.rs` (e.g. `v2::Template`).
+//! 2. Change the type in `model.rs`.
+//! 3. Add migration N to [`migrate::MIGRATIONS`] that rewrites the table with
+//!    [`migrate::rewrite`] (old shape → new shape); splitting a table = read the old one,
+//!    write the new ones, `delete_table` the old. Bump [`migrate::CURRENT`] to N.
+//! 4. A new table needs no migration unless it must be filled from existing rows (then N
+//!    fills it); add it to `tables.rs`, to [`Store::open`], and to [`check`].
+//! 5. Make a fixture with the previous release: `tests/fixtures/make-fixture.sh <commit>
+//!    tests/fixtures/v<N-1>` (extend the script first if the new shape needs data), add one
+//!    line for it in `tests/upgrade.rs`, and keep every older fixture passing.
+//! 6. Never renumber, edit or delete a migration that has shipped; a table's name is
+//!    permanent. The encoding itself (bincode) changes only through `codec`'s format byte.
 
+pub mod check;
 pub mod codec;
+pub mod compact;
+pub mod migrate;
 pub mod projects;
 pub mod reseal;
 mod sessions;
@@ -46,6 +68,21 @@ pub enum Error {
     /// A write could not be committed (the commit failed, or the write panicked).
     #[error("database write failed: {0}")]
     Write(String),
+    /// The file was written by a newer Forge; it was not changed.
+    #[error(
+        "the database was written by a newer Forge (format version {found}; this binary \
+         supports up to {supported}); it was not changed: run the newer Forge, or restore a \
+         backup made by this version"
+    )]
+    TooNew {
+        /// The file's format version.
+        found: u64,
+        /// The newest this binary knows.
+        supported: u64,
+    },
+    /// Upgrading the file failed; nothing of the upgrade was written.
+    #[error("cannot upgrade the database: {0}")]
+    Migration(String),
 }
 
 macro_rules! from_redb {
@@ -86,12 +123,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file and makes sure every table exists.
+    /// Opens (creating if needed) the database file, upgrades it (see [`migrate`]; with a
+    /// backup copy when there is something to upgrade) and makes sure every table exists.
     ///
     /// # Errors
-    /// [`Error::Locked`] when another process has the file open; [`Error::Db`] otherwise.
+    /// [`Error::Locked`] when another process has the file open; [`Error::TooNew`],
+    /// [`Error::Migration`]; [`Error::Db`] otherwise.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Arc::new(Database::create(path)?);
+        Self::open_with(path, &migrate::Upgrade::default())
+    }
+
+    /// [`Store::open`] with explicit upgrade options.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with(path: &Path, upgrade: &migrate::Upgrade) -> Result<Self> {
+        let db = Arc::new(migrate::open(path, upgrade)?);
         let store = Self {
             writer: Arc::new(writer::Writer::start(Arc::clone(&db))?),
             db,

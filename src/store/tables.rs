@@ -9,7 +9,8 @@ use redb::TableDefinition;
 
 use crate::model::{ProjectId, SecretHash, TaskId, UserId};
 
-/// Named counters and settings: `"next_user_id"`, `"schema_version"`.
+/// Named counters and settings: `"next_user_id"`, `"schema_version"` (the file's format
+/// version, written by `store::migrate`; absent in files of the first release = version 1).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// User id → encoded [`crate::model::User`].

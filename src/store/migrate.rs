@@ -1,0 +1,553 @@
+//! The format version of the database file and the migrations between versions.
+//!
+//! `meta["schema_version"]` holds the version a file was written in. A file written before
+//! versions were recorded has none: it is version 1. [`open`] checks the version read-only
+//! first (a file from a newer Forge is refused and never written to), copies a non-empty file
+//! that needs upgrading next to itself, then runs every pending migration and stamps the new
+//! version in ONE write transaction: a migration that fails leaves the file as it was.
+//!
+//! Migrations rewrite records (see the checklist in [`crate::store`]): old shapes are kept
+//! frozen in this module only as long as a migration decodes them, and the rest of the store
+//! only ever decodes the current shapes.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Error, Result, codec, tables};
+
+/// The format version this binary writes, and the newest it can open.
+pub const CURRENT: u64 = 2;
+
+/// The `META` key holding the format version.
+pub const VERSION_KEY: &str = "schema_version";
+
+/// One step from version `to - 1` to version `to`.
+#[derive(Clone, Copy)]
+pub struct Migration {
+    /// The version the file has once this step has run.
+    pub to: u64,
+    /// What the step does, for the log.
+    pub name: &'static str,
+    /// The step; it acts only through the transaction.
+    pub apply: fn(&WriteTransaction) -> Result<()>,
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "migration {} ({})", self.to, self.name)
+    }
+}
+
+/// Every migration, in order: `MIGRATIONS[i].to == i + 2`, and the last one's `to` is
+/// [`CURRENT`].
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 2,
+    name: "record the format version in meta (version 1 files have none)",
+    apply: |_| Ok(()),
+}];
+
+/// How [`open`] upgrades a file.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// Copy a non-empty file next to itself before migrating it.
+    pub backup: bool,
+}
+
+impl Default for Upgrade {
+    fn default() -> Self {
+        Self { backup: true }
+    }
+}
+
+/// What a file says about itself, read without writing to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Its format version; `None` for a file without tables (a new database).
+    pub version: Option<u64>,
+    /// It holds records beyond counters and settings.
+    pub has_records: bool,
+}
+
+/// Opens (creating if needed) the database at `path` and brings it to [`CURRENT`].
+///
+/// # Errors
+/// [`Error::TooNew`] for a file from a newer Forge (left untouched); [`Error::Locked`] when
+/// another process holds it; [`Error::Migration`] when a migration fails (nothing of it is
+/// written); [`Error::Db`] otherwise.
+pub fn open(path: &Path, upgrade: &Upgrade) -> Result<Database> {
+    open_with(path, upgrade, MIGRATIONS, CURRENT)
+}
+
+/// [`open`] with an explicit migration list (tests inject failing ones).
+pub(crate) fn open_with(
+    path: &Path,
+    upgrade: &Upgrade,
+    migrations: &[Migration],
+    current: u64,
+) -> Result<Database> {
+    let mut backed_up = false;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        // Read-only first: opening for write marks the file, and a newer file must stay as is.
+        match ReadOnlyDatabase::open(path) {
+            Ok(db) => {
+                let found = inspect(&db.begin_read()?)?;
+                refuse_newer(found.version, current)?;
+                if upgrade.backup && found.has_records && found.version.is_some_and(|v| v < current)
+                {
+                    // The shared lock held by `db` keeps writers out while the copy is made.
+                    backup(path, current)?;
+                    backed_up = true;
+                }
+                db.close()?;
+            }
+            // Not shut down cleanly: only a writable open repairs it. The version is checked
+            // again below before anything else is written.
+            Err(DatabaseError::RepairAborted) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let db = Database::create(path)?;
+    let pending = {
+        let tx = db.begin_read()?;
+        let found = inspect(&tx)?;
+        refuse_newer(found.version, current)?;
+        found.version.is_some_and(|v| v < current) && found.has_records
+    };
+    if pending && upgrade.backup && !backed_up {
+        backup(path, current)?;
+    }
+    run(&db, migrations, current)?;
+    Ok(db)
+}
+
+/// Reads the version and whether there are records, through any read transaction.
+///
+/// # Errors
+/// Storage failures only.
+pub fn inspect(tx: &ReadTransaction) -> Result<Found> {
+    let mut has_meta = false;
+    let mut has_records = false;
+    for handle in tx.list_tables()? {
+        match handle.name() {
+            "meta" => has_meta = true,
+            "settings" => {}
+            _ => has_records |= !tx.open_untyped_table(handle)?.is_empty()?,
+        }
+    }
+    let version = if has_meta {
+        let meta = tx.open_table(tables::META)?;
+        Some(meta.get(VERSION_KEY)?.map_or(1, |v| v.value()))
+    } else {
+        None
+    };
+    Ok(Found {
+        version,
+        has_records,
+    })
+}
+
+pub(crate) fn refuse_newer(found: Option<u64>, current: u64) -> Result<()> {
+    match found {
+        Some(v) if v > current => Err(Error::TooNew {
+            found: v,
+            supported: current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Copies the file to `<path>.pre-v<current>-<unix time>.bak` (through a temp name, synced).
+fn backup(path: &Path, current: u64) -> Result<PathBuf> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".pre-v{current}-{now}.bak"));
+    let dest = PathBuf::from(name);
+    let mut tmp = dest.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let io = |e: std::io::Error| {
+        Error::Migration(format!(
+            "cannot write the backup copy {} before upgrading: {e} (start with \
+             --no-upgrade-backup to upgrade without one)",
+            dest.display()
+        ))
+    };
+    std::fs::copy(path, &tmp).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, &dest).map_err(io)?;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    tracing::info!(backup = %dest.display(), "copied the database before upgrading it");
+    Ok(dest)
+}
+
+/// Runs the pending migrations of `db` and stamps `current`, in one durable transaction. A
+/// file that is already current is not written to; a new file is stamped `current`.
+fn run(db: &Database, migrations: &[Migration], current: u64) -> Result<()> {
+    let mut tx = db.begin_write()?;
+    let Some(from) = version_in(&tx)? else {
+        tx.open_table(tables::META)?.insert(VERSION_KEY, current)?;
+        tx.commit()?;
+        return Ok(());
+    };
+    refuse_newer(Some(from), current)?;
+    if from == current {
+        tx.abort()?;
+        return Ok(());
+    }
+    apply(&tx, migrations, from, current, true)?;
+    tx.set_durability(Durability::Immediate)?;
+    tx.commit()?;
+    tracing::info!(from, to = current, "upgraded the database");
+    Ok(())
+}
+
+/// The version recorded in `tx`, without creating anything; `None` for a new file.
+pub(crate) fn version_in(tx: &WriteTransaction) -> Result<Option<u64>> {
+    if !tx.list_tables()?.any(|t| t.name() == tables::META.name()) {
+        return Ok(None);
+    }
+    let meta = tx.open_table(tables::META)?;
+    Ok(Some(meta.get(VERSION_KEY)?.map_or(1, |v| v.value())))
+}
+
+/// Applies the migrations from `from` to `current` inside `tx` and stamps `current` (without
+/// committing: `forge check` runs them in a transaction it then drops, with `announce` off).
+///
+/// # Errors
+/// [`Error::Migration`] naming the step that failed.
+pub(crate) fn apply(
+    tx: &WriteTransaction,
+    migrations: &[Migration],
+    from: u64,
+    current: u64,
+    announce: bool,
+) -> Result<()> {
+    for step in migrations.iter().filter(|m| m.to > from && m.to <= current) {
+        (step.apply)(tx).map_err(|e| {
+            Error::Migration(format!(
+                "migration to version {} ({}) failed: {e}",
+                step.to, step.name
+            ))
+        })?;
+        if announce {
+            tracing::info!(to = step.to, step = step.name, "ran database migration");
+        }
+    }
+    tx.open_table(tables::META)?.insert(VERSION_KEY, current)?;
+    Ok(())
+}
+
+/// Runs the pending migrations in `tx` without logging them, for [`crate::store::check`],
+/// which reads the result and never commits it. Returns the version the file has.
+///
+/// # Errors
+/// [`Error::TooNew`], [`Error::Migration`], storage failures.
+pub(crate) fn apply_pending(tx: &WriteTransaction) -> Result<u64> {
+    let from = version_in(tx)?.unwrap_or(CURRENT);
+    refuse_newer(Some(from), CURRENT)?;
+    if from < CURRENT {
+        apply(tx, MIGRATIONS, from, CURRENT, false)?;
+    }
+    Ok(from)
+}
+
+/// Rewrites every record of `table` from the frozen shape `Old` to the current shape `New`:
+/// the tool of a migration that adds, renames or drops a field.
+///
+/// # Errors
+/// [`Error::Codec`] when a row is not an `Old`; storage failures.
+pub fn rewrite<K, Old, New>(
+    tx: &WriteTransaction,
+    table: TableDefinition<K, &[u8]>,
+    convert: impl Fn(Old) -> New,
+) -> Result<u64>
+where
+    K: redb::Key + 'static,
+    Old: DeserializeOwned,
+    New: Serialize,
+{
+    let mut t = tx.open_table(table)?;
+    let mut rows = 0;
+    // Keys are gathered first: a table cannot be written while it is being iterated.
+    let mut pending = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        let new = convert(codec::decode::<Old>(v.value())?);
+        pending.push((
+            K::as_bytes(&k.value()).as_ref().to_vec(),
+            codec::encode(&new),
+        ));
+    }
+    for (key, value) in pending {
+        t.insert(K::from_bytes(&key), value.as_slice())?;
+        rows += 1;
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    /// A record shape as an older release wrote it.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct WidgetV1 {
+        id: u64,
+        name: String,
+    }
+
+    /// The same record after a field was added.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct WidgetV2 {
+        id: u64,
+        name: String,
+        colour: Option<String>,
+    }
+
+    const WIDGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("widgets");
+
+    fn add_colour(tx: &WriteTransaction) -> Result<()> {
+        rewrite(tx, WIDGETS, |old: WidgetV1| WidgetV2 {
+            id: old.id,
+            name: old.name,
+            colour: None,
+        })?;
+        Ok(())
+    }
+
+    fn fail(_: &WriteTransaction) -> Result<()> {
+        Err(Error::Write("on purpose".into()))
+    }
+
+    const V1_TO_3: &[Migration] = &[
+        Migration {
+            to: 2,
+            name: "stamp",
+            apply: |_| Ok(()),
+        },
+        Migration {
+            to: 3,
+            name: "widgets get a colour",
+            apply: add_colour,
+        },
+    ];
+
+    /// A version-1 file (no version recorded) with two widgets in the old shape.
+    fn v1_file(dir: &Path) -> PathBuf {
+        let path = dir.join("forge.redb");
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(tables::META)
+            .unwrap()
+            .insert("next_widget_id", 3)
+            .unwrap();
+        {
+            let mut w = tx.open_table(WIDGETS).unwrap();
+            for (id, name) in [(1, "one"), (2, "two")] {
+                let old = WidgetV1 {
+                    id,
+                    name: name.into(),
+                };
+                w.insert(id, codec::encode(&old).as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        path
+    }
+
+    fn version(path: &Path) -> Option<u64> {
+        let db = ReadOnlyDatabase::open(path).unwrap();
+        inspect(&db.begin_read().unwrap()).unwrap().version
+    }
+
+    fn backups(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| Path::new(n).extension().is_some_and(|e| e == "bak"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn old_records_are_rewritten_to_the_new_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = v1_file(dir.path());
+        // The old bytes are not a `WidgetV2`: without the migration they would not decode.
+        {
+            let db = ReadOnlyDatabase::open(&path).unwrap();
+            let tx = db.begin_read().unwrap();
+            let t = tx.open_table(WIDGETS).unwrap();
+            let bytes = t.get(1).unwrap().unwrap().value().to_vec();
+            assert!(codec::decode::<WidgetV2>(&bytes).is_err());
+        }
+        let db = open_with(&path, &Upgrade::default(), V1_TO_3, 3).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(WIDGETS).unwrap();
+        let got: Vec<WidgetV2> = t
+            .iter()
+            .unwrap()
+            .map(|r| codec::decode(r.unwrap().1.value()).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                WidgetV2 {
+                    id: 1,
+                    name: "one".into(),
+                    colour: None
+                },
+                WidgetV2 {
+                    id: 2,
+                    name: "two".into(),
+                    colour: None
+                },
+            ]
+        );
+        drop((t, tx, db));
+        assert_eq!(version(&path), Some(3));
+        let copies = backups(dir.path());
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert!(copies[0].starts_with("forge.redb.pre-v3-"), "{copies:?}");
+        // The copy is the untouched version-1 file.
+        assert_eq!(version(&dir.path().join(&copies[0])), Some(1));
+        // Opening again finds nothing pending: no second copy, no write.
+        let before = std::fs::read(&path).unwrap();
+        drop(open_with(&path, &Upgrade::default(), V1_TO_3, 3).unwrap());
+        assert_eq!(backups(dir.path()).len(), 1);
+        assert_eq!(std::fs::read(&path).unwrap().len(), before.len());
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = v1_file(dir.path());
+        let before = std::fs::read(&path).unwrap();
+        let failing = [
+            V1_TO_3[0],
+            V1_TO_3[1],
+            Migration {
+                to: 4,
+                name: "breaks",
+                apply: fail,
+            },
+        ];
+        let no_backup = Upgrade { backup: false };
+        let err = open_with(&path, &no_backup, &failing, 4).unwrap_err();
+        assert!(
+            matches!(&err, Error::Migration(m) if m.contains("version 4 (breaks)")),
+            "{err}"
+        );
+        // Every record is as it was: still version 1, widgets in the old shape.
+        assert_eq!(version(&path), Some(1));
+        let db = ReadOnlyDatabase::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(WIDGETS).unwrap();
+        for row in t.iter().unwrap() {
+            let (_, v) = row.unwrap();
+            assert!(codec::decode::<WidgetV1>(v.value()).is_ok());
+            assert!(codec::decode::<WidgetV2>(v.value()).is_err());
+        }
+        assert_eq!(t.len().unwrap(), 2);
+        drop((t, tx, db));
+        assert_eq!(before.len(), std::fs::read(&path).unwrap().len());
+        assert!(backups(dir.path()).is_empty(), "opted out of the copy");
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_and_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = v1_file(dir.path());
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(tables::META)
+                .unwrap()
+                .insert(VERSION_KEY, CURRENT + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = open(&path, &Upgrade::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::TooNew { found, supported: CURRENT } if found == CURRENT + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "file bytes unchanged"
+        );
+        assert!(backups(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_file_left_unclean_by_a_crash_is_repaired_then_upgraded_with_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let clean = v1_file(dir.path());
+        let path = dir.path().join("crashed.redb");
+        {
+            // A copy taken while the file is open is what a kill -9 leaves: marked in use.
+            let _open = Database::create(&clean).unwrap();
+            std::fs::copy(&clean, &path).unwrap();
+        }
+        assert!(matches!(
+            ReadOnlyDatabase::open(&path),
+            Err(DatabaseError::RepairAborted)
+        ));
+        drop(open_with(&path, &Upgrade::default(), V1_TO_3, 3).unwrap());
+        assert_eq!(version(&path), Some(3));
+        let copies = backups(dir.path());
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert!(copies[0].starts_with("crashed.redb.pre-v3-"), "{copies:?}");
+    }
+
+    #[test]
+    fn a_new_file_is_stamped_current_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forge.redb");
+        drop(open(&path, &Upgrade::default()).unwrap());
+        assert_eq!(version(&path), Some(CURRENT));
+        assert!(backups(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_empty_old_file_is_upgraded_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forge.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(tables::META).unwrap();
+            tx.open_table(tables::USERID_USER).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(version(&path), Some(1));
+        drop(open(&path, &Upgrade::default()).unwrap());
+        assert_eq!(version(&path), Some(CURRENT));
+        assert!(backups(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_up_to_current() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.to, i as u64 + 2, "{m:?}");
+        }
+        assert_eq!(MIGRATIONS.last().map_or(1, |m| m.to), CURRENT);
+    }
+}
