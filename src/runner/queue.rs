@@ -49,6 +49,11 @@ impl Queue {
             .min_by_key(|q| q.id)
     }
 
+    /// Forgets every waiting task of `project`.
+    pub fn remove_project(&mut self, project: ProjectId) {
+        self.by_project.remove(&project);
+    }
+
     /// Takes project `project`'s oldest waiting task.
     pub fn pop(&mut self, project: ProjectId) -> Option<Queued> {
         let tasks = self.by_project.get_mut(&project)?;
