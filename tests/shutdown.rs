@@ -3,11 +3,14 @@
 //!   server exits 0 after the shutdown grace, the task is `error` with the last line
 //!   `stopped: server shut down`, nothing of its process group survives, its workspace is gone,
 //!   and a task waiting behind it (one slot) is still `waiting` and runs after the restart;
-//! - SIGTERM reaches the task before SIGKILL, and its last words come before the marker;
+//! - SIGINT does the same; SIGTERM reaches the task before SIGKILL, and its last words come
+//!   before the marker;
 //! - a task that finishes within the grace ends `success`, and the server does not wait out the
 //!   rest of the grace;
 //! - `kill -9` during a task whose workspace holds an SSH key, a vault password and extra vars
-//!   with secrets: after the restart no file under the work directory holds any of them.
+//!   with secrets: after the restart no file under the work directory holds any of them;
+//! - the workspace (with the repository's SSH key file) also goes when a task ends, is
+//!   stopped or times out.
 
 mod common;
 
@@ -311,8 +314,9 @@ for i in $(seq 1 3000); do
 done
 "#;
 
+/// SIGINT (Ctrl-C) shuts down as SIGTERM does.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_reaches_the_task_before_sigkill_and_its_last_words_are_kept() {
+async fn sigint_reaches_the_task_before_sigkill_and_its_last_words_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("forge.redb");
     let repo = tempfile::tempdir().unwrap();
@@ -329,7 +333,13 @@ async fn sigterm_reaches_the_task_before_sigkill_and_its_last_words_are_kept() {
     let grandchild = number_after(&lines, "grandchild pid ").expect("grandchild pid line");
     let _cleanup = KillOnDrop(vec![pgid, grandchild]);
 
-    let exit = server.terminate();
+    let mut server = server;
+    let sent = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let exit = server.child.wait().expect("reap");
     assert!(exit.success(), "{exit:?}");
     assert!(group_members(pgid).is_empty(), "the task's group survived");
     assert!(!alive(grandchild));
@@ -579,4 +589,110 @@ async fn kill_9_leaves_no_secret_file_after_the_restart() {
     let t = ok_json(&c, &at(p, &format!("tasks/{task}"))).await;
     assert_eq!(t["status"], "error", "{t}");
     assert!(!alive(app), "the interrupted app {app} still runs");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workspace goes on every path
+
+/// Says whether the repository's key file is in the task's home (its workspace), then ends or
+/// hangs.
+const KEY_CHECK: &str = r#"#!/usr/bin/env bash
+if [ -f "$HOME/git_ssh_key" ]; then echo "key file present"; fi
+echo ready
+if [ "${1:-}" = hang ]; then sleep 300; fi
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workspace_goes_when_a_task_ends_is_stopped_or_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("forge.redb");
+    let upstream = tempfile::tempdir().unwrap();
+    git(upstream.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(upstream.path().join("check.sh"), KEY_CHECK).unwrap();
+    git(upstream.path(), &["add", "."]);
+    git(upstream.path(), &["commit", "-q", "-m", "script"]);
+    let server = ServerProcess::start(&db, &[("FORGE_STOP_GRACE_SECS", "1")]);
+    let mut c = server.client();
+    assert_eq!(c.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let r = c.post("/api/projects", json!({"name": "paths"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let p = id_of(&r.json());
+    let private_key = format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n{KEY_MATERIAL}\n-----END OPENSSH PRIVATE KEY-----\n"
+    );
+    let r = c
+        .post(
+            &at(p, "keys"),
+            json!({"name": "deploy", "type": "ssh", "project_id": p,
+                   "ssh": {"login": "git", "private_key": private_key}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let keys = ok_json(&c, &at(p, "keys")).await;
+    let key = id_of(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "deploy")
+            .expect("the ssh key"),
+    );
+    let r = c
+        .post(
+            &at(p, "repositories"),
+            json!({"name": "upstream", "project_id": p, "ssh_key_id": key, "git_branch": "main",
+                   "git_url": format!("file://{}", upstream.path().display())}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let repo = id_of(&ok_json(&c, &at(p, "repositories")).await[0]);
+    let template = |name: &'static str, extra: Value| {
+        let c = c.clone();
+        async move {
+            let mut body = json!({"name": name, "project_id": p, "app": "bash",
+                                  "playbook": "check.sh", "repository_id": repo,
+                                  "allow_override_args_in_task": true});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let r = c.post(&at(p, "templates"), body).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            id_of(&r.json())
+        }
+    };
+    let ends = template("ends", json!({})).await;
+    let stopped = template("stopped", json!({"arguments": "[\"hang\"]"})).await;
+    let times_out = template(
+        "times-out",
+        json!({"arguments": "[\"hang\"]", "max_duration_secs": 1}),
+    )
+    .await;
+    let work = work_dir(&db);
+    let gone = |task: u64| {
+        let left = files_holding(&work, &[KEY_MATERIAL]);
+        assert!(left.is_empty(), "task {task} left its key file: {left:?}");
+        assert!(!work.join("tasks").join(task.to_string()).exists());
+    };
+
+    let t = launch(&c, p, ends).await;
+    let done = wait_finished(&c, p, t).await;
+    let out = output(&c, p, t).await;
+    assert_eq!(done["status"], "success", "{out:#?}");
+    assert!(out.iter().any(|l| l == "key file present"), "{out:#?}");
+    gone(t);
+
+    let t = launch(&c, p, stopped).await;
+    let out = wait_output(&c, p, t, |l| l.iter().any(|x| x == "ready")).await;
+    assert!(out.iter().any(|l| l == "key file present"), "{out:#?}");
+    let r = c.post(&at(p, &format!("tasks/{t}/stop")), json!({})).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(wait_finished(&c, p, t).await["status"], "stopped");
+    gone(t);
+
+    let t = launch(&c, p, times_out).await;
+    let done = wait_finished(&c, p, t).await;
+    let out = output(&c, p, t).await;
+    assert_eq!(done["status"], "error", "{out:#?}");
+    assert!(out.iter().any(|l| l.contains("timed out")), "{out:#?}");
+    assert!(out.iter().any(|l| l == "key file present"), "{out:#?}");
+    gone(t);
 }
