@@ -1,6 +1,7 @@
 //! The task runner: a FIFO queue with global, per-project and per-template limits, dispatching
 //! the moment a slot frees up; one executor per running task; live events for followers and
-//! WebSocket clients; and recovery of unfinished tasks after a restart.
+//! WebSocket clients; a shutdown that lets running tasks finish (bounded) and records how the
+//! rest ended; and recovery of unfinished tasks after a restart.
 //!
 //! State in memory is only the queue order and the running set; every status change is written
 //! to the store first, so a crash loses nothing that was acknowledged.
@@ -139,8 +140,9 @@ pub enum Location {
 }
 
 impl Runner {
-    /// Recovers unfinished tasks (running ones become `error`, their leftover processes are
-    /// killed; waiting ones are queued again) and starts dispatching.
+    /// Removes the workspaces a crash left behind, recovers unfinished tasks (running ones
+    /// become `error`, their leftover processes are killed; waiting ones are queued again) and
+    /// starts dispatching.
     ///
     /// # Errors
     /// Storage failures during recovery.
