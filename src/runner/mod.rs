@@ -107,8 +107,9 @@ impl Running {
 struct State {
     queue: Queue,
     running: HashMap<TaskId, Running>,
-    /// Projects being deleted: their waiting tasks do not start.
-    closing: HashSet<ProjectId>,
+    /// Projects being deleted (with how many deletes are under way): their waiting tasks do
+    /// not start.
+    closing: HashMap<ProjectId, usize>,
 }
 
 #[derive(Debug)]
@@ -332,7 +333,7 @@ impl Runner {
     ) -> crate::service::Result<ClosingProject> {
         {
             let mut state = self.inner.lock();
-            state.closing.insert(project);
+            *state.closing.entry(project).or_default() += 1;
             for r in state.running.values().filter(|r| r.project == project) {
                 r.ask(Stop::Term);
             }
@@ -370,7 +371,12 @@ impl Drop for ClosingProject {
             .and_then(|v| v.project(self.project))
             .is_ok_and(|p| p.is_none());
         let mut state = self.inner.lock();
-        state.closing.remove(&self.project);
+        if let Some(n) = state.closing.get_mut(&self.project) {
+            *n -= 1;
+            if *n == 0 {
+                state.closing.remove(&self.project);
+            }
+        }
         if gone {
             state.queue.remove_project(self.project);
         }
@@ -506,7 +512,7 @@ impl Inner {
     /// project's oldest waiting task is blocked, its later tasks wait too.
     fn dispatch(self: &Arc<Self>) {
         let mut state = self.lock();
-        let mut blocked: HashSet<ProjectId> = state.closing.clone();
+        let mut blocked: HashSet<ProjectId> = state.closing.keys().copied().collect();
         let mut limits: HashMap<ProjectId, u32> = HashMap::new();
         loop {
             if self.settings.max_parallel > 0 && state.running.len() >= self.settings.max_parallel {
@@ -620,5 +626,26 @@ impl Inner {
             self.publish_update(&t);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_task_workspaces_only() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let tasks = work.path().join("tasks");
+        std::fs::create_dir_all(tasks.join("17/tmp")).expect("task dir");
+        std::fs::write(tasks.join("17/git_ssh_key"), "secret").expect("key file");
+        std::fs::create_dir_all(tasks.join("not-a-task")).expect("other dir");
+        std::fs::create_dir_all(work.path().join("repos/repository_1_1")).expect("clone");
+        sweep_task_dirs(work.path());
+        assert!(!tasks.join("17").exists());
+        assert!(tasks.join("not-a-task").exists());
+        assert!(work.path().join("repos/repository_1_1").exists());
+        // No work directory yet: nothing to do.
+        sweep_task_dirs(&work.path().join("missing"));
     }
 }

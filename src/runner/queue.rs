@@ -113,4 +113,16 @@ mod tests {
         assert!(queue.by_project.is_empty());
         assert_eq!(queue.oldest_head(|_| true), None);
     }
+
+    #[test]
+    fn removing_a_project_forgets_only_its_tasks() {
+        let mut queue = Queue::default();
+        for (id, project) in [(1, 7), (2, 8), (3, 7)] {
+            queue.push(q(id, project));
+        }
+        queue.remove_project(7);
+        assert_eq!(queue.iter().copied().collect::<Vec<_>>(), [q(2, 8)]);
+        queue.remove_project(9);
+        assert_eq!(queue.oldest_head(|_| true), Some(q(2, 8)));
+    }
 }
