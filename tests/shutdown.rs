@@ -146,7 +146,7 @@ async fn setup(
     server: &ServerProcess,
     repo: &Path,
     scripts: &[(&str, &str)],
-) -> (Client, u64, Vec<u64>) {
+) -> (Client, String, u64, Vec<u64>) {
     let mut admin = server.client();
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let token = admin.new_token().await;
@@ -180,7 +180,57 @@ async fn setup(
         assert_eq!(r.status, 201, "POST templates: {}", r.text());
         templates.push(id_of(&r.json()));
     }
-    (admin, p, templates)
+    (admin, token, p, templates)
+}
+
+/// `GET .../output?follow=true` on a raw connection, so the test knows when the answer has
+/// begun (its headers are in) before it reads the rest.
+struct Follower {
+    stream: tokio::net::TcpStream,
+    head: Vec<u8>,
+}
+
+impl Follower {
+    async fn start(addr: std::net::SocketAddr, token: &str, p: u64, task: u64) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "GET /api/project/{p}/tasks/{task}/output?follow=true HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "the follow request got no answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Self { stream, head }
+    }
+
+    /// Everything after the headers, read until the server closes the connection (chunk
+    /// framing left in: the lines are what matters).
+    async fn rest(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut all = std::mem::take(&mut self.head);
+        tokio::time::timeout(Duration::from_secs(60), self.stream.read_to_end(&mut all))
+            .await
+            .expect("the follower ended")
+            .expect("read");
+        let text = String::from_utf8_lossy(&all).into_owned();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        // Drop the chunk sizes: keep the lines of text.
+        body.lines()
+            .filter(|l| !l.is_empty() && !l.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 async fn launch(c: &Client, p: u64, template: u64) -> u64 {
@@ -218,7 +268,7 @@ async fn sigterm_stops_the_whole_group_after_the_grace_and_keeps_waiting_tasks()
     ];
     let server = ServerProcess::start(&db, &envs);
     let scripts = [("long", STUBBORN_SCRIPT), ("quick", QUICK_SCRIPT)];
-    let (admin, p, templates) = setup(&server, repo.path(), &scripts).await;
+    let (admin, token, p, templates) = setup(&server, repo.path(), &scripts).await;
     let long = launch(&admin, p, templates[0]).await;
     let waiting = launch(&admin, p, templates[1]).await;
 
@@ -238,10 +288,20 @@ async fn sigterm_stops_the_whole_group_after_the_grace_and_keeps_waiting_tasks()
         "one slot: the second task waits: {t}"
     );
 
+    // A request in flight when the signal comes: a follower of the task's output.
+    let mut follower = Follower::start(server.addr, &token, p, long).await;
+
     let asked = Instant::now();
-    let exit = server.terminate();
+    let exit = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
     let took = asked.elapsed();
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+    let followed = follower.rest().await;
+    assert!(
+        followed.trim_end().ends_with("stopped: server shut down"),
+        "the follower in flight got every line up to the end: {followed}"
+    );
     // The grace (1 s), then SIGTERM, which the group ignores, then SIGKILL after the stop
     // grace (1 s); bounded well below the task's own 300 s.
     assert!(
@@ -326,7 +386,7 @@ async fn sigint_reaches_the_task_before_sigkill_and_its_last_words_are_kept() {
         ("FORGE_STOP_GRACE_SECS", "120"),
     ];
     let server = ServerProcess::start(&db, &envs);
-    let (admin, p, templates) = setup(&server, repo.path(), &[("polite", POLITE_SCRIPT)]).await;
+    let (admin, _, p, templates) = setup(&server, repo.path(), &[("polite", POLITE_SCRIPT)]).await;
     let task = launch(&admin, p, templates[0]).await;
     let lines = wait_output(&admin, p, task, |l| l.iter().any(|t| t == "line 3")).await;
     let pgid = number_after(&lines, "script pid ").expect("script pid line");
@@ -368,7 +428,7 @@ async fn a_task_that_ends_within_the_grace_succeeds() {
     let repo = tempfile::tempdir().unwrap();
     let envs = [("FORGE_SHUTDOWN_GRACE_SECS", "120")];
     let server = ServerProcess::start(&db, &envs);
-    let (admin, p, templates) = setup(&server, repo.path(), &[("short", SHORT_SCRIPT)]).await;
+    let (admin, _, p, templates) = setup(&server, repo.path(), &[("short", SHORT_SCRIPT)]).await;
     let task = launch(&admin, p, templates[0]).await;
     wait_output(&admin, p, task, |l| l.iter().any(|t| t == "started")).await;
 
@@ -663,7 +723,7 @@ async fn the_workspace_goes_when_a_task_ends_is_stopped_or_times_out() {
     let stopped = template("stopped", json!({"arguments": "[\"hang\"]"})).await;
     let times_out = template(
         "times-out",
-        json!({"arguments": "[\"hang\"]", "max_duration_secs": 1}),
+        json!({"arguments": "[\"hang\"]", "max_duration_secs": 5}),
     )
     .await;
     let work = work_dir(&db);
