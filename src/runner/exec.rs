@@ -33,7 +33,7 @@ enum Outcome {
 }
 
 /// The last output line of a task the server stopped on shutdown.
-pub(super) const SHUT_DOWN_LINE: &str = "stopped: server shut down";
+const SHUT_DOWN_LINE: &str = "stopped: server shut down";
 
 /// How long the output of an app that has ended may take to drain (a process that left its
 /// group can hold the pipe open for ever).
