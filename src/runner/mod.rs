@@ -141,8 +141,8 @@ pub enum Location {
 }
 
 impl Runner {
-    /// Removes the workspaces a crash left behind, recovers unfinished tasks (running ones
-    /// become `error`, their leftover processes are killed; waiting ones are queued again) and
+    /// Recovers unfinished tasks (running ones become `error`, their leftover processes are
+    /// killed; waiting ones are queued again), removes the workspaces a crash left behind, and
     /// starts dispatching.
     ///
     /// # Errors
@@ -165,8 +165,9 @@ impl Runner {
             ended: watch::Sender::new(()),
             live,
         });
-        sweep_task_dirs(&inner.settings.work_dir);
         inner.recover()?;
+        // After recovery killed the leftover processes, which could still write there.
+        sweep_task_dirs(&inner.settings.work_dir);
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch_loop());
         Ok(Self {
             inner,
