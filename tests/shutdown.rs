@@ -1,10 +1,11 @@
 //! Shutdown that finishes the job (issue 11, point 5), with the real `forge` binary:
 //! - SIGTERM during a long task whose group holds a grandchild that ignores SIGTERM: the
-//!   server exits 0 after the shutdown grace, the task is `error` with the last line
+//!   server refuses new connections at once, answers a follower in flight to its end, exits 0
+//!   after the shutdown grace and the stop grace, the task is `error` with the last line
 //!   `stopped: server shut down`, nothing of its process group survives, its workspace is gone,
 //!   and a task waiting behind it (one slot) is still `waiting` and runs after the restart;
-//! - SIGINT does the same; SIGTERM reaches the task before SIGKILL, and its last words come
-//!   before the marker;
+//! - SIGINT shuts down as SIGTERM does; the signal reaches the task before SIGKILL, and its
+//!   last words come before the marker;
 //! - a task that finishes within the grace ends `success`, and the server does not wait out the
 //!   rest of the grace;
 //! - `kill -9` during a task whose workspace holds an SSH key, a vault password and extra vars
@@ -292,9 +293,26 @@ async fn sigterm_stops_the_whole_group_after_the_grace_and_keeps_waiting_tasks()
     let mut follower = Follower::start(server.addr, &token, p, long).await;
 
     let asked = Instant::now();
-    let exit = tokio::task::spawn_blocking(move || server.terminate())
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    // During the grace, no new connection is accepted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&server.log()).contains("waiting for running tasks to finish") {
+        assert!(Instant::now() < deadline, "no grace was logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(server.addr).await.is_err(),
+        "a connection was accepted during the shutdown"
+    );
+    let mut server = server;
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
         .await
-        .unwrap();
+        .unwrap()
+        .expect("reap");
     let took = asked.elapsed();
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
     let followed = follower.rest().await;
