@@ -119,6 +119,10 @@ pub struct Config {
     #[arg(long, env = "FORGE_STOP_GRACE_SECS", default_value_t = 10)]
     pub stop_grace_secs: u64,
 
+    /// Seconds running tasks get to finish on SIGTERM/SIGINT before they are stopped.
+    #[arg(long, env = "FORGE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Longest a task may run, in seconds, unless its template says otherwise (0 = no limit).
     #[arg(long, env = "FORGE_MAX_TASK_DURATION_SECS", default_value_t = 24 * 3600)]
     pub max_task_duration_secs: u64,
@@ -217,6 +221,7 @@ impl Config {
             extra_apps: Vec::new(),
             max_parallel_tasks: 10,
             stop_grace_secs: 10,
+            shutdown_grace_secs: 30,
             max_task_duration_secs: 24 * 3600,
             output_max_lines: 100_000,
             output_max_bytes: 64 * 1024 * 1024,

@@ -20,8 +20,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often idle sessions are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish
-/// (bounded by a drain timeout).
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets open
+/// connections finish (bounded by a drain timeout) and ends the runner: running tasks get the
+/// shutdown grace, then are stopped and recorded; waiting tasks stay queued.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
     // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
@@ -79,15 +80,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     drop(listener);
     sweeper.abort();
     let _ = sweeper.await;
-    app.runner.shutdown();
     closing.send_replace(true);
     drop(open);
-    tokio::select! {
-        _ = drained.recv() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    let connections = async {
+        tokio::select! {
+            _ = drained.recv() => {}
+            () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+                tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            }
         }
-    }
+    };
+    // Requests in flight and running tasks finish side by side; waiting tasks stay queued.
+    let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+    tokio::join!(connections, app.runner.shutdown(grace));
 }
 
 async fn sweep_sessions(app: Arc<App>) {

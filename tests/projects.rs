@@ -484,6 +484,30 @@ struct Scan {
     /// (project, event).
     project_events: Vec<(u64, u64)>,
     events: BTreeSet<u64>,
+    /// Task id → project, from the task index.
+    task_projects: Vec<(u64, u64)>,
+    /// The ids of unfinished tasks.
+    active_tasks: Vec<u64>,
+    /// (project, template, task).
+    template_tasks: Vec<(u64, u64, u64)>,
+    /// The task ids output lines are stored under.
+    output_tasks: BTreeSet<u64>,
+}
+
+/// Every key of table `$def` in read transaction `$tx`, or none when nothing was ever written
+/// to it.
+macro_rules! keys {
+    ($tx:expr, $def:expr) => {
+        match $tx.open_table($def) {
+            Ok(table) => table
+                .iter()
+                .unwrap()
+                .map(|row| row.unwrap().0.value())
+                .collect(),
+            Err(redb::TableError::TableDoesNotExist(_)) => Default::default(),
+            Err(e) => panic!("{}: {e}", $def.name()),
+        }
+    };
 }
 
 fn scan(db: &Path) -> Scan {
@@ -538,6 +562,23 @@ fn scan(db: &Path) -> Scan {
         .unwrap()
         .map(|row| row.unwrap().0.value())
         .collect();
+    let task_projects: Vec<(u64, u64)> = match tx.open_table(tables::TASKID_PROJECT) {
+        Ok(table) => table
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                (k.value(), v.value())
+            })
+            .collect(),
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => panic!("task_projects: {e}"),
+    };
+    out.task_projects = task_projects;
+    out.active_tasks = keys!(tx, tables::ACTIVE_TASK);
+    out.template_tasks = keys!(tx, tables::TEMPLATE_TASK);
+    let output: Vec<(u64, u64)> = keys!(tx, tables::TASK_OUTPUT);
+    out.output_tasks = output.into_iter().map(|(task, _)| task).collect();
     out
 }
 
@@ -605,6 +646,31 @@ impl Scan {
                 );
             }
         }
+        // Every task row, index entry and output line belongs to a task that exists.
+        let tasks: BTreeSet<(u64, u64)> = self
+            .scoped
+            .iter()
+            .find(|(name, _)| name == "tasks")
+            .map(|(_, keys)| keys.iter().copied().collect())
+            .unwrap_or_default();
+        let indexed: BTreeSet<(u64, u64)> =
+            self.task_projects.iter().map(|&(t, p)| (p, t)).collect();
+        assert_eq!(tasks, indexed, "tasks vs task_projects");
+        let task_ids: BTreeSet<u64> = tasks.iter().map(|&(_, t)| t).collect();
+        for t in &self.active_tasks {
+            assert!(task_ids.contains(t), "active_tasks names missing task {t}");
+        }
+        for (p, tpl, t) in &self.template_tasks {
+            assert!(
+                tasks.contains(&(*p, *t)),
+                "tasks_by_template ({p}, {tpl}, {t}) names a missing task"
+            );
+        }
+        let orphans: Vec<&u64> = self.output_tasks.difference(&task_ids).collect();
+        assert!(
+            orphans.is_empty(),
+            "output lines under task ids that no longer exist: {orphans:?}"
+        );
     }
 }
 
@@ -759,6 +825,184 @@ async fn deleting_a_project_leaves_no_orphans() {
     assert_eq!(delete_event["object_type"], "project");
     assert_eq!(delete_event["object_id"], doomed);
     assert_eq!(delete_event["project_id"], Value::Null);
+}
+
+/// Prints without pause (so output is being stored when the delete comes), ignores SIGTERM
+/// and leaves a grandchild that ignores it too in its process group.
+const BUSY_SCRIPT: &str = r#"#!/usr/bin/env bash
+trap 'echo "got TERM"' TERM
+echo "script pid $$"
+( trap '' TERM; sleep 300 ) &
+echo "grandchild pid $!"
+i=0
+while true; do i=$((i+1)); echo "line $i"; sleep 0.01; done
+"#;
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("?");
+    state != "Z" && state != "X"
+}
+
+/// Starts `busy.sh` from `repo` in project `p`; returns the task id and, once it has printed
+/// them, its script's and grandchild's pids.
+async fn start_busy_task(a: &Client, p: u64, repo: &Path) -> (u64, i32, i32) {
+    let keys = array(&a.get(&format!("/api/project/{p}/keys")).await);
+    let none = keys[0]["id"].as_u64().unwrap();
+    let r = a
+        .post(
+            &format!("/api/project/{p}/repositories"),
+            json!({"name": "local", "project_id": p, "ssh_key_id": none, "git_branch": "",
+                   "git_url": repo.display().to_string()}),
+        )
+        .await;
+    expect(&r, 204, "add repository");
+    let repo_id = array(&a.get(&format!("/api/project/{p}/repositories")).await)[0]["id"]
+        .as_u64()
+        .unwrap();
+    let r = a
+        .post(
+            &format!("/api/project/{p}/templates"),
+            json!({"name": "busy", "project_id": p, "app": "bash", "playbook": "busy.sh",
+                   "repository_id": repo_id}),
+        )
+        .await;
+    expect(&r, 201, "add template");
+    let tpl = r.json()["id"].as_u64().unwrap();
+    let r = a
+        .post(
+            &format!("/api/project/{p}/tasks"),
+            json!({"template_id": tpl}),
+        )
+        .await;
+    expect(&r, 201, "launch");
+    let task = r.json()["id"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let lines: Vec<String> = array(
+            &a.get(&format!("/api/project/{p}/tasks/{task}/output"))
+                .await,
+        )
+        .iter()
+        .map(|l| l["output"].as_str().unwrap_or_default().to_owned())
+        .collect();
+        let number = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).and_then(|n| n.parse::<i32>().ok()))
+        };
+        if let (Some(script), Some(grandchild), true) = (
+            number("script pid "),
+            number("grandchild pid "),
+            lines.iter().any(|l| l == "line 20"),
+        ) {
+            return (task, script, grandchild);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the busy task printed too little: {lines:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_project_stops_its_running_tasks_first() {
+    let s = TestServer::start_with(|c| c.stop_grace_secs = 1).await;
+    let a = s.admin().await;
+    let doomed = create_project(&a, "doomed").await;
+    let kept = create_project(&a, "kept").await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("busy.sh"), BUSY_SCRIPT).unwrap();
+    let (gone_task, script, grandchild) = start_busy_task(&a, doomed, repo.path()).await;
+    let (kept_task, kept_script, kept_grandchild) = start_busy_task(&a, kept, repo.path()).await;
+    let pids = [script, grandchild, kept_script, kept_grandchild];
+    let _cleanup = scopeguard(pids);
+
+    expect(
+        &a.delete(&format!("/api/project/{doomed}")).await,
+        204,
+        "delete a project whose task runs",
+    );
+    // By the time the delete answers, nothing of the task runs any more (SIGTERM was
+    // ignored: SIGKILL on the whole group after the stop grace).
+    assert!(
+        !alive(script),
+        "the deleted project's script {script} still runs"
+    );
+    assert!(
+        !alive(grandchild),
+        "the deleted project's grandchild {grandchild} still runs"
+    );
+    let work = s.dir.path().join("forge.redb.work").join("tasks");
+    assert!(
+        !work.join(gone_task.to_string()).exists(),
+        "the stopped task's workspace remains"
+    );
+    a.get(&format!("/api/project/{doomed}/tasks/{gone_task}"))
+        .await
+        .assert_error(404);
+    // The other project's task was left alone.
+    assert!(alive(kept_script) && alive(kept_grandchild));
+    let t = a
+        .get(&format!("/api/project/{kept}/tasks/{kept_task}"))
+        .await
+        .json();
+    assert_eq!(t["status"], "running", "{t}");
+    expect(
+        &a.post(
+            &format!("/api/project/{kept}/tasks/{kept_task}/stop"),
+            json!({"force": true}),
+        )
+        .await,
+        204,
+        "stop the other task",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while a
+        .get(&format!("/api/project/{kept}/tasks/{kept_task}"))
+        .await
+        .json()["status"]
+        != "stopped"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept task never stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let dir = s.stop().await;
+
+    let after = scan(&db_path(&dir));
+    after.assert_consistent();
+    for (table, n) in after.rows_of(doomed) {
+        assert_eq!(n, 0, "{table}: rows of the deleted project remain");
+    }
+    assert!(!after.output_tasks.contains(&gone_task));
+    assert!(after.output_tasks.contains(&kept_task));
+}
+
+/// Kills the test's processes on drop, should an assertion fail before the server did.
+fn scopeguard(pids: [i32; 4]) -> impl Drop {
+    struct Kill([i32; 4]);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for pid in self.0 {
+                if alive(pid) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+    }
+    Kill(pids)
 }
 
 fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {

@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::output::Sink;
-use super::{Inner, process};
+use super::{Inner, Stop, process};
 use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
     Template,
@@ -26,6 +26,26 @@ enum Outcome {
     Failed(String),
     Stopped,
     TimedOut(u64),
+    /// Stopped because the server shuts down.
+    ShutDown,
+    /// Never claimed: the server shut down first, and the task stays `waiting`.
+    NotStarted,
+}
+
+/// The last output line of a task the server stopped on shutdown.
+const SHUT_DOWN_LINE: &str = "stopped: server shut down";
+
+/// How long the output of an app that has ended may take to drain (a process that left its
+/// group can hold the pipe open for ever).
+const DRAIN_OUTPUT: Duration = Duration::from_secs(5);
+
+/// The outcome a stop asked for.
+fn stopped(why: Option<Stop>) -> Outcome {
+    if why == Some(Stop::Shutdown) {
+        Outcome::ShutDown
+    } else {
+        Outcome::Stopped
+    }
 }
 
 /// What to start.
@@ -37,7 +57,7 @@ struct Prepared {
 }
 
 /// Runs task `id` to its end; every state change is stored before it is published.
-pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver<Option<bool>>) {
+pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver<Option<Stop>>) {
     let Ok(Some(task)) = inner.store.task(id) else {
         return;
     };
@@ -55,12 +75,14 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
                 "Task timed out: it ran longer than {secs} s and was killed"
             )),
         ),
+        Outcome::ShutDown => (TaskStatus::Error, Some(SHUT_DOWN_LINE.to_owned())),
+        Outcome::NotStarted => (TaskStatus::Waiting, None),
     };
     if let Some(line) = line {
         sink.line(line).await;
     }
     // Output a grandchild still holds open must not keep the task from finishing.
-    if tokio::time::timeout(Duration::from_secs(5), sink.finish())
+    if tokio::time::timeout(DRAIN_OUTPUT, sink.finish())
         .await
         .is_err()
     {
@@ -69,7 +91,16 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
             "task output still open after the app ended; finishing anyway"
         );
     }
-    let _ = std::fs::remove_dir_all(&task_dir);
+    // Keys, passwords and extra vars go on every path (a crash is swept at the next start).
+    if let Err(e) = std::fs::remove_dir_all(&task_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::error!(task = id, dir = %task_dir.display(), error = %e,
+            "cannot remove the task's workspace");
+    }
+    if matches!(outcome, Outcome::NotStarted) {
+        return;
+    }
     let now = inner.services.now();
     let finished = update(&inner, id, move |t| {
         if t.status.is_finished() {
@@ -98,7 +129,7 @@ async fn run_steps(
     inner: &Arc<Inner>,
     task: Task,
     sink: &Sink,
-    stop: &mut watch::Receiver<Option<bool>>,
+    stop: &mut watch::Receiver<Option<Stop>>,
     task_dir: &Path,
 ) -> Outcome {
     let id = task.id;
@@ -109,6 +140,9 @@ async fn run_steps(
     }) else {
         return Outcome::Failed("the task's template no longer exists".into());
     };
+    if *stop.borrow() == Some(Stop::Shutdown) {
+        return Outcome::NotStarted;
+    }
     let claimed = update(inner, id, |t| {
         if t.status != TaskStatus::Waiting {
             return false;
@@ -129,8 +163,9 @@ async fn run_steps(
     sink.line(format!("Started: {id}")).await;
     sink.line(format!("Run TaskRunner with template: {}", template.name))
         .await;
-    if stop.borrow().is_some() {
-        return Outcome::Stopped;
+    let asked = *stop.borrow();
+    if asked.is_some() {
+        return stopped(asked);
     }
     let now = inner.services.now();
     let running = update(inner, id, move |t| {
@@ -164,7 +199,7 @@ async fn run_steps(
 
     let prepared = tokio::select! {
         p = prepare(inner, &task, &template, sink, task_dir) => p,
-        _ = stop.wait_for(Option::is_some) => return Outcome::Stopped,
+        why = stop.wait_for(Option::is_some) => return stopped(why.ok().and_then(|w| *w)),
         () = &mut sleep_until_deadline => return Outcome::TimedOut(max_secs),
     };
     let prepared = match prepared {
@@ -177,7 +212,7 @@ async fn run_steps(
         .current_dir(&prepared.cwd)
         .env_clear()
         .envs(prepared.env);
-    let mut child = match process::spawn(cmd, sink.sender()) {
+    let (mut child, output_done) = match process::spawn(cmd, sink.sender()) {
         Ok(c) => c,
         Err(e) => {
             return Outcome::Failed(format!(
@@ -196,7 +231,7 @@ async fn run_steps(
     })
     .await;
 
-    supervise(
+    let outcome = supervise(
         &mut child,
         pgid,
         stop,
@@ -204,7 +239,10 @@ async fn run_steps(
         inner.settings.stop_grace,
         max_secs,
     )
-    .await
+    .await;
+    // Every line the app wrote comes before the line saying how it ended.
+    let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
+    outcome
 }
 
 /// Waits for the app, honouring a stop (SIGTERM, then SIGKILL after `grace`; SIGKILL at once
@@ -212,7 +250,7 @@ async fn run_steps(
 async fn supervise(
     child: &mut tokio::process::Child,
     pgid: i32,
-    stop: &mut watch::Receiver<Option<bool>>,
+    stop: &mut watch::Receiver<Option<Stop>>,
     deadline: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     grace: Duration,
     max_secs: u64,
@@ -228,9 +266,11 @@ async fn supervise(
         };
         tokio::select! {
             status = child.wait() => break status,
-            force = stop.wait_for(Option::is_some), if outcome.is_none() => {
-                outcome = Some(Outcome::Stopped);
-                if force.map_or(true, |f| *f == Some(true)) {
+            why = stop.wait_for(Option::is_some), if outcome.is_none() => {
+                // A closed channel (the runner is gone) counts as a forced stop.
+                let why = why.ok().and_then(|w| *w).unwrap_or(Stop::Kill);
+                outcome = Some(stopped(Some(why)));
+                if why == Stop::Kill {
                     process::signal_group(pgid, Signal::SIGKILL);
                 } else {
                     process::signal_group(pgid, Signal::SIGTERM);
@@ -827,7 +867,7 @@ async fn git(
         .current_dir(cwd)
         .env_clear()
         .envs(env.iter().cloned());
-    let mut child =
+    let (mut child, _output_done) =
         process::spawn(cmd, sink.sender()).map_err(|e| format!("cannot run git: {e}"))?;
     // git starts helpers (git-remote-http, ssh) in its group: if this future is dropped by a
     // stop or a timeout, or git fails, none of them may live on.

@@ -1,6 +1,7 @@
 //! The task runner: a FIFO queue with global, per-project and per-template limits, dispatching
 //! the moment a slot frees up; one executor per running task; live events for followers and
-//! WebSocket clients; and recovery of unfinished tasks after a restart.
+//! WebSocket clients; a shutdown that lets running tasks finish (bounded) and records how the
+//! rest ended; and recovery of unfinished tasks after a restart.
 //!
 //! State in memory is only the queue order and the running set; every status change is written
 //! to the store first, so a crash loses nothing that was acknowledged.
@@ -65,18 +66,50 @@ pub(crate) struct Settings {
     work_dir: PathBuf,
 }
 
+/// Why a running task is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A user stop: SIGTERM, then SIGKILL after the stop grace; the task ends `stopped`.
+    Term,
+    /// A forced user stop: SIGKILL at once; the task ends `stopped`.
+    Kill,
+    /// The server is shutting down and the shutdown grace is over: SIGTERM, then SIGKILL after
+    /// the stop grace; the task ends `error` with `stopped: server shut down`.
+    Shutdown,
+}
+
+/// How long executors get, past the stop grace, to flush output and record how their task
+/// ended once they were told to stop (on shutdown or when their project is deleted).
+const FINISH_BOUND: Duration = Duration::from_secs(20);
+
 #[derive(Debug)]
 struct Running {
     project: ProjectId,
     template: u64,
-    /// `Some(force)` once a stop was asked for.
-    stop: watch::Sender<Option<bool>>,
+    /// `Some(why)` once a stop was asked for; the first reason wins.
+    stop: watch::Sender<Option<Stop>>,
+}
+
+impl Running {
+    /// Asks the executor to stop, unless it already was asked.
+    fn ask(&self, why: Stop) {
+        self.stop.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(why);
+            true
+        });
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: Queue,
     running: HashMap<TaskId, Running>,
+    /// Projects being deleted (with how many deletes are under way): their waiting tasks do
+    /// not start.
+    closing: HashMap<ProjectId, usize>,
 }
 
 #[derive(Debug)]
@@ -86,6 +119,8 @@ pub(crate) struct Inner {
     settings: Settings,
     state: Mutex<State>,
     wake: Notify,
+    /// Bumped whenever an executor has ended (its task left `running`).
+    ended: watch::Sender<()>,
     live: broadcast::Sender<LiveEvent>,
 }
 
@@ -107,7 +142,8 @@ pub enum Location {
 
 impl Runner {
     /// Recovers unfinished tasks (running ones become `error`, their leftover processes are
-    /// killed; waiting ones are queued again) and starts dispatching.
+    /// killed; waiting ones are queued again), removes the workspaces a crash left behind, and
+    /// starts dispatching.
     ///
     /// # Errors
     /// Storage failures during recovery.
@@ -126,9 +162,12 @@ impl Runner {
             },
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            ended: watch::Sender::new(()),
             live,
         });
         inner.recover()?;
+        // After recovery killed the leftover processes, which could still write there.
+        sweep_task_dirs(&inner.settings.work_dir);
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch_loop());
         Ok(Self {
             inner,
@@ -166,7 +205,7 @@ impl Runner {
             if state.queue.remove(task_id) {
                 Action::Dequeued
             } else if let Some(running) = state.running.get(&task_id) {
-                running.stop.send_replace(Some(force));
+                running.ask(if force { Stop::Kill } else { Stop::Term });
                 Action::Signalled
             } else {
                 Action::Orphan
@@ -230,9 +269,12 @@ impl Runner {
         out
     }
 
-    /// Stops dispatching (on server shutdown). Running tasks are left to finish or be
-    /// recovered at the next start.
-    pub fn shutdown(&self) {
+    /// Ends the runner on server shutdown: no waiting task starts any more (they stay
+    /// `waiting` in the store and run after the next start); running tasks get `grace` to
+    /// finish; those still running are then stopped (SIGTERM to the whole process group,
+    /// SIGKILL after the stop grace) and end `error` with `stopped: server shut down`. Returns
+    /// once every executor has flushed its output and recorded its end (bounded).
+    pub async fn shutdown(&self, grace: Duration) {
         let handle = self
             .dispatcher
             .lock()
@@ -240,6 +282,131 @@ impl Runner {
             .take();
         if let Some(h) = handle {
             h.abort();
+        }
+        let running = self.inner.lock().running.len();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(
+            tasks = running,
+            grace_secs = grace.as_secs(),
+            "waiting for running tasks to finish"
+        );
+        let all = |_: &Running| true;
+        if tokio::time::timeout(grace, self.inner.wait_ended(all))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let stopped = {
+            let state = self.inner.lock();
+            for r in state.running.values() {
+                r.ask(Stop::Shutdown);
+            }
+            state.running.len()
+        };
+        tracing::warn!(
+            tasks = stopped,
+            "stopping tasks still running after the grace"
+        );
+        let bound = self.inner.settings.stop_grace + FINISH_BOUND;
+        if tokio::time::timeout(bound, self.inner.wait_ended(all))
+            .await
+            .is_err()
+        {
+            tracing::error!("tasks did not record their end within {bound:?}; exiting anyway");
+        }
+    }
+
+    /// Before project `project` is deleted: its waiting tasks stop being dispatched, and its
+    /// running tasks are stopped (SIGTERM to their process groups, SIGKILL after the stop
+    /// grace) and waited for, so nothing of them is written after the delete. Dropping the
+    /// returned guard forgets the project's queued tasks if the project is gone, and lets them
+    /// start otherwise.
+    ///
+    /// # Errors
+    /// [`crate::service::Error::Busy`] when a task has not ended within the stop grace and a
+    /// bound (its executor is stuck on storage): the project must not be deleted yet.
+    pub async fn close_project(
+        &self,
+        project: ProjectId,
+    ) -> crate::service::Result<ClosingProject> {
+        {
+            let mut state = self.inner.lock();
+            *state.closing.entry(project).or_default() += 1;
+            for r in state.running.values().filter(|r| r.project == project) {
+                r.ask(Stop::Term);
+            }
+        }
+        let guard = ClosingProject {
+            inner: Arc::clone(&self.inner),
+            project,
+        };
+        let bound = self.inner.settings.stop_grace + FINISH_BOUND;
+        let of_project = |r: &Running| r.project == project;
+        if tokio::time::timeout(bound, self.inner.wait_ended(of_project))
+            .await
+            .is_err()
+        {
+            tracing::error!(project, "tasks of the project did not end within {bound:?}");
+            return Err(crate::service::Error::Busy { retry_after: 5 });
+        }
+        Ok(guard)
+    }
+}
+
+/// A project whose tasks were stopped for its deletion (see [`Runner::close_project`]).
+#[derive(Debug)]
+pub struct ClosingProject {
+    inner: Arc<Inner>,
+    project: ProjectId,
+}
+
+impl Drop for ClosingProject {
+    fn drop(&mut self) {
+        let gone = self
+            .inner
+            .store
+            .view()
+            .and_then(|v| v.project(self.project))
+            .is_ok_and(|p| p.is_none());
+        let mut state = self.inner.lock();
+        if let Some(n) = state.closing.get_mut(&self.project) {
+            *n -= 1;
+            if *n == 0 {
+                state.closing.remove(&self.project);
+            }
+        }
+        if gone {
+            state.queue.remove_project(self.project);
+        }
+        drop(state);
+        self.inner.wake.notify_one();
+    }
+}
+
+/// Removes the per-task directories (keys, passwords, extra vars) left under `work_dir` by
+/// tasks that a crash interrupted; no task runs yet when this is called.
+fn sweep_task_dirs(work_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("tasks")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_none_or(|n| n.parse::<TaskId>().is_err()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                dir = %entry.path().display(),
+                "removed the workspace of an interrupted task"
+            ),
+            Err(e) => tracing::error!(
+                dir = %entry.path().display(),
+                error = %e,
+                "cannot remove the workspace of an interrupted task"
+            ),
         }
     }
 }
@@ -322,6 +489,19 @@ impl Inner {
         Ok(())
     }
 
+    /// Returns once no running task matches `pred`.
+    async fn wait_ended(&self, pred: impl Fn(&Running) -> bool) {
+        let mut ended = self.ended.subscribe();
+        loop {
+            if !self.lock().running.values().any(&pred) {
+                return;
+            }
+            if ended.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     async fn dispatch_loop(self: Arc<Self>) {
         loop {
             self.dispatch();
@@ -333,7 +513,7 @@ impl Inner {
     /// project's oldest waiting task is blocked, its later tasks wait too.
     fn dispatch(self: &Arc<Self>) {
         let mut state = self.lock();
-        let mut blocked: HashSet<ProjectId> = HashSet::new();
+        let mut blocked: HashSet<ProjectId> = state.closing.keys().copied().collect();
         let mut limits: HashMap<ProjectId, u32> = HashMap::new();
         loop {
             if self.settings.max_parallel > 0 && state.running.len() >= self.settings.max_parallel {
@@ -381,6 +561,7 @@ impl Inner {
             tokio::spawn(async move {
                 exec::run(Arc::clone(&inner), id, stop_rx).await;
                 inner.lock().running.remove(&id);
+                inner.ended.send_replace(());
                 inner.wake.notify_one();
             });
         }
@@ -446,5 +627,26 @@ impl Inner {
             self.publish_update(&t);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_task_workspaces_only() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let tasks = work.path().join("tasks");
+        std::fs::create_dir_all(tasks.join("17/tmp")).expect("task dir");
+        std::fs::write(tasks.join("17/git_ssh_key"), "secret").expect("key file");
+        std::fs::create_dir_all(tasks.join("not-a-task")).expect("other dir");
+        std::fs::create_dir_all(work.path().join("repos/repository_1_1")).expect("clone");
+        sweep_task_dirs(work.path());
+        assert!(!tasks.join("17").exists());
+        assert!(tasks.join("not-a-task").exists());
+        assert!(work.path().join("repos/repository_1_1").exists());
+        // No work directory yet: nothing to do.
+        sweep_task_dirs(&work.path().join("missing"));
     }
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest stored line; a longer one is split rather than buffered without bound.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -34,10 +34,14 @@ pub fn now_us() -> i64 {
 
 /// Spawns `cmd` in a new process group with empty stdin and both output streams on one pipe,
 /// whose lines are sent to `lines` by a reader thread until every holder of the pipe is gone.
+/// The receiver resolves once the reader has sent its last line.
 ///
 /// # Errors
 /// When the pipe cannot be made or the program cannot start.
-pub fn spawn(mut cmd: Command, lines: mpsc::Sender<Line>) -> std::io::Result<Child> {
+pub fn spawn(
+    mut cmd: Command,
+    lines: mpsc::Sender<Line>,
+) -> std::io::Result<(Child, oneshot::Receiver<()>)> {
     let (reader, writer) = std::io::pipe()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(writer.try_clone()?))
@@ -48,10 +52,14 @@ pub fn spawn(mut cmd: Command, lines: mpsc::Sender<Line>) -> std::io::Result<Chi
     // `cmd` (and with it our copies of the write end) is dropped here, so EOF comes when the
     // child and everything it started have closed the pipe.
     drop(cmd);
+    let (done, output_done) = oneshot::channel();
     std::thread::Builder::new()
         .name("forge-task-output".into())
-        .spawn(move || read_lines(reader, &lines))?;
-    Ok(child)
+        .spawn(move || {
+            read_lines(reader, &lines);
+            let _ = done.send(());
+        })?;
+    Ok((child, output_done))
 }
 
 /// Splits a byte stream into lines (`\n`, with a trailing `\r` removed), cutting lines longer

@@ -49,6 +49,11 @@ impl Queue {
             .min_by_key(|q| q.id)
     }
 
+    /// Forgets every waiting task of `project`.
+    pub fn remove_project(&mut self, project: ProjectId) {
+        self.by_project.remove(&project);
+    }
+
     /// Takes project `project`'s oldest waiting task.
     pub fn pop(&mut self, project: ProjectId) -> Option<Queued> {
         let tasks = self.by_project.get_mut(&project)?;
@@ -107,5 +112,17 @@ mod tests {
         assert_eq!(queue.pop(7), None);
         assert!(queue.by_project.is_empty());
         assert_eq!(queue.oldest_head(|_| true), None);
+    }
+
+    #[test]
+    fn removing_a_project_forgets_only_its_tasks() {
+        let mut queue = Queue::default();
+        for (id, project) in [(1, 7), (2, 8), (3, 7)] {
+            queue.push(q(id, project));
+        }
+        queue.remove_project(7);
+        assert_eq!(queue.iter().copied().collect::<Vec<_>>(), [q(2, 8)]);
+        queue.remove_project(9);
+        assert_eq!(queue.oldest_head(|_| true), Some(q(2, 8)));
     }
 }

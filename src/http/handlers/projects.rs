@@ -72,9 +72,13 @@ pub async fn update(req: Req) -> HandlerResult {
     Ok(body::status(StatusCode::NO_CONTENT))
 }
 
-/// `DELETE /api/project/{project_id}` → 204: the project and everything in it, atomically.
+/// `DELETE /api/project/{project_id}` → 204: first stops the project's running tasks and waits
+/// for them (so nothing of them is written afterwards), then deletes the project and
+/// everything in it, atomically.
 pub async fn delete(req: Req) -> HandlerResult {
-    req.app.services.delete_project(req.access()?).await?;
+    let access = req.access()?;
+    let _closing = req.app.runner.close_project(access.project_id()).await?;
+    req.app.services.delete_project(access).await?;
     Ok(body::status(StatusCode::NO_CONTENT))
 }
 
