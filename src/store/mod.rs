@@ -2,6 +2,7 @@
 //! encoding (`codec`) and one module per entity. Reads block the caller briefly; writes are
 //! committed in groups by one writer thread (`writer`), with a blocking and an async entry.
 
+pub mod backup;
 pub mod codec;
 pub mod projects;
 mod sessions;
