@@ -1,4 +1,4 @@
-//! The `forge` binary: `forge serve`, `forge user add`, `forge user list`.
+//! The `forge` binary: `forge serve`, `forge user add`, `forge user list`, `forge backup`.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::pedantic)]
@@ -27,6 +27,9 @@ enum Command {
     /// Manage users in the database file while the server is stopped.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write a backup of the database: from a running server (--url), or of a stopped server's
+    /// file (--db).
+    Backup(forge::backup::BackupArgs),
 }
 
 #[derive(Subcommand)]
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve(*config).await,
             Command::User(cmd) => user(cmd).await,
+            Command::Backup(args) => forge::backup::command(args).await,
         }
     })
 }

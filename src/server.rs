@@ -24,6 +24,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// (bounded by a drain timeout).
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
+    let backups = crate::backup::Scheduler::start(&app);
     // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
     // last one has finished. (hyper-util's GracefulShutdown cannot watch upgradeable
     // connections, which /api/ws needs.)
@@ -76,6 +77,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     drop(listener);
     sweeper.abort();
     let _ = sweeper.await;
+    if let Some(backups) = backups {
+        backups.stop().await;
+    }
     app.runner.shutdown();
     closing.send_replace(true);
     drop(open);
