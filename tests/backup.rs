@@ -483,3 +483,102 @@ async fn scheduled_backups_appear_and_only_the_newest_are_kept() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_scheduled_backup_is_logged_and_retried() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("forge.redb");
+    // The backup "directory" is a file: every backup fails until it is a directory.
+    let backups = dir.path().join("backups");
+    std::fs::write(&backups, b"in the way").expect("write");
+    let server = ServerProcess::start(
+        &db,
+        &[
+            ("FORGE_BACKUP_DIR", backups.to_str().expect("utf-8")),
+            ("FORGE_BACKUP_EVERY", "1s"),
+        ],
+    );
+    let wait_for = |what: &'static str| {
+        let log = || text(&server.log());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !log().contains(what) {
+                assert!(Instant::now() < deadline, "no {what:?} in:\n{}", log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for("scheduled backup failed").await;
+    assert_eq!(server.client().get("/api/ping").await.status, 200);
+    std::fs::remove_file(&backups).expect("rm");
+    std::fs::create_dir(&backups).expect("mkdir");
+    wait_for("backup written").await;
+    assert_eq!(server.client().get("/api/ping").await.status, 200);
+    let written = std::fs::read_dir(&backups).expect("ls").count();
+    assert!(written >= 1, "{written}");
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_backup_without_disk_space_answers_507_and_leaves_nothing() {
+    // The database's directory is a tiny tmpfs holding only a link to the database: the
+    // snapshot goes there and cannot fit.
+    let mnt = tempfile::tempdir().expect("dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(mnt.path())
+        .output();
+    let ok = matches!(&mounted, Ok(o) if o.status.success());
+    if !common::tools::ready(
+        "the full-disk backup test",
+        &(if ok {
+            vec![]
+        } else {
+            vec![format!("mount -t tmpfs (as root): {mounted:?}")]
+        }),
+    ) {
+        return;
+    }
+    let _umount = Mounted(mnt.path().to_owned());
+    let real = tempfile::tempdir().expect("dir");
+    let server = TestServer::start_in(real, |_| {}).await;
+    let admin = server.admin().await;
+    let s = setup(&admin).await;
+    let r = admin
+        .post(&at(s.p, "tasks"), json!({"template_id": s.bulk}))
+        .await;
+    wait_finished(&admin, s.p, id_of(&r.json())).await;
+    let dir = server.stop().await;
+    let link = mnt.path().join("forge.redb");
+    std::os::unix::fs::symlink(dir.path().join("forge.redb"), &link).expect("symlink");
+    let (key, work) = (dir.path().join("forge.redb.key"), dir.path().join("work"));
+    let server = TestServer::start_in(dir, |c| {
+        c.db = link.clone();
+        c.secret_key_file = Some(key.clone());
+        c.work_dir = Some(work.clone());
+    })
+    .await;
+    let admin = server.admin().await;
+    let r = admin.get("/api/backup").await;
+    let why = r.assert_error(507);
+    assert!(why.contains("disk space"), "{why}");
+    let left: Vec<_> = std::fs::read_dir(mnt.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("forge.redb")],
+        "left behind"
+    );
+    // The server goes on.
+    assert_eq!(ok_json(&admin, "/api/user").await["username"], ADMIN);
+}
