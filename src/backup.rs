@@ -132,7 +132,10 @@ pub fn take(
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
     }
-    prune(dir, keep)?;
+    // The backup is written: failing to delete old ones is worth a warning, not a retry.
+    if let Err(e) = prune(dir, keep) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot delete old backups");
+    }
     Ok(path)
 }
 

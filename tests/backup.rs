@@ -582,3 +582,37 @@ async fn a_backup_without_disk_space_answers_507_and_leaves_nothing() {
     // The server goes on.
     assert_eq!(ok_json(&admin, "/api/user").await["username"], ADMIN);
 }
+
+#[test]
+fn scheduled_backup_flags_are_checked_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("forge.redb");
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("FORGE_BACKUP_DIR", "/tmp/x")], "--backup-every"),
+        (&[("FORGE_BACKUP_EVERY", "1h")], "--backup-dir"),
+        (
+            &[
+                ("FORGE_BACKUP_DIR", "/tmp/x"),
+                ("FORGE_BACKUP_EVERY", "soon"),
+            ],
+            "not a duration",
+        ),
+        (
+            &[
+                ("FORGE_BACKUP_DIR", "/tmp/x"),
+                ("FORGE_BACKUP_EVERY", "1h"),
+                ("FORGE_BACKUP_KEEP", "0"),
+            ],
+            "--backup-keep",
+        ),
+    ];
+    for (envs, words) in cases {
+        let out = common::process::forge_serve(&db, envs)
+            .output()
+            .expect("forge serve");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{envs:?}: {err}");
+        assert!(err.contains(words), "{envs:?}: {words:?} not in {err}");
+    }
+    assert!(!db.exists(), "a refused start touched the database");
+}
