@@ -6,7 +6,8 @@
 //! bytes (kept in `target/`), then takes 3 snapshots with `Store::snapshot_to` (what `GET
 //! /api/backup` and scheduled backups run; the API then only streams the file) while a thread
 //! keeps committing durable writes, and prints the times, the sizes of the database and of the
-//! backup, and the slowest write seen during a snapshot. Under `cargo test` (no `--bench`
+//! backup, and the write latencies (p50/p99/max) during the snapshots and, as a baseline, for 2 s
+//! before them with no snapshot running. Under `cargo test` (no `--bench`
 //! argument) it runs once on 10 k lines as a smoke check. Figures are printed, never asserted.
 
 use std::path::{Path, PathBuf};
@@ -132,24 +133,16 @@ fn main() {
     let store = Store::open(&db).expect("open");
     let db_size = std::fs::metadata(&db).expect("db").len();
 
-    // A writer that keeps committing durable writes, timing each.
+    // Baseline: the same writes with no snapshot running.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (store, stop) = (store.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut waits = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                store
-                    .set_setting(&format!("bench-{}", i % 100), &i.to_le_bytes())
-                    .expect("write");
-                waits.push(started.elapsed());
-                i += 1;
-            }
-            waits
-        })
-    };
+    let writer = spawn_writer(&store, &stop);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let baseline = writer.join().expect("writer");
+    report("durable writes, no snapshot running", baseline);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&store, &stop);
 
     let mut times = Vec::new();
     let mut size = 0;
@@ -172,7 +165,39 @@ fn main() {
         std::fs::remove_file(&out).expect("remove");
     }
     stop.store(true, Ordering::Relaxed);
-    let mut waits = writer.join().expect("writer");
+    report(
+        "durable writes during the snapshots",
+        writer.join().expect("writer"),
+    );
+    times.sort_unstable();
+    println!(
+        "backup of {lines} output lines: median {:?} (of {runs}); database {}, backup {}",
+        times[times.len() / 2],
+        mib(db_size),
+        mib(size)
+    );
+}
+
+/// A thread that keeps committing durable writes until `stop`, timing each.
+fn spawn_writer(store: &Store, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+    let (store, stop) = (store.clone(), Arc::clone(stop));
+    std::thread::spawn(move || {
+        let mut waits = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            store
+                .set_setting(&format!("bench-{}", i % 100), &i.to_le_bytes())
+                .expect("write");
+            waits.push(started.elapsed());
+            i += 1;
+        }
+        waits
+    })
+}
+
+/// Prints the count and p50/p99/max of `waits`.
+fn report(what: &str, mut waits: Vec<Duration>) {
     waits.sort_unstable();
     let pick = |q: f64| {
         #[allow(
@@ -183,15 +208,8 @@ fn main() {
         let i = ((waits.len() as f64 - 1.0) * q) as usize;
         waits.get(i).copied().unwrap_or(Duration::ZERO)
     };
-    times.sort_unstable();
     println!(
-        "backup of {lines} output lines: median {:?} (of {runs}); database {}, backup {}",
-        times[times.len() / 2],
-        mib(db_size),
-        mib(size)
-    );
-    println!(
-        "durable writes during the snapshots: {} — p50 {:?}, p99 {:?}, max {:?}",
+        "{what}: {} — p50 {:?}, p99 {:?}, max {:?}",
         waits.len(),
         pick(0.5),
         pick(0.99),

@@ -616,3 +616,64 @@ fn scheduled_backup_flags_are_checked_at_start() {
     }
     assert!(!db.exists(), "a refused start touched the database");
 }
+
+/// Open file handles of this process on a backup temp file (they show as `(deleted)`).
+fn open_temp_snapshots() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains(".forge-backup-"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_cut_short_frees_the_temp_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let token = admin.new_token().await;
+    let s = setup(&admin).await;
+    for _ in 0..2 {
+        let r = admin
+            .post(&at(s.p, "tasks"), json!({"template_id": s.bulk}))
+            .await;
+        wait_finished(&admin, s.p, id_of(&r.json())).await;
+    }
+    // The server sends into the socket; this client reads the head and a little, then leaves.
+    let mut conn = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    conn.write_all(
+        format!("GET /api/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("send");
+    let mut head = vec![0; 4096];
+    let n = conn.read(&mut head).await.expect("read");
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    eprintln!(
+        "temp snapshots open while the client holds the download: {}",
+        open_temp_snapshots()
+    );
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_temp_snapshots() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the temp snapshot is still open after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(server.dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("backup"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The server goes on, and the next backup is whole.
+    let r = admin.get("/api/backup").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));
+}

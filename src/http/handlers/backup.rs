@@ -53,11 +53,15 @@ pub async fn download(req: Req) -> HandlerResult {
         loop {
             let mut chunk = vec![0; CHUNK];
             match file.read(&mut chunk) {
-                Ok(0) => return,
+                Ok(0) => {
+                    tracing::debug!(bytes = snapshot.bytes, "backup sent");
+                    return;
+                }
                 Ok(n) => {
                     chunk.truncate(n);
                     // The client went away: dropping the file frees its space.
                     if tx.blocking_send(Bytes::from(chunk)).is_err() {
+                        tracing::warn!("the client left before the whole backup was sent");
                         return;
                     }
                 }
