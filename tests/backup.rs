@@ -6,8 +6,12 @@
 //! - only system administrators may take one (401, 403);
 //! - `forge backup --url ... --token-stdin OUT` and `forge backup --db PATH OUT` with the real
 //!   binary: good token, wrong token, non-admin token, a db held by a running server (exit 2);
+//!   `--db` on the file of a server killed with SIGKILL repairs it first;
 //! - scheduled backups (`FORGE_BACKUP_DIR/EVERY/KEEP`): files appear, open as redb with the
-//!   data, only the newest N stay, other files are left alone, no temp file remains.
+//!   data, only the newest N stay, other files are left alone, no temp file remains; a failed
+//!   one is logged and retried; bad flags stop the start with exit 2;
+//! - the temp snapshot: a client that leaves mid-download frees it; a full disk answers 507
+//!   and leaves nothing (on a tiny tmpfs; needs root for `mount`).
 
 mod common;
 
@@ -676,4 +680,31 @@ async fn a_download_cut_short_frees_the_temp_file() {
     let r = admin.get("/api/backup").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_offline_copy_of_a_crashed_server_s_file_is_repaired_first() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("forge.redb");
+    let server = ServerProcess::start(&db, &[]);
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    new_project(&admin, "before the crash").await;
+    server.kill_9();
+    let out = dir.path().join("copy.redb");
+    let r = forge_backup(
+        &[
+            "--db",
+            db.to_str().expect("utf-8"),
+            out.to_str().expect("utf-8"),
+        ],
+        "",
+    );
+    let err = text(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("not shut down cleanly"), "{err}");
+    let file = ReadOnlyDatabase::open(&out).expect("a clean redb file");
+    let tx = file.begin_read().expect("read");
+    let projects = tx.open_table(tables::PROJECTID_PROJECT).expect("projects");
+    assert_eq!(projects.len().expect("len"), 1);
 }
