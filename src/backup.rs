@@ -198,6 +198,30 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Lets one backup run at a time, API or scheduled: each holds a copy of the database on disk
+/// until it is sent or renamed, so concurrent ones could fill the disk.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
+
+impl Gate {
+    /// The right to take a backup now, if no other is running.
+    #[must_use]
+    pub fn try_enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+
+    /// The right to take a backup, once the one running (if any) is done.
+    pub async fn enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.0).acquire_owned().await.ok()
+    }
+}
+
 /// The scheduled-backup loop, owned by the server: [`Scheduler::stop`] ends it (abandoning a
 /// snapshot in progress) and waits until it has let go of the store.
 #[derive(Debug)]
@@ -222,6 +246,7 @@ impl Scheduler {
             .unwrap_or(usize::MAX)
             .max(1);
         let store = app.services.store().clone();
+        let gate = app.backups.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (shutdown, mut closed) = tokio::sync::watch::channel(false);
         let flag = Arc::clone(&stop);
@@ -236,12 +261,18 @@ impl Scheduler {
                     _ = tick.tick() => {}
                     _ = closed.wait_for(|c| *c) => return,
                 }
+                // Waits for a download in progress; shutdown still ends the wait.
+                let permit = tokio::select! {
+                    permit = gate.enter() => permit,
+                    _ = closed.wait_for(|c| *c) => return,
+                };
                 let (store, dir, flag) = (store.clone(), dir.clone(), Arc::clone(&flag));
                 let started = std::time::Instant::now();
                 let taken = tokio::task::spawn_blocking(move || {
                     take(&store, &dir, keep, &flag, OffsetDateTime::now_utc())
                 })
                 .await;
+                drop(permit);
                 match taken {
                     Ok(Ok(path)) => tracing::info!(
                         file = %path.display(), elapsed = ?started.elapsed(), "backup written"

@@ -10,6 +10,7 @@
 //! - scheduled backups (`FORGE_BACKUP_DIR/EVERY/KEEP`): files appear, open as redb with the
 //!   data, only the newest N stay, other files are left alone, no temp file remains; a failed
 //!   one is logged and retried; bad flags stop the start with exit 2;
+//! - one backup at a time (503 + `Retry-After` meanwhile);
 //! - the temp snapshot: a client that leaves mid-download frees it; a full disk answers 507
 //!   and leaves nothing (on a tiny tmpfs; needs root for `mount`).
 
@@ -621,28 +622,33 @@ fn scheduled_backup_flags_are_checked_at_start() {
     assert!(!db.exists(), "a refused start touched the database");
 }
 
-/// Open file handles of this process on a backup temp file (they show as `(deleted)`).
-fn open_temp_snapshots() -> usize {
+/// Open file handles of this process on a backup temp file in `dir` (they show as
+/// `(deleted)`); other tests' servers in this process use other dirs.
+fn open_temp_snapshots(dir: &Path) -> usize {
+    let prefix = dir.join(".forge-backup-");
+    let prefix = prefix.to_string_lossy();
     std::fs::read_dir("/proc/self/fd")
         .expect("fds")
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy().contains(".forge-backup-"))
+        .filter(|target| target.to_string_lossy().starts_with(&*prefix))
         .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_download_cut_short_frees_the_temp_file() {
+async fn one_backup_at_a_time_and_a_download_cut_short_frees_the_temp_file() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start().await;
     let admin = server.admin().await;
     let token = admin.new_token().await;
     let s = setup(&admin).await;
-    for _ in 0..2 {
+    // A database larger than what the socket and the stream's channel buffer.
+    for _ in 0..3 {
         let r = admin
             .post(&at(s.p, "tasks"), json!({"template_id": s.bulk}))
             .await;
         wait_finished(&admin, s.p, id_of(&r.json())).await;
     }
+    let dir = server.dir.path();
     // The server sends into the socket; this client reads the head and a little, then leaves.
     let mut conn = tokio::net::TcpStream::connect(server.addr)
         .await
@@ -657,26 +663,32 @@ async fn a_download_cut_short_frees_the_temp_file() {
     let n = conn.read(&mut head).await.expect("read");
     let head = String::from_utf8_lossy(&head[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    eprintln!(
-        "temp snapshots open while the client holds the download: {}",
-        open_temp_snapshots()
+    assert_eq!(
+        open_temp_snapshots(dir),
+        1,
+        "precondition: the download is in flight while the client does not read"
     );
+    // Another backup meanwhile is refused, with a hint when to retry.
+    let busy = admin.get("/api/backup").await;
+    let why = busy.assert_error(503);
+    assert!(why.contains("another backup"), "{why}");
+    assert_eq!(busy.header("retry-after").as_deref(), Some("10"));
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while open_temp_snapshots() > 0 {
+    while open_temp_snapshots(dir) > 0 {
         assert!(
             Instant::now() < deadline,
             "the temp snapshot is still open after the client left"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let left: Vec<_> = std::fs::read_dir(server.dir.path())
+    let left: Vec<_> = std::fs::read_dir(dir)
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("backup"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    // The server goes on, and the next backup is whole.
+    // The server goes on, and the next backup (the gate is free again) is whole.
     let r = admin.get("/api/backup").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::http::Req;
@@ -17,12 +17,23 @@ use crate::http::router::HandlerResult;
 const CHUNK: usize = 256 * 1024;
 
 /// `GET /api/backup` (system administrators): a consistent snapshot of the whole database as a
-/// redb file, `application/octet-stream` with a timestamped file name and its exact length.
+/// redb file, `application/octet-stream` with a timestamped file name and its exact length;
+/// `503` + `Retry-After` while another backup (API or scheduled) is in progress.
 /// Side effects: a temporary file the size of the database in the database's directory, with
 /// no name (its space returns to the disk when the download ends, however it ends). Writes go
 /// on meanwhile; the file holds what was committed when the request arrived.
 pub async fn download(req: Req) -> HandlerResult {
     let user = req.user()?.username.clone();
+    // Held until the file is sent (or the client leaves): one temp copy on disk at a time.
+    let Some(permit) = req.app.backups.try_enter() else {
+        let mut res = body::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "another backup is being taken; try again shortly"}),
+        );
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("10"));
+        return Ok(res);
+    };
     let store = req.app.services.store().clone();
     let dir = crate::backup::temp_dir(&req.app.config.db);
     let name = crate::backup::file_name(time::OffsetDateTime::now_utc());
@@ -50,6 +61,7 @@ pub async fn download(req: Req) -> HandlerResult {
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         loop {
             let mut chunk = vec![0; CHUNK];
             match file.read(&mut chunk) {
