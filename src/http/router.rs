@@ -10,9 +10,7 @@ use super::Req;
 use super::auth::Need;
 use super::body::Body;
 use super::error::ApiError;
-use super::handlers::{
-    backup, meta, projects, resources as res, session, site, tasks, tokens, users, ws,
-};
+use super::handlers::{meta, projects, resources as res, session, site, tasks, tokens, users, ws};
 use crate::model::Permissions;
 
 /// What a handler returns.
@@ -132,7 +130,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/project/{project_id}/tasks/{task_id}/stop", Project(RUN_TASKS), tasks::stop),
         route!(GET "/api/tasks", Admin, tasks::active),
         route!(GET "/api/ws", User, ws::connect),
-        route!(GET "/api/backup", Admin, backup::download),
+        route!(GET "/api/backup", Admin, super::handlers::backup::download),
     ]
 }
 
