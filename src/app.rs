@@ -51,6 +51,8 @@ pub struct App {
     pub runner: Runner,
     /// `ansible --version`, looked up on first use.
     ansible: OnceCell<String>,
+    /// One backup at a time (each needs disk space the size of the database).
+    pub backups: crate::backup::Gate,
 }
 
 impl App {
@@ -84,6 +86,7 @@ impl App {
             router: Router::new(routes()),
             runner,
             ansible: OnceCell::new(),
+            backups: crate::backup::Gate::default(),
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
             tracing::info!(login = %user.username, "created administrator");

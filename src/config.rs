@@ -144,6 +144,19 @@ pub struct Config {
     #[arg(long, env = "FORGE_NO_UPGRADE_BACKUP",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub no_upgrade_backup: bool,
+    /// Directory for scheduled backups (`forge-<UTC time>.redb`); needs `--backup-every`.
+    #[arg(long, env = "FORGE_BACKUP_DIR", requires = "backup_every")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// How often to write a scheduled backup: `90s`, `30m`, `6h`, `1d`, `1h30m`.
+    #[arg(long, env = "FORGE_BACKUP_EVERY", requires = "backup_dir",
+          value_parser = crate::backup::parse_duration)]
+    pub backup_every: Option<std::time::Duration>,
+
+    /// Scheduled backups kept in the directory; older ones are deleted.
+    #[arg(long, env = "FORGE_BACKUP_KEEP", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_keep: u32,
 
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
@@ -227,6 +240,9 @@ impl Config {
             output_max_bytes: 64 * 1024 * 1024,
             work_dir: None,
             no_upgrade_backup: false,
+            backup_dir: None,
+            backup_every: None,
+            backup_keep: 7,
             clock: ClockHandle::default(),
         }
     }

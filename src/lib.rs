@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: every setting, as flags and environment variables.
+//! - [`backup`]: scheduled backups and the `forge backup` command.
 //! - [`app`]: wiring of the store, services and router ([`app::App`]).
 //! - [`server`]: the accept loop and graceful shutdown ([`server::serve`]).
 //! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, handlers.
@@ -19,6 +20,7 @@
 #![allow(clippy::too_many_lines)]
 
 pub mod app;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod http;

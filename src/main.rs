@@ -1,5 +1,5 @@
 //! The `forge` binary: `forge serve`, `forge user add|list`, `forge key rotate`, `forge check`,
-//! `forge compact`.
+//! `forge compact`, `forge backup`.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::pedantic)]
@@ -40,6 +40,9 @@ enum Command {
         #[arg(long, env = "FORGE_DB", default_value = DEFAULT_DB)]
         db: PathBuf,
     },
+    /// Write a backup of the database: from a running server (--url), or of a stopped server's
+    /// file (--db).
+    Backup(forge::backup::BackupArgs),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Command::Key(cmd) => key(cmd),
             Command::Check(args) => check(args),
             Command::Compact { db } => compact(&db),
+            Command::Backup(args) => forge::backup::command(args).await,
         }
     })
 }

@@ -25,6 +25,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// shutdown grace, then are stopped and recorded; waiting tasks stay queued.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
+    let backups = crate::backup::Scheduler::start(&app);
     // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
     // last one has finished. (hyper-util's GracefulShutdown cannot watch upgradeable
     // connections, which /api/ws needs.)
@@ -80,6 +81,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     drop(listener);
     sweeper.abort();
     let _ = sweeper.await;
+    if let Some(backups) = backups {
+        backups.stop().await;
+    }
     closing.send_replace(true);
     drop(open);
     let connections = async {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
 mod handlers;
 pub mod router;

@@ -130,6 +130,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/project/{project_id}/tasks/{task_id}/stop", Project(RUN_TASKS), tasks::stop),
         route!(GET "/api/tasks", Admin, tasks::active),
         route!(GET "/api/ws", User, ws::connect),
+        route!(GET "/api/backup", Admin, super::handlers::backup::download),
     ]
 }
 

@@ -21,6 +21,7 @@
 //! 6. Never renumber, edit or delete a migration that has shipped; a table's name is
 //!    permanent. The encoding itself (bincode) changes only through `codec`'s format byte.
 
+pub mod backup;
 pub mod check;
 pub mod codec;
 pub mod compact;

@@ -1,5 +1,6 @@
 //! Route handlers: parse, call a service, render. One module per resource.
 
+pub mod backup;
 pub mod meta;
 pub mod projects;
 pub mod resources;
