@@ -51,7 +51,7 @@ fn key_view(k: &AccessKey) -> serde_json::Value {
 
 /// `GET /api/project/{project_id}/keys?sort=name|type&order=`: secrets never included.
 pub async fn keys(req: Req) -> HandlerResult {
-    let mut keys = req.app.services.keys(req.access()?)?;
+    let mut keys = req.app.services.resources::<AccessKey>(req.access()?)?;
     sort_list(
         &req,
         &mut keys,
@@ -72,14 +72,17 @@ pub async fn key(req: Req) -> HandlerResult {
     let key = req
         .app
         .services
-        .key(req.access()?, req.id("key_id", "key")?)?;
+        .resource::<AccessKey>(req.access()?, req.id("key_id", "key")?)?;
     Ok(body::json(StatusCode::OK, &key_view(&key)))
 }
 
 /// `POST /api/project/{project_id}/keys` → 204: the secret is sealed before it is stored.
 pub async fn create_key(req: Req) -> HandlerResult {
     let input: KeyInput = req.json()?;
-    req.app.services.create_key(req.access()?, input).await?;
+    req.app
+        .services
+        .create_resource::<AccessKey>(req.access()?, input)
+        .await?;
     Ok(no_content())
 }
 
@@ -90,7 +93,7 @@ pub async fn update_key(req: Req) -> HandlerResult {
     let input: KeyInput = req.json()?;
     req.app
         .services
-        .update_key(req.access()?, id, input)
+        .update_resource::<AccessKey>(req.access()?, id, input)
         .await?;
     Ok(no_content())
 }
@@ -99,7 +102,7 @@ pub async fn update_key(req: Req) -> HandlerResult {
 pub async fn delete_key(req: Req) -> HandlerResult {
     req.app
         .services
-        .delete_key(req.access()?, req.id("key_id", "key")?)
+        .delete_resource::<AccessKey>(req.access()?, req.id("key_id", "key")?)
         .await?;
     Ok(no_content())
 }
@@ -109,7 +112,7 @@ pub async fn key_refs(req: Req) -> HandlerResult {
     let refs = req
         .app
         .services
-        .key_refs(req.access()?, req.id("key_id", "key")?)?;
+        .resource_refs::<AccessKey>(req.access()?, req.id("key_id", "key")?)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -139,8 +142,8 @@ fn repository_view(r: &Repository) -> RepositoryView<'_> {
 /// `GET /api/project/{project_id}/repositories?sort=name|git_url|ssh_key&order=`.
 pub async fn repositories(req: Req) -> HandlerResult {
     let access = req.access()?;
-    let mut repos = req.app.services.repositories(access)?;
-    let keys = req.app.services.keys(access)?;
+    let mut repos = req.app.services.resources::<Repository>(access)?;
+    let keys = req.app.services.resources::<AccessKey>(access)?;
     let key_name = |id: u64| {
         keys.iter()
             .find(|k| k.id == id)
@@ -168,7 +171,7 @@ pub async fn repository(req: Req) -> HandlerResult {
     let r = req
         .app
         .services
-        .repository(req.access()?, req.id("repository_id", "repository")?)?;
+        .resource::<Repository>(req.access()?, req.id("repository_id", "repository")?)?;
     Ok(body::json(StatusCode::OK, &repository_view(&r)))
 }
 
@@ -178,7 +181,7 @@ pub async fn create_repository(req: Req) -> HandlerResult {
     let input: RepositoryInput = req.json()?;
     req.app
         .services
-        .create_repository(req.access()?, input)
+        .create_resource::<Repository>(req.access()?, input)
         .await?;
     Ok(no_content())
 }
@@ -189,7 +192,7 @@ pub async fn update_repository(req: Req) -> HandlerResult {
     let input: RepositoryInput = req.json()?;
     req.app
         .services
-        .update_repository(req.access()?, id, input)
+        .update_resource::<Repository>(req.access()?, id, input)
         .await?;
     Ok(no_content())
 }
@@ -199,7 +202,7 @@ pub async fn delete_repository(req: Req) -> HandlerResult {
     let id = req.id("repository_id", "repository")?;
     req.app
         .services
-        .delete_repository(req.access()?, id)
+        .delete_resource::<Repository>(req.access()?, id)
         .await?;
     Ok(no_content())
 }
@@ -207,7 +210,10 @@ pub async fn delete_repository(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/repositories/{repository_id}/refs`.
 pub async fn repository_refs(req: Req) -> HandlerResult {
     let id = req.id("repository_id", "repository")?;
-    let refs = req.app.services.repository_refs(req.access()?, id)?;
+    let refs = req
+        .app
+        .services
+        .resource_refs::<Repository>(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -243,7 +249,7 @@ fn inventory_view(i: &Inventory) -> InventoryView<'_> {
 
 /// `GET /api/project/{project_id}/inventory?sort=name&order=`.
 pub async fn inventories(req: Req) -> HandlerResult {
-    let mut items = req.app.services.inventories(req.access()?)?;
+    let mut items = req.app.services.resources::<Inventory>(req.access()?)?;
     sort_list(&req, &mut items, &[("name", &|i| i.name.clone())], "name");
     Ok(body::json(
         StatusCode::OK,
@@ -256,7 +262,7 @@ pub async fn inventory(req: Req) -> HandlerResult {
     let i = req
         .app
         .services
-        .inventory(req.access()?, req.id("inventory_id", "inventory")?)?;
+        .resource::<Inventory>(req.access()?, req.id("inventory_id", "inventory")?)?;
     Ok(body::json(StatusCode::OK, &inventory_view(&i)))
 }
 
@@ -267,7 +273,7 @@ pub async fn create_inventory(req: Req) -> HandlerResult {
     let i = req
         .app
         .services
-        .create_inventory(req.access()?, input)
+        .create_resource::<Inventory>(req.access()?, input)
         .await?;
     Ok(body::json(StatusCode::CREATED, &inventory_view(&i)))
 }
@@ -278,7 +284,7 @@ pub async fn update_inventory(req: Req) -> HandlerResult {
     let input: InventoryInput = req.json()?;
     req.app
         .services
-        .update_inventory(req.access()?, id, input)
+        .update_resource::<Inventory>(req.access()?, id, input)
         .await?;
     Ok(no_content())
 }
@@ -286,14 +292,20 @@ pub async fn update_inventory(req: Req) -> HandlerResult {
 /// `DELETE /api/project/{project_id}/inventory/{inventory_id}` → 204, or 400 `inUse`.
 pub async fn delete_inventory(req: Req) -> HandlerResult {
     let id = req.id("inventory_id", "inventory")?;
-    req.app.services.delete_inventory(req.access()?, id).await?;
+    req.app
+        .services
+        .delete_resource::<Inventory>(req.access()?, id)
+        .await?;
     Ok(no_content())
 }
 
 /// `GET /api/project/{project_id}/inventory/{inventory_id}/refs`.
 pub async fn inventory_refs(req: Req) -> HandlerResult {
     let id = req.id("inventory_id", "inventory")?;
-    let refs = req.app.services.inventory_refs(req.access()?, id)?;
+    let refs = req
+        .app
+        .services
+        .resource_refs::<Inventory>(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -316,22 +328,26 @@ fn environment_view(e: &Environment, secrets: &[SecretInfo]) -> serde_json::Valu
 
 /// `GET /api/project/{project_id}/environment?sort=name&order=`: secret names, never values.
 pub async fn environments(req: Req) -> HandlerResult {
-    let mut items = req.app.services.environments(req.access()?)?;
-    sort_list(
-        &req,
-        &mut items,
-        &[("name", &|(e, _)| e.name.clone())],
-        "name",
-    );
-    let views: Vec<_> = items.iter().map(|(e, s)| environment_view(e, s)).collect();
+    let mut items = req.app.services.resources::<Environment>(req.access()?)?;
+    let secrets = req.app.services.environment_secrets(req.access()?)?;
+    sort_list(&req, &mut items, &[("name", &|e| e.name.clone())], "name");
+    let views: Vec<_> = items
+        .iter()
+        .map(|e| environment_view(e, secrets.get(&e.id).map_or(&[], Vec::as_slice)))
+        .collect();
     Ok(body::json(StatusCode::OK, &views))
 }
 
 /// `GET /api/project/{project_id}/environment/{environment_id}`.
 pub async fn environment(req: Req) -> HandlerResult {
     let id = req.id("environment_id", "environment")?;
-    let (e, secrets) = req.app.services.environment(req.access()?, id)?;
-    Ok(body::json(StatusCode::OK, &environment_view(&e, &secrets)))
+    let e = req
+        .app
+        .services
+        .resource::<Environment>(req.access()?, id)?;
+    let secrets = req.app.services.environment_secrets(req.access()?)?;
+    let secrets = secrets.get(&id).map_or(&[][..], Vec::as_slice);
+    Ok(body::json(StatusCode::OK, &environment_view(&e, secrets)))
 }
 
 /// `POST /api/project/{project_id}/environment` → 204: `json`/`env` validated, secrets sealed.
@@ -339,7 +355,7 @@ pub async fn create_environment(req: Req) -> HandlerResult {
     let input: EnvironmentInput = req.json()?;
     req.app
         .services
-        .create_environment(req.access()?, input)
+        .create_resource::<Environment>(req.access()?, input)
         .await?;
     Ok(no_content())
 }
@@ -351,7 +367,7 @@ pub async fn update_environment(req: Req) -> HandlerResult {
     let input: EnvironmentInput = req.json()?;
     req.app
         .services
-        .update_environment(req.access()?, id, input)
+        .update_resource::<Environment>(req.access()?, id, input)
         .await?;
     Ok(no_content())
 }
@@ -362,7 +378,7 @@ pub async fn delete_environment(req: Req) -> HandlerResult {
     let id = req.id("environment_id", "environment")?;
     req.app
         .services
-        .delete_environment(req.access()?, id)
+        .delete_resource::<Environment>(req.access()?, id)
         .await?;
     Ok(no_content())
 }
@@ -370,7 +386,10 @@ pub async fn delete_environment(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/environment/{environment_id}/refs`.
 pub async fn environment_refs(req: Req) -> HandlerResult {
     let id = req.id("environment_id", "environment")?;
-    let refs = req.app.services.environment_refs(req.access()?, id)?;
+    let refs = req
+        .app
+        .services
+        .resource_refs::<Environment>(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }
 
@@ -437,7 +456,7 @@ fn template_view(
 /// `GET /api/project/{project_id}/templates?sort=name|playbook|inventory|environment|repository`.
 pub async fn templates(req: Req) -> HandlerResult {
     let access = req.access()?;
-    let mut items = req.app.services.templates(access)?;
+    let mut items = req.app.services.resources::<Template>(access)?;
     let names = req.app.services.template_ref_names(access)?;
     let lookup = |map: &std::collections::HashMap<u64, String>, id: Option<u64>| {
         id.and_then(|i| map.get(&i).cloned()).unwrap_or_default()
@@ -470,7 +489,7 @@ pub async fn template(req: Req) -> HandlerResult {
     let t = req
         .app
         .services
-        .template(req.access()?, req.id("template_id", "template")?)?;
+        .resource::<Template>(req.access()?, req.id("template_id", "template")?)?;
     Ok(body::json(StatusCode::OK, &template_view(&req, &t)?))
 }
 
@@ -481,7 +500,7 @@ pub async fn create_template(req: Req) -> HandlerResult {
     let t = req
         .app
         .services
-        .create_template(req.access()?, input)
+        .create_resource::<Template>(req.access()?, input)
         .await?;
     Ok(body::json(StatusCode::CREATED, &template_view(&req, &t)?))
 }
@@ -492,7 +511,7 @@ pub async fn update_template(req: Req) -> HandlerResult {
     let input: TemplateInput = req.json()?;
     req.app
         .services
-        .update_template(req.access()?, id, input)
+        .update_resource::<Template>(req.access()?, id, input)
         .await?;
     Ok(no_content())
 }
@@ -501,13 +520,19 @@ pub async fn update_template(req: Req) -> HandlerResult {
 /// template deploys its builds.
 pub async fn delete_template(req: Req) -> HandlerResult {
     let id = req.id("template_id", "template")?;
-    req.app.services.delete_template(req.access()?, id).await?;
+    req.app
+        .services
+        .delete_resource::<Template>(req.access()?, id)
+        .await?;
     Ok(no_content())
 }
 
 /// `GET /api/project/{project_id}/templates/{template_id}/refs`.
 pub async fn template_refs(req: Req) -> HandlerResult {
     let id = req.id("template_id", "template")?;
-    let refs = req.app.services.template_refs(req.access()?, id)?;
+    let refs = req
+        .app
+        .services
+        .resource_refs::<Template>(req.access()?, id)?;
     Ok(body::json(StatusCode::OK, &refs_view(&refs)))
 }

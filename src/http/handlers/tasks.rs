@@ -84,7 +84,7 @@ fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
     let templates: HashMap<u64, Template> = req
         .app
         .services
-        .templates(access)?
+        .resources::<Template>(access)?
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
@@ -133,7 +133,7 @@ pub async fn last(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks`.
 pub async fn template_tasks(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
-    req.app.services.template(req.access()?, tpl)?;
+    req.app.services.resource::<Template>(req.access()?, tpl)?;
     let tasks = req
         .app
         .services
@@ -144,7 +144,7 @@ pub async fn template_tasks(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks/last?limit=N`.
 pub async fn template_tasks_last(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
-    req.app.services.template(req.access()?, tpl)?;
+    req.app.services.resource::<Template>(req.access()?, tpl)?;
     let tasks = req
         .app
         .services

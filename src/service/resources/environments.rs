@@ -1,13 +1,14 @@
 //! Environments: extra variables, environment variables and sealed secrets.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
-use super::{Refs, check_ids, check_project, get_or_404, invalid};
+use super::{Names, ProjectResource, Refs, Target, body, invalid, users};
 use crate::model::{AccessKey, Environment, KeyKind, KeySecret, ProjectId, Template};
 use crate::service::projects::Access;
 use crate::service::{Error, Result, Services, validate};
 use crate::store::{Lists, Tx};
-
 /// One secret operation in an environment body.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -183,160 +184,104 @@ impl Services {
         Ok(ops)
     }
 
-    /// The project's environments.
+    /// The secrets (names, never values) of the project's environments, by environment id.
     ///
     /// # Errors
     /// Storage failures only.
-    pub fn environments(&self, access: &Access) -> Result<Vec<(Environment, Vec<SecretInfo>)>> {
-        let view = self.store.view()?;
-        let envs: Vec<Environment> = view.list(access.project_id())?;
-        let keys: Vec<AccessKey> = view.list(access.project_id())?;
-        Ok(envs
-            .into_iter()
-            .map(|e| {
-                let secrets = secrets_of(&keys, e.id);
-                (e, secrets)
-            })
-            .collect())
-    }
-
-    /// One environment with its secrets' names.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn environment(&self, access: &Access, id: u64) -> Result<(Environment, Vec<SecretInfo>)> {
-        let view = self.store.view()?;
-        let env: Environment = view.get(access.project_id(), id)?.ok_or(Error::NotFound)?;
-        let keys: Vec<AccessKey> = view.list(access.project_id())?;
-        let secrets = secrets_of(&keys, id);
-        Ok((env, secrets))
-    }
-
-    /// Creates an environment with its secrets.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] for bad fields or secret operations.
-    pub async fn create_environment(
-        &self,
-        access: &Access,
-        input: EnvironmentInput,
-    ) -> Result<Environment> {
-        check_project(input.project_id, access.project_id())?;
-        let (name, json, env) = environment_fields(&input)?;
-        let ops = self.secret_ops(input.secrets.clone().unwrap_or_default())?;
-        let sealed_password = input
-            .password
-            .as_deref()
-            .filter(|p| !p.is_empty())
-            .map(|p| self.cipher.seal(p.as_bytes()))
-            .unwrap_or_default();
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut e = Environment {
-                id: 0,
-                project_id: access.project_id(),
-                name: name.clone(),
-                json: json.clone(),
-                env: env.clone(),
-                sealed_password: sealed_password.clone(),
+    pub fn environment_secrets(&self, access: &Access) -> Result<HashMap<u64, Vec<SecretInfo>>> {
+        let keys: Vec<AccessKey> = self.store.view()?.list(access.project_id())?;
+        let mut secrets: HashMap<u64, Vec<SecretInfo>> = HashMap::new();
+        for k in keys {
+            let Some(env) = k.environment_id else {
+                continue;
             };
-            let id = tx.insert(&mut e)?;
-            apply_secret_ops(tx, access.project_id(), id, ops.clone())?;
-            tx.record(access.event("environment", id, format!("Environment {} created", e.name)))?;
-            Ok(e)
-        })
-        .await
-    }
-
-    /// Replaces an environment and applies its secret operations.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`]; [`Error::NotFound`].
-    pub async fn update_environment(
-        &self,
-        access: &Access,
-        id: u64,
-        input: EnvironmentInput,
-    ) -> Result<()> {
-        check_ids(
-            input.id,
-            id,
-            input.project_id,
-            access.project_id(),
-            "Environment",
-        )?;
-        let (name, json, env) = environment_fields(&input)?;
-        let ops = self.secret_ops(input.secrets.clone().unwrap_or_default())?;
-        let new_password = input
-            .password
-            .as_deref()
-            .filter(|p| !p.is_empty())
-            .map(|p| self.cipher.seal(p.as_bytes()));
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut e: Environment = get_or_404(tx, access.project_id(), id)?;
-            e.name.clone_from(&name);
-            e.json.clone_from(&json);
-            e.env.clone_from(&env);
-            if let Some(p) = &new_password {
-                e.sealed_password.clone_from(p);
-            }
-            tx.put(&e)?;
-            apply_secret_ops(tx, access.project_id(), id, ops.clone())?;
-            tx.record(access.event("environment", id, format!("Environment {} updated", e.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Deletes an environment (with its secrets) unless a template uses it.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`]; [`Error::InUse`].
-    pub async fn delete_environment(&self, access: &Access, id: u64) -> Result<()> {
-        let access = access.clone();
-        self.transact(move |tx| {
-            let e: Environment = get_or_404(tx, access.project_id(), id)?;
-            if !environment_refs(tx, access.project_id(), id)?.is_empty() {
-                return Err(Error::InUse(
-                    "Environment is in use by one or more templates".into(),
-                ));
-            }
-            for key in tx.list::<AccessKey>(access.project_id())? {
-                if key.environment_id == Some(id) {
-                    tx.remove::<AccessKey>(access.project_id(), key.id)?;
-                }
-            }
-            tx.remove::<Environment>(access.project_id(), id)?;
-            tx.record(access.event("environment", id, format!("Environment {} deleted", e.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// What uses environment `id`.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn environment_refs(&self, access: &Access, id: u64) -> Result<Refs> {
-        self.environment(access, id)?;
-        let p = access.project_id();
-        environment_refs(&self.store.view()?, p, id)
-    }
-}
-
-fn secrets_of(keys: &[AccessKey], env: u64) -> Vec<SecretInfo> {
-    keys.iter()
-        .filter(|k| k.environment_id == Some(env))
-        .map(|k| {
             let (kind, name) = secret_kind_name(&k.name);
-            SecretInfo {
+            secrets.entry(env).or_default().push(SecretInfo {
                 id: k.id,
                 kind,
                 name: name.to_owned(),
-            }
+            });
+        }
+        Ok(secrets)
+    }
+}
+
+/// A validated environment body.
+pub struct EnvironmentFields {
+    project: ProjectId,
+    name: String,
+    json: String,
+    env: Option<String>,
+    /// Sealed; `None` keeps the stored one.
+    password: Option<Vec<u8>>,
+    ops: Vec<SecretOp>,
+}
+
+impl ProjectResource for Environment {
+    body!(EnvironmentInput);
+    type Fields = EnvironmentFields;
+    const NAMES: Names = Names::new("environment", "Environment");
+
+    fn fields(
+        services: &Services,
+        input: EnvironmentInput,
+        to: Target,
+    ) -> Result<EnvironmentFields> {
+        let (name, json, env) = environment_fields(&input)?;
+        let ops = services.secret_ops(input.secrets.unwrap_or_default())?;
+        let password = input
+            .password
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(|p| services.cipher.seal(p.as_bytes()));
+        Ok(EnvironmentFields {
+            project: to.project,
+            name,
+            json,
+            env,
+            password,
+            ops,
         })
-        .collect()
+    }
+
+    fn record(_tx: &Tx<'_>, fields: &EnvironmentFields, current: Option<Self>) -> Result<Self> {
+        let mut e = current.unwrap_or_else(|| Environment {
+            id: 0,
+            project_id: fields.project,
+            name: String::new(),
+            json: String::new(),
+            env: None,
+            sealed_password: Vec::new(),
+        });
+        e.name.clone_from(&fields.name);
+        e.json.clone_from(&fields.json);
+        e.env.clone_from(&fields.env);
+        if let Some(p) = &fields.password {
+            e.sealed_password.clone_from(p);
+        }
+        Ok(e)
+    }
+
+    fn written(tx: &Tx<'_>, project: ProjectId, id: u64, fields: &EnvironmentFields) -> Result<()> {
+        apply_secret_ops(tx, project, id, fields.ops.clone())
+    }
+
+    fn refs(lists: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
+        Ok(Refs {
+            templates: users(lists, p, |t: &Template| t.environment_id == Some(id))?,
+            ..Refs::default()
+        })
+    }
+
+    /// Its secrets go with it.
+    fn removing(&self, tx: &Tx<'_>) -> Result<()> {
+        for key in tx.list::<AccessKey>(self.project_id)? {
+            if key.environment_id == Some(self.id) {
+                tx.remove::<AccessKey>(self.project_id, key.id)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn apply_secret_ops(tx: &Tx<'_>, p: ProjectId, env: u64, ops: Vec<SecretOp>) -> Result<()> {
@@ -394,14 +339,4 @@ fn owned_secret(tx: &Tx<'_>, p: ProjectId, env: u64, id: u64) -> Result<AccessKe
     tx.get::<AccessKey>(p, id)?
         .filter(|k| k.environment_id == Some(env))
         .ok_or_else(|| Error::Invalid(format!("secret {id} does not belong to this environment")))
-}
-
-fn environment_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
-    let mut refs = Refs::default();
-    for t in tx.list::<Template>(p)? {
-        if t.environment_id == Some(id) {
-            refs.templates.push((t.id, t.name));
-        }
-    }
-    Ok(refs)
 }

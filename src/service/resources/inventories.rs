@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{Refs, check_ids, check_project, get_or_404, invalid, require, require_key};
+use super::{Names, ProjectResource, Refs, Target, body, invalid, require, require_key, users};
 use crate::model::{Inventory, ProjectId, Repository, Template};
-use crate::service::projects::Access;
 use crate::service::{Error, Result, Services, validate};
 use crate::store::{Lists, Tx};
 
@@ -36,7 +35,7 @@ pub struct InventoryInput {
     pub repository_id: Option<u64>,
 }
 
-fn check_inventory_refs(tx: &Tx<'_>, p: ProjectId, inv: &Inventory) -> Result<()> {
+fn check_refs(tx: &Tx<'_>, p: ProjectId, inv: &Inventory) -> Result<()> {
     if let Some(k) = inv.ssh_key_id {
         require_key(tx, p, k, "ssh_key_id")?;
     }
@@ -87,118 +86,32 @@ fn inventory_from(
     })
 }
 
-impl Services {
-    /// The project's inventories.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub fn inventories(&self, access: &Access) -> Result<Vec<Inventory>> {
-        Ok(self.store.view()?.list(access.project_id())?)
-    }
+impl ProjectResource for Inventory {
+    body!(InventoryInput);
+    type Fields = Inventory;
+    const NAMES: Names = Names::new("inventory", "Inventory");
 
-    /// One inventory.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn inventory(&self, access: &Access, id: u64) -> Result<Inventory> {
-        self.store
-            .view()?
-            .get(access.project_id(), id)?
-            .ok_or(Error::NotFound)
-    }
-
-    /// Creates an inventory.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] for bad fields, escaping file paths or foreign references.
-    pub async fn create_inventory(
-        &self,
-        access: &Access,
-        input: InventoryInput,
-    ) -> Result<Inventory> {
-        check_project(input.project_id, access.project_id())?;
-        let inv = inventory_from(input, 0, access.project_id(), |_| {
-            "Not supported inventory type".into()
-        })?;
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut inv = inv.clone();
-            check_inventory_refs(tx, access.project_id(), &inv)?;
-            let id = tx.insert(&mut inv)?;
-            tx.record(access.event("inventory", id, format!("Inventory {} created", inv.name)))?;
-            Ok(inv)
-        })
-        .await
-    }
-
-    /// Replaces an inventory.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`]; [`Error::NotFound`].
-    pub async fn update_inventory(
-        &self,
-        access: &Access,
-        id: u64,
-        input: InventoryInput,
-    ) -> Result<()> {
-        check_ids(
-            input.id,
-            id,
-            input.project_id,
-            access.project_id(),
-            "Inventory",
-        )?;
-        let inv = inventory_from(input, id, access.project_id(), |k| {
-            format!("unknown inventory type: {k}")
-        })?;
-        let access = access.clone();
-        self.transact(move |tx| {
-            get_or_404::<Inventory>(tx, access.project_id(), id)?;
-            check_inventory_refs(tx, access.project_id(), &inv)?;
-            tx.put(&inv)?;
-            tx.record(access.event("inventory", id, format!("Inventory {} updated", inv.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Deletes an inventory unless a template uses it.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`]; [`Error::InUse`].
-    pub async fn delete_inventory(&self, access: &Access, id: u64) -> Result<()> {
-        let access = access.clone();
-        self.transact(move |tx| {
-            let inv: Inventory = get_or_404(tx, access.project_id(), id)?;
-            if !inventory_refs(tx, access.project_id(), id)?.is_empty() {
-                return Err(Error::InUse(
-                    "Inventory is in use by one or more templates".into(),
-                ));
-            }
-            tx.remove::<Inventory>(access.project_id(), id)?;
-            tx.record(access.event("inventory", id, format!("Inventory {} deleted", inv.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// What uses inventory `id`.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn inventory_refs(&self, access: &Access, id: u64) -> Result<Refs> {
-        self.inventory(access, id)?;
-        let p = access.project_id();
-        inventory_refs(&self.store.view()?, p, id)
-    }
-}
-
-fn inventory_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
-    let mut refs = Refs::default();
-    for t in tx.list::<Template>(p)? {
-        if t.inventory_id == Some(id) {
-            refs.templates.push((t.id, t.name));
+    /// Upstream words an unknown type differently on create and on update.
+    fn fields(_: &Services, input: InventoryInput, to: Target) -> Result<Inventory> {
+        match to.id {
+            None => inventory_from(input, 0, to.project, |_| {
+                "Not supported inventory type".into()
+            }),
+            Some(id) => inventory_from(input, id, to.project, |k| {
+                format!("unknown inventory type: {k}")
+            }),
         }
     }
-    Ok(refs)
+
+    fn record(tx: &Tx<'_>, inv: &Inventory, _current: Option<Self>) -> Result<Self> {
+        check_refs(tx, inv.project_id, inv)?;
+        Ok(inv.clone())
+    }
+
+    fn refs(lists: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
+        Ok(Refs {
+            templates: users(lists, p, |t: &Template| t.inventory_id == Some(id))?,
+            ..Refs::default()
+        })
+    }
 }

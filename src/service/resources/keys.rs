@@ -2,11 +2,10 @@
 
 use serde::Deserialize;
 
-use super::{Refs, check_ids, check_project, get_or_404, invalid};
+use super::{Names, ProjectResource, Refs, Target, body, invalid, users};
 use crate::model::{AccessKey, Inventory, KeyKind, KeySecret, ProjectId, Repository, Template};
-use crate::service::projects::Access;
 use crate::service::{Error, Result, Services, validate};
-use crate::store::Lists;
+use crate::store::{Lists, Tx};
 
 /// SSH fields of a key body.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -89,7 +88,71 @@ fn key_secret(input: &KeyInput) -> Result<(KeyKind, KeySecret)> {
     Ok((kind, secret))
 }
 
+/// A validated key body: the trimmed name, and the type with its sealed secret when it is set
+/// (always on create; on update only with `override_secret`).
+pub struct KeyFields {
+    project: ProjectId,
+    name: String,
+    secret: Option<(KeyKind, Vec<u8>)>,
+}
+
+impl ProjectResource for AccessKey {
+    body!(KeyInput);
+    type Fields = KeyFields;
+    const NAMES: Names = Names::new("key", "Access Key").id_label("Access key");
+
+    fn listed(&self) -> bool {
+        self.environment_id.is_none()
+    }
+
+    fn fields(services: &Services, input: KeyInput, to: Target) -> Result<KeyFields> {
+        let name = input.name.clone().unwrap_or_default();
+        validate::name(&name, "name").map_err(Error::Invalid)?;
+        let secret = if to.id.is_none() || input.override_secret.unwrap_or(false) {
+            let (kind, secret) = key_secret(&input)?;
+            Some((kind, services.seal_secret(kind, &secret)))
+        } else {
+            None
+        };
+        Ok(KeyFields {
+            project: to.project,
+            name: name.trim().to_owned(),
+            secret,
+        })
+    }
+
+    fn record(_tx: &Tx<'_>, fields: &KeyFields, current: Option<Self>) -> Result<Self> {
+        // The secret stays unless the body replaces it (always on create).
+        let (kind, sealed_secret) = match (&fields.secret, &current) {
+            (Some((kind, sealed)), _) => (*kind, sealed.clone()),
+            (None, Some(key)) => (key.kind, key.sealed_secret.clone()),
+            (None, None) => (KeyKind::None, Vec::new()),
+        };
+        Ok(AccessKey {
+            id: current.map_or(0, |key| key.id),
+            project_id: fields.project,
+            name: fields.name.clone(),
+            kind,
+            sealed_secret,
+            environment_id: None,
+        })
+    }
+
+    fn refs(lists: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
+        Ok(Refs {
+            templates: users(lists, p, |t: &Template| {
+                t.vaults.iter().any(|v| v.vault_key_id == id)
+            })?,
+            inventories: users(lists, p, |i: &Inventory| {
+                i.ssh_key_id == Some(id) || i.become_key_id == Some(id)
+            })?,
+            repositories: users(lists, p, |r: &Repository| r.ssh_key_id == id)?,
+        })
+    }
+}
+
 impl Services {
+    /// Seals a key's secret (nothing for a `none` key).
     pub(super) fn seal_secret(&self, kind: KeyKind, secret: &KeySecret) -> Vec<u8> {
         if kind == KeyKind::None {
             return Vec::new();
@@ -128,146 +191,4 @@ impl Services {
             .map_err(|e| Error::Internal(e.to_string()))?;
         serde_json::from_slice(&plain).map_err(|e| Error::Internal(e.to_string()))
     }
-
-    /// The project's access keys, without environment secrets.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub fn keys(&self, access: &Access) -> Result<Vec<AccessKey>> {
-        let keys: Vec<AccessKey> = self.store.view()?.list(access.project_id())?;
-        Ok(keys
-            .into_iter()
-            .filter(|k| k.environment_id.is_none())
-            .collect())
-    }
-
-    /// One access key (not an environment secret).
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn key(&self, access: &Access, id: u64) -> Result<AccessKey> {
-        self.store
-            .view()?
-            .get::<AccessKey>(access.project_id(), id)?
-            .filter(|k| k.environment_id.is_none())
-            .ok_or(Error::NotFound)
-    }
-
-    /// Creates an access key with its secret sealed.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] for an empty name, unknown type, missing secret or mismatched project.
-    pub async fn create_key(&self, access: &Access, input: KeyInput) -> Result<AccessKey> {
-        check_project(input.project_id, access.project_id())?;
-        let name = input.name.clone().unwrap_or_default();
-        validate::name(&name, "name").map_err(Error::Invalid)?;
-        let (kind, secret) = key_secret(&input)?;
-        let sealed = self.seal_secret(kind, &secret);
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut key = AccessKey {
-                id: 0,
-                project_id: access.project_id(),
-                name: name.trim().to_owned(),
-                kind,
-                sealed_secret: sealed.clone(),
-                environment_id: None,
-            };
-            let id = tx.insert(&mut key)?;
-            tx.record(access.event("key", id, format!("Access Key {} created", key.name)))?;
-            Ok(key)
-        })
-        .await
-    }
-
-    /// Updates a key: the name, and with `override_secret` also its type and secret.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`]; [`Error::NotFound`].
-    pub async fn update_key(&self, access: &Access, id: u64, input: KeyInput) -> Result<()> {
-        check_ids(
-            input.id,
-            id,
-            input.project_id,
-            access.project_id(),
-            "Access key",
-        )?;
-        let name = input.name.clone().unwrap_or_default();
-        validate::name(&name, "name").map_err(Error::Invalid)?;
-        let replace = if input.override_secret.unwrap_or(false) {
-            let (kind, secret) = key_secret(&input)?;
-            Some((kind, self.seal_secret(kind, &secret)))
-        } else {
-            None
-        };
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut key: AccessKey = get_or_404(tx, access.project_id(), id)?;
-            if key.environment_id.is_some() {
-                return Err(Error::NotFound);
-            }
-            name.trim().clone_into(&mut key.name);
-            if let Some((kind, sealed)) = &replace {
-                key.kind = *kind;
-                key.sealed_secret.clone_from(sealed);
-            }
-            tx.put(&key)?;
-            tx.record(access.event("key", id, format!("Access Key {} updated", key.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Deletes a key unless something uses it.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`]; [`Error::InUse`].
-    pub async fn delete_key(&self, access: &Access, id: u64) -> Result<()> {
-        let access = access.clone();
-        self.transact(move |tx| {
-            let key: AccessKey = get_or_404(tx, access.project_id(), id)?;
-            if key.environment_id.is_some() {
-                return Err(Error::NotFound);
-            }
-            if !key_refs(tx, access.project_id(), id)?.is_empty() {
-                return Err(Error::InUse(
-                    "Access Key is in use by one or more templates".into(),
-                ));
-            }
-            tx.remove::<AccessKey>(access.project_id(), id)?;
-            tx.record(access.event("key", id, format!("Access Key {} deleted", key.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// What uses key `id`.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn key_refs(&self, access: &Access, id: u64) -> Result<Refs> {
-        self.key(access, id)?;
-        let p = access.project_id();
-        key_refs(&self.store.view()?, p, id)
-    }
-}
-
-fn key_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
-    let mut refs = Refs::default();
-    for t in tx.list::<Template>(p)? {
-        if t.vaults.iter().any(|v| v.vault_key_id == id) {
-            refs.templates.push((t.id, t.name));
-        }
-    }
-    for i in tx.list::<Inventory>(p)? {
-        if i.ssh_key_id == Some(id) || i.become_key_id == Some(id) {
-            refs.inventories.push((i.id, i.name));
-        }
-    }
-    for r in tx.list::<Repository>(p)? {
-        if r.ssh_key_id == id {
-            refs.repositories.push((r.id, r.name));
-        }
-    }
-    Ok(refs)
 }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{Refs, check_project, get_or_404, invalid, require, require_key};
+use super::{Names, ProjectResource, Refs, Target, body, invalid, require, require_key, users};
 use crate::model::{
     Environment, Inventory, KeyKind, ProjectId, Repository, SurveyValue, SurveyVar, Template,
     TemplateVault,
@@ -217,25 +217,6 @@ impl Services {
         })
     }
 
-    /// The project's templates.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub fn templates(&self, access: &Access) -> Result<Vec<Template>> {
-        Ok(self.store.view()?.list(access.project_id())?)
-    }
-
-    /// One template.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn template(&self, access: &Access, id: u64) -> Result<Template> {
-        self.store
-            .view()?
-            .get(access.project_id(), id)?
-            .ok_or(Error::NotFound)
-    }
-
     /// How many tasks template `id` has, and its newest.
     ///
     /// # Errors
@@ -277,99 +258,55 @@ impl Services {
             ),
         })
     }
+}
 
-    /// Creates a template.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] for bad fields, an unknown app or foreign references (checked before
-    /// anything is written).
-    pub async fn create_template(&self, access: &Access, input: TemplateInput) -> Result<Template> {
-        check_project(input.project_id, access.project_id())?;
-        let t = self.template_from(input, 0, access.project_id())?;
-        let access = access.clone();
-        self.transact(move |tx| {
-            let mut t = t.clone();
-            check_template_refs(tx, access.project_id(), &t)?;
-            let id = tx.insert(&mut t)?;
-            tx.record(access.event("template", id, format!("Template {} created", t.name)))?;
-            Ok(t)
-        })
-        .await
+impl ProjectResource for Template {
+    body!(TemplateInput);
+    type Fields = Template;
+    const NAMES: Names = Names::new("template", "Template").update_messages(
+        "template id in URL and in body must be the same",
+        "You can not move template to other project",
+    );
+
+    fn fields(services: &Services, input: TemplateInput, to: Target) -> Result<Template> {
+        services.template_from(input, to.id.unwrap_or_default(), to.project)
     }
 
-    /// Replaces a template.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] (including a move to another project); [`Error::NotFound`].
-    pub async fn update_template(
-        &self,
-        access: &Access,
-        id: u64,
-        input: TemplateInput,
-    ) -> Result<()> {
-        if input.id != Some(id) {
-            return invalid("template id in URL and in body must be the same");
+    /// Everything is checked before anything is written.
+    fn record(tx: &Tx<'_>, t: &Template, current: Option<Self>) -> Result<Self> {
+        if current.is_some() && t.build_template_id == Some(t.id) {
+            return invalid("build_template_id: a template cannot build itself");
         }
-        if input
-            .project_id
-            .is_some_and(|p| p != 0 && p != access.project_id())
-        {
-            return invalid("You can not move template to other project");
+        check_refs(tx, t.project_id, t)?;
+        Ok(t.clone())
+    }
+
+    fn refs(lists: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
+        Ok(Refs {
+            templates: users(lists, p, |t: &Template| t.build_template_id == Some(id))?,
+            inventories: users(lists, p, |i: &Inventory| i.holder_id == Some(id))?,
+            ..Refs::default()
+        })
+    }
+
+    /// Only a template another deploys its builds from is refused (409); the inventories it
+    /// holds do not keep it.
+    fn in_use(refs: &Refs) -> Option<Error> {
+        (!refs.templates.is_empty()).then(|| {
+            Error::Conflict("Template is the build template of one or more deploy templates".into())
+        })
+    }
+
+    /// Its tasks and their output go with it (as upstream), but never a live one.
+    fn removing(&self, tx: &Tx<'_>) -> Result<()> {
+        let tasks = tx.template_tasks(self.project_id, self.id)?;
+        if tasks.iter().any(|task| !task.status.is_finished()) {
+            return invalid("the template has queued or running tasks; stop them first");
         }
-        let t = self.template_from(input, id, access.project_id())?;
-        let access = access.clone();
-        self.transact(move |tx| {
-            get_or_404::<Template>(tx, access.project_id(), id)?;
-            if t.build_template_id == Some(id) {
-                return invalid("build_template_id: a template cannot build itself");
-            }
-            check_template_refs(tx, access.project_id(), &t)?;
-            tx.put(&t)?;
-            tx.record(access.event("template", id, format!("Template {} updated", t.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Deletes a template unless another template deploys its builds.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`]; [`Error::Conflict`] when referenced as a build template.
-    pub async fn delete_template(&self, access: &Access, id: u64) -> Result<()> {
-        let access = access.clone();
-        self.transact(move |tx| {
-            let t: Template = get_or_404(tx, access.project_id(), id)?;
-            if !template_refs(tx, access.project_id(), id)?
-                .templates
-                .is_empty()
-            {
-                return Err(Error::Conflict(
-                    "Template is the build template of one or more deploy templates".into(),
-                ));
-            }
-            // Its tasks and their output go with it (as upstream), but never a live one.
-            let tasks = tx.template_tasks(access.project_id(), id)?;
-            if tasks.iter().any(|task| !task.status.is_finished()) {
-                return invalid("the template has queued or running tasks; stop them first");
-            }
-            for task in &tasks {
-                tx.delete_task(task)?;
-            }
-            tx.remove::<Template>(access.project_id(), id)?;
-            tx.record(access.event("template", id, format!("Template {} deleted", t.name)))?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// What uses template `id`.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`].
-    pub fn template_refs(&self, access: &Access, id: u64) -> Result<Refs> {
-        self.template(access, id)?;
-        let p = access.project_id();
-        template_refs(&self.store.view()?, p, id)
+        for task in &tasks {
+            tx.delete_task(task)?;
+        }
+        Ok(())
     }
 }
 
@@ -384,7 +321,7 @@ pub struct TemplateRefNames {
     pub environments: std::collections::HashMap<u64, String>,
 }
 
-fn check_template_refs(tx: &Tx<'_>, p: ProjectId, t: &Template) -> Result<()> {
+fn check_refs(tx: &Tx<'_>, p: ProjectId, t: &Template) -> Result<()> {
     require::<Repository>(tx, p, t.repository_id, "repository_id", "repository")?;
     if let Some(i) = t.inventory_id {
         require::<Inventory>(tx, p, i, "inventory_id", "inventory")?;
@@ -405,19 +342,4 @@ fn check_template_refs(tx: &Tx<'_>, p: ProjectId, t: &Template) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn template_refs(tx: &impl Lists, p: ProjectId, id: u64) -> Result<Refs> {
-    let mut refs = Refs::default();
-    for t in tx.list::<Template>(p)? {
-        if t.build_template_id == Some(id) {
-            refs.templates.push((t.id, t.name));
-        }
-    }
-    for i in tx.list::<Inventory>(p)? {
-        if i.holder_id == Some(id) {
-            refs.inventories.push((i.id, i.name));
-        }
-    }
-    Ok(refs)
 }
