@@ -1,24 +1,13 @@
 //! The one route table, and a matchit router per method over it.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 
-use hyper::{Method, Response};
+use hyper::Method;
 
-use super::Req;
 use super::auth::Need;
-use super::body::Body;
-use super::error::ApiError;
+use super::handler::{Handler, HandlerFuture};
 use super::handlers::{meta, projects, resources as res, session, site, tasks, tokens, users, ws};
 use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template};
-
-/// What a handler returns.
-pub type HandlerResult = Result<Response<Body>, ApiError>;
-/// A boxed handler future.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
-/// A route's handler.
-pub type Handler = fn(Req) -> HandlerFuture;
 
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ pub mod tokens;
 pub mod users;
 pub mod ws;
 
-use super::Req;
+use crate::http::handler::Req;
 
 /// A sortable column: its `sort` name and the key it sorts by.
 pub type Column<'a, T> = (&'a str, &'a dyn Fn(&T) -> String);

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
 use crate::http::error::ApiError;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::{Task, Template, User};
 use crate::runner::{LiveEvent, Location};
 use crate::service::tasks::{LIST_LIMIT, TaskInput};

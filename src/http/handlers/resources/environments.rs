@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Routes;
-use crate::http::Req;
 use crate::http::error::ApiError;
+use crate::http::handler::Req;
 use crate::model::Environment;
 use crate::service::resources::SecretInfo;
 

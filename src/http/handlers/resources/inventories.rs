@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::Routes;
-use crate::http::Req;
 use crate::http::error::ApiError;
+use crate::http::handler::Req;
 use crate::model::Inventory;
 
 #[derive(Serialize)]

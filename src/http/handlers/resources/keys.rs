@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Routes;
-use crate::http::Req;
 use crate::http::error::ApiError;
+use crate::http::handler::Req;
 use crate::model::AccessKey;
 
 impl Routes for AccessKey {

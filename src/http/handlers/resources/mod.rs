@@ -18,10 +18,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::sort_by;
-use crate::http::Req;
 use crate::http::body;
 use crate::http::error::ApiError;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::service::resources::{ProjectResource, Refs};
 
 /// How a project resource shows over HTTP.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::Routes;
-use crate::http::Req;
 use crate::http::error::ApiError;
+use crate::http::handler::Req;
 use crate::model::{AccessKey, Repository};
 
 #[derive(Serialize)]

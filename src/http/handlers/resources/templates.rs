@@ -6,8 +6,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Routes;
-use crate::http::Req;
 use crate::http::error::ApiError;
+use crate::http::handler::Req;
 use crate::http::handlers::tasks::task_view;
 use crate::model::Template;
 
