@@ -1,5 +1,6 @@
-//! The HTTP layer: the request pipeline, route table, auth middleware, bodies and error
-//! mapping. hyper types stay in here.
+//! The HTTP layer: the request pipeline, route table, auth middleware, bodies, error mapping,
+//! and what a handler is (`handler`), which the route table and the handlers both depend on.
+//! hyper types stay in here.
 
 pub mod auth;
 pub mod body;

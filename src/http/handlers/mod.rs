@@ -1,4 +1,5 @@
-//! Route handlers: parse, call a service, render. One module per resource.
+//! Route handlers: parse, call a service, render. One module per resource; the project
+//! resources share one generic set (`resources`).
 
 pub mod meta;
 pub mod projects;
