@@ -321,8 +321,12 @@ fn event<R: ProjectResource>(
     name: &str,
     what: &str,
 ) -> crate::store::NewEvent {
-    let title = R::NAMES.title;
-    access.event(R::NAMES.object_type, id, format!("{title} {name} {what}"))
+    access.event(R::NAMES.object_type, id, description(&R::NAMES, name, what))
+}
+
+/// An event's description: `Access Key deploy created`.
+fn description(names: &Names, name: &str, what: &str) -> String {
+    format!("{} {name} {what}", names.title)
 }
 
 /// The objects of kind `U` in the project that `uses` picks, as (id, name): a part of [`Refs`].
@@ -393,4 +397,111 @@ fn require_key(tx: &Tx<'_>, project: ProjectId, id: u64, field: &str) -> Result<
         ));
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Environment, Inventory, Repository, Template};
+
+    /// What a client sees for an update body with another id, one with another project, and a
+    /// delete while a template uses the object; and the `created` event's description.
+    fn messages<R: ProjectResource>() -> [String; 4] {
+        let err = |r: Result<()>| r.map_or_else(|e| e.to_string(), |()| "accepted".into());
+        let used = Refs {
+            templates: vec![(1, "t".into())],
+            ..Refs::default()
+        };
+        [
+            err(check_update_ids(&R::NAMES, (Some(2), None), 1, 1)),
+            err(check_update_ids(&R::NAMES, (Some(1), Some(9)), 1, 1)),
+            R::in_use(&used).map_or_else(|| "deleted".into(), |e| e.to_string()),
+            description(&R::NAMES, "x", "created"),
+        ]
+    }
+
+    /// Upstream's messages word for word (the integration tests match fragments of them).
+    #[test]
+    fn messages_and_events_word_for_word() {
+        let project = "Project ID in body and URL must be the same";
+        let cases: [(&str, [String; 4], [&str; 4]); 5] = [
+            (
+                "key",
+                messages::<AccessKey>(),
+                [
+                    "Access key ID in body and URL must be the same",
+                    project,
+                    "Access Key is in use by one or more templates",
+                    "Access Key x created",
+                ],
+            ),
+            (
+                "repository",
+                messages::<Repository>(),
+                [
+                    "Repository ID in body and URL must be the same",
+                    project,
+                    "Repository is in use by one or more templates",
+                    "Repository x created",
+                ],
+            ),
+            (
+                "inventory",
+                messages::<Inventory>(),
+                [
+                    "Inventory ID in body and URL must be the same",
+                    project,
+                    "Inventory is in use by one or more templates",
+                    "Inventory x created",
+                ],
+            ),
+            (
+                "environment",
+                messages::<Environment>(),
+                [
+                    "Environment ID in body and URL must be the same",
+                    project,
+                    "Environment is in use by one or more templates",
+                    "Environment x created",
+                ],
+            ),
+            (
+                "template",
+                messages::<Template>(),
+                [
+                    "template id in URL and in body must be the same",
+                    "You can not move template to other project",
+                    "Template is the build template of one or more deploy templates",
+                    "Template x created",
+                ],
+            ),
+        ];
+        for (what, got, want) in cases {
+            assert_eq!(got, want.map(str::to_owned), "{what}");
+        }
+    }
+
+    #[test]
+    fn matching_or_absent_ids_pass() {
+        let names = Names::new("key", "Access Key");
+        for body_project in [None, Some(0), Some(1)] {
+            assert!(check_update_ids(&names, (Some(5), body_project), 5, 1).is_ok());
+            assert!(check_project(body_project, 1).is_ok());
+        }
+        assert!(check_update_ids(&names, (None, None), 5, 1).is_err());
+        assert!(check_project(Some(2), 1).is_err());
+    }
+
+    /// A template is kept only by the deploy templates building from it, never by the
+    /// inventories it holds; any use keeps the other resources.
+    #[test]
+    fn what_keeps_an_object() {
+        let held = Refs {
+            inventories: vec![(3, "held".into())],
+            ..Refs::default()
+        };
+        assert!(Template::in_use(&held).is_none());
+        assert!(Repository::in_use(&held).is_some());
+        assert!(AccessKey::in_use(&Refs::default()).is_none());
+    }
 }
