@@ -5,8 +5,14 @@
 //! - [`backup`]: scheduled backups and the `forge backup` command.
 //! - [`app`]: wiring of the store, services and router ([`app::App`]).
 //! - [`server`]: the accept loop and graceful shutdown ([`server::serve`]).
-//! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, handlers.
-//! - [`service`]: business rules: passwords, sessions, tokens, throttling, users.
+//! - [`http`]: request pipeline, route table, auth middleware, bodies, errors, what a handler
+//!   is (`http::handler`), and the handlers: one module per resource, the project resources
+//!   over one generic set (`http::handlers::resources`).
+//! - [`service`]: business rules: passwords, sessions, tokens, throttling, users, projects,
+//!   tasks, sealed secrets, and the project resources: one module each over one generic CRUD
+//!   (`service::resources`).
+//! - [`runner`]: the task queue, child processes, stop/kill and live output; services drive it
+//!   through a handle, and it persists through the store.
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
 //!   writer thread that commits writes in groups; format versions and migrations
 //!   (`store::migrate`), and the offline `forge check` / `forge compact` (`store::check`,

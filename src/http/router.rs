@@ -1,24 +1,13 @@
 //! The one route table, and a matchit router per method over it.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 
-use hyper::{Method, Response};
+use hyper::Method;
 
-use super::Req;
 use super::auth::Need;
-use super::body::Body;
-use super::error::ApiError;
+use super::handler::{Handler, HandlerFuture};
 use super::handlers::{meta, projects, resources as res, session, site, tasks, tokens, users, ws};
-use crate::model::Permissions;
-
-/// What a handler returns.
-pub type HandlerResult = Result<Response<Body>, ApiError>;
-/// A boxed handler future.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
-/// A route's handler.
-pub type Handler = fn(Req) -> HandlerFuture;
+use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template};
 
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
 #[derive(Debug, Clone)]
@@ -89,36 +78,36 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/project/{project_id}/users/{user_id}", Project(NONE), projects::member),
         route!(PUT "/api/project/{project_id}/users/{user_id}", Project(MANAGE_USERS), projects::set_role),
         route!(DELETE "/api/project/{project_id}/users/{user_id}", Project(MANAGE_USERS), projects::remove_member),
-        route!(GET "/api/project/{project_id}/keys", Project(NONE), res::keys),
-        route!(POST "/api/project/{project_id}/keys", Project(MANAGE_RESOURCES), res::create_key),
-        route!(GET "/api/project/{project_id}/keys/{key_id}", Project(NONE), res::key),
-        route!(PUT "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::update_key),
-        route!(DELETE "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::delete_key),
-        route!(GET "/api/project/{project_id}/keys/{key_id}/refs", Project(NONE), res::key_refs),
-        route!(GET "/api/project/{project_id}/repositories", Project(NONE), res::repositories),
-        route!(POST "/api/project/{project_id}/repositories", Project(MANAGE_RESOURCES), res::create_repository),
-        route!(GET "/api/project/{project_id}/repositories/{repository_id}", Project(NONE), res::repository),
-        route!(PUT "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::update_repository),
-        route!(DELETE "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::delete_repository),
-        route!(GET "/api/project/{project_id}/repositories/{repository_id}/refs", Project(NONE), res::repository_refs),
-        route!(GET "/api/project/{project_id}/inventory", Project(NONE), res::inventories),
-        route!(POST "/api/project/{project_id}/inventory", Project(MANAGE_RESOURCES), res::create_inventory),
-        route!(GET "/api/project/{project_id}/inventory/{inventory_id}", Project(NONE), res::inventory),
-        route!(PUT "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::update_inventory),
-        route!(DELETE "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::delete_inventory),
-        route!(GET "/api/project/{project_id}/inventory/{inventory_id}/refs", Project(NONE), res::inventory_refs),
-        route!(GET "/api/project/{project_id}/environment", Project(NONE), res::environments),
-        route!(POST "/api/project/{project_id}/environment", Project(MANAGE_RESOURCES), res::create_environment),
-        route!(GET "/api/project/{project_id}/environment/{environment_id}", Project(NONE), res::environment),
-        route!(PUT "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::update_environment),
-        route!(DELETE "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::delete_environment),
-        route!(GET "/api/project/{project_id}/environment/{environment_id}/refs", Project(NONE), res::environment_refs),
-        route!(GET "/api/project/{project_id}/templates", Project(NONE), res::templates),
-        route!(POST "/api/project/{project_id}/templates", Project(MANAGE_RESOURCES), res::create_template),
-        route!(GET "/api/project/{project_id}/templates/{template_id}", Project(NONE), res::template),
-        route!(PUT "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::update_template),
-        route!(DELETE "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::delete_template),
-        route!(GET "/api/project/{project_id}/templates/{template_id}/refs", Project(NONE), res::template_refs),
+        route!(GET "/api/project/{project_id}/keys", Project(NONE), res::list::<AccessKey>),
+        route!(POST "/api/project/{project_id}/keys", Project(MANAGE_RESOURCES), res::create::<AccessKey>),
+        route!(GET "/api/project/{project_id}/keys/{key_id}", Project(NONE), res::get::<AccessKey>),
+        route!(PUT "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::update::<AccessKey>),
+        route!(DELETE "/api/project/{project_id}/keys/{key_id}", Project(MANAGE_RESOURCES), res::delete::<AccessKey>),
+        route!(GET "/api/project/{project_id}/keys/{key_id}/refs", Project(NONE), res::refs::<AccessKey>),
+        route!(GET "/api/project/{project_id}/repositories", Project(NONE), res::list::<Repository>),
+        route!(POST "/api/project/{project_id}/repositories", Project(MANAGE_RESOURCES), res::create::<Repository>),
+        route!(GET "/api/project/{project_id}/repositories/{repository_id}", Project(NONE), res::get::<Repository>),
+        route!(PUT "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::update::<Repository>),
+        route!(DELETE "/api/project/{project_id}/repositories/{repository_id}", Project(MANAGE_RESOURCES), res::delete::<Repository>),
+        route!(GET "/api/project/{project_id}/repositories/{repository_id}/refs", Project(NONE), res::refs::<Repository>),
+        route!(GET "/api/project/{project_id}/inventory", Project(NONE), res::list::<Inventory>),
+        route!(POST "/api/project/{project_id}/inventory", Project(MANAGE_RESOURCES), res::create::<Inventory>),
+        route!(GET "/api/project/{project_id}/inventory/{inventory_id}", Project(NONE), res::get::<Inventory>),
+        route!(PUT "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::update::<Inventory>),
+        route!(DELETE "/api/project/{project_id}/inventory/{inventory_id}", Project(MANAGE_RESOURCES), res::delete::<Inventory>),
+        route!(GET "/api/project/{project_id}/inventory/{inventory_id}/refs", Project(NONE), res::refs::<Inventory>),
+        route!(GET "/api/project/{project_id}/environment", Project(NONE), res::list::<Environment>),
+        route!(POST "/api/project/{project_id}/environment", Project(MANAGE_RESOURCES), res::create::<Environment>),
+        route!(GET "/api/project/{project_id}/environment/{environment_id}", Project(NONE), res::get::<Environment>),
+        route!(PUT "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::update::<Environment>),
+        route!(DELETE "/api/project/{project_id}/environment/{environment_id}", Project(MANAGE_RESOURCES), res::delete::<Environment>),
+        route!(GET "/api/project/{project_id}/environment/{environment_id}/refs", Project(NONE), res::refs::<Environment>),
+        route!(GET "/api/project/{project_id}/templates", Project(NONE), res::list::<Template>),
+        route!(POST "/api/project/{project_id}/templates", Project(MANAGE_RESOURCES), res::create::<Template>),
+        route!(GET "/api/project/{project_id}/templates/{template_id}", Project(NONE), res::get::<Template>),
+        route!(PUT "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::update::<Template>),
+        route!(DELETE "/api/project/{project_id}/templates/{template_id}", Project(MANAGE_RESOURCES), res::delete::<Template>),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/refs", Project(NONE), res::refs::<Template>),
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks", Project(NONE), tasks::template_tasks),
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks/last", Project(NONE), tasks::template_tasks_last),
         route!(GET "/api/project/{project_id}/tasks", Project(NONE), tasks::list),

@@ -1,5 +1,6 @@
-//! Business rules: authentication (passwords, sessions, API tokens, throttling) and users.
-//! Services sit between the HTTP layer and the store and know nothing of HTTP.
+//! Business rules: authentication (passwords, sessions, API tokens, throttling), users,
+//! projects, tasks, and the project resources (`resources`: one module each over one generic
+//! CRUD). Services sit between the HTTP layer and the store and know nothing of HTTP.
 
 pub mod auth;
 pub mod input;

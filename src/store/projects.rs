@@ -1,21 +1,23 @@
 //! Projects, their members, their resources and the event log, through typed transactions.
 //!
 //! Services compose several reads and writes into one [`Tx`] (validate references, write the
-//! object, record the event) so that each change is atomic and durable as a whole.
+//! object, record the event) so that each change is atomic and durable as a whole. Sibling
+//! modules (`tasks`) add their own methods to [`Tx`]; this module depends on none of them.
 
 use redb::{Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::tables::{
-    EVENTID_EVENT, PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY,
-    PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TEMPLATE, PROJECTID_PROJECT, PROJECTUSER_ROLE,
-    USERID_USER, USERPROJECT,
+    ACTIVE_TASK, EVENTID_EVENT, PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY,
+    PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TASK, PROJECT_TEMPLATE,
+    PROJECTID_PROJECT, PROJECTUSER_ROLE, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, USERID_USER,
+    USERPROJECT,
 };
 use super::{Error, Result, Store, codec, next_id};
 use crate::model::{
-    AccessKey, Environment, Event, Inventory, Project, ProjectId, Repository, Role, Template, User,
-    UserId,
+    AccessKey, Environment, Event, Inventory, Project, ProjectId, Repository, Role, Task, TaskId,
+    Template, User, UserId,
 };
 
 /// A record stored per project under `(project id, id)`.
@@ -55,11 +57,7 @@ resource!(Repository, PROJECT_REPOSITORY, "next_repository_id");
 resource!(Inventory, PROJECT_INVENTORY, "next_inventory_id");
 resource!(Environment, PROJECT_ENVIRONMENT, "next_environment_id");
 resource!(Template, PROJECT_TEMPLATE, "next_template_id");
-resource!(
-    crate::model::Task,
-    super::tables::PROJECT_TASK,
-    "next_task_id"
-);
+resource!(Task, PROJECT_TASK, "next_task_id");
 
 /// An event to record; the transaction assigns its id and time.
 #[derive(Debug, Clone)]
@@ -203,7 +201,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Deletes a project with every resource, membership and event in it.
+    /// Deletes a project with every resource, task (with its output and index entries),
+    /// membership and event in it.
     ///
     /// # Errors
     /// [`Error::NotFound`]; storage failures.
@@ -212,7 +211,7 @@ impl Tx<'_> {
             return Err(Error::NotFound);
         }
         let range = (id, 0)..=(id, u64::MAX);
-        super::tasks::forget_project_tasks(self.tx, id)?;
+        forget_project_tasks(self.tx, id)?;
         for table in PROJECT_SCOPED {
             self.tx
                 .open_table(*table)?
@@ -292,6 +291,29 @@ impl Tx<'_> {
     pub fn record(&self, e: NewEvent) -> Result<()> {
         record(self.tx, self.now, e)
     }
+}
+
+/// Removes every task of `project` from the global indexes and drops their output (the task
+/// rows themselves go with the project's range).
+fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) -> Result<()> {
+    let ids: Vec<TaskId> = tx
+        .open_table(PROJECT_TASK)?
+        .range((project, 0)..=(project, u64::MAX))?
+        .map(|row| Ok::<_, Error>(row?.0.value().1))
+        .collect::<Result<_>>()?;
+    let mut index = tx.open_table(TASKID_PROJECT)?;
+    let mut active = tx.open_table(ACTIVE_TASK)?;
+    let mut output = tx.open_table(TASK_OUTPUT)?;
+    tx.open_table(TEMPLATE_TASK)?
+        .retain_in((project, 0, 0)..=(project, u64::MAX, u64::MAX), |_, ()| {
+            false
+        })?;
+    for id in ids {
+        index.remove(id)?;
+        active.remove(id)?;
+        output.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+    }
+    Ok(())
 }
 
 pub(super) fn record(tx: &WriteTransaction, now: i64, e: NewEvent) -> Result<()> {

@@ -24,29 +24,6 @@ fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
     Ok(())
 }
 
-/// Removes every task of `project` from the global indexes and drops their output (the task
-/// rows themselves go with the project's range).
-pub(super) fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) -> Result<()> {
-    let ids: Vec<TaskId> = tx
-        .open_table(PROJECT_TASK)?
-        .range((project, 0)..=(project, u64::MAX))?
-        .map(|row| Ok::<_, Error>(row?.0.value().1))
-        .collect::<Result<_>>()?;
-    let mut index = tx.open_table(TASKID_PROJECT)?;
-    let mut active = tx.open_table(ACTIVE_TASK)?;
-    let mut output = tx.open_table(TASK_OUTPUT)?;
-    tx.open_table(TEMPLATE_TASK)?
-        .retain_in((project, 0, 0)..=(project, u64::MAX, u64::MAX), |_, ()| {
-            false
-        })?;
-    for id in ids {
-        index.remove(id)?;
-        active.remove(id)?;
-        output.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-    }
-    Ok(())
-}
-
 impl Tx<'_> {
     /// Stores a new task (assigning its id) with its indexes.
     ///

@@ -11,7 +11,7 @@ use hyper::{Response, StatusCode};
 use crate::http::Req;
 use crate::http::body;
 use crate::http::error::ApiError;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
 
 /// Bytes per chunk of the streamed file.
 const CHUNK: usize = 256 * 1024;

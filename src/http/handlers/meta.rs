@@ -3,9 +3,9 @@
 use hyper::StatusCode;
 use serde::Serialize;
 
-use crate::http::Req;
 use crate::http::body;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 
 /// `GET|HEAD /api/ping`: liveness, text `pong`. No side effects, no auth.
 pub async fn ping(_req: Req) -> HandlerResult {

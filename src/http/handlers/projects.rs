@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::sort_list;
 use super::users::UserView;
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::{Event, Project};
 use crate::service::projects::{EventNames, LAST_EVENTS, ProjectInput};
 

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use crate::http::auth::{SESSION_COOKIE, session_cookie};
 use crate::http::body::{self, Body};
-use crate::http::router::HandlerResult;
-use crate::http::{Req, error::ApiError};
+use crate::http::error::ApiError;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::service::LoginClient;
 
 /// `GET /api/auth/login`: what the login page offers. No side effects.

@@ -11,9 +11,9 @@ use hyper::header::{
 };
 use hyper::{HeaderMap, Response, StatusCode};
 
-use crate::http::Req;
 use crate::http::body::{self, Body};
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 
 /// The OpenAPI 3.1 document: the one source, `docs/openapi.json` (gzipped by `build.rs`).
 static OPENAPI: Asset = Asset {

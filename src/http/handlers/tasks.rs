@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
 use crate::http::error::ApiError;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::{Task, Template, User};
 use crate::runner::{LiveEvent, Location};
 use crate::service::tasks::{LIST_LIMIT, TaskInput};
@@ -84,7 +84,7 @@ fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
     let templates: HashMap<u64, Template> = req
         .app
         .services
-        .templates(access)?
+        .resources::<Template>(access)?
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
@@ -133,7 +133,7 @@ pub async fn last(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks`.
 pub async fn template_tasks(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
-    req.app.services.template(req.access()?, tpl)?;
+    req.app.services.resource::<Template>(req.access()?, tpl)?;
     let tasks = req
         .app
         .services
@@ -144,7 +144,7 @@ pub async fn template_tasks(req: Req) -> HandlerResult {
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks/last?limit=N`.
 pub async fn template_tasks_last(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
-    req.app.services.template(req.access()?, tpl)?;
+    req.app.services.resource::<Template>(req.access()?, tpl)?;
     let tasks = req
         .app
         .services

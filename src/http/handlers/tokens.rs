@@ -4,9 +4,9 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::ApiToken;
 
 /// A token as the API shows it; `id` is the token itself only in the answer to its creation.

@@ -4,9 +4,9 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::User;
 use crate::service::{NewUserInput, UserUpdate};
 

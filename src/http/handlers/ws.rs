@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::clock::rfc3339;
-use crate::http::Req;
 use crate::http::body;
 use crate::http::error::ApiError;
-use crate::http::router::HandlerResult;
+use crate::http::handler::HandlerResult;
+use crate::http::handler::Req;
 use crate::model::{ProjectId, User};
 use crate::runner::LiveEvent;
 use crate::service::Services;
