@@ -8,6 +8,7 @@
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users.
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
 //!   writer thread that commits writes in groups.
+//! - [`retention`]: the background loop pruning old tasks, output and events.
 //! - [`model`]: the plain stored types. [`clock`]: injectable time.
 //!
 //! Dependencies point one way: `http → service → store → model`.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod model;
+pub mod retention;
 pub mod runner;
 pub mod server;
 pub mod service;

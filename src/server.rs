@@ -24,6 +24,15 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// (bounded by a drain timeout).
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
+    let pruner = tokio::spawn(crate::retention::run(
+        Arc::new(crate::retention::Retention::new(
+            app.services.store().clone(),
+            crate::retention::Policy::of(&app.config),
+            app.config.clock.clone(),
+        )),
+        app.runner.subscribe(),
+        Duration::from_secs(app.config.prune_interval_secs),
+    ));
     // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
     // last one has finished. (hyper-util's GracefulShutdown cannot watch upgradeable
     // connections, which /api/ws needs.)
@@ -76,6 +85,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     drop(listener);
     sweeper.abort();
     let _ = sweeper.await;
+    pruner.abort();
+    let _ = pruner.await;
     app.runner.shutdown();
     closing.send_replace(true);
     drop(open);

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod projects;
+pub mod retention;
 mod sessions;
 pub mod tables;
 pub mod tasks;
@@ -115,6 +116,7 @@ impl Store {
             tx.open_table(tables::ACTIVE_TASK)?;
             tx.open_table(tables::TASK_OUTPUT)?;
             tx.open_table(tables::TEMPLATE_TASK)?;
+            tx.open_table(tables::PURGE_TASK)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

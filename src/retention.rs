@@ -1,0 +1,239 @@
+//! The retention loop: when to prune what. The server owns it (started and stopped with the
+//! accept loop); the work itself is the store's ([`crate::store::retention`]), one short write
+//! transaction per batch with a pause between batches so request writes go first.
+//!
+//! - A full sweep runs every `--prune-interval-secs`: every template over its cap, tasks past
+//!   `--task-retention-days`, events past `--event-retention-days`, and output rows of removed
+//!   tasks still queued (also after a crash).
+//! - A template is pruned [`SOON`] after one of its tasks finishes, so the per-template cap
+//!   holds under churn without waiting for the next sweep.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::clock::ClockHandle;
+use crate::config::Config;
+use crate::model::ProjectId;
+use crate::runner::LiveEvent;
+use crate::store::retention::{Batch, Pruned};
+use crate::store::{self, Store};
+
+/// How long after a task finishes its template is pruned (finishing tasks are gathered).
+pub const SOON: Duration = Duration::from_secs(1);
+/// The pause between two batches, during which request writes have the writer to themselves.
+pub const PAUSE: Duration = Duration::from_millis(5);
+
+const DAY_SECS: i64 = 24 * 3600;
+
+/// What to keep; a zero keeps everything of its kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Finished tasks kept per template.
+    pub max_tasks_per_template: u64,
+    /// Days a finished task is kept after its end.
+    pub task_retention_days: u64,
+    /// Days an event is kept.
+    pub event_retention_days: u64,
+}
+
+impl Policy {
+    /// The policy of `config`.
+    #[must_use]
+    pub fn of(config: &Config) -> Self {
+        Self {
+            max_tasks_per_template: config.max_tasks_per_template,
+            task_retention_days: config.task_retention_days,
+            event_retention_days: config.event_retention_days,
+        }
+    }
+}
+
+/// Unix seconds `days` before `now` (the config bounds `days`).
+fn cutoff(now: i64, days: u64) -> i64 {
+    now.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX / DAY_SECS) * DAY_SECS)
+}
+
+/// Prunes a store by a policy, batch by batch.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    store: Store,
+    policy: Policy,
+    clock: ClockHandle,
+    pause: Duration,
+}
+
+impl Retention {
+    /// A pruner of `store` by `policy`, dating by `clock`.
+    #[must_use]
+    pub fn new(store: Store, policy: Policy, clock: ClockHandle) -> Self {
+        Self {
+            store,
+            policy,
+            clock,
+            pause: PAUSE,
+        }
+    }
+
+    /// Runs `step` (a blocking store batch) off the reactor, then pauses.
+    async fn batch<C: Send + 'static>(
+        &self,
+        step: impl FnOnce(&Store) -> store::Result<Batch<C>> + Send + 'static,
+    ) -> store::Result<Batch<C>> {
+        let s = self.store.clone();
+        let out = tokio::task::spawn_blocking(move || step(&s))
+            .await
+            .map_err(|e| store::Error::Write(format!("a prune batch failed: {e}")))??;
+        tokio::time::sleep(self.pause).await;
+        Ok(out)
+    }
+
+    /// Deletes every queued output row of removed tasks.
+    async fn purge(&self) -> store::Result<u64> {
+        let mut lines = 0;
+        loop {
+            let b = self.batch(Store::purge_output).await?;
+            lines += b.removed;
+            if b.more.is_none() || b.removed == 0 {
+                return Ok(lines);
+            }
+        }
+    }
+
+    /// Brings `templates` down to the per-template cap (with their removed tasks' output).
+    ///
+    /// # Errors
+    /// Storage failures; what was pruned before one stays pruned.
+    pub async fn prune_templates(
+        &self,
+        templates: impl IntoIterator<Item = (ProjectId, u64)>,
+    ) -> store::Result<Pruned> {
+        let mut pruned = Pruned::default();
+        let keep = self.policy.max_tasks_per_template;
+        if keep == 0 {
+            return Ok(pruned);
+        }
+        for (project, template) in templates {
+            loop {
+                let b = self
+                    .batch(move |s| s.prune_template(project, template, keep))
+                    .await?;
+                pruned.tasks += b.removed;
+                // Output goes as it is freed, so the queue stays short.
+                pruned.lines += self.purge().await?;
+                if b.more.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// One full sweep: every template over its cap, expired tasks, expired events and any
+    /// output still queued.
+    ///
+    /// # Errors
+    /// Storage failures; what was pruned before one stays pruned.
+    pub async fn sweep(&self) -> store::Result<Pruned> {
+        let mut pruned = Pruned::default();
+        pruned.lines += self.purge().await?;
+        if self.policy.max_tasks_per_template > 0 {
+            let s = self.store.clone();
+            let templates = tokio::task::spawn_blocking(move || s.task_templates())
+                .await
+                .map_err(|e| store::Error::Write(format!("listing templates failed: {e}")))??;
+            pruned += self.prune_templates(templates).await?;
+        }
+        if self.policy.task_retention_days > 0 {
+            let before = cutoff(self.clock.now(), self.policy.task_retention_days);
+            let mut from = 0;
+            loop {
+                let b = self
+                    .batch(move |s| s.prune_expired_tasks(before, from))
+                    .await?;
+                pruned.tasks += b.removed;
+                pruned.lines += self.purge().await?;
+                match b.more {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        if self.policy.event_retention_days > 0 {
+            let before = cutoff(self.clock.now(), self.policy.event_retention_days);
+            loop {
+                let b = self.batch(move |s| s.prune_events(before)).await?;
+                pruned.events += b.removed;
+                if b.more.is_none() || b.removed == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+fn report(what: &str, result: store::Result<Pruned>) {
+    match result {
+        Ok(p) if p.is_empty() => {}
+        Ok(p) => tracing::info!(
+            tasks = p.tasks,
+            output_lines = p.lines,
+            events = p.events,
+            "pruned ({what})"
+        ),
+        Err(e) => tracing::warn!(error = %e, "pruning failed ({what}); retrying later"),
+    }
+}
+
+/// The loop: a full sweep every `every`, and a template's cap enforced [`SOON`] after one of its
+/// tasks finishes (seen on `live`). Runs until aborted (the server aborts it at shutdown; a
+/// batch under way is one transaction, so it commits whole or not at all).
+pub async fn run(
+    retention: Arc<Retention>,
+    mut live: tokio::sync::broadcast::Receiver<LiveEvent>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Finishing tasks matter only with a cap.
+    let mut listening = retention.policy.max_tasks_per_template > 0;
+    let mut finished: BTreeSet<(ProjectId, u64)> = BTreeSet::new();
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let soon = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                report("sweep", retention.sweep().await);
+                finished.clear();
+                due = None;
+            }
+            () = soon => {
+                let templates = std::mem::take(&mut finished);
+                due = None;
+                report("finished tasks", retention.prune_templates(templates).await);
+            }
+            event = live.recv(), if listening => match event {
+                Ok(LiveEvent::Update { project_id, template_id, status, .. })
+                    if status.is_finished() =>
+                {
+                    finished.insert((project_id, template_id));
+                    due.get_or_insert_with(|| tokio::time::Instant::now() + SOON);
+                }
+                Ok(_) => {}
+                // Missed some: the next sweep covers every template.
+                Err(RecvError::Lagged(_)) => {
+                    tick.reset_immediately();
+                }
+                Err(RecvError::Closed) => listening = false,
+            },
+        }
+    }
+}
