@@ -110,6 +110,26 @@ impl Retention {
         &self,
         templates: impl IntoIterator<Item = (ProjectId, u64)>,
     ) -> store::Result<Pruned> {
+        let pruned = self.cap(templates).await?;
+        self.checkpoint(pruned).await?;
+        Ok(pruned)
+    }
+
+    /// Makes a run's batches durable (they are not one by one), when it removed anything.
+    async fn checkpoint(&self, pruned: Pruned) -> store::Result<()> {
+        if pruned.is_empty() {
+            return Ok(());
+        }
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || s.prune_checkpoint())
+            .await
+            .map_err(|e| store::Error::Write(format!("a prune checkpoint failed: {e}")))?
+    }
+
+    async fn cap(
+        &self,
+        templates: impl IntoIterator<Item = (ProjectId, u64)>,
+    ) -> store::Result<Pruned> {
         let mut pruned = Pruned::default();
         let keep = self.policy.max_tasks_per_template;
         if keep == 0 {
@@ -144,7 +164,7 @@ impl Retention {
             let templates = tokio::task::spawn_blocking(move || s.task_templates())
                 .await
                 .map_err(|e| store::Error::Write(format!("listing templates failed: {e}")))??;
-            pruned += self.prune_templates(templates).await?;
+            pruned += self.cap(templates).await?;
         }
         if self.policy.task_retention_days > 0 {
             let before = cutoff(self.clock.now(), self.policy.task_retention_days);
@@ -171,6 +191,7 @@ impl Retention {
                 }
             }
         }
+        self.checkpoint(pruned).await?;
         Ok(pruned)
     }
 }

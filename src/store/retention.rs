@@ -26,11 +26,15 @@ use super::{Error, Result, Store, codec};
 use crate::model::{Event, ProjectId, Task, TaskId};
 
 /// Most tasks one transaction removes (rows and index rows only; output goes separately).
-pub const TASK_BATCH: usize = 256;
+pub const TASK_BATCH: usize = 128;
 /// Most output rows one transaction deletes.
-pub const OUTPUT_BATCH: u64 = 4096;
+pub const OUTPUT_BATCH: u64 = 2048;
 /// Most events one transaction deletes.
 pub const EVENT_BATCH: usize = 2048;
+/// Prune batches are not fsynced on their own: a crash can only undo some pruning (the next
+/// sweep redoes it; each batch is atomic either way), and a batch that shares a commit with a
+/// request's write is made durable by it. [`Store::prune_checkpoint`] ends a prune run durably.
+const BATCH_DURABILITY: Durability = Durability::None;
 /// Most task rows one expiry scan reads (outside the writer) before handing over a batch.
 const SCAN_BATCH: usize = 4096;
 
@@ -133,7 +137,7 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn prune_template(&self, project: ProjectId, template: u64, keep: u64) -> Result<Batch> {
-        self.write(Durability::Immediate, move |tx| {
+        self.write(BATCH_DURABILITY, move |tx| {
             let victims = {
                 let index = tx.open_table(TEMPLATE_TASK)?;
                 let range = (project, template, 0)..=(project, template, u64::MAX);
@@ -206,7 +210,7 @@ impl Store {
         let removed = if victims.is_empty() {
             0
         } else {
-            self.write(Durability::Immediate, move |tx| {
+            self.write(BATCH_DURABILITY, move |tx| {
                 forget(tx, &victims, |t| !expired(t))
             })?
         };
@@ -219,7 +223,7 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn purge_output(&self) -> Result<Batch> {
-        self.write(Durability::Immediate, |tx| {
+        self.write(BATCH_DURABILITY, |tx| {
             let mut purge = tx.open_table(PURGE_TASK)?;
             let mut output = tx.open_table(TASK_OUTPUT)?;
             let queued: Vec<TaskId> = purge
@@ -269,7 +273,7 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn prune_events(&self, cutoff: i64) -> Result<Batch> {
-        self.write(Durability::Immediate, move |tx| {
+        self.write(BATCH_DURABILITY, move |tx| {
             let mut events = tx.open_table(EVENTID_EVENT)?;
             let mut by_project = tx.open_table(PROJECT_EVENTID)?;
             let mut old = Vec::new();
@@ -295,6 +299,18 @@ impl Store {
                 removed: old.len() as u64,
                 more: more.then_some(()),
             })
+        })
+    }
+
+    /// A durable commit ending a prune run: space freed by its batches can then be reused
+    /// (redb reuses pages freed in non-durable commits only after a durable one).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn prune_checkpoint(&self) -> Result<()> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(PURGE_TASK)?;
+            Ok(())
         })
     }
 
