@@ -10,6 +10,7 @@
 //!   store's library API (one durable transaction per task: insert, output, final status),
 //!   with the retention loop's template prune running beside them as the server runs it
 //!   (`--max-tasks-per-template 1000`); the db file size every 2 500 tasks (every 250 before).
+//!   `FORGE_BENCH_CHURN_TASKS=N` runs N tasks instead.
 
 // Sizes and times are printed as floats; exactness does not matter there.
 #![allow(clippy::cast_precision_loss)]
@@ -73,7 +74,15 @@ const PACE: Duration = Duration::from_millis(25);
 
 fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
-    let sizes = if measuring { &MEASURE } else { &CHECK };
+    let mut sizes = if measuring { MEASURE } else { CHECK };
+    // A longer churn on request, to see the curve stay flat further out.
+    if let Some(n) = std::env::var("FORGE_BENCH_CHURN_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        sizes.churn_tasks = n;
+    }
+    let sizes = &sizes;
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
