@@ -258,3 +258,89 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::model::{OutputLine, Task, TaskStatus};
+    use crate::store::test_support::temp_store;
+
+    fn finished(project: ProjectId, template: u64, created: i64) -> Task {
+        let json = serde_json::json!({
+            "id": 0, "project_id": project, "template_id": template, "status": TaskStatus::Success,
+            "debug": false, "dry_run": false, "diff": false, "playbook": "",
+            "environment": "{}", "limit": "", "arguments": null, "git_branch": null,
+            "user_id": null, "integration_id": null, "schedule_id": null, "created": created,
+            "start": created, "end": created, "message": "", "commit_hash": null,
+            "commit_message": "", "build_task_id": null, "version": null,
+            "inventory_id": null, "process_group": null, "sealed_secret": []
+        });
+        serde_json::from_value(json).expect("a task")
+    }
+
+    fn add(store: &Store, t: Task, lines: u64) -> u64 {
+        store
+            .transact(t.created, move |tx| {
+                let mut t = t.clone();
+                let id = tx.insert_task(&mut t)?;
+                let out: Vec<OutputLine> = (0..lines)
+                    .map(|i| OutputLine {
+                        time_us: 0,
+                        text: format!("line {i}"),
+                    })
+                    .collect();
+                tx.append_output(id, 0, &out)?;
+                Ok::<_, store::Error>(id)
+            })
+            .expect("add a task")
+    }
+
+    #[tokio::test]
+    async fn a_sweep_finishes_output_left_queued_by_an_interrupted_run() {
+        let (_dir, store) = temp_store();
+        let old = add(&store, finished(1, 1, 10), 3000);
+        add(&store, finished(1, 1, 20), 5);
+        // A run that removed the task and then stopped (a crash) before its output went.
+        assert_eq!(store.prune_template(1, 1, 1).expect("prune").removed, 1);
+        assert_eq!(store.output_len(old).expect("len"), 3000);
+        // A server restarted with no retention configured still finishes the job.
+        let clock = ClockHandle(Arc::new(ManualClock::new(1000)));
+        let pruned = Retention::new(store.clone(), Policy::default(), clock)
+            .sweep()
+            .await
+            .expect("sweep");
+        assert_eq!(
+            pruned,
+            Pruned {
+                tasks: 0,
+                lines: 3000,
+                events: 0
+            }
+        );
+        assert_eq!(store.output_len(old).expect("len"), 0);
+        assert_eq!(store.purge_backlog().expect("backlog"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_applies_every_knob_by_the_clock() {
+        let (_dir, store) = temp_store();
+        let clock = Arc::new(ManualClock::new(100 * DAY_SECS));
+        for day in [1, 2, 98, 99] {
+            add(&store, finished(1, 1, day * DAY_SECS), 10);
+        }
+        let policy = Policy {
+            max_tasks_per_template: 3,
+            task_retention_days: 50,
+            event_retention_days: 0,
+        };
+        let pruned = Retention::new(store.clone(), policy, ClockHandle(clock.clone()))
+            .sweep()
+            .await
+            .expect("sweep");
+        // The cap takes the oldest; expiry the next one (ended 98 days ago); two stay.
+        assert_eq!((pruned.tasks, pruned.lines), (2, 20));
+        let (count, _) = store.template_task_stats(1, 1).expect("stats");
+        assert_eq!(count, 2);
+    }
+}
