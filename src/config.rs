@@ -15,6 +15,9 @@ const DEFAULT_LOGIN_WINDOW_SECS: i64 = 15 * 60;
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 600;
+/// Longest retention accepted, in days (about 100 years; beyond it "keep" is meant).
+const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// Configuration of a Forge server.
 #[derive(Debug, Clone, clap::Args)]
@@ -157,6 +160,26 @@ pub struct Config {
     #[arg(long, env = "FORGE_BACKUP_KEEP", default_value_t = 7,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_keep: u32,
+    /// Finished tasks kept per template; older ones go with their output (0 = keep all).
+    #[arg(long, env = "FORGE_MAX_TASKS_PER_TEMPLATE", default_value_t = 0,
+          value_parser = count, allow_negative_numbers = true)]
+    pub max_tasks_per_template: u64,
+
+    /// Finished tasks that ended more than this many days ago go with their output (0 = keep).
+    #[arg(long, env = "FORGE_TASK_RETENTION_DAYS", default_value_t = 0,
+          value_parser = days, allow_negative_numbers = true)]
+    pub task_retention_days: u64,
+
+    /// Events older than this many days go (0 = keep).
+    #[arg(long, env = "FORGE_EVENT_RETENTION_DAYS", default_value_t = 0,
+          value_parser = days, allow_negative_numbers = true)]
+    pub event_retention_days: u64,
+
+    /// Seconds between full retention sweeps (a template is also pruned soon after its tasks
+    /// finish).
+    #[arg(long, env = "FORGE_PRUNE_INTERVAL_SECS", default_value_t = DEFAULT_PRUNE_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
+    pub prune_interval_secs: u64,
 
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
@@ -243,8 +266,29 @@ impl Config {
             backup_dir: None,
             backup_every: None,
             backup_keep: 7,
+            max_tasks_per_template: 0,
+            task_retention_days: 0,
+            event_retention_days: 0,
+            prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
             clock: ClockHandle::default(),
         }
+    }
+}
+
+/// A retention count: a whole number, 0 or more.
+fn count(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| {
+        format!("expected a whole number of tasks, 0 or more (0 = keep all), not {s:?}")
+    })
+}
+
+/// A retention age in days: a whole number from 0 (keep) to [`MAX_RETENTION_DAYS`].
+fn days(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(d) if d <= MAX_RETENTION_DAYS => Ok(d),
+        _ => Err(format!(
+            "expected a whole number of days from 0 (keep forever) to {MAX_RETENTION_DAYS}, not {s:?}"
+        )),
     }
 }
 

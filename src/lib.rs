@@ -17,6 +17,7 @@
 //!   writer thread that commits writes in groups; format versions and migrations
 //!   (`store::migrate`), and the offline `forge check` / `forge compact` (`store::check`,
 //!   `store::compact`).
+//! - [`retention`]: the background loop pruning old tasks, output and events.
 //! - [`model`]: the plain stored types. [`clock`]: injectable time.
 //!
 //! Dependencies point one way: `http → service → store → model`.
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod model;
+pub mod retention;
 pub mod runner;
 pub mod server;
 pub mod service;

@@ -26,6 +26,15 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
     let backups = crate::backup::Scheduler::start(&app);
+    let pruner = tokio::spawn(crate::retention::run(
+        Arc::new(crate::retention::Retention::new(
+            app.services.store().clone(),
+            crate::retention::Policy::of(&app.config),
+            app.config.clock.clone(),
+        )),
+        app.runner.subscribe(),
+        Duration::from_secs(app.config.prune_interval_secs),
+    ));
     // Connections watch `closing`; each holds a clone of `open`, so `drained` ends when the
     // last one has finished. (hyper-util's GracefulShutdown cannot watch upgradeable
     // connections, which /api/ws needs.)
@@ -84,6 +93,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     if let Some(backups) = backups {
         backups.stop().await;
     }
+    pruner.abort();
+    let _ = pruner.await;
     closing.send_replace(true);
     drop(open);
     let connections = async {

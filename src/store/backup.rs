@@ -178,6 +178,7 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::ACTIVE_TASK)?;
     c.table(tables::TEMPLATE_TASK)?;
     c.table(tables::TASK_OUTPUT)?;
+    c.table(tables::PURGE_TASK)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

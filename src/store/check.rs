@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use super::tables::{
     ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, PROJECT_ENVIRONMENT,
     PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_TASK,
-    PROJECT_TEMPLATE, PROJECTID_PROJECT, PROJECTUSER_ROLE, SESSIONHASH_SESSION, SETTINGS,
-    TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN, USERID_SESSIONHASH,
+    PROJECT_TEMPLATE, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK, SESSIONHASH_SESSION,
+    SETTINGS, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN, USERID_SESSIONHASH,
     USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
 };
 use super::{Error, Result, codec, migrate};
@@ -562,12 +562,25 @@ fn check_tasks(
     report.counts.push(("active_tasks", n));
     compare(report, "active_tasks", &active, &actual);
 
+    // Tasks retention removed whose output is still being deleted: their rows are no orphans,
+    // but such a task must be gone.
+    let mut purging = BTreeSet::new();
+    let n = each(tx, PURGE_TASK, |k, ()| {
+        purging.insert(k);
+    })?;
+    report.counts.push(("tasks_purging", n));
+    for task in purging.intersection(&by_id).take(LIST_AT_MOST) {
+        report.problem(format!(
+            "tasks_purging: task {task} is queued for purging but exists"
+        ));
+    }
+
     // Output may be millions of rows: streamed, never held.
     let mut orphans: HashMap<u64, u64> = HashMap::new();
     let mut undecodable = Tally::new("task_output");
     let mut bad = Vec::new();
     let n = each(tx, TASK_OUTPUT, |(task, line), bytes| {
-        if !by_id.contains(&task) {
+        if !by_id.contains(&task) && !purging.contains(&task) {
             *orphans.entry(task).or_default() += 1;
         }
         if let Err(e) = codec::decode::<OutputLine>(bytes) {

@@ -28,6 +28,7 @@ pub mod compact;
 pub mod migrate;
 pub mod projects;
 pub mod reseal;
+pub mod retention;
 mod sessions;
 pub mod tables;
 pub mod tasks;
@@ -164,6 +165,7 @@ impl Store {
             tx.open_table(tables::ACTIVE_TASK)?;
             tx.open_table(tables::TASK_OUTPUT)?;
             tx.open_table(tables::TEMPLATE_TASK)?;
+            tx.open_table(tables::PURGE_TASK)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

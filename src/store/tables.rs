@@ -84,6 +84,10 @@ pub const TEMPLATE_TASK: TableDefinition<(ProjectId, u64, TaskId), ()> =
 /// (task id, line number from 0) → encoded [`crate::model::OutputLine`].
 pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::new("task_output");
 
+/// Task id → (): tasks removed by retention whose output rows are still being deleted, a
+/// bounded batch at a time (see `store::retention`). Ids are never reused.
+pub const PURGE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("tasks_purging");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
