@@ -57,8 +57,8 @@ impl App {
     /// [`StartError`] when the database cannot be opened (in use, unreadable) or the
     /// administrator cannot be created.
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
-        let path = config.db.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let (path, faults) = (config.db.clone(), config.disk_faults.clone());
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, faults))
             .await
             .map_err(|e| StartError::Store {
                 path: config.db.display().to_string(),

@@ -138,6 +138,10 @@ pub struct Config {
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
+
+    /// A switch that makes the database's disk fail as a full one; tests inject it.
+    #[arg(skip)]
+    pub disk_faults: Option<crate::store::disk::FaultSwitch>,
 }
 
 impl Config {
@@ -199,6 +203,7 @@ impl Config {
             output_max_bytes: 64 * 1024 * 1024,
             work_dir: None,
             clock: ClockHandle::default(),
+            disk_faults: None,
         }
     }
 }

@@ -8,16 +8,25 @@
 //! the transaction, answers that job with its error and runs the rest again in a new one (so
 //! jobs are `Fn`, run once per attempt). A job that panics is answered with an error the same
 //! way; the writer lives on.
+//!
+//! A commit that fails on I/O (a full disk) fails its jobs with [`Error::Full`] or
+//! [`Error::Unavailable`]; the writer then reopens the database and refuses writes until a
+//! probe commits again (see [`super::disk`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
-use super::{Error, Result};
+use super::disk::{Disk, PROBE_EVERY};
+use super::{Error, Result, tables};
+
+/// The `META` counter the writer bumps to probe a failed disk (see [`super::disk`]).
+const STORAGE_PROBE: &str = "storage_probe";
 
 /// Most jobs one transaction takes (bounds the work a failure makes the writer repeat).
 const MAX_BATCH: usize = 256;
@@ -40,6 +49,40 @@ impl<T> Reply<T> {
     }
 }
 
+/// Why a commit failed, as each job in it is told.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The disk is full ([`Error::Full`]).
+    Full,
+    /// The database is unusable until reopened ([`Error::Unavailable`]).
+    Unavailable,
+    /// Anything else, logged as an internal error.
+    Other(String),
+}
+
+impl Failure {
+    fn error(self) -> Error {
+        match self {
+            Failure::Full => Error::Full,
+            Failure::Unavailable => Error::Unavailable,
+            Failure::Other(e) => Error::Write(e),
+        }
+    }
+}
+
+/// A redb failure at the transaction level: what to answer, and whether it was I/O (redb
+/// then refuses everything until the file is reopened).
+fn classify(e: impl Into<redb::Error>) -> (Failure, bool) {
+    let e: redb::Error = e.into();
+    let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+    let failure = match Error::from(e) {
+        Error::Full => Failure::Full,
+        Error::Unavailable => Failure::Unavailable,
+        other => Failure::Other(other.to_string()),
+    };
+    (failure, io)
+}
+
 /// A write request as the writer sees it.
 trait Job: Send {
     /// Runs the request in `tx`, keeping its result; `false` when it failed.
@@ -47,7 +90,7 @@ trait Job: Send {
     /// Whether the request must be on disk before it is answered.
     fn durable(&self) -> bool;
     /// Answers the request: its result when `committed`, else the commit's error.
-    fn answer(self: Box<Self>, committed: std::result::Result<(), String>);
+    fn answer(self: Box<Self>, committed: std::result::Result<(), Failure>);
 }
 
 struct Request<F, T, E> {
@@ -78,11 +121,11 @@ where
         self.durable
     }
 
-    fn answer(self: Box<Self>, committed: std::result::Result<(), String>) {
+    fn answer(self: Box<Self>, committed: std::result::Result<(), Failure>) {
         let out = match (committed, self.out) {
             (Ok(()), Some(out)) => out,
             (Ok(()), None) => Err(E::from(Error::Write("the write never ran".into()))),
-            (Err(e), _) => Err(E::from(Error::Write(e))),
+            (Err(e), _) => Err(E::from(e.error())),
         };
         self.reply.send(out);
     }
@@ -107,17 +150,17 @@ pub struct Stats {
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`.
+    /// Starts the writer thread over `disk`.
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn start(db: Arc<Database>) -> Result<Self> {
+    pub fn start(disk: Arc<Disk>) -> Result<Self> {
         let (jobs, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(Stats::default());
         let counted = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("forge-writer".into())
-            .spawn(move || run(&db, &rx, &counted))
+            .spawn(move || run(&disk, &rx, &counted))
             .map_err(|e| Error::Write(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             jobs: Some(jobs),
@@ -153,7 +196,7 @@ impl Writer {
             None => Some(job),
         };
         if let Some(job) = unsent {
-            job.answer(Err("the writer has stopped".into()));
+            job.answer(Err(Failure::Other("the writer has stopped".into())));
         }
     }
 }
@@ -169,52 +212,141 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+/// The writer's memory of a failed disk: what to answer meanwhile, and when it last tried.
+struct Failed {
+    answer: Failure,
+    tried: Instant,
+}
+
+fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
+    let mut failed: Option<Failed> = None;
+    loop {
+        let first = if failed.is_some() {
+            // Unhealthy: wake up to probe the disk even when no write comes.
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        let mut batch: Vec<_> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        commit(db, batch, stats);
+        if let Some(f) = &mut failed {
+            if f.tried.elapsed() < PROBE_EVERY {
+                // Refused without a try: each try that fails costs a reopen.
+                for job in batch {
+                    job.answer(Err(f.answer.clone()));
+                }
+                continue;
+            }
+            f.tried = Instant::now();
+            if batch.is_empty() {
+                batch.push(probe());
+            }
+        }
+        failed = match commit(disk, batch, stats) {
+            Ok(()) => {
+                disk.set_healthy(true);
+                None
+            }
+            Err(answer) => {
+                disk.set_healthy(false);
+                if let Err(e) = disk.reopen() {
+                    tracing::error!(error = %e, "reopening the database failed; will retry");
+                }
+                Some(Failed {
+                    answer,
+                    tried: Instant::now(),
+                })
+            }
+        };
     }
 }
 
+/// A small durable write that tells whether the disk takes writes again.
+fn probe() -> Box<dyn Job> {
+    let (tx, _) = std::sync::mpsc::sync_channel(1);
+    Box::new(Request {
+        f: |tx: &WriteTransaction| -> Result<()> {
+            let mut meta = tx.open_table(tables::META)?;
+            let n = meta.get(STORAGE_PROBE)?.map_or(0, |v| v.value());
+            meta.insert(STORAGE_PROBE, n + 1)?;
+            Ok(())
+        },
+        durable: true,
+        out: None,
+        reply: Reply::Sync(tx),
+    })
+}
+
 /// Runs `batch` in one transaction and commits it; a failed job is answered on its own and
-/// the others run again without it.
-fn commit(db: &Database, mut batch: Vec<Box<dyn Job>>, stats: &Stats) {
+/// the others run again without it. `Err` when the database failed on I/O: every job not yet
+/// answered got that failure, and the handle must be reopened.
+fn commit(
+    disk: &Disk,
+    mut batch: Vec<Box<dyn Job>>,
+    stats: &Stats,
+) -> std::result::Result<(), Failure> {
+    let Ok(db) = disk.current() else {
+        // An earlier reopen failed: the caller tries it again.
+        disk.set_healthy(false);
+        for job in batch {
+            job.answer(Err(Failure::Unavailable));
+        }
+        return Err(Failure::Unavailable);
+    };
+    let mut job_failed = false;
     while !batch.is_empty() {
         let durable = batch.iter().any(|j| j.durable());
-        let tx = db
-            .begin_write()
-            .map_err(|e| e.to_string())
-            .and_then(|mut tx| {
-                let durability = if durable {
-                    Durability::Immediate
-                } else {
-                    Durability::None
-                };
-                tx.set_durability(durability).map_err(|e| e.to_string())?;
-                Ok(tx)
-            });
+        let tx = db.begin_write().map_err(classify).and_then(|mut tx| {
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            tx.set_durability(durability).map_err(classify)?;
+            Ok(tx)
+        });
         let tx = match tx {
             Ok(tx) => tx,
-            Err(e) => {
-                for job in batch {
-                    job.answer(Err(e.clone()));
+            Err((failure, io)) => {
+                if io {
+                    // Before anyone hears of it: a client told 507 must find health degraded.
+                    disk.set_healthy(false);
                 }
-                return;
+                for job in batch {
+                    job.answer(Err(failure.clone()));
+                }
+                return if io { Err(failure) } else { Ok(()) };
             }
         };
         if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
             drop(tx.abort());
             // Its own error is its answer; nothing of it (or of the others) was committed.
             batch.remove(failed).answer(Ok(()));
+            job_failed = true;
             continue;
         }
-        let committed = tx.commit().map_err(|e| e.to_string());
+        let (committed, io) = match tx.commit() {
+            Ok(()) => (Ok(()), false),
+            Err(e) => {
+                let (failure, io) = classify(e);
+                (Err(failure), io)
+            }
+        };
+        if io {
+            disk.set_healthy(false);
+        }
         if committed.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
@@ -224,15 +356,27 @@ fn commit(db: &Database, mut batch: Vec<Box<dyn Job>>, stats: &Stats) {
         for job in batch {
             job.answer(committed.clone());
         }
-        return;
+        return match committed {
+            Err(failure) if io => Err(failure),
+            _ => Ok(()),
+        };
     }
+    // Every job failed on its own; one may have failed on I/O inside its transaction (a
+    // page flush), which poisons the handle just the same.
+    if job_failed && let Err(e) = db.begin_write() {
+        let (failure, io) = classify(e);
+        if io {
+            return Err(failure);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::tables::SETTINGS;
-    use redb::{ReadableDatabase, TableDefinition};
+    use redb::{Database, ReadableDatabase, TableDefinition};
 
     fn db() -> (tempfile::TempDir, Arc<Database>) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -287,7 +431,7 @@ mod tests {
     #[test]
     fn queued_writes_share_one_commit_and_a_failure_only_fails_itself() {
         let (_dir, db) = db();
-        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(Arc::clone(&db)))).expect("writer");
         let (release, held) = hold(&writer);
         let answers: Vec<_> = (0..64)
             .map(|i| {
@@ -320,7 +464,7 @@ mod tests {
     #[test]
     fn a_panicking_write_is_an_error_and_the_writer_lives_on() {
         let (_dir, db) = db();
-        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(Arc::clone(&db)))).expect("writer");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         writer.submit(
             true,
@@ -342,7 +486,7 @@ mod tests {
     #[test]
     fn dropping_the_writer_closes_the_database() {
         let (dir, db) = db();
-        let writer = Writer::start(db).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(db))).expect("writer");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         writer.submit(true, put("k".into(), false), Reply::Sync(tx));
         rx.recv().expect("answered").expect("write");

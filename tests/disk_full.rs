@@ -1,0 +1,252 @@
+//! A full disk is survivable: writes the disk refuses answer 507 with a JSON error and store
+//! nothing, reads keep working, `/api/health` says degraded, and the server recovers by itself
+//! once space returns; a task whose output could not be stored ends `error` with a marker line.
+//!
+//! In process, through a storage backend that fails like a full disk on command
+//! (`Config::disk_faults`); `tests/disk_full_tmpfs.rs` does it for real on a small tmpfs.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Client, TestServer, at, id_of, new_project, ok_json};
+use forge::store::disk::FaultSwitch;
+use serde_json::{Value, json};
+use tokio::time::sleep;
+
+/// A body large enough that storing it must grow the database file.
+fn big(n: usize) -> String {
+    "x".repeat(n)
+}
+
+async fn health(c: &Client) -> (u16, Value) {
+    let r = c.get("/api/health").await;
+    (r.status, r.json())
+}
+
+/// Polls until `/api/health` answers `status`; returns how long it took.
+async fn wait_health(c: &Client, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (got, body) = health(c).await;
+        if got == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "health still {got} {body} after {within:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates an inventory holding `content`; returns the response.
+async fn add_inventory(a: &Client, p: u64, name: &str, content: &str) -> common::Resp {
+    a.post(
+        &at(p, "inventory"),
+        json!({"name": name, "project_id": p, "type": "static", "inventory": content}),
+    )
+    .await
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
+    let switch = FaultSwitch::new();
+    let s = TestServer::start_with(|c| c.disk_faults = Some(switch.clone())).await;
+    let anon = s.client();
+    assert_eq!(health(&anon).await, (200, json!({"status": "ok"})));
+    let a = s.admin().await;
+    let bearer = s.client().with_bearer(&a.new_token().await);
+    let p = new_project(&a, "kept").await;
+    let r = add_inventory(&a, p, "before", "localhost").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    switch.fill();
+    let r = add_inventory(&a, p, "refused", &big(600_000)).await;
+    let msg = r.assert_error(507);
+    assert!(msg.contains("disk is full"), "{msg}");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(
+        health(&anon).await,
+        (503, json!({"status": "degraded", "reason": "storage"}))
+    );
+    // /api/ping stays upstream's liveness answer.
+    let r = anon.get("/api/ping").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "pong"));
+    // Reads keep working, with a Bearer token and with the session cookie.
+    for c in [&bearer, &a] {
+        let me = ok_json(c, "/api/user").await;
+        assert_eq!(me["username"], "admin");
+        let projects = ok_json(c, "/api/projects").await;
+        assert_eq!(names(&projects), ["kept"]);
+        assert_eq!(
+            names(&ok_json(c, &at(p, "inventory")).await),
+            ["before"],
+            "nothing of the refused write may show"
+        );
+    }
+    // Still full after several probes: a write that needs space is still refused, and health
+    // says so. (Small writes may fit in space the database file already has, and then commit.)
+    sleep(Duration::from_millis(1200)).await;
+    let r = add_inventory(&a, p, "refused", &big(600_000)).await;
+    r.assert_error(507);
+    assert_eq!(health(&anon).await.0, 503, "still full: still degraded");
+
+    switch.free();
+    let took = wait_health(&anon, 200, Duration::from_secs(5)).await;
+    eprintln!("recovery: health ok {took:?} after space returned");
+    assert_eq!(health(&anon).await, (200, json!({"status": "ok"})));
+    let r = add_inventory(&a, p, "after", &big(600_000)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let q = new_project(&a, "after").await;
+    assert_ne!(q, p);
+    let inventories = ok_json(&bearer, &at(p, "inventory")).await;
+    let mut inventories = names(&inventories);
+    inventories.sort();
+    assert_eq!(inventories, ["after", "before"]);
+    let projects = names(&ok_json(&bearer, "/api/projects").await);
+    assert!(!projects.contains(&"refused".to_owned()), "{projects:?}");
+}
+
+fn write_script(dir: &Path, name: &str, body: &str) {
+    std::fs::write(dir.join(name), body).expect("write script");
+}
+
+async fn wait_file(path: &Path, within: Duration) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < within,
+            "{} never appeared",
+            path.display()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_task_whose_output_was_refused_ends_error_with_a_marker_line() {
+    let switch = FaultSwitch::new();
+    let s = TestServer::start_with(|c| c.disk_faults = Some(switch.clone())).await;
+    let a = s.admin().await;
+    let p = new_project(&a, "tasks").await;
+    let repo_dir = tempfile::tempdir().expect("temp dir");
+    let sig = tempfile::tempdir().expect("temp dir");
+    let d = sig.path().display();
+    // Prints a little, waits for the disk to fill, prints big lines (which cannot be stored),
+    // then waits for space to come back and ends with exit status 0.
+    write_script(
+        repo_dir.path(),
+        "t.sh",
+        &format!(
+            "echo before\nwhile [ ! -e {d}/go ]; do sleep 0.02; done\n\
+             line=$(head -c 200000 /dev/zero | tr '\\0' y)\n\
+             for i in 1 2 3 4 5 6 7 8 9 10; do echo \"$line\"; done\n\
+             touch {d}/printed\n\
+             while [ ! -e {d}/end ]; do sleep 0.02; done\necho after\n"
+        ),
+    );
+    let keys = ok_json(&a, &at(p, "keys")).await;
+    let key = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "None")
+        .map(id_of)
+        .expect("None key");
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            json!({"name": "local", "project_id": p, "ssh_key_id": key,
+                   "git_url": repo_dir.path().to_str().expect("utf-8"), "git_branch": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let repo = id_of(&ok_json(&a, &at(p, "repositories")).await[0]);
+    let r = a
+        .post(
+            &at(p, "templates"),
+            json!({"name": "t", "project_id": p, "app": "bash", "playbook": "t.sh",
+                   "repository_id": repo}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let tpl = id_of(&r.json());
+    let r = a.post(&at(p, "tasks"), json!({"template_id": tpl})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t = id_of(&r.json());
+    let task_path = at(p, &format!("tasks/{t}"));
+
+    // Running, and its first line stored: then the disk fills.
+    let started = Instant::now();
+    loop {
+        let out = ok_json(&a, &format!("{task_path}/output")).await;
+        if out
+            .as_array()
+            .is_some_and(|o| o.iter().any(|l| l["output"] == "before"))
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{out}");
+        sleep(Duration::from_millis(20)).await;
+    }
+    switch.fill();
+    std::fs::write(sig.path().join("go"), "").expect("go");
+    wait_file(&sig.path().join("printed"), Duration::from_secs(20)).await;
+    sleep(Duration::from_millis(500)).await;
+    let task = ok_json(&a, &task_path).await;
+    assert_eq!(task["status"], "running", "{task}");
+    switch.free();
+    std::fs::write(sig.path().join("end"), "").expect("end");
+
+    let started = Instant::now();
+    let task = loop {
+        let task = ok_json(&a, &task_path).await;
+        if !matches!(
+            task["status"].as_str(),
+            Some("waiting" | "starting" | "running")
+        ) {
+            break task;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{task}");
+        sleep(Duration::from_millis(40)).await;
+    };
+    let out: Vec<String> = ok_json(&a, &format!("{task_path}/output"))
+        .await
+        .as_array()
+        .expect("output")
+        .iter()
+        .map(|l| l["output"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        task["status"], "error",
+        "exit 0 but output was lost: {out:?}"
+    );
+    let last = out.last().expect("lines");
+    assert!(
+        last.starts_with("output lost: ") && last.contains("could not be stored"),
+        "{out:?}"
+    );
+    assert!(out.contains(&"before".to_owned()));
+    let lost: usize = last
+        .trim_start_matches("output lost: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count in the marker");
+    assert!(lost > 0, "{last}");
+    assert!(
+        out.contains(&"after".to_owned()),
+        "lines after the recovery are stored"
+    );
+    assert_eq!(health(&s.client()).await.0, 200);
+}
