@@ -10,8 +10,8 @@
 //! - the writer thread (the only writer) notices a failed commit, marks the disk unhealthy,
 //!   and reopens the file at once, so reads keep working while writes are refused;
 //! - while unhealthy it answers writes with [`Error::Full`] / [`Error::Unavailable`] without
-//!   trying them, and every [`PROBE_EVERY`] tries one real (small, durable) write: the first
-//!   that commits makes the disk healthy again;
+//!   trying them (each failed try costs a reopen), and every [`PROBE_EVERY`] commits and
+//!   removes a 1 MiB probe record: the first probe that commits makes the disk healthy again;
 //! - during a reopen the slot is empty and reads answer [`Error::Unavailable`] (a 503) instead
 //!   of waiting on the file;
 //! - a watch channel tells the rest of the server (the runner) when health changes.

@@ -20,13 +20,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 
 use super::disk::{Disk, PROBE_EVERY};
 use super::{Error, Result, tables};
 
-/// The `META` counter the writer bumps to probe a failed disk (see [`super::disk`]).
+/// The `SETTINGS` entry the writer writes (and removes) to probe a failed disk.
 const STORAGE_PROBE: &str = "storage_probe";
+/// How much room a probe asks for.
+const PROBE_BYTES: usize = 1024 * 1024;
 
 /// Most jobs one transaction takes (bounds the work a failure makes the writer repeat).
 const MAX_BATCH: usize = 256;
@@ -249,44 +251,65 @@ fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
                 }
                 continue;
             }
-            f.tried = Instant::now();
-            if batch.is_empty() {
-                batch.push(probe());
+            if let Err(answer) = probe(disk) {
+                for job in batch {
+                    job.answer(Err(answer.clone()));
+                }
+                failed = Some(fail(disk, answer));
+                continue;
             }
+            disk.set_healthy(true);
+            failed = None;
+        }
+        if batch.is_empty() {
+            continue;
         }
         failed = match commit(disk, batch, stats) {
             Ok(()) => {
                 disk.set_healthy(true);
                 None
             }
-            Err(answer) => {
-                disk.set_healthy(false);
-                if let Err(e) = disk.reopen() {
-                    tracing::error!(error = %e, "reopening the database failed; will retry");
-                }
-                Some(Failed {
-                    answer,
-                    tried: Instant::now(),
-                })
-            }
+            Err(answer) => Some(fail(disk, answer)),
         };
     }
 }
 
-/// A small durable write that tells whether the disk takes writes again.
-fn probe() -> Box<dyn Job> {
-    let (tx, _) = std::sync::mpsc::sync_channel(1);
-    Box::new(Request {
-        f: |tx: &WriteTransaction| -> Result<()> {
-            let mut meta = tx.open_table(tables::META)?;
-            let n = meta.get(STORAGE_PROBE)?.map_or(0, |v| v.value());
-            meta.insert(STORAGE_PROBE, n + 1)?;
-            Ok(())
-        },
-        durable: true,
-        out: None,
-        reply: Reply::Sync(tx),
-    })
+/// After a failed commit: unhealthy, and the handle reopened so that reads keep working.
+fn fail(disk: &Disk, answer: Failure) -> Failed {
+    disk.set_healthy(false);
+    if let Err(e) = disk.reopen() {
+        tracing::error!(error = %e, "reopening the database failed; will retry");
+    }
+    Failed {
+        answer,
+        tried: Instant::now(),
+    }
+}
+
+/// Whether the disk takes writes again, with room to spare: commits [`PROBE_BYTES`] durably,
+/// then removes them. (A tiny write could fit in space the database file already has, and
+/// make a disk that is still full look healthy.)
+fn probe(disk: &Disk) -> std::result::Result<(), Failure> {
+    if disk.current().is_err() {
+        // The last reopen failed: try again first.
+        disk.reopen().map_err(|_| Failure::Unavailable)?;
+    }
+    let db = disk.current().map_err(|_| Failure::Unavailable)?;
+    let blob = vec![0u8; PROBE_BYTES];
+    for put in [true, false] {
+        let tx = db.begin_write().map_err(|e| classify(e).0)?;
+        {
+            let mut settings = tx.open_table(tables::SETTINGS).map_err(|e| classify(e).0)?;
+            let done = if put {
+                settings.insert(STORAGE_PROBE, blob.as_slice()).map(drop)
+            } else {
+                settings.remove(STORAGE_PROBE).map(drop)
+            };
+            done.map_err(|e| classify(e).0)?;
+        }
+        tx.commit().map_err(|e| classify(e).0)?;
+    }
+    Ok(())
 }
 
 /// Runs `batch` in one transaction and commits it; a failed job is answered on its own and
@@ -305,7 +328,6 @@ fn commit(
         }
         return Err(Failure::Unavailable);
     };
-    let mut job_failed = false;
     while !batch.is_empty() {
         let durable = batch.iter().any(|j| j.durable());
         let tx = db.begin_write().map_err(classify).and_then(|mut tx| {
@@ -332,9 +354,22 @@ fn commit(
         };
         if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
             drop(tx.abort());
+            let failed = batch.remove(failed);
+            // It may have failed on I/O inside its transaction (a page flush on a full disk),
+            // which poisons the handle: know that before anyone hears of it.
+            if let Err(e) = db.begin_write() {
+                let (failure, io) = classify(e);
+                if io {
+                    disk.set_healthy(false);
+                    failed.answer(Ok(()));
+                    for job in batch {
+                        job.answer(Err(failure.clone()));
+                    }
+                    return Err(failure);
+                }
+            }
             // Its own error is its answer; nothing of it (or of the others) was committed.
-            batch.remove(failed).answer(Ok(()));
-            job_failed = true;
+            failed.answer(Ok(()));
             continue;
         }
         let (committed, io) = match tx.commit() {
@@ -360,14 +395,6 @@ fn commit(
             Err(failure) if io => Err(failure),
             _ => Ok(()),
         };
-    }
-    // Every job failed on its own; one may have failed on I/O inside its transaction (a
-    // page flush), which poisons the handle just the same.
-    if job_failed && let Err(e) = db.begin_write() {
-        let (failure, io) = classify(e);
-        if io {
-            return Err(failure);
-        }
     }
     Ok(())
 }
