@@ -117,6 +117,72 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     assert!(!projects.contains(&"refused".to_owned()), "{projects:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_during_repeated_fills_and_reopens_are_answered() {
+    let switch = FaultSwitch::new();
+    let s = TestServer::start_with(|c| c.disk_faults = Some(switch.clone())).await;
+    let a = s.admin().await;
+    let bearer = s.client().with_bearer(&a.new_token().await);
+    let p = new_project(&a, "busy").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (c, stop) = (bearer.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = c.get("/api/projects").await;
+                if r.status != 200 {
+                    r.assert_error(r.status);
+                }
+                seen.push(r.status);
+            }
+            seen
+        }));
+    }
+    let writer = {
+        let (c, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let r = add_inventory(&c, p, &format!("w{i}"), &big(300_000)).await;
+                if r.status != 201 {
+                    r.assert_error(r.status);
+                }
+                seen.push(r.status);
+            }
+            seen
+        })
+    };
+    for _ in 0..4 {
+        switch.fill();
+        sleep(Duration::from_millis(400)).await;
+        switch.free();
+        sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = Vec::new();
+    for r in readers {
+        reads.extend(r.await.expect("reader"));
+    }
+    let writes = writer.await.expect("writer");
+    assert!(reads.iter().all(|s| matches!(s, 200 | 503)), "{reads:?}");
+    assert!(reads.iter().filter(|s| **s == 200).count() > reads.len() / 2);
+    assert!(
+        writes.iter().all(|s| matches!(s, 201 | 503 | 507)),
+        "{writes:?}"
+    );
+    assert!(writes.contains(&201) && writes.contains(&507), "{writes:?}");
+    wait_health(&s.client(), 200, Duration::from_secs(5)).await;
+    assert_eq!(add_inventory(&a, p, "last", "x").await.status, 201);
+    // Every acknowledged write is there; nothing of a refused one is.
+    let stored = ok_json(&bearer, &at(p, "inventory")).await;
+    let acked = writes.iter().filter(|s| **s == 201).count() + 1;
+    assert_eq!(stored.as_array().expect("array").len(), acked);
+}
+
 fn write_script(dir: &Path, name: &str, body: &str) {
     std::fs::write(dir.join(name), body).expect("write script");
 }
