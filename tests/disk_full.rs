@@ -199,8 +199,130 @@ async fn wait_file(path: &Path, within: Duration) {
     }
 }
 
+/// A template `name` running `<name>.sh` from the local repository `dir`; returns its id.
+async fn bash_template(a: &Client, p: u64, dir: &Path, name: &str) -> u64 {
+    let keys = ok_json(a, &at(p, "keys")).await;
+    let key = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "None")
+        .map(id_of)
+        .expect("None key");
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            json!({"name": name, "project_id": p, "ssh_key_id": key,
+                   "git_url": dir.to_str().expect("utf-8"), "git_branch": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let repos = ok_json(a, &at(p, "repositories")).await;
+    let repo = repos
+        .as_array()
+        .expect("repositories")
+        .iter()
+        .find(|r| r["name"] == name)
+        .map(id_of)
+        .expect("the repository");
+    let r = a
+        .post(
+            &at(p, "templates"),
+            json!({"name": name, "project_id": p, "app": "bash",
+                   "playbook": format!("{name}.sh"), "repository_id": repo}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    id_of(&r.json())
+}
+
+async fn task_status(a: &Client, p: u64, t: u64) -> String {
+    ok_json(a, &at(p, &format!("tasks/{t}"))).await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn wait_status(a: &Client, p: u64, t: u64, status: &str) {
+    let started = Instant::now();
+    loop {
+        let now = task_status(a, p, t).await;
+        if now == status {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "task {t} is {now}, not {status}"
+        );
+        sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// The recovery scan reruns when the store turns healthy: a queued task whose stop the full
+/// disk refused (so it left the queue but is still `waiting` in the store) queues again and
+/// runs, instead of waiting forever.
+#[tokio::test]
+async fn a_refused_stop_leaves_the_task_queued_after_recovery() {
+    let switch = FaultSwitch::new();
+    let s = TestServer::start_with(|c| {
+        c.disk_faults = Some(switch.clone());
+        c.max_parallel_tasks = 1;
+    })
+    .await;
+    let a = s.admin().await;
+    let p = new_project(&a, "queue").await;
+    let repo = tempfile::tempdir().expect("temp dir");
+    let sig = tempfile::tempdir().expect("temp dir");
+    let d = sig.path().display();
+    write_script(
+        repo.path(),
+        "hold.sh",
+        &format!("while [ ! -e {d}/end ]; do sleep 0.02; done\n"),
+    );
+    write_script(repo.path(), "next.sh", "echo next ran\n");
+    let hold = bash_template(&a, p, repo.path(), "hold").await;
+    let next = bash_template(&a, p, repo.path(), "next").await;
+    let launch = |tpl: u64| {
+        let a = a.clone();
+        async move {
+            let r = a.post(&at(p, "tasks"), json!({ "template_id": tpl })).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            id_of(&r.json())
+        }
+    };
+    let first = launch(hold).await;
+    wait_status(&a, p, first, "running").await;
+    let queued = launch(next).await;
+    assert_eq!(task_status(&a, p, queued).await, "waiting");
+
+    switch.fill();
+    add_inventory(&a, p, "big", &big(600_000))
+        .await
+        .assert_error(507);
+    let r = a
+        .raw("POST", &at(p, &format!("tasks/{queued}/stop")), None, &[])
+        .await;
+    assert!(matches!(r.status, 503 | 507), "{} {}", r.status, r.text());
+    switch.free();
+    wait_health(&s.client(), 200, Duration::from_secs(5)).await;
+    std::fs::write(sig.path().join("end"), "").expect("end");
+    wait_status(&a, p, first, "success").await;
+    wait_status(&a, p, queued, "success").await;
+}
+
 #[tokio::test]
 async fn a_task_whose_output_was_refused_ends_error_with_a_marker_line() {
+    task_with_refused_output(false).await;
+}
+
+#[tokio::test]
+async fn a_task_ending_on_a_full_disk_keeps_its_status_until_space_returns() {
+    task_with_refused_output(true).await;
+}
+
+/// A task prints lines while the disk is full; it exits 0 after space returns, or (with
+/// `end_while_full`) while the disk is still full, when its final status cannot be stored yet.
+async fn task_with_refused_output(end_while_full: bool) {
     let switch = FaultSwitch::new();
     let s = TestServer::start_with(|c| c.disk_faults = Some(switch.clone())).await;
     let a = s.admin().await;
@@ -221,32 +343,7 @@ async fn a_task_whose_output_was_refused_ends_error_with_a_marker_line() {
              while [ ! -e {d}/end ]; do sleep 0.02; done\necho after\n"
         ),
     );
-    let keys = ok_json(&a, &at(p, "keys")).await;
-    let key = keys
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["name"] == "None")
-        .map(id_of)
-        .expect("None key");
-    let r = a
-        .post(
-            &at(p, "repositories"),
-            json!({"name": "local", "project_id": p, "ssh_key_id": key,
-                   "git_url": repo_dir.path().to_str().expect("utf-8"), "git_branch": ""}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let repo = id_of(&ok_json(&a, &at(p, "repositories")).await[0]);
-    let r = a
-        .post(
-            &at(p, "templates"),
-            json!({"name": "t", "project_id": p, "app": "bash", "playbook": "t.sh",
-                   "repository_id": repo}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let tpl = id_of(&r.json());
+    let tpl = bash_template(&a, p, repo_dir.path(), "t").await;
     let r = a.post(&at(p, "tasks"), json!({"template_id": tpl})).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let t = id_of(&r.json());
@@ -271,10 +368,20 @@ async fn a_task_whose_output_was_refused_ends_error_with_a_marker_line() {
     sleep(Duration::from_millis(500)).await;
     let task = ok_json(&a, &task_path).await;
     assert_eq!(task["status"], "running", "{task}");
-    switch.free();
-    // Lines printed before the store takes writes again are lost too; wait for it.
-    wait_health(&s.client(), 200, Duration::from_secs(5)).await;
-    std::fs::write(sig.path().join("end"), "").expect("end");
+    if end_while_full {
+        // The app exits 0 on a full disk: its end cannot be stored yet, and is not dropped.
+        std::fs::write(sig.path().join("end"), "").expect("end");
+        sleep(Duration::from_millis(1500)).await;
+        let task = ok_json(&a, &task_path).await;
+        assert_eq!(task["status"], "running", "{task}");
+        assert_eq!(health(&s.client()).await.0, 503);
+        switch.free();
+    } else {
+        switch.free();
+        // Lines printed before the store takes writes again are lost too; wait for it.
+        wait_health(&s.client(), 200, Duration::from_secs(5)).await;
+        std::fs::write(sig.path().join("end"), "").expect("end");
+    }
 
     let started = Instant::now();
     let task = loop {
@@ -312,10 +419,13 @@ async fn a_task_whose_output_was_refused_ends_error_with_a_marker_line() {
         .and_then(|n| n.parse().ok())
         .expect("a count in the marker");
     assert!(lost > 0, "{last}");
-    assert!(
-        out.contains(&"after".to_owned()),
-        "lines after the recovery are stored"
-    );
+    if !end_while_full {
+        assert!(
+            out.contains(&"after".to_owned()),
+            "lines after the recovery are stored"
+        );
+    }
+    assert!(task["end"].is_string(), "{task}");
     assert_eq!(health(&s.client()).await.0, 200);
 }
 
