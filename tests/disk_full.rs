@@ -548,6 +548,12 @@ async fn the_real_binary_on_a_full_tmpfs_recovers_when_space_returns() {
         assert_eq!(ok_json(c, "/api/user").await["username"], "admin");
         assert_eq!(names(&ok_json(c, "/api/projects").await), ["on tmpfs"]);
     }
+    // Still full a while later (several probe periods): still refused, still degraded.
+    sleep(Duration::from_millis(1200)).await;
+    add_inventory(&a, p, "still", &big(400_000))
+        .await
+        .assert_error(507);
+    assert_eq!(health(&anon).await.0, 503);
 
     // Space returns; measure until the first write commits and health says ok.
     std::fs::remove_file(&filler).expect("free the space");
@@ -582,6 +588,9 @@ async fn the_real_binary_on_a_full_tmpfs_recovers_when_space_returns() {
     assert_eq!(r.status, 201, "{}", r.text());
     let log = String::from_utf8_lossy(&server.log()).into_owned();
     assert!(!log.contains("panicked"), "{log}");
+    // Reopened once, after the failed write: while the filesystem showed no room, the probes
+    // were skipped rather than failing (each failure costs a reopen).
+    assert_eq!(log.matches("database reopened").count(), 1, "{log}");
     drop(server);
     drop(fs);
 }

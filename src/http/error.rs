@@ -132,10 +132,8 @@ impl From<service::Error> for ApiError {
             service::Error::InUse(m) => ApiError::InUse(m),
             service::Error::Throttled { retry_after } => ApiError::TooManyRequests(retry_after),
             service::Error::Busy { retry_after } => ApiError::Unavailable(retry_after),
-            service::Error::StorageFull => {
-                tracing::warn!("refused a write: the disk is full");
-                ApiError::StorageFull
-            }
+            // Logged once by the store when it turns unhealthy, not per request.
+            service::Error::StorageFull => ApiError::StorageFull,
             service::Error::StorageUnavailable => ApiError::StorageUnavailable,
             e @ service::Error::Internal(_) => ApiError::internal(&e),
         }

@@ -10,8 +10,9 @@
 //! - the writer thread (the only writer) notices a failed commit, marks the disk unhealthy,
 //!   and reopens the file at once, so reads keep working while writes are refused;
 //! - while unhealthy it answers writes with [`Error::Full`] / [`Error::Unavailable`] without
-//!   trying them (each failed try costs a reopen), and every [`PROBE_EVERY`] commits and
-//!   removes a 1 MiB probe record: the first probe that commits makes the disk healthy again;
+//!   trying them (each failed try costs a reopen), and every [`PROBE_EVERY`] — once the
+//!   filesystem shows room — commits and removes a 1 MiB probe record: the first probe that
+//!   commits makes the disk healthy again;
 //! - during a reopen the slot is empty and reads answer [`Error::Unavailable`] (a 503) instead
 //!   of waiting on the file;
 //! - a watch channel tells the rest of the server (the runner) when health changes.
@@ -123,6 +124,23 @@ impl Disk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or(Error::Unavailable)
+    }
+
+    /// Whether the filesystem holding the file shows `bytes` free (for an unprivileged
+    /// writer). A probe on a disk that is still full would fail and cost a reopen, which
+    /// repairs the file and holds reads meanwhile; this spares it. `true` when unknown.
+    pub(super) fn has_room(&self, bytes: u64) -> bool {
+        let Some(dir) = self.opener.as_ref().and_then(|o| o.path.parent()) else {
+            return true;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        nix::sys::statvfs::statvfs(dir).map_or(true, |s| {
+            s.blocks_available().saturating_mul(s.fragment_size()) >= bytes
+        })
     }
 
     /// Whether writes commit.

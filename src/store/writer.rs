@@ -251,6 +251,13 @@ fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
                 }
                 continue;
             }
+            if !disk.has_room(2 * PROBE_BYTES as u64) {
+                f.tried = Instant::now();
+                for job in batch {
+                    job.answer(Err(f.answer.clone()));
+                }
+                continue;
+            }
             if let Err(answer) = probe(disk) {
                 for job in batch {
                     job.answer(Err(answer.clone()));
