@@ -79,6 +79,9 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
         health(&anon).await,
         (503, json!({"status": "degraded", "reason": "storage"}))
     );
+    // Small writes are refused the same way until the disk has room again.
+    let r = a.post("/api/projects", json!({"name": "refused"})).await;
+    assert!(r.assert_error(507).contains("disk is full"));
     // /api/ping stays upstream's liveness answer.
     let r = anon.get("/api/ping").await;
     assert_eq!((r.status, r.text().as_str()), (200, "pong"));

@@ -19,8 +19,9 @@
 //!
 //! A redb transaction commits whole or not at all, so a refused write leaves nothing behind.
 //!
-//! [`FaultSwitch`] wraps redb's file backend with one that fails like a full disk on command,
-//! for tests of all this (`Config::disk_faults`).
+//! The file goes through a thin wrapper of redb's file backend that notes a full disk (redb
+//! reports later failures as a bare `PreviousIo`) and, given a [`FaultSwitch`], fails like a
+//! full disk on command, for tests of all this (`Config::disk_faults`).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -62,27 +63,25 @@ pub struct Disk {
 struct Opener {
     path: PathBuf,
     faults: Option<FaultSwitch>,
+    /// Set by the backend when the disk reported itself full (see [`Disk::saw_full`]).
+    saw_full: Arc<AtomicBool>,
 }
 
 impl Opener {
     fn open(&self) -> Result<Database> {
-        match &self.faults {
-            None => Ok(Database::create(&self.path)?),
-            Some(switch) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.path)
-                    .map_err(|e| Error::from(redb::Error::Io(e)))?;
-                let backend = FaultyFile {
-                    inner: FileBackend::new(file)?,
-                    switch: switch.clone(),
-                };
-                Ok(Database::builder().create_with_backend(backend)?)
-            }
-        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .map_err(|e| Error::from(redb::Error::Io(e)))?;
+        let backend = WatchedFile {
+            inner: FileBackend::new(file)?,
+            faults: self.faults.clone(),
+            saw_full: Arc::clone(&self.saw_full),
+        };
+        Ok(Database::builder().create_with_backend(backend)?)
     }
 }
 
@@ -95,6 +94,7 @@ impl Disk {
         let opener = Opener {
             path: path.to_owned(),
             faults,
+            saw_full: Arc::new(AtomicBool::new(false)),
         };
         let db = opener.open()?;
         Ok(Self {
@@ -155,7 +155,18 @@ impl Disk {
         self.healthy.subscribe()
     }
 
+    /// Whether the file reported a full disk since the store was last healthy: redb answers
+    /// later operations with a bare `PreviousIo`, and this says what it was.
+    pub(super) fn saw_full(&self) -> bool {
+        self.opener
+            .as_ref()
+            .is_some_and(|o| o.saw_full.load(Ordering::SeqCst))
+    }
+
     pub(super) fn set_healthy(&self, healthy: bool) {
+        if healthy && let Some(o) = &self.opener {
+            o.saw_full.store(false, Ordering::SeqCst);
+        }
         let changed = self
             .healthy
             .send_if_modified(|h| std::mem::replace(h, healthy) != healthy);
@@ -213,8 +224,9 @@ impl Disk {
     }
 }
 
-/// The switch of a [`FaultyFile`]: while on, the file fails every write, growth and sync
-/// with `ENOSPC`, as a full disk does. Clones share the switch.
+/// The switch of the store's file backend for tests: while on, the file fails as a full disk
+/// does — growing it, or writing past its end, fails with `ENOSPC` (an overwrite of blocks the
+/// file already has still succeeds, as on a full ext4 or xfs). Clones share the switch.
 #[derive(Debug, Clone, Default)]
 pub struct FaultSwitch(Arc<AtomicBool>);
 
@@ -234,24 +246,39 @@ impl FaultSwitch {
     pub fn free(&self) {
         self.0.store(false, Ordering::SeqCst);
     }
+}
 
-    fn full(&self) -> Result<(), std::io::Error> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(std::io::Error::from_raw_os_error(28))
-        } else {
-            Ok(())
+/// redb's file backend, noting when the disk reports itself full, and failing as a full one
+/// while its fault switch (if any) is on.
+#[derive(Debug)]
+struct WatchedFile {
+    inner: FileBackend,
+    faults: Option<FaultSwitch>,
+    saw_full: Arc<AtomicBool>,
+}
+
+impl WatchedFile {
+    /// `Err(ENOSPC)` when growing the file to `end` must fail: the switch is on.
+    fn grow(&self, end: u64) -> Result<(), std::io::Error> {
+        match &self.faults {
+            Some(switch) if switch.0.load(Ordering::SeqCst) && end > self.inner.len()? => {
+                Err(std::io::Error::from_raw_os_error(28))
+            }
+            _ => Ok(()),
         }
+    }
+
+    fn watch<T>(&self, result: Result<T, std::io::Error>) -> Result<T, std::io::Error> {
+        if let Err(e) = &result
+            && is_full(e)
+        {
+            self.saw_full.store(true, Ordering::SeqCst);
+        }
+        result
     }
 }
 
-/// redb's file backend, failing as a full disk while its switch is on.
-#[derive(Debug)]
-struct FaultyFile {
-    inner: FileBackend,
-    switch: FaultSwitch,
-}
-
-impl StorageBackend for FaultyFile {
+impl StorageBackend for WatchedFile {
     fn len(&self) -> Result<u64, std::io::Error> {
         self.inner.len()
     }
@@ -261,21 +288,16 @@ impl StorageBackend for FaultyFile {
     }
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        if len > self.inner.len()? {
-            self.switch.full()?;
-        }
-        self.inner.set_len(len)
+        self.watch(self.grow(len).and_then(|()| self.inner.set_len(len)))
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.inner.sync_data()
+        self.watch(self.inner.sync_data())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        if offset + data.len() as u64 > self.inner.len()? {
-            self.switch.full()?;
-        }
-        self.inner.write(offset, data)
+        let end = offset + data.len() as u64;
+        self.watch(self.grow(end).and_then(|()| self.inner.write(offset, data)))
     }
 
     fn close(&self) -> Result<(), std::io::Error> {

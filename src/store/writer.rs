@@ -74,11 +74,12 @@ impl Failure {
 
 /// A redb failure at the transaction level: what to answer, and whether it was I/O (redb
 /// then refuses everything until the file is reopened).
-fn classify(e: impl Into<redb::Error>) -> (Failure, bool) {
+fn classify(disk: &Disk, e: impl Into<redb::Error>) -> (Failure, bool) {
     let e: redb::Error = e.into();
     let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
     let failure = match Error::from(e) {
         Error::Full => Failure::Full,
+        Error::Unavailable if disk.saw_full() => Failure::Full,
         Error::Unavailable => Failure::Unavailable,
         other => Failure::Other(other.to_string()),
     };
@@ -304,17 +305,19 @@ fn probe(disk: &Disk) -> std::result::Result<(), Failure> {
     let db = disk.current().map_err(|_| Failure::Unavailable)?;
     let blob = vec![0u8; PROBE_BYTES];
     for put in [true, false] {
-        let tx = db.begin_write().map_err(|e| classify(e).0)?;
+        let tx = db.begin_write().map_err(|e| classify(disk, e).0)?;
         {
-            let mut settings = tx.open_table(tables::SETTINGS).map_err(|e| classify(e).0)?;
+            let mut settings = tx
+                .open_table(tables::SETTINGS)
+                .map_err(|e| classify(disk, e).0)?;
             let done = if put {
                 settings.insert(STORAGE_PROBE, blob.as_slice()).map(drop)
             } else {
                 settings.remove(STORAGE_PROBE).map(drop)
             };
-            done.map_err(|e| classify(e).0)?;
+            done.map_err(|e| classify(disk, e).0)?;
         }
-        tx.commit().map_err(|e| classify(e).0)?;
+        tx.commit().map_err(|e| classify(disk, e).0)?;
     }
     Ok(())
 }
@@ -337,15 +340,19 @@ fn commit(
     };
     while !batch.is_empty() {
         let durable = batch.iter().any(|j| j.durable());
-        let tx = db.begin_write().map_err(classify).and_then(|mut tx| {
-            let durability = if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            };
-            tx.set_durability(durability).map_err(classify)?;
-            Ok(tx)
-        });
+        let tx = db
+            .begin_write()
+            .map_err(|e| classify(disk, e))
+            .and_then(|mut tx| {
+                let durability = if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                };
+                tx.set_durability(durability)
+                    .map_err(|e| classify(disk, e))?;
+                Ok(tx)
+            });
         let tx = match tx {
             Ok(tx) => tx,
             Err((failure, io)) => {
@@ -365,7 +372,7 @@ fn commit(
             // It may have failed on I/O inside its transaction (a page flush on a full disk),
             // which poisons the handle: know that before anyone hears of it.
             if let Err(e) = db.begin_write() {
-                let (failure, io) = classify(e);
+                let (failure, io) = classify(disk, e);
                 if io {
                     disk.set_healthy(false);
                     failed.answer(Ok(()));
@@ -382,7 +389,7 @@ fn commit(
         let (committed, io) = match tx.commit() {
             Ok(()) => (Ok(()), false),
             Err(e) => {
-                let (failure, io) = classify(e);
+                let (failure, io) = classify(disk, e);
                 (Err(failure), io)
             }
         };
@@ -532,5 +539,48 @@ mod tests {
             .open_table(TableDefinition::new("settings"))
             .expect("table");
         assert!(table.get("k").expect("get").is_some());
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_write_and_the_writer_recovers_once_space_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let switch = crate::store::disk::FaultSwitch::new();
+        let disk =
+            Arc::new(Disk::open(&dir.path().join("w.redb"), Some(switch.clone())).expect("open"));
+        let writer = Writer::start(Arc::clone(&disk)).expect("writer");
+        let submit = |key: &str, len: usize| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let key = key.to_owned();
+            writer.submit(
+                true,
+                move |tx: &WriteTransaction| -> Result<()> {
+                    tx.open_table(SETTINGS)?
+                        .insert(key.as_str(), vec![1u8; len].as_slice())?;
+                    Ok(())
+                },
+                Reply::Sync(tx),
+            );
+            rx.recv().expect("answered")
+        };
+        submit("small", 10).expect("write");
+        switch.fill();
+        let refused = submit("big", 20_000_000);
+        assert!(matches!(refused, Err(Error::Full)), "{refused:?}");
+        assert!(!disk.healthy());
+        // Refused without a try until a probe commits; reads work on the reopened file.
+        let small = submit("small2", 10);
+        assert!(matches!(small, Err(Error::Full)), "{small:?}");
+        assert!(stored(&disk.current().expect("db"), "small"));
+        assert!(!stored(&disk.current().expect("db"), "big"));
+        switch.free();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !disk.healthy() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        submit("big", 20_000_000).expect("write after recovery");
+        assert!(stored(&disk.current().expect("db"), "big"));
+        // The probe left nothing behind.
+        assert!(!stored(&disk.current().expect("db"), STORAGE_PROBE));
     }
 }
