@@ -13,8 +13,9 @@
 //!   trying them (each failed try costs a reopen), and every [`PROBE_EVERY`] — once the
 //!   filesystem shows room — commits and removes a 1 MiB probe record: the first probe that
 //!   commits makes the disk healthy again;
-//! - during a reopen the slot is empty and reads answer [`Error::Unavailable`] (a 503) instead
-//!   of waiting on the file;
+//! - during a reopen the writer holds the slot's write lock, so new reads wait for it (a few
+//!   milliseconds); a read that began on the old handle may end with [`Error::Unavailable`]
+//!   (a 503), and so does every read while a reopen keeps failing (the slot stays empty);
 //! - a watch channel tells the rest of the server (the runner) when health changes.
 //!
 //! A redb transaction commits whole or not at all, so a refused write leaves nothing behind.
@@ -50,7 +51,7 @@ pub fn is_full(e: &std::io::Error) -> bool {
 /// The current database, reopened when a write failed.
 #[derive(Debug)]
 pub struct Disk {
-    /// The open database; `None` while it is being (or could not be) reopened.
+    /// The open database; `None` when the last reopen failed.
     slot: RwLock<Option<Arc<Database>>>,
     /// How to open the file again; `None` for a database that cannot be reopened (tests).
     opener: Option<Opener>,
