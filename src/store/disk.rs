@@ -26,7 +26,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -229,7 +229,12 @@ impl Disk {
 /// does — growing it, or writing past its end, fails with `ENOSPC` (an overwrite of blocks the
 /// file already has still succeeds, as on a full ext4 or xfs). Clones share the switch.
 #[derive(Debug, Clone, Default)]
-pub struct FaultSwitch(Arc<AtomicBool>);
+pub struct FaultSwitch(Arc<AtomicU8>);
+
+/// [`FaultSwitch`] states.
+const SPACE: u8 = 0;
+const FULL: u8 = 1;
+const FULL_COW: u8 = 2;
 
 impl FaultSwitch {
     /// A switch that is off.
@@ -240,12 +245,18 @@ impl FaultSwitch {
 
     /// Makes the disk full.
     pub fn fill(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.store(FULL, Ordering::SeqCst);
+    }
+
+    /// Makes the disk full as a copy-on-write filesystem is: every write fails, overwrites
+    /// included (a reopen then fails too).
+    pub fn fill_every_block(&self) {
+        self.0.store(FULL_COW, Ordering::SeqCst);
     }
 
     /// Gives the space back.
     pub fn free(&self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.store(SPACE, Ordering::SeqCst);
     }
 }
 
@@ -259,13 +270,18 @@ struct WatchedFile {
 }
 
 impl WatchedFile {
-    /// `Err(ENOSPC)` when growing the file to `end` must fail: the switch is on.
+    /// `Err(ENOSPC)` when writing up to `end` must fail: the switch is on, and the write grows
+    /// the file or the disk is full of every block.
     fn grow(&self, end: u64) -> Result<(), std::io::Error> {
-        match &self.faults {
-            Some(switch) if switch.0.load(Ordering::SeqCst) && end > self.inner.len()? => {
-                Err(std::io::Error::from_raw_os_error(28))
-            }
-            _ => Ok(()),
+        let full = match self.faults.as_ref().map(|f| f.0.load(Ordering::SeqCst)) {
+            Some(FULL) => end > self.inner.len()?,
+            Some(FULL_COW) => true,
+            _ => false,
+        };
+        if full {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            Ok(())
         }
     }
 

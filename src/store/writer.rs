@@ -583,4 +583,42 @@ mod tests {
         // The probe left nothing behind.
         assert!(!stored(&disk.current().expect("db"), STORAGE_PROBE));
     }
+
+    #[test]
+    fn when_even_the_reopen_fails_reads_are_unavailable_until_space_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let switch = crate::store::disk::FaultSwitch::new();
+        let disk =
+            Arc::new(Disk::open(&dir.path().join("w.redb"), Some(switch.clone())).expect("open"));
+        let writer = Writer::start(Arc::clone(&disk)).expect("writer");
+        let submit = |key: &'static str| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            writer.submit(true, put(key.to_owned(), false), Reply::Sync(tx));
+            rx.recv().expect("answered")
+        };
+        submit("before").expect("write");
+        switch.fill_every_block();
+        let refused = submit("refused");
+        assert!(matches!(refused, Err(Error::Full)), "{refused:?}");
+        assert!(!disk.healthy());
+        // The writer reopens right after answering; the open cannot write, so fails.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while disk.current().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "never closed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(matches!(disk.current(), Err(Error::Unavailable)));
+        assert!(!disk.healthy());
+        switch.free();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !disk.healthy() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let db = disk.current().expect("reopened");
+        assert!(stored(&db, "before"));
+        assert!(!stored(&db, "refused"));
+        assert_eq!(submit("after").expect("write"), "after");
+    }
 }
