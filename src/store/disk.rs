@@ -106,8 +106,8 @@ impl Disk {
     }
 
     /// A disk over an open database that is never reopened.
-    #[must_use]
-    pub fn fixed(db: Arc<Database>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn fixed(db: Arc<Database>) -> Self {
         Self {
             slot: RwLock::new(Some(db)),
             opener: None,
