@@ -516,7 +516,8 @@ async fn the_real_binary_on_a_full_tmpfs_recovers_when_space_returns() {
         a.login(common::ADMIN, common::ADMIN_PASSWORD).await.status,
         204
     );
-    let bearer = server.client().with_bearer(&a.new_token().await);
+    let token = a.new_token().await;
+    let bearer = server.client().with_bearer(&token);
     let p = new_project(&a, "on tmpfs").await;
     let anon = server.client();
 
@@ -524,11 +525,11 @@ async fn the_real_binary_on_a_full_tmpfs_recovers_when_space_returns() {
     let filled = fill(&filler);
     eprintln!("filler: {} KiB", filled / 1024);
     // redb may still have room inside its file: write until the disk refuses.
-    let mut refused = None;
+    let (mut refused, mut acked) = (None, 0);
     for i in 0..200 {
         let r = add_inventory(&a, p, &format!("inv{i}"), &big(400_000)).await;
         match r.status {
-            201 => {}
+            201 => acked += 1,
             507 => {
                 refused = Some(r);
                 break;
@@ -589,11 +590,28 @@ async fn the_real_binary_on_a_full_tmpfs_recovers_when_space_returns() {
     );
     let r = add_inventory(&a, p, "after", &big(400_000)).await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // Exactly the acknowledged writes are stored: none of the refused ones, not in part.
+    let stored = ok_json(&bearer, &at(p, "inventory")).await;
+    assert_eq!(stored.as_array().expect("array").len(), acked + 1);
     let log = String::from_utf8_lossy(&server.log()).into_owned();
     assert!(!log.contains("panicked"), "{log}");
     // Reopened once, after the failed write: while the filesystem showed no room, the probes
     // were skipped rather than failing (each failure costs a reopen).
     assert_eq!(log.matches("database reopened").count(), 1, "{log}");
-    drop(server);
+    // The file the reopened handle wrote survives a crash: every acknowledged write is there.
+    server.kill_9();
+    let again = common::process::ServerProcess::start(
+        &db,
+        &[("FORGE_WORK_DIR", work.path().to_str().expect("utf-8"))],
+    );
+    let bearer = again.client().with_bearer(&token);
+    let stored = ok_json(&bearer, &at(p, "inventory")).await;
+    assert_eq!(stored.as_array().expect("array").len(), acked + 1);
+    assert_eq!(
+        names(&ok_json(&bearer, "/api/projects").await).len(),
+        2,
+        "the project made after recovery"
+    );
+    drop(again);
     drop(fs);
 }
