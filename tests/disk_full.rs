@@ -64,6 +64,12 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     let s = TestServer::start_with(|c| c.disk_faults = Some(switch.clone())).await;
     let anon = s.client();
     assert_eq!(health(&anon).await, (200, json!({"status": "ok"})));
+    // Anonymous, GET (and HEAD) only.
+    let r = anon.raw("HEAD", "/api/health", None, &[]).await;
+    assert_eq!(r.status, 200);
+    let r = anon.post("/api/health", json!({})).await;
+    r.assert_error(405);
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
     let a = s.admin().await;
     let bearer = s.client().with_bearer(&a.new_token().await);
     let p = new_project(&a, "kept").await;
