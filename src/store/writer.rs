@@ -260,10 +260,11 @@ fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
                 continue;
             }
             if let Err(answer) = probe(disk) {
+                // Reopened before anyone hears of it (see `commit`).
+                failed = Some(fail(disk, answer.clone()));
                 for job in batch {
                     job.answer(Err(answer.clone()));
                 }
-                failed = Some(fail(disk, answer));
                 continue;
             }
             disk.set_healthy(true);
@@ -277,12 +278,13 @@ fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
                 disk.set_healthy(true);
                 None
             }
-            Err(answer) => Some(fail(disk, answer)),
+            Err(failed) => Some(failed),
         };
     }
 }
 
-/// After a failed commit: unhealthy, and the handle reopened so that reads keep working.
+/// After a failed commit: unhealthy, and the handle reopened so that reads keep working. The
+/// caller must hold no clone of the database (the reopen waits for the last one).
 fn fail(disk: &Disk, answer: Failure) -> Failed {
     disk.set_healthy(false);
     if let Err(e) = disk.reopen() {
@@ -323,20 +325,22 @@ fn probe(disk: &Disk) -> std::result::Result<(), Failure> {
 }
 
 /// Runs `batch` in one transaction and commits it; a failed job is answered on its own and
-/// the others run again without it. `Err` when the database failed on I/O: every job not yet
-/// answered got that failure, and the handle must be reopened.
+/// the others run again without it. `Err` when the database failed on I/O: the handle has
+/// been reopened (see [`fail`]) and only then every job not yet answered got that failure —
+/// so that no request told of the failure finds health `ok`, and reads meanwhile wait for the
+/// new handle rather than fail on the poisoned one.
 fn commit(
     disk: &Disk,
     mut batch: Vec<Box<dyn Job>>,
     stats: &Stats,
-) -> std::result::Result<(), Failure> {
+) -> std::result::Result<(), Failed> {
     let Ok(db) = disk.current() else {
-        // An earlier reopen failed: the caller tries it again.
-        disk.set_healthy(false);
+        // An earlier reopen failed: try it again.
+        let failed = fail(disk, Failure::Unavailable);
         for job in batch {
             job.answer(Err(Failure::Unavailable));
         }
-        return Err(Failure::Unavailable);
+        return Err(failed);
     };
     while !batch.is_empty() {
         let durable = batch.iter().any(|j| j.durable());
@@ -356,14 +360,12 @@ fn commit(
         let tx = match tx {
             Ok(tx) => tx,
             Err((failure, io)) => {
-                if io {
-                    // Before anyone hears of it: a client told 507 must find health degraded.
-                    disk.set_healthy(false);
-                }
+                drop(db);
+                let failed = io.then(|| fail(disk, failure.clone()));
                 for job in batch {
                     job.answer(Err(failure.clone()));
                 }
-                return if io { Err(failure) } else { Ok(()) };
+                return failed.map_or(Ok(()), Err);
             }
         };
         if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
@@ -374,12 +376,13 @@ fn commit(
             if let Err(e) = db.begin_write() {
                 let (failure, io) = classify(disk, e);
                 if io {
-                    disk.set_healthy(false);
+                    drop(db);
+                    let reopened = fail(disk, failure.clone());
                     failed.answer(Ok(()));
                     for job in batch {
                         job.answer(Err(failure.clone()));
                     }
-                    return Err(failure);
+                    return Err(reopened);
                 }
             }
             // Its own error is its answer; nothing of it (or of the others) was committed.
@@ -393,9 +396,11 @@ fn commit(
                 (Err(failure), io)
             }
         };
-        if io {
-            disk.set_healthy(false);
-        }
+        drop(db);
+        let failed = match &committed {
+            Err(failure) if io => Some(fail(disk, failure.clone())),
+            _ => None,
+        };
         if committed.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
@@ -405,10 +410,7 @@ fn commit(
         for job in batch {
             job.answer(committed.clone());
         }
-        return match committed {
-            Err(failure) if io => Err(failure),
-            _ => Ok(()),
-        };
+        return failed.map_or(Ok(()), Err);
     }
     Ok(())
 }
