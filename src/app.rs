@@ -63,11 +63,11 @@ impl App {
     /// administrator cannot be created.
     pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
         config.resolve_paths().map_err(StartError::Paths)?;
-        let path = config.db.clone();
+        let (path, faults) = (config.db.clone(), config.disk_faults.clone());
         let upgrade = store::migrate::Upgrade {
             backup: !config.no_upgrade_backup,
         };
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, &upgrade))
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, &upgrade, faults))
             .await
             .map_err(|e| StartError::Store {
                 path: config.db.display().to_string(),

@@ -184,6 +184,10 @@ pub struct Config {
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
+
+    /// A switch that makes the database's disk fail as a full one; tests inject it.
+    #[arg(skip)]
+    pub disk_faults: Option<crate::store::disk::FaultSwitch>,
 }
 
 impl Config {
@@ -271,6 +275,7 @@ impl Config {
             event_retention_days: 0,
             prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
             clock: ClockHandle::default(),
+            disk_faults: None,
         }
     }
 }

@@ -33,9 +33,16 @@ pub enum ApiError {
     TooManyRequests(u64),
     /// 503: too busy right now; retry after this many seconds.
     Unavailable(u64),
+    /// 507: the disk is full; nothing of the request was stored.
+    StorageFull,
+    /// 503: the store is reopening after a failed write; retry shortly.
+    StorageUnavailable,
     /// 500: logged where it is created, never detailed to the client.
     Internal,
 }
+
+/// Seconds a client is told to wait before retrying a write the disk refused.
+const STORAGE_RETRY_SECS: u64 = 1;
 
 impl ApiError {
     /// A 500 that logs its cause (the only place internal detail goes).
@@ -80,6 +87,14 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many logins at once, try again shortly".into(),
             ),
+            ApiError::StorageFull => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server's disk is full: nothing was stored; retry once space is freed".into(),
+            ),
+            ApiError::StorageUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is temporarily unavailable, try again shortly".into(),
+            ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error".into(),
@@ -90,6 +105,10 @@ impl ApiError {
             ApiError::TooManyRequests(secs) | ApiError::Unavailable(secs) => {
                 res.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::StorageFull | ApiError::StorageUnavailable => {
+                res.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(STORAGE_RETRY_SECS));
             }
             ApiError::MethodNotAllowed(allow) => {
                 if let Ok(v) = HeaderValue::from_str(&allow) {
@@ -113,6 +132,9 @@ impl From<service::Error> for ApiError {
             service::Error::InUse(m) => ApiError::InUse(m),
             service::Error::Throttled { retry_after } => ApiError::TooManyRequests(retry_after),
             service::Error::Busy { retry_after } => ApiError::Unavailable(retry_after),
+            // Logged once by the store when it turns unhealthy, not per request.
+            service::Error::StorageFull => ApiError::StorageFull,
+            service::Error::StorageUnavailable => ApiError::StorageUnavailable,
             e @ service::Error::Internal(_) => ApiError::internal(&e),
         }
     }

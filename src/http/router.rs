@@ -46,6 +46,7 @@ macro_rules! route {
 pub fn routes() -> Vec<Route> {
     vec![
         route!(GET "/api/ping", Anonymous, meta::ping),
+        route!(GET "/api/health", Anonymous, meta::health),
         route!(GET "/api/info", User, meta::info),
         route!(GET "/api/openapi.json", Anonymous, site::openapi),
         route!(GET "/api/postman.json", Anonymous, site::postman),

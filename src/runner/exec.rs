@@ -65,7 +65,8 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
     let sink = Sink::start(Arc::clone(&inner), task.clone(), first);
     let task_dir = inner.settings.work_dir.join("tasks").join(id.to_string());
     let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir).await;
-    let (status, line) = match &outcome {
+    let lost = sink.lost();
+    let (mut status, line) = match &outcome {
         Outcome::Success => (TaskStatus::Success, None),
         Outcome::Failed(why) => (TaskStatus::Error, Some(why.clone())),
         Outcome::Stopped => (TaskStatus::Stopped, Some("Task stopped".to_owned())),
@@ -100,6 +101,10 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
     }
     if matches!(outcome, Outcome::NotStarted) {
         return;
+    }
+    if lost.load(std::sync::atomic::Ordering::SeqCst) > 0 && status == TaskStatus::Success {
+        // Its output has a gap (the marker line says so): not a clean success.
+        status = TaskStatus::Error;
     }
     let now = inner.services.now();
     let finished = update(&inner, id, move |t| {
@@ -303,28 +308,41 @@ async fn supervise(
 }
 
 /// Applies `change` to the stored task in one transaction when it returns true; returns the
-/// updated task (published to live followers), or `None` when nothing changed.
+/// updated task (published to live followers), or `None` when nothing changed. A write the
+/// store refuses for its disk (full, reopening) is tried again until it is stored: a status
+/// change is never dropped.
 async fn update(
     inner: &Arc<Inner>,
     id: TaskId,
-    change: impl Fn(&mut Task) -> bool + Send + 'static,
+    change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
 ) -> Option<Task> {
     let now = inner.services.now();
-    let result = inner
-        .store
-        .transact_async(now, move |tx| {
-            let Some(mut t) = tx.task(id)? else {
-                return Ok(None);
-            };
-            let before = (t.status, t.start, t.end);
-            if !change(&mut t) {
-                return Ok(None);
+    let change = Arc::new(change);
+    let result = loop {
+        let change = Arc::clone(&change);
+        let result = inner
+            .store
+            .transact_async(now, move |tx| {
+                let Some(mut t) = tx.task(id)? else {
+                    return Ok(None);
+                };
+                let before = (t.status, t.start, t.end);
+                if !change(&mut t) {
+                    return Ok(None);
+                }
+                tx.put_task(&t)?;
+                let visible = before != (t.status, t.start, t.end);
+                Ok::<_, crate::store::Error>(Some((t, visible)))
+            })
+            .await;
+        match result {
+            Err(e) if e.is_storage() => {
+                tracing::warn!(task = id, error = %e, "task update refused; retrying");
+                inner.storage_back().await;
             }
-            tx.put_task(&t)?;
-            let visible = before != (t.status, t.start, t.end);
-            Ok::<_, crate::store::Error>(Some((t, visible)))
-        })
-        .await;
+            other => break other,
+        }
+    };
     match result {
         Ok(Some((t, visible))) => {
             // Bookkeeping (the process group) is not news for followers.

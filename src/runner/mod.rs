@@ -180,11 +180,17 @@ impl Runner {
     /// update.
     pub fn enqueue(&self, task: &Task, queued: OutputLine) {
         self.inner.publish_lines(task, 0, Arc::from(vec![queued]));
-        self.inner.lock().queue.push(Queued {
-            id: task.id,
-            project: task.project_id,
-            template: task.template_id,
-        });
+        {
+            let mut state = self.inner.lock();
+            // A storage recovery scan may have queued it already (see `Inner::reconcile`).
+            if !state.queue.iter().any(|q| q.id == task.id) {
+                state.queue.push(Queued {
+                    id: task.id,
+                    project: task.project_id,
+                    template: task.template_id,
+                });
+            }
+        }
         self.inner.publish_update(task);
         self.inner.wake.notify_one();
     }
@@ -412,6 +418,14 @@ fn sweep_task_dirs(work_dir: &std::path::Path) {
 }
 
 impl Inner {
+    /// Waits until the store takes writes again after refusing one for its disk (at least a
+    /// short pause, so a retry loop never spins).
+    async fn storage_back(&self) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut health = self.store.watch_health();
+        let _ = health.wait_for(|healthy| *healthy).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -442,10 +456,60 @@ impl Inner {
     /// transaction); waiting ones queue again in id (arrival) order.
     fn recover(&self) -> crate::service::Result<()> {
         let now = self.services.now();
+        let interrupted = self.scan()?;
+        if interrupted.is_empty() {
+            return Ok(());
+        }
+        let line = OutputLine {
+            time_us: process::now_us(),
+            text: "interrupted: server restarted".into(),
+        };
+        self.store
+            .transact(now, Self::interrupt(interrupted.clone(), now, line))?;
+        for (id, _) in interrupted {
+            tracing::info!(task = id, "marked interrupted task as error");
+        }
+        Ok(())
+    }
+
+    /// After the store was reopened (a full disk): the start-up scan again, for the tasks the
+    /// runner no longer knows — a waiting one whose stop was refused queues again; one past
+    /// the queue with no executor left ends `error`.
+    async fn reconcile(&self) -> crate::service::Result<()> {
+        let now = self.services.now();
+        let interrupted = self.scan()?;
+        if interrupted.is_empty() {
+            return Ok(());
+        }
+        let line = OutputLine {
+            time_us: process::now_us(),
+            text: "interrupted: the server's storage failed".into(),
+        };
+        self.store
+            .transact_async(now, Self::interrupt(interrupted.clone(), now, line))
+            .await?;
+        for (id, _) in interrupted {
+            tracing::warn!(task = id, "marked task as error after a storage failure");
+        }
+        Ok(())
+    }
+
+    /// Unfinished tasks in the store the runner does not know (at start: all of them):
+    /// waiting ones are queued (in id order); the others, with their output length, are
+    /// returned to be ended. Leftover process groups of those are killed.
+    fn scan(&self) -> crate::service::Result<Vec<(TaskId, u64)>> {
         let mut interrupted = Vec::new();
+        // Under the lock: a task moves between the queue and the running set only with it
+        // held, and leaves the running set only once its final status is stored.
+        let mut state = self.lock();
         for task in self.store.active_tasks()? {
+            let known =
+                state.running.contains_key(&task.id) || state.queue.iter().any(|q| q.id == task.id);
+            if known {
+                continue;
+            }
             if task.status == TaskStatus::Waiting {
-                self.lock().queue.push(Queued {
+                state.queue.push(Queued {
                     id: task.id,
                     project: task.project_id,
                     template: task.template_id,
@@ -463,30 +527,30 @@ impl Inner {
             }
             interrupted.push((task.id, self.store.output_len(task.id)?));
         }
-        if interrupted.is_empty() {
-            return Ok(());
-        }
-        let line = OutputLine {
-            time_us: process::now_us(),
-            text: "interrupted: server restarted".into(),
-        };
-        let marked = interrupted.clone();
-        self.store.transact(now, move |tx| {
-            for &(id, first) in &marked {
+        Ok(interrupted)
+    }
+
+    /// The write that ends `tasks` as `error` with `line`, unless one has finished meanwhile.
+    fn interrupt(
+        tasks: Vec<(TaskId, u64)>,
+        now: i64,
+        line: OutputLine,
+    ) -> impl Fn(&crate::store::Tx<'_>) -> crate::store::Result<()> + Send + 'static {
+        move |tx| {
+            for &(id, first) in &tasks {
                 let Some(mut t) = tx.task(id)? else {
                     continue;
                 };
+                if t.status.is_finished() {
+                    continue;
+                }
                 t.status = TaskStatus::Error;
                 t.end = Some(now);
                 tx.put_task(&t)?;
                 tx.append_output(id, first, std::slice::from_ref(&line))?;
             }
-            Ok::<_, crate::store::Error>(())
-        })?;
-        for (id, _) in interrupted {
-            tracing::info!(task = id, "marked interrupted task as error");
+            Ok(())
         }
-        Ok(())
     }
 
     /// Returns once no running task matches `pred`.
@@ -503,9 +567,18 @@ impl Inner {
     }
 
     async fn dispatch_loop(self: Arc<Self>) {
+        let mut health = self.store.watch_health();
         loop {
             self.dispatch();
-            self.wake.notified().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                changed = health.changed() => {
+                    let healthy = *health.borrow_and_update();
+                    if changed.is_ok() && healthy && let Err(e) = self.reconcile().await {
+                        tracing::error!(error = %e, "task recovery after a storage failure");
+                    }
+                }
+            }
         }
     }
 

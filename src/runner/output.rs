@@ -1,8 +1,13 @@
 //! A task's output sink: lines from the server and the app, in one ordered channel, stored in
 //! batched durable transactions (many lines per commit) and published after they are durable.
 //! A per-task cap in lines and bytes ends with one marker line saying what was dropped.
+//!
+//! Lines the store refuses (a full disk) are counted, never retried out of order: once the
+//! store takes writes again, one marker line says how many were lost, and the task cannot end
+//! `success` (see [`Sink::lost`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -20,14 +25,22 @@ const BATCH: usize = 8192;
 pub(super) struct Sink {
     tx: mpsc::Sender<Line>,
     writer: tokio::task::JoinHandle<()>,
+    /// Lines the store refused so far.
+    lost: Arc<AtomicU64>,
 }
 
 impl Sink {
     /// Starts the writer for `task`, appending after line `first`.
     pub(super) fn start(inner: Arc<Inner>, task: Task, first: u64) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let writer = tokio::spawn(pump(inner, task, rx, first));
-        Self { tx, writer }
+        let lost = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(pump(inner, task, rx, first, Arc::clone(&lost)));
+        Self { tx, writer, lost }
+    }
+
+    /// A counter of the lines the store refused (read it after [`Sink::finish`]).
+    pub(super) fn lost(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.lost)
     }
 
     /// A sender for a reader of the app's output.
@@ -53,7 +66,13 @@ impl Sink {
     }
 }
 
-async fn pump(inner: Arc<Inner>, task: Task, mut rx: mpsc::Receiver<Line>, first: u64) {
+async fn pump(
+    inner: Arc<Inner>,
+    task: Task,
+    mut rx: mpsc::Receiver<Line>,
+    first: u64,
+    lost: Arc<AtomicU64>,
+) {
     let max_lines = inner.settings.output_max_lines;
     let max_bytes = inner.settings.output_max_bytes;
     // The cap counts every stored line of the task, including those before this run began.
@@ -82,22 +101,42 @@ async fn pump(inner: Arc<Inner>, task: Task, mut rx: mpsc::Receiver<Line>, first
             }
         }
         if !keep.is_empty() {
-            next += store(&inner, &task, next, keep).await;
+            let n = keep.len() as u64;
+            let stored = store(&inner, &task, next, keep).await;
+            next += stored;
+            lost.fetch_add(n - stored, Ordering::SeqCst);
         }
     }
+    let mut markers = Vec::new();
     if dropped > 0 {
-        let marker = OutputLine {
-            time_us: now_us(),
-            text: format!(
-                "output truncated: {dropped} more lines were dropped (limits: {max_lines} lines, \
-                 {max_bytes} bytes per task)"
-            ),
-        };
-        store(&inner, &task, next, vec![marker]).await;
+        markers.push(format!(
+            "output truncated: {dropped} more lines were dropped (limits: {max_lines} lines, \
+             {max_bytes} bytes per task)"
+        ));
+    }
+    let refused = lost.load(Ordering::SeqCst);
+    if refused > 0 {
+        markers.push(format!(
+            "output lost: {refused} lines could not be stored (the server's disk was full)"
+        ));
+    }
+    for text in markers {
+        // A marker must not be lost in turn: wait for the store to take writes again.
+        loop {
+            let marker = OutputLine {
+                time_us: now_us(),
+                text: text.clone(),
+            };
+            if store(&inner, &task, next, vec![marker]).await == 1 {
+                next += 1;
+                break;
+            }
+            inner.storage_back().await;
+        }
     }
 }
 
-/// Stores lines durably, then publishes them; returns how many were stored.
+/// Stores lines durably, then publishes them; returns how many were stored (all or none).
 async fn store(inner: &Arc<Inner>, task: &Task, first: u64, lines: Vec<OutputLine>) -> u64 {
     let n = lines.len() as u64;
     let lines: Arc<[OutputLine]> = Arc::from(lines);
@@ -107,6 +146,10 @@ async fn store(inner: &Arc<Inner>, task: &Task, first: u64, lines: Vec<OutputLin
         Ok(Ok(())) => {
             inner.publish_lines(task, first, lines);
             n
+        }
+        Ok(Err(e)) if e.is_storage() => {
+            tracing::warn!(task = task.id, lines = n, error = %e, "task output refused");
+            0
         }
         Ok(Err(e)) => {
             tracing::error!(task = task.id, error = %e, "storing task output failed");

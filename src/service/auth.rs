@@ -169,7 +169,11 @@ impl Services {
         };
         if now - session.last_active >= TOUCH_EVERY_SECS {
             let store = self.store.clone();
-            blocking(move || Ok(store.touch_session(&hash, now)?)).await?;
+            match blocking(move || Ok(store.touch_session(&hash, now)?)).await {
+                // Activity is bookkeeping: a full disk must not lock its users out of reads.
+                Err(e) if e.is_storage() => tracing::debug!(error = %e, "session not touched"),
+                other => other?,
+            }
         }
         Ok(Some((user, hash)))
     }

@@ -55,9 +55,23 @@ pub enum Error {
         /// Seconds until a retry may succeed.
         retry_after: u64,
     },
+    /// The disk is full: nothing of the change was stored.
+    #[error("the disk is full")]
+    StorageFull,
+    /// The store is being reopened after a failed write; retry shortly.
+    #[error("storage is temporarily unavailable")]
+    StorageUnavailable,
     /// An internal failure; logged, never shown in detail.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// Whether the error is the store's state (full disk, reopening), not the request's.
+    #[must_use]
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Error::StorageFull | Error::StorageUnavailable)
+    }
 }
 
 impl From<store::Error> for Error {
@@ -66,6 +80,8 @@ impl From<store::Error> for Error {
             store::Error::NotFound => Error::NotFound,
             store::Error::Conflict(msg) => Error::Invalid(msg.to_owned()),
             e @ store::Error::LastAdmin => Error::Invalid(e.to_string()),
+            store::Error::Full => Error::StorageFull,
+            store::Error::Unavailable => Error::StorageUnavailable,
             other => Error::Internal(other.to_string()),
         }
     }

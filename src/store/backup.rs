@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{
-    Database, Durability, Key, MultimapTableHandle, ReadTransaction, ReadableDatabase,
-    ReadableTable, TableDefinition, TableHandle, Value,
+    Database, Durability, Key, MultimapTableHandle, ReadTransaction, ReadableTable,
+    TableDefinition, TableHandle, Value,
 };
 
 use super::{Store, tables};
@@ -44,6 +44,9 @@ pub enum SnapshotError {
     /// The caller asked the snapshot to stop (server shutdown).
     #[error("the backup was cancelled")]
     Cancelled,
+    /// The live database could not be read (full disk, or being reopened).
+    #[error(transparent)]
+    Store(#[from] super::Error),
 }
 
 impl SnapshotError {
@@ -52,6 +55,7 @@ impl SnapshotError {
     pub fn is_disk_full(&self) -> bool {
         let io = match self {
             SnapshotError::Io(e) | SnapshotError::Db(redb::Error::Io(e)) => Some(e),
+            SnapshotError::Store(super::Error::Full) => return true,
             _ => None,
         };
         io.is_some_and(|e| {
@@ -128,7 +132,7 @@ impl Store {
     fn snapshot_into(&self, file: File, stop: &AtomicBool) -> Result<Snapshot, SnapshotError> {
         let synced = file.try_clone()?;
         // The snapshot: every table is read from this one transaction.
-        let src = self.db.begin_read()?;
+        let src = self.read()?;
         let dst = Database::builder()
             .set_cache_size(COPY_CACHE_BYTES)
             .create_with_backend(FileBackend::new(file)?)?;
@@ -272,7 +276,7 @@ fn create_new(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
-    use redb::{ReadOnlyDatabase, TableHandle};
+    use redb::{ReadOnlyDatabase, ReadableDatabase, TableHandle};
 
     /// Every `TableDefinition::new("name")` in `tables.rs`, read from its source.
     fn declared_tables() -> BTreeSet<String> {

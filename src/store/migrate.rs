@@ -81,15 +81,41 @@ pub struct Found {
 /// another process holds it; [`Error::Migration`] when a migration fails (nothing of it is
 /// written); [`Error::Db`] otherwise.
 pub fn open(path: &Path, upgrade: &Upgrade) -> Result<Database> {
-    open_with(path, upgrade, MIGRATIONS, CURRENT)
+    open_through(path, upgrade, &|| Ok(Database::create(path)?))
+}
+
+/// [`open`], with `create` opening the file for writing (the store opens it through its own
+/// storage backend).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_through(
+    path: &Path,
+    upgrade: &Upgrade,
+    create: &dyn Fn() -> Result<Database>,
+) -> Result<Database> {
+    open_using(path, upgrade, MIGRATIONS, CURRENT, create)
 }
 
 /// [`open`] with an explicit migration list (tests inject failing ones).
+#[cfg(test)]
 pub(crate) fn open_with(
     path: &Path,
     upgrade: &Upgrade,
     migrations: &[Migration],
     current: u64,
+) -> Result<Database> {
+    open_using(path, upgrade, migrations, current, &|| {
+        Ok(Database::create(path)?)
+    })
+}
+
+fn open_using(
+    path: &Path,
+    upgrade: &Upgrade,
+    migrations: &[Migration],
+    current: u64,
+    create: &dyn Fn() -> Result<Database>,
 ) -> Result<Database> {
     let mut backed_up = false;
     if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
@@ -112,7 +138,7 @@ pub(crate) fn open_with(
             Err(e) => return Err(e.into()),
         }
     }
-    let db = Database::create(path)?;
+    let db = create()?;
     let pending = {
         let tx = db.begin_read()?;
         let found = inspect(&tx)?;

@@ -25,6 +25,7 @@ pub mod backup;
 pub mod check;
 pub mod codec;
 pub mod compact;
+pub mod disk;
 pub mod migrate;
 pub mod projects;
 pub mod reseal;
@@ -39,9 +40,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 pub use projects::{Lists, NewEvent, Resource, Tx, View};
 pub use users::NewUser;
@@ -66,7 +65,7 @@ pub enum Error {
     Codec(#[from] codec::CodecError),
     /// redb failed (I/O, corruption, ...).
     #[error("database error: {0}")]
-    Db(#[from] redb::Error),
+    Db(redb::Error),
     /// A write could not be committed (the commit failed, or the write panicked).
     #[error("database write failed: {0}")]
     Write(String),
@@ -85,13 +84,39 @@ pub enum Error {
     /// Upgrading the file failed; nothing of the upgrade was written.
     #[error("cannot upgrade the database: {0}")]
     Migration(String),
+    /// The disk is full: nothing of the write was stored; retry once space is freed.
+    #[error("the disk is full")]
+    Full,
+    /// The database is being reopened after a failed write; retry shortly.
+    #[error("storage is temporarily unavailable")]
+    Unavailable,
+}
+
+impl Error {
+    /// Whether the error is the disk's state, not the request's: a full disk, or a database
+    /// being reopened. Such writes are worth retrying once the store is healthy again.
+    #[must_use]
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Error::Full | Error::Unavailable)
+    }
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) if disk::is_full(&io) => Error::Full,
+            // The handle failed an earlier write, or was closed for a reopen.
+            redb::Error::PreviousIo | redb::Error::DatabaseClosed => Error::Unavailable,
+            other => Error::Db(other),
+        }
+    }
 }
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Self {
-                Error::Db(e.into())
+                Error::from(redb::Error::from(e))
             }
         }
     )*};
@@ -108,7 +133,7 @@ impl From<redb::DatabaseError> for Error {
     fn from(e: redb::DatabaseError) -> Self {
         match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
-            other => Error::Db(other.into()),
+            other => Error::from(redb::Error::from(other)),
         }
     }
 }
@@ -120,7 +145,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// the one writer thread (see [`writer`]), which commits them in groups.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: Arc<Database>,
+    disk: Arc<disk::Disk>,
     writer: Arc<writer::Writer>,
 }
 
@@ -132,18 +157,23 @@ impl Store {
     /// [`Error::Locked`] when another process has the file open; [`Error::TooNew`],
     /// [`Error::Migration`]; [`Error::Db`] otherwise.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, &migrate::Upgrade::default())
+        Self::open_with(path, &migrate::Upgrade::default(), None)
     }
 
-    /// [`Store::open`] with explicit upgrade options.
+    /// [`Store::open`] with explicit upgrade options, through a [`disk::FaultSwitch`] that can
+    /// make the disk fail as a full one (for tests; `None` is the plain file).
     ///
     /// # Errors
     /// As [`Store::open`].
-    pub fn open_with(path: &Path, upgrade: &migrate::Upgrade) -> Result<Self> {
-        let db = Arc::new(migrate::open(path, upgrade)?);
+    pub fn open_with(
+        path: &Path,
+        upgrade: &migrate::Upgrade,
+        faults: Option<disk::FaultSwitch>,
+    ) -> Result<Self> {
+        let disk = Arc::new(disk::Disk::open(path, upgrade, faults)?);
         let store = Self {
-            writer: Arc::new(writer::Writer::start(Arc::clone(&db))?),
-            db,
+            writer: Arc::new(writer::Writer::start(Arc::clone(&disk))?),
+            disk,
         };
         store.write(Durability::Immediate, |tx| {
             tx.open_table(tables::META)?;
@@ -207,7 +237,20 @@ impl Store {
     }
 
     fn read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+        Ok(self.disk.current()?.begin_read()?)
+    }
+
+    /// Whether writes commit (`false` from a failed write, e.g. a full disk, until one
+    /// commits again).
+    #[must_use]
+    pub fn healthy(&self) -> bool {
+        self.disk.healthy()
+    }
+
+    /// A receiver of health changes (see [`Store::healthy`]).
+    #[must_use]
+    pub fn watch_health(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.disk.watch()
     }
 }
 

@@ -8,16 +8,27 @@
 //! the transaction, answers that job with its error and runs the rest again in a new one (so
 //! jobs are `Fn`, run once per attempt). A job that panics is answered with an error the same
 //! way; the writer lives on.
+//!
+//! A commit that fails on I/O (a full disk) fails its jobs with [`Error::Full`] or
+//! [`Error::Unavailable`]; the writer then reopens the database and refuses writes until a
+//! probe commits again (see [`super::disk`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 
-use super::{Error, Result};
+use super::disk::{Disk, PROBE_EVERY};
+use super::{Error, Result, tables};
+
+/// The `SETTINGS` entry the writer writes (and removes) to probe a failed disk.
+const STORAGE_PROBE: &str = "storage_probe";
+/// How much room a probe asks for.
+const PROBE_BYTES: usize = 1024 * 1024;
 
 /// Most jobs one transaction takes (bounds the work a failure makes the writer repeat).
 const MAX_BATCH: usize = 256;
@@ -40,6 +51,41 @@ impl<T> Reply<T> {
     }
 }
 
+/// Why a commit failed, as each job in it is told.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The disk is full ([`Error::Full`]).
+    Full,
+    /// The database is unusable until reopened ([`Error::Unavailable`]).
+    Unavailable,
+    /// Anything else, logged as an internal error.
+    Other(String),
+}
+
+impl Failure {
+    fn error(self) -> Error {
+        match self {
+            Failure::Full => Error::Full,
+            Failure::Unavailable => Error::Unavailable,
+            Failure::Other(e) => Error::Write(e),
+        }
+    }
+}
+
+/// A redb failure at the transaction level: what to answer, and whether it was I/O (redb
+/// then refuses everything until the file is reopened).
+fn classify(disk: &Disk, e: impl Into<redb::Error>) -> (Failure, bool) {
+    let e: redb::Error = e.into();
+    let io = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+    let failure = match Error::from(e) {
+        Error::Full => Failure::Full,
+        Error::Unavailable if disk.saw_full() => Failure::Full,
+        Error::Unavailable => Failure::Unavailable,
+        other => Failure::Other(other.to_string()),
+    };
+    (failure, io)
+}
+
 /// A write request as the writer sees it.
 trait Job: Send {
     /// Runs the request in `tx`, keeping its result; `false` when it failed.
@@ -47,7 +93,7 @@ trait Job: Send {
     /// Whether the request must be on disk before it is answered.
     fn durable(&self) -> bool;
     /// Answers the request: its result when `committed`, else the commit's error.
-    fn answer(self: Box<Self>, committed: std::result::Result<(), String>);
+    fn answer(self: Box<Self>, committed: std::result::Result<(), Failure>);
 }
 
 struct Request<F, T, E> {
@@ -78,11 +124,11 @@ where
         self.durable
     }
 
-    fn answer(self: Box<Self>, committed: std::result::Result<(), String>) {
+    fn answer(self: Box<Self>, committed: std::result::Result<(), Failure>) {
         let out = match (committed, self.out) {
             (Ok(()), Some(out)) => out,
             (Ok(()), None) => Err(E::from(Error::Write("the write never ran".into()))),
-            (Err(e), _) => Err(E::from(Error::Write(e))),
+            (Err(e), _) => Err(E::from(e.error())),
         };
         self.reply.send(out);
     }
@@ -107,17 +153,17 @@ pub struct Stats {
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`.
+    /// Starts the writer thread over `disk`.
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn start(db: Arc<Database>) -> Result<Self> {
+    pub fn start(disk: Arc<Disk>) -> Result<Self> {
         let (jobs, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(Stats::default());
         let counted = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("forge-writer".into())
-            .spawn(move || run(&db, &rx, &counted))
+            .spawn(move || run(&disk, &rx, &counted))
             .map_err(|e| Error::Write(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             jobs: Some(jobs),
@@ -153,7 +199,7 @@ impl Writer {
             None => Some(job),
         };
         if let Some(job) = unsent {
-            job.answer(Err("the writer has stopped".into()));
+            job.answer(Err(Failure::Other("the writer has stopped".into())));
         }
     }
 }
@@ -169,52 +215,192 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+/// The writer's memory of a failed disk: what to answer meanwhile, and when it last tried.
+struct Failed {
+    answer: Failure,
+    tried: Instant,
+}
+
+fn run(disk: &Disk, rx: &Receiver<Box<dyn Job>>, stats: &Stats) {
+    let mut failed: Option<Failed> = None;
+    loop {
+        let first = if failed.is_some() {
+            // Unhealthy: wake up to probe the disk even when no write comes.
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        let mut batch: Vec<_> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        commit(db, batch, stats);
+        if let Some(f) = &mut failed {
+            if f.tried.elapsed() < PROBE_EVERY {
+                // Refused without a try: each try that fails costs a reopen.
+                for job in batch {
+                    job.answer(Err(f.answer.clone()));
+                }
+                continue;
+            }
+            if !disk.has_room(2 * PROBE_BYTES as u64) {
+                f.tried = Instant::now();
+                for job in batch {
+                    job.answer(Err(f.answer.clone()));
+                }
+                continue;
+            }
+            if let Err(answer) = probe(disk) {
+                // Reopened before anyone hears of it (see `commit`).
+                failed = Some(fail(disk, answer.clone()));
+                for job in batch {
+                    job.answer(Err(answer.clone()));
+                }
+                continue;
+            }
+            disk.set_healthy(true);
+            failed = None;
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        failed = match commit(disk, batch, stats) {
+            Ok(()) => {
+                disk.set_healthy(true);
+                None
+            }
+            Err(failed) => Some(failed),
+        };
     }
 }
 
+/// After a failed commit: unhealthy, and the handle reopened so that reads keep working. The
+/// caller must hold no clone of the database (the reopen waits for the last one).
+fn fail(disk: &Disk, answer: Failure) -> Failed {
+    disk.set_healthy(false);
+    if let Err(e) = disk.reopen() {
+        tracing::error!(error = %e, "reopening the database failed; will retry");
+    }
+    Failed {
+        answer,
+        tried: Instant::now(),
+    }
+}
+
+/// Whether the disk takes writes again, with room to spare: commits [`PROBE_BYTES`] durably,
+/// then removes them. (A tiny write could fit in space the database file already has, and
+/// make a disk that is still full look healthy.)
+fn probe(disk: &Disk) -> std::result::Result<(), Failure> {
+    if disk.current().is_err() {
+        // The last reopen failed: try again first.
+        disk.reopen().map_err(|_| Failure::Unavailable)?;
+    }
+    let db = disk.current().map_err(|_| Failure::Unavailable)?;
+    let blob = vec![0u8; PROBE_BYTES];
+    for put in [true, false] {
+        let tx = db.begin_write().map_err(|e| classify(disk, e).0)?;
+        {
+            let mut settings = tx
+                .open_table(tables::SETTINGS)
+                .map_err(|e| classify(disk, e).0)?;
+            let done = if put {
+                settings.insert(STORAGE_PROBE, blob.as_slice()).map(drop)
+            } else {
+                settings.remove(STORAGE_PROBE).map(drop)
+            };
+            done.map_err(|e| classify(disk, e).0)?;
+        }
+        tx.commit().map_err(|e| classify(disk, e).0)?;
+    }
+    Ok(())
+}
+
 /// Runs `batch` in one transaction and commits it; a failed job is answered on its own and
-/// the others run again without it.
-fn commit(db: &Database, mut batch: Vec<Box<dyn Job>>, stats: &Stats) {
+/// the others run again without it. `Err` when the database failed on I/O: the handle has
+/// been reopened (see [`fail`]) and only then every job not yet answered got that failure —
+/// so that no request told of the failure finds health `ok`, and reads meanwhile wait for the
+/// new handle rather than fail on the poisoned one.
+fn commit(
+    disk: &Disk,
+    mut batch: Vec<Box<dyn Job>>,
+    stats: &Stats,
+) -> std::result::Result<(), Failed> {
+    let Ok(db) = disk.current() else {
+        // An earlier reopen failed: try it again.
+        let failed = fail(disk, Failure::Unavailable);
+        for job in batch {
+            job.answer(Err(Failure::Unavailable));
+        }
+        return Err(failed);
+    };
     while !batch.is_empty() {
         let durable = batch.iter().any(|j| j.durable());
         let tx = db
             .begin_write()
-            .map_err(|e| e.to_string())
+            .map_err(|e| classify(disk, e))
             .and_then(|mut tx| {
                 let durability = if durable {
                     Durability::Immediate
                 } else {
                     Durability::None
                 };
-                tx.set_durability(durability).map_err(|e| e.to_string())?;
+                tx.set_durability(durability)
+                    .map_err(|e| classify(disk, e))?;
                 Ok(tx)
             });
         let tx = match tx {
             Ok(tx) => tx,
-            Err(e) => {
+            Err((failure, io)) => {
+                drop(db);
+                let failed = io.then(|| fail(disk, failure.clone()));
                 for job in batch {
-                    job.answer(Err(e.clone()));
+                    job.answer(Err(failure.clone()));
                 }
-                return;
+                return failed.map_or(Ok(()), Err);
             }
         };
         if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
             drop(tx.abort());
+            let failed = batch.remove(failed);
+            // It may have failed on I/O inside its transaction (a page flush on a full disk),
+            // which poisons the handle: know that before anyone hears of it.
+            if let Err(e) = db.begin_write() {
+                let (failure, io) = classify(disk, e);
+                if io {
+                    drop(db);
+                    let reopened = fail(disk, failure.clone());
+                    failed.answer(Ok(()));
+                    for job in batch {
+                        job.answer(Err(failure.clone()));
+                    }
+                    return Err(reopened);
+                }
+            }
             // Its own error is its answer; nothing of it (or of the others) was committed.
-            batch.remove(failed).answer(Ok(()));
+            failed.answer(Ok(()));
             continue;
         }
-        let committed = tx.commit().map_err(|e| e.to_string());
+        let (committed, io) = match tx.commit() {
+            Ok(()) => (Ok(()), false),
+            Err(e) => {
+                let (failure, io) = classify(disk, e);
+                (Err(failure), io)
+            }
+        };
+        drop(db);
+        let failed = match &committed {
+            Err(failure) if io => Some(fail(disk, failure.clone())),
+            _ => None,
+        };
         if committed.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
@@ -224,15 +410,16 @@ fn commit(db: &Database, mut batch: Vec<Box<dyn Job>>, stats: &Stats) {
         for job in batch {
             job.answer(committed.clone());
         }
-        return;
+        return failed.map_or(Ok(()), Err);
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::tables::SETTINGS;
-    use redb::{ReadableDatabase, TableDefinition};
+    use redb::{Database, ReadableDatabase, TableDefinition};
 
     fn db() -> (tempfile::TempDir, Arc<Database>) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -287,7 +474,7 @@ mod tests {
     #[test]
     fn queued_writes_share_one_commit_and_a_failure_only_fails_itself() {
         let (_dir, db) = db();
-        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(Arc::clone(&db)))).expect("writer");
         let (release, held) = hold(&writer);
         let answers: Vec<_> = (0..64)
             .map(|i| {
@@ -320,7 +507,7 @@ mod tests {
     #[test]
     fn a_panicking_write_is_an_error_and_the_writer_lives_on() {
         let (_dir, db) = db();
-        let writer = Writer::start(Arc::clone(&db)).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(Arc::clone(&db)))).expect("writer");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         writer.submit(
             true,
@@ -342,7 +529,7 @@ mod tests {
     #[test]
     fn dropping_the_writer_closes_the_database() {
         let (dir, db) = db();
-        let writer = Writer::start(db).expect("writer");
+        let writer = Writer::start(Arc::new(Disk::fixed(db))).expect("writer");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         writer.submit(true, put("k".into(), false), Reply::Sync(tx));
         rx.recv().expect("answered").expect("write");
@@ -354,5 +541,98 @@ mod tests {
             .open_table(TableDefinition::new("settings"))
             .expect("table");
         assert!(table.get("k").expect("get").is_some());
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_write_and_the_writer_recovers_once_space_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let switch = crate::store::disk::FaultSwitch::new();
+        let disk = Arc::new(
+            Disk::open(
+                &dir.path().join("w.redb"),
+                &Default::default(),
+                Some(switch.clone()),
+            )
+            .expect("open"),
+        );
+        let writer = Writer::start(Arc::clone(&disk)).expect("writer");
+        let submit = |key: &str, len: usize| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let key = key.to_owned();
+            writer.submit(
+                true,
+                move |tx: &WriteTransaction| -> Result<()> {
+                    tx.open_table(SETTINGS)?
+                        .insert(key.as_str(), vec![1u8; len].as_slice())?;
+                    Ok(())
+                },
+                Reply::Sync(tx),
+            );
+            rx.recv().expect("answered")
+        };
+        submit("small", 10).expect("write");
+        switch.fill();
+        let refused = submit("big", 20_000_000);
+        assert!(matches!(refused, Err(Error::Full)), "{refused:?}");
+        assert!(!disk.healthy());
+        // Refused without a try until a probe commits; reads work on the reopened file.
+        let small = submit("small2", 10);
+        assert!(matches!(small, Err(Error::Full)), "{small:?}");
+        assert!(stored(&disk.current().expect("db"), "small"));
+        assert!(!stored(&disk.current().expect("db"), "big"));
+        switch.free();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !disk.healthy() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        submit("big", 20_000_000).expect("write after recovery");
+        assert!(stored(&disk.current().expect("db"), "big"));
+        // The probe left nothing behind.
+        assert!(!stored(&disk.current().expect("db"), STORAGE_PROBE));
+    }
+
+    #[test]
+    fn when_even_the_reopen_fails_reads_are_unavailable_until_space_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let switch = crate::store::disk::FaultSwitch::new();
+        let disk = Arc::new(
+            Disk::open(
+                &dir.path().join("w.redb"),
+                &Default::default(),
+                Some(switch.clone()),
+            )
+            .expect("open"),
+        );
+        let writer = Writer::start(Arc::clone(&disk)).expect("writer");
+        let submit = |key: &'static str| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            writer.submit(true, put(key.to_owned(), false), Reply::Sync(tx));
+            rx.recv().expect("answered")
+        };
+        submit("before").expect("write");
+        switch.fill_every_block();
+        let refused = submit("refused");
+        assert!(matches!(refused, Err(Error::Full)), "{refused:?}");
+        assert!(!disk.healthy());
+        // The writer reopens right after answering; the open cannot write, so fails.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while disk.current().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "never closed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(matches!(disk.current(), Err(Error::Unavailable)));
+        assert!(!disk.healthy());
+        switch.free();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !disk.healthy() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let db = disk.current().expect("reopened");
+        assert!(stored(&db, "before"));
+        assert!(!stored(&db, "refused"));
+        assert_eq!(submit("after").expect("write"), "after");
     }
 }

@@ -12,6 +12,23 @@ pub async fn ping(_req: Req) -> HandlerResult {
     Ok(body::text(StatusCode::OK, "pong"))
 }
 
+/// `GET|HEAD /api/health`: `200 {"status":"ok"}`, or `503 {"status":"degraded","reason":
+/// "storage"}` while the store refuses writes (a full disk) or is reopening. No auth, no side
+/// effects, nothing more detailed.
+pub async fn health(req: Req) -> HandlerResult {
+    if req.app.services.store().healthy() {
+        Ok(body::json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok" }),
+        ))
+    } else {
+        Ok(body::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "degraded", "reason": "storage" }),
+        ))
+    }
+}
+
 #[derive(Serialize)]
 struct Info<'a> {
     version: &'a str,

@@ -158,7 +158,11 @@ fn task(req: &Req) -> Result<Task, ApiError> {
     req.app
         .services
         .task(req.access()?, id)
-        .map_err(|_| ApiError::BadRequest(format!("task {id} not found in this project")))
+        .map_err(|e| match e {
+            // A storage failure (full disk, reopening) is not "not found".
+            e if e.is_storage() => ApiError::from(e),
+            _ => ApiError::BadRequest(format!("task {id} not found in this project")),
+        })
 }
 
 /// `GET /api/project/{project_id}/tasks/{task_id}`.
