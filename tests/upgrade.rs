@@ -47,7 +47,7 @@ fn read_json(path: &Path) -> Value {
 fn dropped(k: &str, v: &Value) -> bool {
     match k {
         "empty" => *v == Value::Bool(true),
-        "max_duration_secs" => *v == Value::from(0),
+        "max_duration_secs" => v.as_u64() == Some(0),
         _ => false,
     }
 }

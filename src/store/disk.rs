@@ -379,7 +379,7 @@ mod tests {
         let switch = FaultSwitch::new();
         let disk = Disk::open(
             &dir.path().join("d.redb"),
-            &Default::default(),
+            &crate::store::migrate::Upgrade::default(),
             Some(switch.clone()),
         )
         .expect("open");

@@ -550,7 +550,7 @@ mod tests {
         let disk = Arc::new(
             Disk::open(
                 &dir.path().join("w.redb"),
-                &Default::default(),
+                &crate::store::migrate::Upgrade::default(),
                 Some(switch.clone()),
             )
             .expect("open"),
@@ -599,7 +599,7 @@ mod tests {
         let disk = Arc::new(
             Disk::open(
                 &dir.path().join("w.redb"),
-                &Default::default(),
+                &crate::store::migrate::Upgrade::default(),
                 Some(switch.clone()),
             )
             .expect("open"),
