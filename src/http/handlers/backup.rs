@@ -61,7 +61,8 @@ pub async fn download(req: Req) -> HandlerResult {
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let mut permit = Some(permit);
+        let mut read = 0u64;
         loop {
             let mut chunk = vec![0; CHUNK];
             match file.read(&mut chunk) {
@@ -71,6 +72,12 @@ pub async fn download(req: Req) -> HandlerResult {
                 }
                 Ok(n) => {
                     chunk.truncate(n);
+                    read += n as u64;
+                    if read >= snapshot.bytes {
+                        // The next backup may start before the client has the last bytes: one
+                        // that asks right after this download ends is never refused.
+                        permit.take();
+                    }
                     // The client went away: dropping the file frees its space.
                     if tx.blocking_send(Bytes::from(chunk)).is_err() {
                         tracing::warn!("the client left before the whole backup was sent");
