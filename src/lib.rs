@@ -14,9 +14,11 @@
 //! - [`runner`]: the task queue, child processes, stop/kill and live output; services drive it
 //!   through a handle, and it persists through the store.
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
-//!   writer thread that commits writes in groups; format versions and migrations
-//!   (`store::migrate`), and the offline `forge check` / `forge compact` (`store::check`,
-//!   `store::compact`).
+//!   writer thread that commits writes in groups; the reopenable file behind it, which survives
+//!   a full disk (`store::disk`); format versions and migrations (`store::migrate`); snapshots
+//!   for online backups (`store::backup`); pruning (`store::retention`); re-sealing for key
+//!   rotation (`store::reseal`); and the offline `forge check` / `forge compact`
+//!   (`store::check`, `store::compact`).
 //! - [`retention`]: the background loop pruning old tasks, output and events.
 //! - [`model`]: the plain stored types. [`clock`]: injectable time.
 //!
