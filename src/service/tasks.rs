@@ -420,7 +420,7 @@ mod tests {
             limit: String::new(),
             arguments: None,
             git_branch: None,
-            user_id: Some(if id % 2 == 0 { 2 } else { 1 }),
+            user_id: Some(if id.is_multiple_of(2) { 2 } else { 1 }),
             integration_id: None,
             schedule_id: None,
             created,
