@@ -336,27 +336,30 @@ impl Services {
         template: u64,
         filter: &StatsFilter,
     ) -> Result<Vec<DayStats>> {
-        let tasks = self
-            .store
-            .recent_tasks(access.project_id(), Some(template), usize::MAX)?;
-        Ok(day_stats(&tasks, filter))
+        let mut days = Days::default();
+        self.store
+            .each_template_task(access.project_id(), template, |t| days.add(t, filter))?;
+        Ok(days.finish())
     }
 }
 
-/// Groups `tasks` by day of creation (see [`Services::template_stats`]).
-fn day_stats(tasks: &[Task], filter: &StatsFilter) -> Vec<DayStats> {
-    // Day → (stats, sum of durations, how many durations).
-    let mut days: std::collections::BTreeMap<String, (DayStats, i64, i64)> =
-        std::collections::BTreeMap::new();
-    for t in tasks {
+/// Tasks grouped by day of creation as they come (see [`Services::template_stats`]): only
+/// the per-day counts are kept, never the tasks.
+#[derive(Debug, Default)]
+struct Days(std::collections::BTreeMap<String, (DayStats, i64, i64)>);
+
+impl Days {
+    /// Counts `t` if `filter` lets it through.
+    fn add(&mut self, t: &Task, filter: &StatsFilter) {
         let date = crate::clock::rfc3339(t.created)[..10].to_owned();
         if filter.start.as_ref().is_some_and(|s| date < *s)
             || filter.end.as_ref().is_some_and(|e| date > *e)
             || filter.user_id.is_some_and(|u| t.user_id != Some(u))
         {
-            continue;
+            return;
         }
-        let (day, sum, n) = days.entry(date.clone()).or_insert_with(|| {
+        // Day → (stats, sum of durations, how many durations).
+        let (day, sum, n) = self.0.entry(date.clone()).or_insert_with(|| {
             let stats = DayStats {
                 date,
                 count_by_status: std::collections::BTreeMap::new(),
@@ -370,15 +373,29 @@ fn day_stats(tasks: &[Task], filter: &StatsFilter) -> Vec<DayStats> {
             *n += 1;
         }
     }
-    days.into_values()
-        .rev()
-        .map(|(mut day, sum, n)| {
-            if n > 0 {
-                day.avg_duration = sum / n;
-            }
-            day
-        })
-        .collect()
+
+    /// The days, newest first, with their mean durations.
+    fn finish(self) -> Vec<DayStats> {
+        self.0
+            .into_values()
+            .rev()
+            .map(|(mut day, sum, n)| {
+                if n > 0 {
+                    day.avg_duration = sum / n;
+                }
+                day
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+fn day_stats(tasks: &[Task], filter: &StatsFilter) -> Vec<DayStats> {
+    let mut days = Days::default();
+    for t in tasks {
+        days.add(t, filter);
+    }
+    days.finish()
 }
 
 /// A `YYYY-MM-DD` day, checked (`what` names the parameter in the error).
