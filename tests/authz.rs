@@ -29,12 +29,16 @@ const CALLERS: [&str; 7] = [
     "system admin",
 ];
 
-/// Routes outside `/api/project/{project_id}` that belong to issue 3.
-const GLOBAL_ROUTES: [(&str, &str); 4] = [
+/// Routes outside `/api/project/{project_id}` that belong to issue 3, and the admin task
+/// routes (issue 12).
+const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects"),
     ("POST", "/api/projects"),
     ("GET", "/api/events"),
     ("GET", "/api/events/last"),
+    ("GET", "/api/tasks"),
+    ("GET", "/api/tasks/{task_id}"),
+    ("DELETE", "/api/tasks/{task_id}"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -134,6 +138,12 @@ fn rows() -> Vec<Row> {
         row(D, "/api/project/{project_id}/tasks/{task_id}",                   [401, 404, 403, 403, 401, 401, 204]),
         row(G, "/api/project/{project_id}/tasks/{task_id}/output",            [401, 404, 200, 200, 200, 200, 200]),
         row(P, "/api/project/{project_id}/tasks/{task_id}/stop",              [401, 404, 403, 204, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/tasks/{task_id}/raw_output",        [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/templates/{template_id}/stats",     [401, 404, 200, 200, 200, 200, 200]),
+        // System administrators only, whatever the project role.
+        row(G, "/api/tasks",                                                  [401, 403, 403, 403, 403, 403, 200]),
+        row(G, "/api/tasks/{task_id}",                                        [401, 403, 403, 403, 403, 403, 200]),
+        row(D, "/api/tasks/{task_id}",                                        [401, 403, 403, 403, 403, 403, 204]),
     ]
 }
 
@@ -364,6 +374,9 @@ impl World {
     /// What a write cell on `pattern` needs: a project of its own with the objects of the
     /// pattern's resource (none for routes outside a project).
     async fn fixture_for(&self, pattern: &str) -> Fixture {
+        if pattern.starts_with("/api/tasks/") {
+            return self.project(Some("tasks")).await;
+        }
         if !pattern.contains("{project_id}") {
             return Fixture {
                 member: self.member,

@@ -111,6 +111,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/project/{project_id}/templates/{template_id}/refs", Project(NONE), res::refs::<Template>),
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks", Project(NONE), tasks::template_tasks),
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks/last", Project(NONE), tasks::template_tasks_last),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/stats", Project(NONE), tasks::template_stats),
         route!(GET "/api/project/{project_id}/tasks", Project(NONE), tasks::list),
         route!(POST "/api/project/{project_id}/tasks", Project(RUN_TASKS), tasks::create),
         route!(GET "/api/project/{project_id}/tasks/last", Project(NONE), tasks::last),
@@ -118,7 +119,10 @@ pub fn routes() -> Vec<Route> {
         route!(DELETE "/api/project/{project_id}/tasks/{task_id}", Project(MANAGE_RESOURCES), tasks::delete),
         route!(GET "/api/project/{project_id}/tasks/{task_id}/output", Project(NONE), tasks::output),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/stop", Project(RUN_TASKS), tasks::stop),
+        route!(GET "/api/project/{project_id}/tasks/{task_id}/raw_output", Project(NONE), tasks::raw_output),
         route!(GET "/api/tasks", Admin, tasks::active),
+        route!(GET "/api/tasks/{task_id}", Admin, tasks::admin_get),
+        route!(DELETE "/api/tasks/{task_id}", Admin, tasks::admin_delete),
         route!(GET "/api/ws", User, ws::connect),
         route!(GET "/api/backup", Admin, super::handlers::backup::download),
     ]

@@ -499,6 +499,7 @@ async fn prepare(
     let m = Materials::load(inner, task, template)?;
     private_dir(&task_dir.join("tmp"))?;
     let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;
+    record_commit(inner, task, &cwd, task_dir).await;
     let vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
     if template.app == "ansible" {
         ansible(inner, task, template, &m, vars, cwd, task_dir)
@@ -873,6 +874,48 @@ async fn checkout(
     git(&args, parent, env, sink).await
 }
 
+/// Stores on the task the hash and subject of the commit checked out in `cwd` (`commit_hash`,
+/// `commit_message`), when `cwd` is a git work tree's top: every clone, and a local-path
+/// repository only when it is a git repository itself (left as it is: read, never checked
+/// out). A failure to read it only leaves the fields as they were.
+async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &Path) {
+    if !cwd.join(".git").exists() {
+        return;
+    }
+    let safe = format!("safe.directory={}", cwd.display());
+    let out = Command::new("git")
+        .args(["-c", safe.as_str(), "log", "-1", "--format=%H%n%s"])
+        .current_dir(cwd)
+        .env_clear()
+        .envs(base_env(task, task_dir, cwd))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let Some((hash, subject)) = out
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| parse_commit(&String::from_utf8_lossy(&o.stdout)))
+    else {
+        tracing::warn!(task = task.id, dir = %cwd.display(), "cannot read the checked-out commit");
+        return;
+    };
+    update(inner, task.id, move |t| {
+        t.commit_hash = Some(hash.clone());
+        t.commit_message.clone_from(&subject);
+        true
+    })
+    .await;
+}
+
+/// `<hash>\n<subject>` as `git log -1 --format=%H%n%s` prints it.
+fn parse_commit(text: &str) -> Option<(String, String)> {
+    let mut lines = text.lines();
+    let hash = lines.next()?.trim();
+    let ok = (40..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| (hash.to_owned(), lines.next().unwrap_or_default().to_owned()))
+}
+
 /// Runs one git command (argv, output into the task log); a failure is an error.
 async fn git(
     args: &[&str],
@@ -898,5 +941,26 @@ async fn git(
             "git {} failed: {status}",
             args.first().copied().unwrap_or_default()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_commit;
+
+    #[test]
+    fn a_commit_is_its_full_hash_and_subject() {
+        let hash = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            parse_commit(&format!("{hash}\nFix the deploy\n")),
+            Some((hash.to_owned(), "Fix the deploy".to_owned()))
+        );
+        assert_eq!(
+            parse_commit(&format!("{hash}\n")),
+            Some((hash.to_owned(), String::new()))
+        );
+        assert_eq!(parse_commit("fatal: not a git repository\n"), None);
+        assert_eq!(parse_commit("abc123\nshort\n"), None);
+        assert_eq!(parse_commit(""), None);
     }
 }

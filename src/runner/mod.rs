@@ -250,6 +250,30 @@ impl Runner {
         }
     }
 
+    /// Stops a task (not forced, as [`Runner::stop`]) and waits until its executor has
+    /// recorded its end, so nothing of it is written afterwards (an admin deletes it next).
+    ///
+    /// # Errors
+    /// Storage failures; [`crate::service::Error::Busy`] when it has not ended within the stop
+    /// grace and a bound (its executor is stuck on storage).
+    pub async fn stop_and_wait(&self, task_id: TaskId) -> crate::service::Result<()> {
+        self.stop(task_id, false).await?;
+        let bound = self.inner.settings.stop_grace + FINISH_BOUND;
+        let mut ended = self.inner.ended.subscribe();
+        let wait = async {
+            while self.inner.lock().running.contains_key(&task_id) {
+                if ended.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(bound, wait).await.is_err() {
+            tracing::error!(task = task_id, "task did not end within {bound:?}");
+            return Err(crate::service::Error::Busy { retry_after: 5 });
+        }
+        Ok(())
+    }
+
     /// A receiver of every live event.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {

@@ -400,6 +400,14 @@ impl Services {
             {
                 v.insert(view.user(u)?.map(|u| u.username).unwrap_or_default());
             }
+            // A task's name is its playbook override (upstream's `object_name`); "" once gone.
+            if e.object_type == "task"
+                && let (Some(p), Some(t)) = (e.project_id, e.object_id)
+                && let std::collections::hash_map::Entry::Vacant(v) = names.tasks.entry(t)
+            {
+                let task = view.get::<crate::model::Task>(p, t)?;
+                v.insert(task.map(|t| t.playbook).unwrap_or_default());
+            }
         }
         Ok(names)
     }
@@ -420,6 +428,8 @@ pub struct EventNames {
     pub projects: std::collections::HashMap<ProjectId, String>,
     /// User id → username.
     pub users: std::collections::HashMap<UserId, String>,
+    /// Task id → its `object_name` (the task's playbook override).
+    pub tasks: std::collections::HashMap<u64, String>,
 }
 
 fn parse_role(role: &str) -> Result<Role> {

@@ -258,3 +258,252 @@ impl Services {
         Ok(out)
     }
 }
+
+/// Which tasks [`Services::template_stats`] counts: days (`YYYY-MM-DD`, UTC, both ends
+/// included) of their creation, and who started them.
+#[derive(Debug, Clone, Default)]
+pub struct StatsFilter {
+    /// First day counted.
+    pub start: Option<String>,
+    /// Last day counted.
+    pub end: Option<String>,
+    /// Only tasks this user started.
+    pub user_id: Option<u64>,
+}
+
+/// One day of [`Services::template_stats`]: upstream's `TaskStat`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DayStats {
+    /// `YYYY-MM-DD` (UTC) of the tasks' creation.
+    pub date: String,
+    /// Status → how many tasks of that day have it.
+    pub count_by_status: std::collections::BTreeMap<&'static str, u64>,
+    /// Mean run time in whole seconds of that day's tasks that ran to an end (0 if none).
+    pub avg_duration: i64,
+}
+
+impl Services {
+    /// Task `id` of any project (system admins only).
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for non-admins; [`Error::NotFound`].
+    pub fn any_task(&self, caller: &User, id: u64) -> Result<Task> {
+        if !caller.admin {
+            return Err(Error::Forbidden);
+        }
+        self.store.task(id)?.ok_or(Error::NotFound)
+    }
+
+    /// Deletes finished task `id` of any project with its output (system admins only). The
+    /// caller stops it and waits for its end first.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for non-admins; [`Error::NotFound`]; [`Error::Invalid`] when it
+    /// is (again) unfinished.
+    pub async fn delete_any_task(&self, caller: &User, id: u64) -> Result<()> {
+        if !caller.admin {
+            return Err(Error::Forbidden);
+        }
+        let user = caller.id;
+        self.transact(move |tx| {
+            let task = tx.task(id)?.ok_or(Error::NotFound)?;
+            if !task.status.is_finished() {
+                return Err(Error::Invalid(
+                    "the task is still running; try again".into(),
+                ));
+            }
+            tx.delete_task(&task)?;
+            tx.record(crate::store::NewEvent {
+                user_id: Some(user),
+                project_id: Some(task.project_id),
+                object_id: Some(id),
+                object_type: "task",
+                description: format!("Task ID {id} deleted"),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts of template `template`'s tasks per status per day of creation, newest day
+    /// first (upstream's `GET /templates/{t}/stats`).
+    ///
+    /// # Errors
+    /// Storage failures only (the caller checked the template).
+    pub fn template_stats(
+        &self,
+        access: &Access,
+        template: u64,
+        filter: &StatsFilter,
+    ) -> Result<Vec<DayStats>> {
+        let mut days = Days::default();
+        self.store
+            .each_template_task(access.project_id(), template, |t| days.add(t, filter))?;
+        Ok(days.finish())
+    }
+}
+
+/// Tasks grouped by day of creation as they come (see [`Services::template_stats`]): only
+/// the per-day counts are kept, never the tasks.
+#[derive(Debug, Default)]
+struct Days(std::collections::BTreeMap<String, (DayStats, i64, i64)>);
+
+impl Days {
+    /// Counts `t` if `filter` lets it through.
+    fn add(&mut self, t: &Task, filter: &StatsFilter) {
+        let date = crate::clock::rfc3339(t.created)[..10].to_owned();
+        if filter.start.as_ref().is_some_and(|s| date < *s)
+            || filter.end.as_ref().is_some_and(|e| date > *e)
+            || filter.user_id.is_some_and(|u| t.user_id != Some(u))
+        {
+            return;
+        }
+        // Day → (stats, sum of durations, how many durations).
+        let (day, sum, n) = self.0.entry(date.clone()).or_insert_with(|| {
+            let stats = DayStats {
+                date,
+                count_by_status: std::collections::BTreeMap::new(),
+                avg_duration: 0,
+            };
+            (stats, 0, 0)
+        });
+        *day.count_by_status.entry(t.status.as_str()).or_default() += 1;
+        if let (Some(start), Some(end)) = (t.start, t.end) {
+            *sum += (end - start).max(0);
+            *n += 1;
+        }
+    }
+
+    /// The days, newest first, with their mean durations.
+    fn finish(self) -> Vec<DayStats> {
+        self.0
+            .into_values()
+            .rev()
+            .map(|(mut day, sum, n)| {
+                if n > 0 {
+                    day.avg_duration = sum / n;
+                }
+                day
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+fn day_stats(tasks: &[Task], filter: &StatsFilter) -> Vec<DayStats> {
+    let mut days = Days::default();
+    for t in tasks {
+        days.add(t, filter);
+    }
+    days.finish()
+}
+
+/// A `YYYY-MM-DD` day, checked (`what` names the parameter in the error).
+///
+/// # Errors
+/// [`Error::Invalid`] for anything else.
+pub fn parse_day(text: &str, what: &str) -> Result<String> {
+    let bad = || Error::Invalid(format!("Invalid {what} date: expected YYYY-MM-DD"));
+    let parts: Vec<&str> = text.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(y, 4) && digits(m, 2) && digits(d, 2)) {
+        return Err(bad());
+    }
+    let (m, d): (u32, u32) = (m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64, created: i64, status: TaskStatus, ran: Option<(i64, i64)>) -> Task {
+        Task {
+            id,
+            project_id: 1,
+            template_id: 1,
+            status,
+            debug: false,
+            dry_run: false,
+            diff: false,
+            playbook: String::new(),
+            environment: "{}".into(),
+            limit: String::new(),
+            arguments: None,
+            git_branch: None,
+            user_id: Some(if id.is_multiple_of(2) { 2 } else { 1 }),
+            integration_id: None,
+            schedule_id: None,
+            created,
+            start: ran.map(|r| r.0),
+            end: ran.map(|r| r.1),
+            message: String::new(),
+            commit_hash: None,
+            commit_message: String::new(),
+            build_task_id: None,
+            version: None,
+            inventory_id: None,
+            process_group: None,
+            sealed_secret: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn days_count_statuses_newest_first_with_mean_durations() {
+        const DAY: i64 = 86_400;
+        // 2026-12-01T00:00:00Z
+        let d1 = 1_796_083_200;
+        let tasks = [
+            task(1, d1 + 10, TaskStatus::Success, Some((d1 + 11, d1 + 15))),
+            task(2, d1 + DAY - 1, TaskStatus::Error, Some((d1 + 20, d1 + 22))),
+            task(3, d1 + DAY, TaskStatus::Success, None),
+            task(4, d1 + DAY + 5, TaskStatus::Waiting, None),
+        ];
+        let all = day_stats(&tasks, &StatsFilter::default());
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].date, "2026-12-02");
+        assert_eq!(all[0].count_by_status.get("success"), Some(&1));
+        assert_eq!(all[0].count_by_status.get("waiting"), Some(&1));
+        assert_eq!(all[0].avg_duration, 0);
+        assert_eq!(all[1].date, "2026-12-01");
+        assert_eq!(all[1].count_by_status.get("success"), Some(&1));
+        assert_eq!(all[1].count_by_status.get("error"), Some(&1));
+        assert_eq!(all[1].avg_duration, 3);
+
+        let second = StatsFilter {
+            start: Some("2026-12-02".into()),
+            ..StatsFilter::default()
+        };
+        assert_eq!(day_stats(&tasks, &second).len(), 1);
+        let first = StatsFilter {
+            end: Some("2026-12-01".into()),
+            user_id: Some(2),
+            ..StatsFilter::default()
+        };
+        let only = day_stats(&tasks, &first);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].count_by_status.len(), 1);
+        assert_eq!(only[0].count_by_status.get("error"), Some(&1));
+    }
+
+    #[test]
+    fn days_are_checked() {
+        assert!(parse_day("2026-12-01", "start").is_ok());
+        for bad in [
+            "",
+            "2026-1-01",
+            "2026-13-01",
+            "2026-12-32",
+            "20261201",
+            "x026-12-01",
+        ] {
+            assert!(parse_day(bad, "start").is_err(), "{bad}");
+        }
+    }
+}

@@ -186,6 +186,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with each task of template `template`, oldest first, one decoded at a time.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn each_template_task(
+        &self,
+        project: ProjectId,
+        template: u64,
+        mut f: impl FnMut(&Task),
+    ) -> Result<()> {
+        let tx = self.read()?;
+        let index = tx.open_table(TEMPLATE_TASK)?;
+        let tasks = tx.open_table(PROJECT_TASK)?;
+        for row in index.range((project, template, 0)..=(project, template, u64::MAX))? {
+            let id = row?.0.value().2;
+            if let Some(bytes) = tasks.get((project, id))? {
+                f(&codec::decode(bytes.value())?);
+            }
+        }
+        Ok(())
+    }
+
     /// How many tasks template `template` has, and its newest one.
     ///
     /// # Errors

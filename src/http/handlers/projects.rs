@@ -207,7 +207,10 @@ fn render_events(events: &[Event], names: &EventNames) -> Vec<serde_json::Value>
                 object_type: &e.object_type,
                 description: &e.description,
                 created: rfc3339(e.created),
-                object_name: "",
+                object_name: match (e.object_type.as_str(), e.object_id) {
+                    ("task", Some(t)) => names.tasks.get(&t).map_or("", String::as_str),
+                    _ => "",
+                },
                 project_name: e
                     .project_id
                     .and_then(|p| names.projects.get(&p))

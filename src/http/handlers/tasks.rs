@@ -17,7 +17,7 @@ use crate::http::handler::HandlerResult;
 use crate::http::handler::Req;
 use crate::model::{Task, Template, User};
 use crate::runner::{LiveEvent, Location};
-use crate::service::tasks::{LIST_LIMIT, TaskInput};
+use crate::service::tasks::{LIST_LIMIT, StatsFilter, TaskInput, parse_day};
 
 /// Formats Unix microseconds as RFC 3339 with microseconds.
 fn rfc3339_us(us: i64) -> String {
@@ -63,6 +63,7 @@ fn task_with_tpl(
     t: &Task,
     templates: &HashMap<u64, Template>,
     users: &HashMap<u64, User>,
+    builds: &HashMap<u64, Task>,
 ) -> Value {
     let mut v = task_view(t, "");
     let tpl = templates.get(&t.template_id);
@@ -75,7 +76,10 @@ fn task_with_tpl(
             .and_then(|u| users.get(&u))
             .map(|u| u.name.as_str())
     );
-    v["build_task"] = Value::Null;
+    v["build_task"] = t
+        .build_task_id
+        .and_then(|b| builds.get(&b))
+        .map_or(Value::Null, |b| task_view(b, ""));
     v
 }
 
@@ -92,9 +96,22 @@ fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
         .app
         .services
         .users_by_id(tasks.iter().filter_map(|t| t.user_id))?;
+    // The build each deploy task deploys (gone once deleted or pruned: then null).
+    let mut builds = HashMap::new();
+    for b in tasks.iter().filter_map(|t| t.build_task_id) {
+        if let std::collections::hash_map::Entry::Vacant(v) = builds.entry(b) {
+            match req.app.services.task(access, b) {
+                Ok(build) => {
+                    v.insert(build);
+                }
+                Err(e) if e.is_storage() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+    }
     let views: Vec<Value> = tasks
         .iter()
-        .map(|t| task_with_tpl(t, &templates, &users))
+        .map(|t| task_with_tpl(t, &templates, &users, &builds))
         .collect();
     Ok(body::json(StatusCode::OK, &views))
 }
@@ -316,4 +333,98 @@ pub async fn active(req: Req) -> HandlerResult {
         }));
     }
     Ok(body::json(StatusCode::OK, &out))
+}
+
+/// `GET /api/project/{project_id}/tasks/{task_id}/raw_output`: the output as `text/plain`,
+/// one line per output line, oldest first, as it is stored now. Streamed from the store in
+/// batches, so a long output is never held in memory whole.
+pub async fn raw_output(req: Req) -> HandlerResult {
+    let task = task(&req)?;
+    // The first batch is read here, so a storage failure is still an error status.
+    let first = req.app.services.output(&task, 0, RAW_BATCH)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let services = Arc::clone(&req.app.services);
+    tokio::spawn(async move {
+        let mut batch = first;
+        loop {
+            let Some(next) = batch.last().map(|(n, _)| n + 1) else {
+                return;
+            };
+            let full = batch.len() == RAW_BATCH;
+            if tx.send(Bytes::from(text_chunk(&batch))).await.is_err() || !full {
+                return;
+            }
+            batch = match services.output(&task, next, RAW_BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    // The status line is sent: the body ends early, and the log says why.
+                    tracing::error!(task = task.id, error = %e, "raw output cut short");
+                    return;
+                }
+            };
+        }
+    });
+    let mut res = hyper::Response::new(body::stream(rx));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// Output lines per read of a raw output stream.
+const RAW_BATCH: usize = 1024;
+
+/// `GET /api/tasks/{task_id}` (system admins): the task of any project, as
+/// `GET /api/project/{p}/tasks/{t}` shows it (upstream answers its active list here, ignoring
+/// the id).
+pub async fn admin_get(req: Req) -> HandlerResult {
+    let id = req.id("task_id", "task")?;
+    let task = req.app.services.any_task(req.user()?, id)?;
+    Ok(body::json(StatusCode::OK, &task_view(&task, "")))
+}
+
+/// `DELETE /api/tasks/{task_id}` (system admins) → 204: a queued task is taken off the queue,
+/// a running one is stopped (SIGTERM to its process group, SIGKILL after the stop grace) and
+/// waited for; then the task and its output are deleted in one transaction, with an event.
+pub async fn admin_delete(req: Req) -> HandlerResult {
+    let id = req.id("task_id", "task")?;
+    let user = req.user()?;
+    let task = req.app.services.any_task(user, id)?;
+    if !task.status.is_finished() {
+        req.app.runner.stop_and_wait(id).await?;
+    }
+    req.app.services.delete_any_task(user, id).await?;
+    Ok(body::status(StatusCode::NO_CONTENT))
+}
+
+/// `GET /api/project/{project_id}/templates/{template_id}/stats[?start=&end=&user_id=]`:
+/// upstream's `[{date, count_by_status, avg_duration}]`, one element per day (UTC) of task
+/// creation, newest first; `start`/`end` are days `YYYY-MM-DD` (both included).
+pub async fn template_stats(req: Req) -> HandlerResult {
+    let tpl = req.id("template_id", "template")?;
+    req.app.services.resource::<Template>(req.access()?, tpl)?;
+    let day = |name: &str| -> Result<Option<String>, ApiError> {
+        match req.query_param(name).filter(|d| !d.is_empty()) {
+            Some(d) => Ok(Some(parse_day(&d, name)?)),
+            None => Ok(None),
+        }
+    };
+    let user_id = match req.query_param("user_id").filter(|u| !u.is_empty()) {
+        Some(u) => Some(
+            u.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("Invalid user_id".into()))?,
+        ),
+        None => None,
+    };
+    let filter = StatsFilter {
+        start: day("start")?,
+        end: day("end")?,
+        user_id,
+    };
+    let stats = req
+        .app
+        .services
+        .template_stats(req.access()?, tpl, &filter)?;
+    Ok(body::json(StatusCode::OK, &stats))
 }

@@ -45,8 +45,13 @@ impl Routes for Template {
 
 fn template_view(req: &Req, t: &Template) -> Result<Value, ApiError> {
     let (tasks, last) = req.app.services.template_task_stats(req.access()?, t.id)?;
+    let starter = match last.as_ref().and_then(|task| task.user_id) {
+        Some(u) => req.app.services.users_by_id([u])?.remove(&u),
+        None => None,
+    };
     let last_task = last.map(|task| {
         let mut v = task_view(&task, "");
+        v["user_name"] = json!(starter.as_ref().map(|u| u.name.as_str()));
         v["tpl_playbook"] = json!(t.playbook);
         v["tpl_alias"] = json!(t.name);
         v["tpl_type"] = json!(t.kind);
