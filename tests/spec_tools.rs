@@ -125,14 +125,9 @@ async fn fixture(a: &Client, repo: &Path) -> u64 {
         .await
         .expect("template"),
     );
-    created(
-        a,
-        &at(p, "views"),
-        json!({"title": "Tab", "project_id": p}),
-        201,
-    )
-    .await
-    .expect("view");
+    created(a, &at(p, "views"), json!({"title": "Tab"}), 201)
+        .await
+        .expect("view");
     let task = id_of(
         &created(a, &at(p, "tasks"), json!({"template_id": template}), 201)
             .await
