@@ -390,6 +390,19 @@ pub struct Template {
     pub max_duration_secs: u64,
 }
 
+/// A view: a named tab of a project's templates list, in `position` order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// Tab title.
+    pub title: String,
+    /// Place among the project's views (ascending; ties in id order).
+    pub position: i64,
+}
+
 /// Something that happened, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -1,6 +1,6 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
-//! projects, members and resources, and issue 4's tasks), plus the project list, project
-//! creation and the global event log, × every kind of caller → the status the API must answer
+//! projects, members and resources, issue 4's tasks, issue 12's views), plus the project
+//! list, project creation, the global event log and the server options, × every kind of caller → the status the API must answer
 //! (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
@@ -29,8 +29,8 @@ const CALLERS: [&str; 7] = [
     "system admin",
 ];
 
-/// Routes outside `/api/project/{project_id}` that belong to issue 3, and the admin task
-/// routes (issue 12).
+/// Routes outside `/api/project/{project_id}` in the matrix: issue 3's, and issue 12's admin
+/// task routes and options.
 const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects"),
     ("POST", "/api/projects"),
@@ -39,6 +39,8 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/tasks"),
     ("GET", "/api/tasks/{task_id}"),
     ("DELETE", "/api/tasks/{task_id}"),
+    ("GET", "/api/options"),
+    ("POST", "/api/options"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -61,7 +63,8 @@ const fn row(method: &'static str, path: &'static str, expect: [u16; 7]) -> Row 
 /// need the route's permission bit (task_runner = RunTasks, manager = RunTasks +
 /// ManageResources, owner = all, guest = none), else 403; system admins pass everywhere.
 /// Successes: GET 200; POST of keys, repositories, environments and members 204; POST of
-/// inventories, templates, tasks and projects 201; PUT, DELETE and stop 204.
+/// inventories, templates, views, tasks and projects 201; PUT, DELETE, stop and view positions
+/// 204; `POST /api/options` 200 (it echoes the option).
 #[rustfmt::skip]
 fn rows() -> Vec<Row> {
     const G: &str = "GET";
@@ -75,6 +78,9 @@ fn rows() -> Vec<Row> {
         row(P, "/api/projects",                                               [401, 401, 401, 401, 401, 401, 201]),
         row(G, "/api/events",                                                 [401, 200, 200, 200, 200, 200, 200]),
         row(G, "/api/events/last",                                            [401, 200, 200, 200, 200, 200, 200]),
+        // Server options: system administrators only, whatever their project roles.
+        row(G, "/api/options",                                                [401, 403, 403, 403, 403, 403, 200]),
+        row(P, "/api/options",                                                [401, 403, 403, 403, 403, 403, 200]),
 
         row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
@@ -129,6 +135,14 @@ fn rows() -> Vec<Row> {
         row(G, "/api/project/{project_id}/templates/{template_id}/tasks",     [401, 404, 200, 200, 200, 200, 200]),
         row(G, "/api/project/{project_id}/templates/{template_id}/tasks/last",[401, 404, 200, 200, 200, 200, 200]),
 
+        row(G, "/api/project/{project_id}/views",                             [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/views",                             [401, 404, 403, 403, 201, 201, 201]),
+        row(P, "/api/project/{project_id}/views/positions",                   [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/views/{view_id}/templates",         [401, 404, 200, 200, 200, 200, 200]),
+
         // Tasks (issue 4): launching and stopping need RunTasks; deleting needs
         // ManageResources (else 403) and then system admin (else upstream's 401).
         row(G, "/api/project/{project_id}/tasks",                             [401, 404, 200, 200, 200, 200, 200]),
@@ -162,6 +176,7 @@ struct Fixture {
     inventory: u64,
     environment: u64,
     template: u64,
+    view: u64,
     /// A finished task of `template`.
     task: u64,
     /// A guest member who is no caller: the target of the member routes.
@@ -179,6 +194,7 @@ impl Fixture {
             "inventory_id" => self.inventory,
             "environment_id" => self.environment,
             "template_id" => self.template,
+            "view_id" => self.view,
             "task_id" => self.task,
             "user_id" => self.member,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
@@ -204,6 +220,9 @@ impl Fixture {
         let p = self.project;
         let body = match (method, resource(pattern)) {
             ("POST", None) if pattern == "/api/projects" => json!({"name": "made in a cell"}),
+            ("POST", None) if pattern == "/api/options" => {
+                json!({"key": "matrix.option", "value": "set in a cell"})
+            }
             ("PUT", None) => json!({"id": p, "name": "renamed"}),
             ("POST", Some("users")) => json!({"user_id": self.candidate, "role": "guest"}),
             ("PUT", Some("users")) => json!({"role": "task_runner"}),
@@ -229,6 +248,13 @@ impl Fixture {
             ("PUT", Some("templates")) => json!({"id": self.template, "name": "renamed template",
                 "project_id": p, "app": "bash", "playbook": "other.sh",
                 "repository_id": self.template_repo}),
+            ("POST", Some("views")) if pattern.ends_with("/positions") => {
+                json!({ self.view.to_string(): 3 })
+            }
+            ("POST", Some("views")) => json!({"title": "new view", "project_id": p}),
+            ("PUT", Some("views")) => {
+                json!({"id": self.view, "title": "renamed view", "project_id": p, "position": 1})
+            }
             ("POST", Some("tasks")) if pattern.ends_with("/stop") => json!({}),
             ("POST", Some("tasks")) => json!({"template_id": self.template}),
             _ => return None,
@@ -359,6 +385,9 @@ impl World {
             )
             .await;
         }
+        if wants("views") {
+            fx.view = create(a, &base, "views", json!({"title": "target view"})).await;
+        }
         if wants("environment") {
             fx.environment = create(
                 a,
@@ -422,7 +451,11 @@ async fn finished_task(a: &Client, base: &str, template: u64) -> u64 {
 
 /// Creates a project resource and returns its id (found by name when the API answers 204).
 async fn create(a: &Client, base: &str, resource: &str, body: Value) -> u64 {
-    let name = body["name"].as_str().expect("name").to_owned();
+    let name = body["name"]
+        .as_str()
+        .or_else(|| body["title"].as_str())
+        .expect("name or title")
+        .to_owned();
     let url = format!("{base}/{resource}");
     let r = a.post(&url, body).await;
     match r.status {

@@ -65,8 +65,8 @@ async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
 
 /// One of everything the spec's paths name, so schemathesis (and the spec's examples, which
 /// use id 1) reach real objects: a project with a login/password key, a local-path repository
-/// holding a bash script, a static inventory, an environment, a `bash` template, one finished
-/// task, and a second user who is a guest member. Returns the project id.
+/// holding a bash script, a static inventory, an environment, a `bash` template, a view, one
+/// finished task, and a second user who is a guest member. Returns the project id.
 async fn fixture(a: &Client, repo: &Path) -> u64 {
     let p = id_of(
         &created(a, "/api/projects", json!({"name": "Spec"}), 201)
@@ -125,6 +125,9 @@ async fn fixture(a: &Client, repo: &Path) -> u64 {
         .await
         .expect("template"),
     );
+    created(a, &at(p, "views"), json!({"title": "Tab"}), 201)
+        .await
+        .expect("view");
     let task = id_of(
         &created(a, &at(p, "tasks"), json!({"template_id": template}), 201)
             .await

@@ -6,8 +6,10 @@ use hyper::Method;
 
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
-use super::handlers::{meta, projects, resources as res, session, site, tasks, tokens, users, ws};
-use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template};
+use super::handlers::{
+    meta, options, projects, resources as res, session, site, tasks, tokens, users, ws,
+};
+use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template, View};
 
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
 #[derive(Debug, Clone)]
@@ -112,6 +114,13 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks", Project(NONE), tasks::template_tasks),
         route!(GET "/api/project/{project_id}/templates/{template_id}/tasks/last", Project(NONE), tasks::template_tasks_last),
         route!(GET "/api/project/{project_id}/templates/{template_id}/stats", Project(NONE), tasks::template_stats),
+        route!(GET "/api/project/{project_id}/views", Project(NONE), res::list::<View>),
+        route!(POST "/api/project/{project_id}/views", Project(MANAGE_RESOURCES), res::create::<View>),
+        route!(POST "/api/project/{project_id}/views/positions", Project(MANAGE_RESOURCES), res::views::positions),
+        route!(GET "/api/project/{project_id}/views/{view_id}", Project(NONE), res::get::<View>),
+        route!(PUT "/api/project/{project_id}/views/{view_id}", Project(MANAGE_RESOURCES), res::update::<View>),
+        route!(DELETE "/api/project/{project_id}/views/{view_id}", Project(MANAGE_RESOURCES), res::delete::<View>),
+        route!(GET "/api/project/{project_id}/views/{view_id}/templates", Project(NONE), res::views::templates),
         route!(GET "/api/project/{project_id}/tasks", Project(NONE), tasks::list),
         route!(POST "/api/project/{project_id}/tasks", Project(RUN_TASKS), tasks::create),
         route!(GET "/api/project/{project_id}/tasks/last", Project(NONE), tasks::last),
@@ -125,6 +134,8 @@ pub fn routes() -> Vec<Route> {
         route!(DELETE "/api/tasks/{task_id}", Admin, tasks::admin_delete),
         route!(GET "/api/ws", User, ws::connect),
         route!(GET "/api/backup", Admin, super::handlers::backup::download),
+        route!(GET "/api/options", Admin, options::list),
+        route!(POST "/api/options", Admin, options::set),
     ]
 }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod input;
+pub mod options;
 mod password;
 pub mod projects;
 pub mod resources;

@@ -14,14 +14,14 @@ use serde::de::DeserializeOwned;
 use super::tables::{
     ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, PROJECT_ENVIRONMENT,
     PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_TASK,
-    PROJECT_TEMPLATE, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK, SESSIONHASH_SESSION,
-    SETTINGS, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN, USERID_SESSIONHASH,
-    USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
+    PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK,
+    SESSIONHASH_SESSION, SETTINGS, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN,
+    USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
 };
 use super::{Error, Result, codec, migrate};
 use crate::model::{
     AccessKey, ApiToken, Environment, Event, Inventory, KeySecret, OutputLine, Project, Repository,
-    Session, Task, Template, User,
+    Session, Task, Template, User, View,
 };
 
 /// The `SETTINGS` row holding the server key's sealed check value (written by
@@ -483,6 +483,9 @@ fn check_scoped(
     scoped::<Template>(tx, report, PROJECT_TEMPLATE, "templates", projects, |t| {
         (t.project_id, t.id)
     })?;
+    scoped::<View>(tx, report, PROJECT_VIEW, "views", projects, |v| {
+        (v.project_id, v.id)
+    })?;
     Ok(())
 }
 
@@ -627,6 +630,7 @@ fn check_counters(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         (PROJECT_ENVIRONMENT, "next_environment_id"),
         (PROJECT_TEMPLATE, "next_template_id"),
         (PROJECT_TASK, "next_task_id"),
+        (PROJECT_VIEW, "next_view_id"),
     ] {
         let mut max = None;
         each(tx, table, |(_, id), _| max = max.max(Some(id)))?;

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod compact;
 pub mod disk;
 pub mod migrate;
+pub mod options;
 pub mod projects;
 pub mod reseal;
 pub mod retention;

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::tables::{
     ACTIVE_TASK, EVENTID_EVENT, PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY,
-    PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TASK, PROJECT_TEMPLATE,
+    PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TASK, PROJECT_TEMPLATE, PROJECT_VIEW,
     PROJECTID_PROJECT, PROJECTUSER_ROLE, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, USERID_USER,
     USERPROJECT,
 };
@@ -58,6 +58,7 @@ resource!(Inventory, PROJECT_INVENTORY, "next_inventory_id");
 resource!(Environment, PROJECT_ENVIRONMENT, "next_environment_id");
 resource!(Template, PROJECT_TEMPLATE, "next_template_id");
 resource!(Task, PROJECT_TASK, "next_task_id");
+resource!(crate::model::View, PROJECT_VIEW, "next_view_id");
 
 /// An event to record; the transaction assigns its id and time.
 #[derive(Debug, Clone)]

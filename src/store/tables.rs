@@ -64,6 +64,9 @@ pub const PROJECT_ENVIRONMENT: TableDefinition<(ProjectId, u64), &[u8]> =
 pub const PROJECT_TEMPLATE: TableDefinition<(ProjectId, u64), &[u8]> =
     TableDefinition::new("templates");
 
+/// (project id, view id) → encoded [`crate::model::View`].
+pub const PROJECT_VIEW: TableDefinition<(ProjectId, u64), &[u8]> = TableDefinition::new("views");
+
 /// Event id → encoded [`crate::model::Event`]; ids increase, so reverse order is newest first.
 pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (project id, event id) → (): a project's events.
@@ -97,4 +100,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_ENVIRONMENT,
     PROJECT_TEMPLATE,
     PROJECT_TASK,
+    PROJECT_VIEW,
 ];

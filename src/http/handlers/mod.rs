@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod meta;
+pub mod options;
 pub mod projects;
 pub mod resources;
 pub mod session;

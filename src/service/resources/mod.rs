@@ -1,4 +1,4 @@
-//! Project resources: access keys, repositories, inventories, environments and templates,
+//! Project resources: access keys, repositories, inventories, environments, templates and views,
 //! one module each over one generic CRUD ([`ProjectResource`]).
 //!
 //! The generic part owns what every resource does alike: the lookup in the project (404
@@ -17,6 +17,7 @@ mod inventories;
 mod keys;
 mod repositories;
 mod templates;
+mod views;
 
 pub use environments::{EnvironmentInput, SecretInfo, SecretInput};
 pub use inventories::{INVENTORY_TYPES, InventoryInput};
@@ -25,6 +26,7 @@ pub use repositories::RepositoryInput;
 pub use templates::{
     BUILTIN_APPS, SurveyValueInput, SurveyVarInput, TemplateInput, TemplateRefNames, VaultInput,
 };
+pub use views::ViewInput;
 
 use serde::de::DeserializeOwned;
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{Names, ProjectResource, Refs, Target, body, invalid, require, require_key, users};
 use crate::model::{
     Environment, Inventory, KeyKind, ProjectId, Repository, SurveyValue, SurveyVar, Template,
-    TemplateVault,
+    TemplateVault, View,
 };
 use crate::service::projects::Access;
 use crate::service::{Error, Result, Services, validate};
@@ -328,6 +328,9 @@ fn check_refs(tx: &Tx<'_>, p: ProjectId, t: &Template) -> Result<()> {
     }
     if let Some(e) = t.environment_id {
         require::<Environment>(tx, p, e, "environment_id", "environment")?;
+    }
+    if let Some(v) = t.view_id {
+        require::<View>(tx, p, v, "view_id", "view")?;
     }
     if let Some(b) = t.build_template_id {
         let build: Template = require(tx, p, b, "build_template_id", "template")?;

@@ -12,6 +12,7 @@ mod inventories;
 mod keys;
 mod repositories;
 mod templates;
+pub mod views;
 
 use hyper::StatusCode;
 use serde::Serialize;
@@ -28,8 +29,10 @@ use crate::service::resources::{ProjectResource, Refs};
 pub trait Routes: ProjectResource {
     /// Its id's path parameter (`key_id`), and its name in `Invalid <name> ID`.
     const ID: (&'static str, &'static str);
-    /// The `?sort=` columns; an unknown or missing one sorts by `name`.
+    /// The `?sort=` columns; an unknown or missing one sorts by [`Routes::DEFAULT_COLUMN`].
     const COLUMNS: &'static [&'static str];
+    /// The column a list sorts by without a known `?sort=`.
+    const DEFAULT_COLUMN: &'static str = "name";
     /// Whether create answers 201 with the object (otherwise 204).
     const CREATED_WITH_BODY: bool = false;
     /// What views need besides the object, read once per request.
@@ -61,12 +64,23 @@ pub trait Routes: ProjectResource {
 
 /// `GET /api/project/{project_id}/<resources>?sort=<column>&order=asc|desc`.
 pub async fn list<R: Routes>(req: Req) -> HandlerResult {
-    let mut items = req.app.services.resources::<R>(req.access()?)?;
-    sort_by(&req, &mut items, R::COLUMNS, "name", R::sort_key(&req)?);
-    let extra = R::extra(&req)?;
+    let items = req.app.services.resources::<R>(req.access()?)?;
+    render_list(&req, items)
+}
+
+/// Objects as a list, sorted by the request's `?sort=&order=`.
+fn render_list<R: Routes>(req: &Req, mut items: Vec<R>) -> HandlerResult {
+    sort_by(
+        req,
+        &mut items,
+        R::COLUMNS,
+        R::DEFAULT_COLUMN,
+        R::sort_key(req)?,
+    );
+    let extra = R::extra(req)?;
     let views = items
         .iter()
-        .map(|item| R::view(&req, &extra, item))
+        .map(|item| R::view(req, &extra, item))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(body::json(StatusCode::OK, &views))
 }
