@@ -48,9 +48,76 @@ impl std::fmt::Debug for Migration {
 /// [`CURRENT`].
 pub const MIGRATIONS: &[Migration] = &[Migration {
     to: 2,
-    name: "record the format version in meta (version 1 files have none)",
-    apply: |_| Ok(()),
+    name: "record the format version in meta (version 1 files have none); clear templates' \
+           view_id (version 1 had no views, so every one named nothing)",
+    apply: v2::apply,
 }];
+
+/// Version 1 → 2. Version 1 stored any `view_id` a client sent, but had no views; version 2
+/// checks that a template's view exists, so a stored one would make the template impossible to
+/// save unchanged. They are cleared.
+mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Result, WriteTransaction, rewrite, tables};
+
+    /// A template as version 1 wrote it (frozen: never change it).
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct TemplateV1 {
+        id: u64,
+        project_id: u64,
+        inventory_id: Option<u64>,
+        repository_id: u64,
+        environment_id: Option<u64>,
+        pub(super) view_id: Option<u64>,
+        name: String,
+        playbook: String,
+        arguments: Option<String>,
+        allow_override_args_in_task: bool,
+        description: Option<String>,
+        kind: String,
+        start_version: Option<String>,
+        build_template_id: Option<u64>,
+        autorun: bool,
+        git_branch: Option<String>,
+        survey_vars: Vec<SurveyVarV1>,
+        vaults: Vec<TemplateVaultV1>,
+        suppress_success_alerts: bool,
+        app: String,
+        max_duration_secs: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SurveyVarV1 {
+        name: String,
+        title: String,
+        description: String,
+        kind: String,
+        required: bool,
+        values: Vec<SurveyValueV1>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct SurveyValueV1 {
+        name: String,
+        value: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct TemplateVaultV1 {
+        id: u64,
+        vault_key_id: u64,
+        name: Option<String>,
+    }
+
+    pub(super) fn apply(tx: &WriteTransaction) -> Result<()> {
+        rewrite(tx, tables::PROJECT_TEMPLATE, |mut t: TemplateV1| {
+            t.view_id = None;
+            t
+        })?;
+        Ok(())
+    }
+}
 
 /// How [`open`] upgrades a file.
 #[derive(Debug, Clone)]
@@ -327,6 +394,68 @@ where
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    /// The frozen version-1 template is the shape the model still has, field for field: a
+    /// template written now decodes as one, and the migration clears its `view_id`.
+    #[test]
+    fn version_2_clears_the_view_ids_version_1_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.redb");
+        let template = crate::model::Template {
+            id: 4,
+            project_id: 2,
+            inventory_id: None,
+            repository_id: 1,
+            environment_id: Some(3),
+            view_id: Some(9),
+            name: "deploy".into(),
+            playbook: "site.yml".into(),
+            arguments: None,
+            allow_override_args_in_task: false,
+            description: Some("d".into()),
+            kind: String::new(),
+            start_version: None,
+            build_template_id: None,
+            autorun: false,
+            git_branch: None,
+            survey_vars: vec![crate::model::SurveyVar {
+                name: "v".into(),
+                values: vec![crate::model::SurveyValue::default()],
+                ..Default::default()
+            }],
+            vaults: vec![crate::model::TemplateVault::default()],
+            suppress_success_alerts: true,
+            app: "ansible".into(),
+            max_duration_secs: 60,
+        };
+        {
+            // A version-1 file: no version in meta, one template.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(tables::META)
+                .unwrap()
+                .insert("next_template_id", 5)
+                .unwrap();
+            tx.open_table(tables::PROJECT_TEMPLATE)
+                .unwrap()
+                .insert((2, 4), codec::encode(&template).as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let db = open(&path, &Upgrade { backup: false }).unwrap();
+        let tx = db.begin_read().unwrap();
+        let stored = tx.open_table(tables::PROJECT_TEMPLATE).unwrap();
+        let got: crate::model::Template =
+            codec::decode(stored.get((2, 4)).unwrap().unwrap().value()).unwrap();
+        assert_eq!(got.view_id, None);
+        assert_eq!(
+            got,
+            crate::model::Template {
+                view_id: None,
+                ..template
+            }
+        );
+    }
 
     /// A record shape as an older release wrote it.
     #[derive(Debug, Serialize, Deserialize)]
