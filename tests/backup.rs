@@ -656,18 +656,30 @@ async fn one_backup_at_a_time_and_a_download_cut_short_frees_the_temp_file() {
     let admin = server.admin().await;
     let token = admin.new_token().await;
     let s = setup(&admin).await;
-    // A database larger than what the socket and the stream's channel buffer.
-    for _ in 0..3 {
+    // A database well larger than what the socket buffers (a few MiB on loopback) and the
+    // stream's channel hold, so the download cannot finish while the client does not read.
+    let db_len = || std::fs::metadata(server.db_path()).map_or(0, |m| m.len());
+    for _ in 0..40 {
+        if db_len() >= 12 << 20 {
+            break;
+        }
         let r = admin
             .post(&at(s.p, "tasks"), json!({"template_id": s.bulk}))
             .await;
         wait_finished(&admin, s.p, id_of(&r.json())).await;
     }
+    assert!(
+        db_len() >= 12 << 20,
+        "the database did not grow: {}",
+        db_len()
+    );
     let dir = server.dir.path();
     // The server sends into the socket; this client reads the head and a little, then leaves.
-    let mut conn = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+    // A fixed small receive buffer: loopback would otherwise grow it to tens of MiB and take
+    // the whole file before the check below.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+    let mut conn = socket.connect(server.addr).await.expect("connect");
     conn.write_all(
         format!("GET /api/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
             .as_bytes(),
