@@ -51,6 +51,7 @@ fn task() -> Task {
         inventory_id: None,
         process_group: None,
         sealed_secret: Vec::new(),
+        params: String::new(),
     }
 }
 

@@ -129,6 +129,7 @@ fn task(project: ProjectId, template: u64, status: TaskStatus, now: i64) -> Task
         inventory_id: None,
         process_group: None,
         sealed_secret: Vec::new(),
+        params: String::new(),
     }
 }
 

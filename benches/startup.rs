@@ -50,6 +50,7 @@ fn task(status: TaskStatus) -> Task {
         inventory_id: None,
         process_group: None,
         sealed_secret: Vec::new(),
+        params: String::new(),
     }
 }
 

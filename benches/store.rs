@@ -115,6 +115,7 @@ fn task_json(c: &mut Criterion) {
         inventory_id: None,
         process_group: Some(1234),
         sealed_secret: Vec::new(),
+        params: String::new(),
     };
     c.bench_function("task_json", |b| {
         b.iter(|| serde_json::to_vec(&forge::http::task_view(&task, "")));

@@ -530,6 +530,9 @@ pub struct Task {
     pub process_group: Option<i32>,
     /// Secret extra variables (a JSON object), encrypted; never returned.
     pub sealed_secret: Vec<u8>,
+    /// App options as a JSON object in text (terraform: `plan`, `destroy`, `auto_approve`,
+    /// `upgrade`, `reconfigure`); empty = none. Added in format version 3.
+    pub params: String,
 }
 
 /// One stored line of a task's output.

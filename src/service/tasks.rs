@@ -172,6 +172,7 @@ impl Services {
                 inventory_id,
                 process_group: None,
                 sealed_secret: sealed_secret.clone(),
+                params: String::new(),
             };
             let id = tx.insert_task(&mut task)?;
             let line = OutputLine {
@@ -451,6 +452,7 @@ mod tests {
             inventory_id: None,
             process_group: None,
             sealed_secret: Vec::new(),
+            params: String::new(),
         }
     }
 

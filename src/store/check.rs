@@ -739,6 +739,7 @@ mod tests {
             inventory_id: None,
             process_group: None,
             sealed_secret: Vec::new(),
+            params: String::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::{Error, Result, codec, tables};
 
 /// The format version this binary writes, and the newest it can open.
-pub const CURRENT: u64 = 2;
+pub const CURRENT: u64 = 3;
 
 /// The `META` key holding the format version.
 pub const VERSION_KEY: &str = "schema_version";
@@ -45,25 +45,37 @@ impl std::fmt::Debug for Migration {
 }
 
 /// Every migration, in order: `MIGRATIONS[i].to == i + 2`, and the last one's `to` is
-/// [`CURRENT`].
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    name: "record the format version in meta (version 1 files have none); clear templates' \
-           view_id (version 1 had no views, so every one named nothing)",
-    apply: v2::apply,
-}];
+/// [`CURRENT`]. A released step is never changed (a file it already upgraded would miss the
+/// change): a fix is a new step.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        name: "record the format version in meta (version 1 files have none)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        to: 3,
+        name: "clear templates' view_id where it names no view of the project; tasks gain params",
+        apply: v3::apply,
+    },
+];
 
-/// Version 1 → 2. Version 1 stored any `view_id` a client sent, but had no views; version 2
-/// checks that a template's view exists, so a stored one would make the template impossible to
-/// save unchanged. They are cleared.
-mod v2 {
+/// Version 2 → 3.
+/// - Version 1 stored any `view_id` a client sent but had no views, and version 2 kept them;
+///   a template's view must now exist, so a dangling one would make the template impossible to
+///   save unchanged. Those are cleared; ids naming a view of the project are kept.
+/// - Tasks gain `params` (app options such as terraform's `plan`, as JSON text; empty = none).
+mod v3 {
+    use std::collections::HashSet;
+
     use serde::{Deserialize, Serialize};
 
-    use super::{Result, WriteTransaction, rewrite, tables};
+    use super::{ReadableTable, Result, WriteTransaction, rewrite, tables};
+    use crate::model::{Task, TaskStatus};
 
-    /// A template as version 1 wrote it (frozen: never change it).
+    /// A template as versions 1 to 3 write it (frozen: never change it).
     #[derive(Serialize, Deserialize)]
-    pub(super) struct TemplateV1 {
+    pub(super) struct TemplateV2 {
         id: u64,
         project_id: u64,
         inventory_id: Option<u64>,
@@ -80,41 +92,116 @@ mod v2 {
         build_template_id: Option<u64>,
         autorun: bool,
         git_branch: Option<String>,
-        survey_vars: Vec<SurveyVarV1>,
-        vaults: Vec<TemplateVaultV1>,
+        survey_vars: Vec<SurveyVarV2>,
+        vaults: Vec<TemplateVaultV2>,
         suppress_success_alerts: bool,
         app: String,
         max_duration_secs: u64,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct SurveyVarV1 {
+    struct SurveyVarV2 {
         name: String,
         title: String,
         description: String,
         kind: String,
         required: bool,
-        values: Vec<SurveyValueV1>,
+        values: Vec<SurveyValueV2>,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct SurveyValueV1 {
+    struct SurveyValueV2 {
         name: String,
         value: String,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct TemplateVaultV1 {
+    struct TemplateVaultV2 {
         id: u64,
         vault_key_id: u64,
         name: Option<String>,
     }
 
+    /// A task as versions 1 and 2 wrote it (frozen: never change it). It converts to the
+    /// current [`Task`]: when that changes again, freeze the version-3 shape here first.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct TaskV2 {
+        pub(super) id: u64,
+        pub(super) project_id: u64,
+        template_id: u64,
+        status: TaskStatus,
+        debug: bool,
+        dry_run: bool,
+        diff: bool,
+        playbook: String,
+        environment: String,
+        limit: String,
+        arguments: Option<String>,
+        git_branch: Option<String>,
+        user_id: Option<u64>,
+        integration_id: Option<u64>,
+        schedule_id: Option<u64>,
+        created: i64,
+        start: Option<i64>,
+        end: Option<i64>,
+        message: String,
+        commit_hash: Option<String>,
+        commit_message: String,
+        build_task_id: Option<u64>,
+        version: Option<String>,
+        inventory_id: Option<u64>,
+        process_group: Option<i32>,
+        sealed_secret: Vec<u8>,
+    }
+
+    impl From<TaskV2> for Task {
+        fn from(t: TaskV2) -> Self {
+            Task {
+                id: t.id,
+                project_id: t.project_id,
+                template_id: t.template_id,
+                status: t.status,
+                debug: t.debug,
+                dry_run: t.dry_run,
+                diff: t.diff,
+                playbook: t.playbook,
+                environment: t.environment,
+                limit: t.limit,
+                arguments: t.arguments,
+                git_branch: t.git_branch,
+                user_id: t.user_id,
+                integration_id: t.integration_id,
+                schedule_id: t.schedule_id,
+                created: t.created,
+                start: t.start,
+                end: t.end,
+                message: t.message,
+                commit_hash: t.commit_hash,
+                commit_message: t.commit_message,
+                build_task_id: t.build_task_id,
+                version: t.version,
+                inventory_id: t.inventory_id,
+                process_group: t.process_group,
+                sealed_secret: t.sealed_secret,
+                params: String::new(),
+            }
+        }
+    }
+
     pub(super) fn apply(tx: &WriteTransaction) -> Result<()> {
-        rewrite(tx, tables::PROJECT_TEMPLATE, |mut t: TemplateV1| {
-            t.view_id = None;
+        let mut views = HashSet::new();
+        for row in tx.open_table(tables::PROJECT_VIEW)?.iter()? {
+            views.insert(row?.0.value());
+        }
+        rewrite(tx, tables::PROJECT_TEMPLATE, |mut t: TemplateV2| {
+            if t.view_id
+                .is_some_and(|v| !views.contains(&(t.project_id, v)))
+            {
+                t.view_id = None;
+            }
             t
         })?;
+        rewrite(tx, tables::PROJECT_TASK, |t: TaskV2| Task::from(t))?;
         Ok(())
     }
 }
@@ -395,20 +482,21 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    /// The frozen version-1 template is the shape the model still has, field for field: a
-    /// template written now decodes as one, and the migration clears its `view_id`.
+    /// The frozen version-2 template is the shape the model still has, field for field: a
+    /// template written now decodes as one. Migration 3 clears a `view_id` naming no view of
+    /// the project, keeps one that does, and gives every task empty `params`.
     #[test]
-    fn version_2_clears_the_view_ids_version_1_stored() {
+    fn version_3_clears_dangling_view_ids_and_gives_tasks_params() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v1.redb");
-        let template = crate::model::Template {
-            id: 4,
+        let path = dir.path().join("v2.redb");
+        let template = |id: u64, view_id: Option<u64>| crate::model::Template {
+            id,
             project_id: 2,
             inventory_id: None,
             repository_id: 1,
             environment_id: Some(3),
-            view_id: Some(9),
-            name: "deploy".into(),
+            view_id,
+            name: format!("deploy {id}"),
             playbook: "site.yml".into(),
             arguments: None,
             allow_override_args_in_task: false,
@@ -428,32 +516,62 @@ mod tests {
             app: "ansible".into(),
             max_duration_secs: 60,
         };
+        let task: v3::TaskV2 = serde_json::from_value(serde_json::json!({
+            "id": 8, "project_id": 2, "template_id": 4, "status": "Success", "debug": true,
+            "dry_run": false, "diff": false, "playbook": "", "environment": "{}", "limit": "",
+            "arguments": null, "git_branch": null, "user_id": 1, "integration_id": null,
+            "schedule_id": null, "created": 5, "start": 6, "end": 7, "message": "m",
+            "commit_hash": null, "commit_message": "", "build_task_id": null, "version": "1.2",
+            "inventory_id": null, "process_group": null, "sealed_secret": [1, 2]
+        }))
+        .unwrap();
         {
-            // A version-1 file: no version in meta, one template.
+            // A version-2 file: one view, a template in it, one naming a view that never
+            // existed (as version 1 let through), one task.
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(tables::META)
+            let mut meta = tx.open_table(tables::META).unwrap();
+            meta.insert(VERSION_KEY, 2).unwrap();
+            meta.insert("next_template_id", 6).unwrap();
+            drop(meta);
+            let view = crate::model::View {
+                id: 7,
+                project_id: 2,
+                title: "prod".into(),
+                position: 0,
+            };
+            tx.open_table(tables::PROJECT_VIEW)
                 .unwrap()
-                .insert("next_template_id", 5)
+                .insert((2, 7), codec::encode(&view).as_slice())
                 .unwrap();
-            tx.open_table(tables::PROJECT_TEMPLATE)
+            let mut templates = tx.open_table(tables::PROJECT_TEMPLATE).unwrap();
+            for t in [template(4, Some(9)), template(5, Some(7))] {
+                templates
+                    .insert((2, t.id), codec::encode(&t).as_slice())
+                    .unwrap();
+            }
+            drop(templates);
+            tx.open_table(tables::PROJECT_TASK)
                 .unwrap()
-                .insert((2, 4), codec::encode(&template).as_slice())
+                .insert((2, 8), codec::encode(&task).as_slice())
                 .unwrap();
             tx.commit().unwrap();
         }
         let db = open(&path, &Upgrade { backup: false }).unwrap();
         let tx = db.begin_read().unwrap();
         let stored = tx.open_table(tables::PROJECT_TEMPLATE).unwrap();
-        let got: crate::model::Template =
-            codec::decode(stored.get((2, 4)).unwrap().unwrap().value()).unwrap();
-        assert_eq!(got.view_id, None);
+        let got = |id| -> crate::model::Template {
+            codec::decode(stored.get((2, id)).unwrap().unwrap().value()).unwrap()
+        };
+        assert_eq!(got(4), template(4, None));
+        assert_eq!(got(5), template(5, Some(7)));
+        let stored = tx.open_table(tables::PROJECT_TASK).unwrap();
+        let got: crate::model::Task =
+            codec::decode(stored.get((2, 8)).unwrap().unwrap().value()).unwrap();
+        assert_eq!(got.params, "");
         assert_eq!(
-            got,
-            crate::model::Template {
-                view_id: None,
-                ..template
-            }
+            (got.id, got.debug, got.version.as_deref(), got.sealed_secret),
+            (8, true, Some("1.2"), vec![1, 2])
         );
     }
 

@@ -337,7 +337,8 @@ mod tests {
             "user_id": null, "integration_id": null, "schedule_id": null, "created": created,
             "start": null, "end": status.is_finished().then_some(created + 1), "message": "",
             "commit_hash": null, "commit_message": "", "build_task_id": null, "version": null,
-            "inventory_id": null, "process_group": null, "sealed_secret": []
+            "inventory_id": null, "process_group": null, "sealed_secret": [],
+            "params": ""
         });
         serde_json::from_value(json).expect("a task")
     }
