@@ -1,7 +1,7 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
-//! projects, members and resources, issue 4's tasks, issue 12's views), plus the project
-//! list, project creation, the global event log and the server options, × every kind of caller → the status the API must answer
-//! (API.md §5 and §11).
+//! projects, members and resources, issue 4's tasks, issue 12's views and project backups),
+//! plus the project list, project creation and restore, the global event log and the server
+//! options, × every kind of caller → the status the API must answer (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
 //! route table in both directions, so a new project route without a row fails the tests. Read
@@ -34,6 +34,7 @@ const CALLERS: [&str; 7] = [
 const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects"),
     ("POST", "/api/projects"),
+    ("POST", "/api/projects/restore"),
     ("GET", "/api/events"),
     ("GET", "/api/events/last"),
     ("GET", "/api/tasks"),
@@ -76,6 +77,8 @@ fn rows() -> Vec<Row> {
         row(G, "/api/projects",                                               [401, 200, 200, 200, 200, 200, 200]),
         // Only admins create projects (non_admin_can_create_project is off): upstream's 401.
         row(P, "/api/projects",                                               [401, 401, 401, 401, 401, 401, 201]),
+        // Any signed-in user restores a backup into a new project of their own (upstream).
+        row(P, "/api/projects/restore",                                       [401, 200, 200, 200, 200, 200, 200]),
         row(G, "/api/events",                                                 [401, 200, 200, 200, 200, 200, 200]),
         row(G, "/api/events/last",                                            [401, 200, 200, 200, 200, 200, 200]),
         // Server options: system administrators only, whatever their project roles.
@@ -86,6 +89,8 @@ fn rows() -> Vec<Row> {
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
         row(D, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
         row(G, "/api/project/{project_id}/role",                              [401, 404, 200, 200, 200, 200, 200]),
+        // A backup holds no secrets: every member may read it (API.md §6.9).
+        row(G, "/api/project/{project_id}/backup",                            [401, 404, 200, 200, 200, 200, 200]),
         // Membership only: a (non-admin) owner cannot leave; an admin who is no member has
         // nothing to leave.
         row(D, "/api/project/{project_id}/me",                                [401, 404, 204, 204, 204, 400, 404]),
@@ -220,6 +225,9 @@ impl Fixture {
         let p = self.project;
         let body = match (method, resource(pattern)) {
             ("POST", None) if pattern == "/api/projects" => json!({"name": "made in a cell"}),
+            ("POST", None) if pattern == "/api/projects/restore" => {
+                json!({"meta": {"name": "restored in a cell"}})
+            }
             ("POST", None) if pattern == "/api/options" => {
                 json!({"key": "matrix.option", "value": "set in a cell"})
             }

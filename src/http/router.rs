@@ -7,7 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    meta, options, projects, resources as res, session, site, tasks, tokens, users, ws,
+    meta, options, project_backup, projects, resources as res, session, site, tasks, tokens, users,
+    ws,
 };
 use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template, View};
 
@@ -67,12 +68,14 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/users/{user_id}/password", User, users::set_password),
         route!(GET "/api/projects", User, projects::list),
         route!(POST "/api/projects", User, projects::create),
+        route!(POST "/api/projects/restore", User, project_backup::restore),
         route!(GET "/api/events", User, projects::events),
         route!(GET "/api/events/last", User, projects::events_last),
         route!(GET "/api/project/{project_id}", Project(NONE), projects::get),
         route!(PUT "/api/project/{project_id}", Project(UPDATE_PROJECT), projects::update),
         route!(DELETE "/api/project/{project_id}", Project(UPDATE_PROJECT), projects::delete),
         route!(GET "/api/project/{project_id}/role", Project(NONE), projects::role),
+        route!(GET "/api/project/{project_id}/backup", Project(NONE), project_backup::backup),
         route!(DELETE "/api/project/{project_id}/me", Project(NONE), projects::leave),
         route!(GET "/api/project/{project_id}/events", Project(NONE), projects::project_events),
         route!(GET "/api/project/{project_id}/events/last", Project(NONE), projects::project_events_last),

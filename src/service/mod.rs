@@ -6,6 +6,7 @@ pub mod auth;
 pub mod input;
 pub mod options;
 mod password;
+pub mod project_backup;
 pub mod projects;
 pub mod resources;
 pub mod secrets;

@@ -138,35 +138,10 @@ impl Services {
         validate::name(&name, "project name").map_err(Error::Invalid)?;
         let caller = caller.clone();
         self.transact(move |tx| {
-            let mut project = Project {
-                id: 0,
-                name: name.trim().to_owned(),
-                created: tx.now(),
-                alert: input.alert.unwrap_or_default(),
-                alert_chat: input.alert_chat.clone().filter(|c| !c.is_empty()),
-                max_parallel_tasks: input.max_parallel_tasks.unwrap_or_default(),
-                kind: input.kind.clone().unwrap_or_default(),
-            };
-            let id = tx.insert_project(&mut project)?;
-            tx.set_role(id, caller.id, Role::Owner)?;
-            let mut none = AccessKey {
-                id: 0,
-                project_id: id,
-                name: "None".into(),
-                kind: KeyKind::None,
-                sealed_secret: Vec::new(),
-                environment_id: None,
-            };
-            tx.insert(&mut none)?;
-            let mut empty = Environment {
-                id: 0,
-                project_id: id,
-                name: "Empty".into(),
-                json: "{}".into(),
-                env: None,
-                sealed_password: Vec::new(),
-            };
-            tx.insert(&mut empty)?;
+            let project = insert_project(tx, caller.id, &name, &input)?;
+            let id = project.id;
+            tx.insert(&mut none_key(id))?;
+            tx.insert(&mut empty_environment(id))?;
             tx.record(NewEvent {
                 user_id: Some(caller.id),
                 project_id: Some(id),
@@ -431,6 +406,61 @@ pub struct EventNames {
     /// Task id → its `object_name` (the task's playbook override).
     pub tasks: std::collections::HashMap<u64, String>,
 }
+
+/// Inserts a project (`name` already validated) owned by `owner`, with nothing in it yet.
+///
+/// # Errors
+/// Storage failures only.
+pub fn insert_project(
+    tx: &Tx<'_>,
+    owner: UserId,
+    name: &str,
+    input: &ProjectInput,
+) -> Result<Project> {
+    let mut project = Project {
+        id: 0,
+        name: name.trim().to_owned(),
+        created: tx.now(),
+        alert: input.alert.unwrap_or_default(),
+        alert_chat: input.alert_chat.clone().filter(|c| !c.is_empty()),
+        max_parallel_tasks: input.max_parallel_tasks.unwrap_or_default(),
+        kind: input.kind.clone().unwrap_or_default(),
+    };
+    let id = tx.insert_project(&mut project)?;
+    tx.set_role(id, owner, Role::Owner)?;
+    Ok(project)
+}
+
+/// The key every new project gets: `None`, of type `none`.
+#[must_use]
+pub fn none_key(project: ProjectId) -> AccessKey {
+    AccessKey {
+        id: 0,
+        project_id: project,
+        name: NONE_KEY.into(),
+        kind: KeyKind::None,
+        sealed_secret: Vec::new(),
+        environment_id: None,
+    }
+}
+
+/// The environment every new project gets: `Empty`, with no variables.
+#[must_use]
+pub fn empty_environment(project: ProjectId) -> Environment {
+    Environment {
+        id: 0,
+        project_id: project,
+        name: EMPTY_ENVIRONMENT.into(),
+        json: "{}".into(),
+        env: None,
+        sealed_password: Vec::new(),
+    }
+}
+
+/// The name of [`none_key`].
+pub const NONE_KEY: &str = "None";
+/// The name of [`empty_environment`].
+pub const EMPTY_ENVIRONMENT: &str = "Empty";
 
 fn parse_role(role: &str) -> Result<Role> {
     Role::parse(role).ok_or_else(|| Error::Invalid(format!("invalid role: {role:?}")))

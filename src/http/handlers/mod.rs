@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod meta;
 pub mod options;
+pub mod project_backup;
 pub mod projects;
 pub mod resources;
 pub mod session;

@@ -26,7 +26,7 @@ pub struct ProjectView<'a> {
 }
 
 impl<'a> ProjectView<'a> {
-    fn new(p: &'a Project) -> Self {
+    pub(crate) fn new(p: &'a Project) -> Self {
         Self {
             id: p.id,
             name: &p.name,

@@ -59,7 +59,8 @@ pub struct SecretInfo {
 }
 
 /// A parsed secret name: `var.NAME` / `env.NAME` as upstream stores them.
-fn secret_kind_name(key_name: &str) -> (&'static str, &str) {
+#[must_use]
+pub fn secret_kind_name(key_name: &str) -> (&'static str, &str) {
     match key_name.split_once('.') {
         Some(("env", n)) => ("env", n),
         Some((_, n)) => ("var", n),

@@ -54,10 +54,17 @@ pub struct KeyInput {
     pub override_secret: Option<bool>,
 }
 
+fn key_kind(text: &str) -> Result<KeyKind> {
+    KeyKind::parse(text).ok_or_else(|| Error::Invalid(format!("invalid access key type: {text:?}")))
+}
+
+fn key_name(name: &str) -> Result<String> {
+    validate::name(name, "name").map_err(Error::Invalid)?;
+    Ok(name.trim().to_owned())
+}
+
 fn key_secret(input: &KeyInput) -> Result<(KeyKind, KeySecret)> {
-    let kind_text = input.kind.clone().unwrap_or_default();
-    let kind = KeyKind::parse(&kind_text)
-        .ok_or_else(|| Error::Invalid(format!("invalid access key type: {kind_text:?}")))?;
+    let kind = key_kind(input.kind.as_deref().unwrap_or_default())?;
     let mut secret = KeySecret::default();
     match kind {
         KeyKind::None => {}
@@ -96,6 +103,26 @@ pub struct KeyFields {
     secret: Option<(KeyKind, Vec<u8>)>,
 }
 
+/// A key restored from a project backup (which carries no secrets): its name and type, checked
+/// as on create, and no secret until its owner sets one ([`needs_secret`]).
+///
+/// # Errors
+/// [`Error::Invalid`] for a bad name or type.
+pub fn restored_key(project: ProjectId, name: &str, kind: &str) -> Result<KeyFields> {
+    Ok(KeyFields {
+        project,
+        name: key_name(name)?,
+        secret: Some((key_kind(kind)?, Vec::new())),
+    })
+}
+
+/// Whether a key still lacks the secret its type needs (a key restored from a backup); `none`
+/// keys need nothing.
+#[must_use]
+pub fn needs_secret(key: &AccessKey) -> bool {
+    key.kind != KeyKind::None && key.sealed_secret.is_empty()
+}
+
 impl ProjectResource for AccessKey {
     body!(KeyInput);
     type Fields = KeyFields;
@@ -106,8 +133,7 @@ impl ProjectResource for AccessKey {
     }
 
     fn fields(services: &Services, input: KeyInput, to: Target) -> Result<KeyFields> {
-        let name = input.name.clone().unwrap_or_default();
-        validate::name(&name, "name").map_err(Error::Invalid)?;
+        let name = key_name(input.name.as_deref().unwrap_or_default())?;
         let secret = if to.id.is_none() || input.override_secret.unwrap_or(false) {
             let (kind, secret) = key_secret(&input)?;
             Some((kind, services.seal_secret(kind, &secret)))
@@ -116,7 +142,7 @@ impl ProjectResource for AccessKey {
         };
         Ok(KeyFields {
             project: to.project,
-            name: name.trim().to_owned(),
+            name,
             secret,
         })
     }
@@ -181,7 +207,14 @@ impl Services {
     ///
     /// # Errors
     /// [`Error::Internal`] when the stored secret does not decrypt.
+    /// [`Error::Invalid`] for a key that still [`needs_secret`].
     pub fn open_secret(&self, key: &AccessKey) -> Result<KeySecret> {
+        if needs_secret(key) {
+            return Err(Error::Invalid(format!(
+                "access key {:?} has no secret yet (restored from a backup): set it first",
+                key.name
+            )));
+        }
         if key.sealed_secret.is_empty() {
             return Ok(KeySecret::default());
         }

@@ -19,9 +19,9 @@ mod repositories;
 mod templates;
 mod views;
 
-pub use environments::{EnvironmentInput, SecretInfo, SecretInput};
+pub use environments::{EnvironmentInput, SecretInfo, SecretInput, secret_kind_name};
 pub use inventories::{INVENTORY_TYPES, InventoryInput};
-pub use keys::{KeyInput, LoginPasswordInput, SshInput};
+pub use keys::{KeyFields, KeyInput, LoginPasswordInput, SshInput, needs_secret, restored_key};
 pub use repositories::RepositoryInput;
 pub use templates::{
     BUILTIN_APPS, SurveyValueInput, SurveyVarInput, TemplateInput, TemplateRefNames, VaultInput,

@@ -8,6 +8,7 @@ use super::Routes;
 use crate::http::error::ApiError;
 use crate::http::handler::Req;
 use crate::model::AccessKey;
+use crate::service::resources::needs_secret;
 
 impl Routes for AccessKey {
     const ID: (&'static str, &'static str) = ("key_id", "key");
@@ -26,9 +27,11 @@ impl Routes for AccessKey {
     }
 
     /// Upstream's default backend sends exactly these fields (no `empty`): strict clients build
-    /// their `Key` from them and fail on any other. Secrets never: empty placeholders.
+    /// their `Key` from them and fail on any other. Secrets never: empty placeholders. Forge's
+    /// `needs_secret: true` is added only to a key still lacking its secret (restored from a
+    /// backup), so keys made through the API keep upstream's exact shape.
     fn view<'a>(_: &'a Req, (): &'a (), k: &'a Self) -> Result<impl Serialize + 'a, ApiError> {
-        Ok(json!({
+        let mut view = json!({
             "id": k.id,
             "name": k.name,
             "type": k.kind.as_str(),
@@ -37,6 +40,10 @@ impl Routes for AccessKey {
             "login_password": {"login": "", "password": ""},
             "ssh": {"login": "", "passphrase": "", "private_key": ""},
             "override_secret": false,
-        }))
+        });
+        if needs_secret(k) {
+            view["needs_secret"] = json!(true);
+        }
+        Ok(view)
     }
 }
