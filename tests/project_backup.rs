@@ -562,3 +562,68 @@ async fn bad_documents_create_nothing() {
     let r = a.post("/api/projects/restore", good).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A task never runs with a secret the backup could not carry: it fails saying which one,
+/// and runs once the secret is set.
+#[tokio::test]
+async fn a_task_needs_the_restored_secrets_set() {
+    let server = TestServer::start().await;
+    let a = server.admin().await;
+    let repo = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        repo.path().join("run.sh"),
+        "#!/usr/bin/env bash\necho \"token=$API_TOKEN\"\n",
+    )
+    .expect("write script");
+    let doc = json!({
+        "meta": {"name": "needs secrets"},
+        "repositories": [{"name": "local", "git_url": repo.path(), "ssh_key": "None"}],
+        "environments": [{"name": "prod", "json": "{}",
+                          "secrets": [{"type": "env", "name": "API_TOKEN"}]}],
+        "templates": [{"name": "run", "app": "bash", "playbook": "run.sh",
+                       "repository": "local", "environment": "prod"}]
+    });
+    let r = a.post("/api/projects/restore", doc).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = id_of(&r.json());
+    let template = id_named(&a, q, "templates", "run").await;
+
+    let run = |a: Client| async move {
+        let task = post_ok(&a, &at(q, "tasks"), json!({"template_id": template}))
+            .await
+            .expect("task id");
+        for _ in 0..500 {
+            let t = ok_json(&a, &at(q, &format!("tasks/{task}"))).await;
+            if ["success", "error", "stopped"].contains(&t["status"].as_str().unwrap_or("")) {
+                let out = ok_json(&a, &at(q, &format!("tasks/{task}/output"))).await;
+                return (
+                    t["status"].as_str().unwrap_or_default().to_owned(),
+                    out.to_string(),
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("task {task} did not finish");
+    };
+    let (status, out) = run(a.clone()).await;
+    assert_eq!(status, "error", "{out}");
+    assert!(
+        out.contains(r#"environment secret \"API_TOKEN\" has no value yet"#),
+        "{out}"
+    );
+
+    let env = id_named(&a, q, "environment", "prod").await;
+    let prod = ok_json(&a, &at(q, &format!("environment/{env}"))).await;
+    let secret = id_of(&prod["secrets"][0]);
+    let r = a
+        .put(
+            &at(q, &format!("environment/{env}")),
+            json!({"id": env, "name": "prod", "json": "{}",
+                   "secrets": [{"id": secret, "operation": "update", "secret": "filled"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (status, out) = run(a.clone()).await;
+    assert_eq!(status, "success", "{out}");
+    assert!(out.contains("token=filled"), "{out}");
+}

@@ -210,10 +210,17 @@ impl Services {
     /// [`Error::Invalid`] for a key that still [`needs_secret`].
     pub fn open_secret(&self, key: &AccessKey) -> Result<KeySecret> {
         if needs_secret(key) {
-            return Err(Error::Invalid(format!(
-                "access key {:?} has no secret yet (restored from a backup): set it first",
-                key.name
-            )));
+            return Err(Error::Invalid(match key.environment_id {
+                Some(_) => format!(
+                    "environment secret {:?} has no value yet (restored from a backup): set it \
+                     first",
+                    super::secret_kind_name(&key.name).1
+                ),
+                None => format!(
+                    "access key {:?} has no secret yet (restored from a backup): set it first",
+                    key.name
+                ),
+            }));
         }
         if key.sealed_secret.is_empty() {
             return Ok(KeySecret::default());
