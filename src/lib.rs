@@ -9,8 +9,9 @@
 //!   is (`http::handler`), and the handlers: one module per resource, the project resources
 //!   over one generic set (`http::handlers::resources`).
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users, projects,
-//!   tasks, sealed secrets, and the project resources: one module each over one generic CRUD
-//!   (`service::resources`).
+//!   tasks, sealed secrets, the project resources: one module each over one generic CRUD
+//!   (`service::resources`), and project backups in upstream's format
+//!   (`service::project_backup`).
 //! - [`runner`]: the task queue, child processes, stop/kill and live output; services drive it
 //!   through a handle, and it persists through the store.
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one

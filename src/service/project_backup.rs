@@ -39,8 +39,9 @@ use crate::store::{NewEvent, Tx};
 
 /// A backup document. Every field of every entry is optional on input (a missing one is
 /// refused by the same rule that refuses it through the API); on output absent values are
-/// left out, as upstream leaves out its null pointers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// left out, as upstream leaves out its null pointers. Read list by list (see `parse`), so that
+/// a type error names its object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Document {
     /// The project's own fields.
     pub meta: Meta,
