@@ -627,6 +627,7 @@ fn raw_list(top: &mut Map<String, Value>, kind: &str) -> Result<Vec<Value>> {
 struct Index {
     /// `key`, `repository`... as messages name one.
     what: &'static str,
+    /// Name → position in the document's list.
     by_name: HashMap<String, usize>,
 }
 
@@ -669,20 +670,27 @@ impl Index {
 
 /// A template's references, as positions in the document.
 struct TemplateRefs {
+    /// Required.
     repository: usize,
     inventory: Option<usize>,
     environment: Option<usize>,
     view: Option<usize>,
     build_template: Option<usize>,
+    /// One per vault, in order.
     vault_keys: Vec<usize>,
 }
 
 /// A document whose names all resolve: what [`Plan::apply`] writes.
 struct Plan {
+    /// The document, with the `None` key and `Empty` environment added when it lacks them.
     doc: Document,
+    /// The project's name (checked).
     name: String,
+    /// Each repository's key.
     repository_keys: Vec<usize>,
+    /// Each inventory's login key, become key, repository and holding template.
     inventory_refs: Vec<[Option<usize>; 4]>,
+    /// Each template's references.
     template_refs: Vec<TemplateRefs>,
 }
 
