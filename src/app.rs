@@ -7,8 +7,8 @@ use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::http::router::{Router, routes};
-use crate::model::User;
-use crate::runner::Runner;
+use crate::model::{AccessKey, KeySecret, User};
+use crate::runner::{self, Runner};
 use crate::service::secrets::{Cipher, KeyError};
 use crate::service::{self, NewUserInput, Services};
 use crate::store::{self, Store};
@@ -36,6 +36,24 @@ pub enum StartError {
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
+}
+
+/// The runner's narrow view of the services: the clock and the cipher, nothing else.
+#[derive(Debug)]
+struct RunnerHost(Arc<Services>);
+
+impl runner::Host for RunnerHost {
+    fn now(&self) -> i64 {
+        self.0.now()
+    }
+
+    fn open_key(&self, key: &AccessKey) -> Result<KeySecret, String> {
+        self.0.open_secret(key).map_err(|e| e.to_string())
+    }
+
+    fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.open_sealed(sealed).map_err(|e| e.to_string())
+    }
 }
 
 /// A running server's state, shared by every connection.
@@ -79,7 +97,9 @@ impl App {
             })?;
         let cipher = Cipher::load(&config, &store).map_err(StartError::Key)?;
         let services = Services::new(store, cipher, &config);
-        let runner = Runner::start(Arc::clone(&services), &config).map_err(StartError::Runner)?;
+        let host = Arc::new(RunnerHost(Arc::clone(&services)));
+        let runner =
+            Runner::start(host, services.store().clone(), &config).map_err(StartError::Runner)?;
         let app = Arc::new(Self {
             config,
             services,

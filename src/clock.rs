@@ -4,6 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+/// Microseconds since the epoch, now, from the system clock: the time stamp of an output
+/// line (ordering lines, not deciding anything, so it is not injectable).
+#[must_use]
+pub fn now_us() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// A source of the current time in whole seconds since the Unix epoch (UTC).
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Seconds since 1970-01-01T00:00:00Z.

@@ -12,8 +12,9 @@
 //!   tasks, sealed secrets, the project resources: one module each over one generic CRUD
 //!   (`service::resources`), and project backups in upstream's format
 //!   (`service::project_backup`).
-//! - [`runner`]: the task queue, child processes, stop/kill and live output; services drive it
-//!   through a handle, and it persists through the store.
+//! - [`runner`]: the task queue, child processes, stop/kill and live output. It sees the
+//!   services only through a narrow handle (`runner::Host`: the clock, opening sealed secrets),
+//!   persists through the store, and is driven by the HTTP layer through [`runner::Runner`].
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
 //!   writer thread that commits writes in groups; the reopenable file behind it, which survives
 //!   a full disk (`store::disk`); format versions and migrations (`store::migrate`); snapshots
@@ -21,9 +22,11 @@
 //!   rotation (`store::reseal`); and the offline `forge check` / `forge compact`
 //!   (`store::check`, `store::compact`).
 //! - [`retention`]: the background loop pruning old tasks, output and events.
-//! - [`model`]: the plain stored types. [`clock`]: injectable time.
+//! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
+//!   time stamps.
 //!
-//! Dependencies point one way: `http → service → store → model`.
+//! Dependencies point one way: `http → runner → service → store → model` (the runner uses
+//! the services' error type and path rule; the services never reach the runner).
 #![forbid(unsafe_code)]
 #![warn(clippy::pedantic, missing_docs)]
 // Linear step sequences (a task run, a body's field rules) read best whole.

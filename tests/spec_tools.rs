@@ -1,8 +1,8 @@
 //! `docs/openapi.json` checked by outside tools, so the published contract cannot drift from
 //! the server: `openapi-spec-validator` proves the document is valid OpenAPI 3.1, and
-//! schemathesis fuzzes a real `forge serve` process (every `GET` and `POST` operation, over
-//! real objects of a small fixture project) and fails on any 5xx, any status, content type or
-//! body the document does not describe.
+//! schemathesis fuzzes a real `forge serve` process (every `GET` and `POST` operation, and
+//! every method of issue 12's operations, over real objects of a small fixture project) and
+//! fails on any 5xx, any status, content type or body the document does not describe.
 //!
 //! The tools come from PATH or from the venv `.ci/install-tools.sh` makes (`.ci/venv/bin`).
 //! Without them the tests fail in CI (`CI=true`) and are skipped elsewhere.
@@ -177,8 +177,22 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
                       response_schema_conformance,response_headers_conformance,\
                       negative_data_rejection,missing_required_header,ignored_auth";
 
-/// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token`:
-/// `GET` and `POST` operations except those that would end the session or change a password,
+/// Which operations a run covers.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// `GET` and `POST` operations except those that would end the session or change a
+    /// password.
+    ReadAndCreate,
+    /// Every method of the paths issue 12 added (views, options, admin tasks, raw output,
+    /// stats): updates and deletes too.
+    Issue12,
+}
+
+/// The paths of the issue-12 operations, as a schemathesis path regex.
+const ISSUE_12_PATHS: &str = r"^/api/(options|tasks(/\{task_id\})?|project/\{project_id\}/(views.*|tasks/\{task_id\}/raw_output|templates/\{template_id\}/stats))$";
+
+/// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
+/// the operations of `scope`,
 /// a fixed seed and no example database (repeatable), one worker (`ast.parse` of `CPython` 3.11,
 /// which hypothesis calls, is not thread-safe), a `JUnit` report in `target/test-artifacts`.
 /// Asserts success, printing schemathesis' output and the server log otherwise.
@@ -187,6 +201,7 @@ fn run_schemathesis(
     server: &ServerProcess,
     token: &str,
     name: &str,
+    scope: Scope,
     phases: &str,
     max_examples: u32,
 ) {
@@ -195,13 +210,18 @@ fn run_schemathesis(
     let junit = report_dir.join(format!("{name}.xml"));
     let _ = std::fs::remove_file(&junit);
     let started = Instant::now();
-    let out = Command::new(st)
-        .arg("run")
+    let mut cmd = Command::new(st);
+    cmd.arg("run")
         .arg(format!("http://{}/api/openapi.json", server.addr))
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(["--include-method", "GET", "--include-method", "POST"])
-        .args(["--exclude-operation-id", "logout"])
-        .args(["--exclude-operation-id", "setUserPassword"])
+        .args(["--header", &format!("Authorization: Bearer {token}")]);
+    match scope {
+        Scope::ReadAndCreate => cmd
+            .args(["--include-method", "GET", "--include-method", "POST"])
+            .args(["--exclude-operation-id", "logout"])
+            .args(["--exclude-operation-id", "setUserPassword"]),
+        Scope::Issue12 => cmd.args(["--include-path-regex", ISSUE_12_PATHS]),
+    };
+    let out = cmd
         .args(["--checks", CHECKS])
         .args(["--phases", phases])
         .args(["--max-examples", &max_examples.to_string()])
@@ -262,6 +282,7 @@ async fn schemathesis_finds_no_errors() {
         &server,
         &admin_token,
         "schemathesis",
+        Scope::ReadAndCreate,
         "examples,coverage,fuzzing,stateful",
         50,
     );
@@ -272,7 +293,34 @@ async fn schemathesis_finds_no_errors() {
         &server,
         &guest_token,
         "schemathesis-guest",
+        Scope::ReadAndCreate,
         "examples,coverage,fuzzing",
         15,
+    );
+}
+
+/// Issue 12's operations with every method (their updates and deletes too), on a server of
+/// their own: a delete there cannot take a fixture object from the other runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_issue_12_operations() {
+    let Some(st) = tools::require("st", "schemathesis") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = tempfile::tempdir().expect("temp dir");
+    std::fs::write(repo.path().join("run.sh"), SCRIPT).expect("write script");
+    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
+    let mut admin = Client::new(server.addr);
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let admin_token = admin.new_token().await;
+    assert_eq!(fixture(&admin, repo.path()).await, 1);
+    run_schemathesis(
+        &st,
+        &server,
+        &admin_token,
+        "schemathesis-issue-12",
+        Scope::Issue12,
+        "examples,coverage,fuzzing,stateful",
+        50,
     );
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Every fixture directory under `tests/fixtures/`, oldest first.
-const FIXTURES: &[&str] = &["v1"];
+const FIXTURES: &[&str] = &["v1", "v2"];
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -106,7 +106,7 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
         // Its output has a gap (the marker line says so): not a clean success.
         status = TaskStatus::Error;
     }
-    let now = inner.services.now();
+    let now = inner.host.now();
     let finished = update(&inner, id, move |t| {
         if t.status.is_finished() {
             return false;
@@ -172,7 +172,7 @@ async fn run_steps(
     if asked.is_some() {
         return stopped(asked);
     }
-    let now = inner.services.now();
+    let now = inner.host.now();
     let running = update(inner, id, move |t| {
         if t.status != TaskStatus::Starting {
             return false;
@@ -316,7 +316,7 @@ async fn update(
     id: TaskId,
     change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
 ) -> Option<Task> {
-    let now = inner.services.now();
+    let now = inner.host.now();
     let change = Arc::new(change);
     let result = loop {
         let change = Arc::clone(&change);
@@ -367,7 +367,7 @@ async fn record(inner: &Arc<Inner>, task: &Task, description: String) {
         object_type: "task",
         description,
     };
-    let (store, now) = (inner.store.clone(), inner.services.now());
+    let (store, now) = (inner.store.clone(), inner.host.now());
     let _ = tokio::task::spawn_blocking(move || store.record_event(now, event)).await;
 }
 
@@ -473,7 +473,7 @@ impl Materials {
         let Some(key) = id.and_then(|id| self.keys.iter().find(|k| k.id == id)) else {
             return Ok(None);
         };
-        let secret = inner.services.open_secret(key).map_err(|e| e.to_string())?;
+        let secret = inner.host.open_key(key)?;
         Ok(Some((key.kind, secret)))
     }
 }
@@ -622,11 +622,7 @@ impl Variables {
                 }));
             }
             for key in m.keys.iter().filter(|k| k.environment_id == Some(e.id)) {
-                let value = inner
-                    .services
-                    .open_secret(key)
-                    .map_err(|e| e.to_string())?
-                    .string;
+                let value = inner.host.open_key(key)?.string;
                 match key.name.split_once('.') {
                     Some(("env", name)) => env.push((name.to_owned(), value)),
                     Some((_, name)) => {
@@ -770,10 +766,7 @@ fn ansible(
         extra.insert(k.clone(), v.clone().into());
     }
     if !task.sealed_secret.is_empty() {
-        let plain = inner
-            .services
-            .open_sealed(&task.sealed_secret)
-            .map_err(|e| e.to_string())?;
+        let plain = inner.host.open_sealed(&task.sealed_secret)?;
         if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&plain) {
             extra.extend(map);
         }

@@ -19,10 +19,26 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::config::Config;
-use crate::model::{OutputLine, ProjectId, Task, TaskId, TaskStatus};
-use crate::service::Services;
+use crate::model::{AccessKey, KeySecret, OutputLine, ProjectId, Task, TaskId, TaskStatus};
 use crate::store::Store;
 use queue::{Queue, Queued};
+
+/// What the runner needs from the services, and nothing more: the clock, and opening the
+/// sealed secrets a task uses. [`crate::app`] hands it the services behind this.
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// Now, Unix seconds (the services' clock, injectable in tests).
+    fn now(&self) -> i64;
+    /// A key's decrypted secret.
+    ///
+    /// # Errors
+    /// A message when the stored secret does not decrypt.
+    fn open_key(&self, key: &AccessKey) -> Result<KeySecret, String>;
+    /// A sealed blob (a task's secret extra variables), decrypted.
+    ///
+    /// # Errors
+    /// A message when it does not decrypt.
+    fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+}
 
 /// Something that happened to a task, for live followers and WebSocket clients.
 #[derive(Debug, Clone)]
@@ -114,7 +130,7 @@ struct State {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    services: Arc<Services>,
+    host: Arc<dyn Host>,
     store: Store,
     settings: Settings,
     state: Mutex<State>,
@@ -147,11 +163,15 @@ impl Runner {
     ///
     /// # Errors
     /// Storage failures during recovery.
-    pub fn start(services: Arc<Services>, config: &Config) -> crate::service::Result<Self> {
+    pub fn start(
+        host: Arc<dyn Host>,
+        store: Store,
+        config: &Config,
+    ) -> crate::service::Result<Self> {
         let (live, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
-            store: services.store().clone(),
-            services,
+            store,
+            host,
             settings: Settings {
                 max_parallel: config.max_parallel_tasks,
                 stop_grace: Duration::from_secs(config.stop_grace_secs),
@@ -479,13 +499,13 @@ impl Inner {
     /// On start: unfinished tasks that were past the queue end as `error` (all in one
     /// transaction); waiting ones queue again in id (arrival) order.
     fn recover(&self) -> crate::service::Result<()> {
-        let now = self.services.now();
+        let now = self.host.now();
         let interrupted = self.scan()?;
         if interrupted.is_empty() {
             return Ok(());
         }
         let line = OutputLine {
-            time_us: process::now_us(),
+            time_us: crate::clock::now_us(),
             text: "interrupted: server restarted".into(),
         };
         self.store
@@ -500,13 +520,13 @@ impl Inner {
     /// runner no longer knows — a waiting one whose stop was refused queues again; one past
     /// the queue with no executor left ends `error`.
     async fn reconcile(&self) -> crate::service::Result<()> {
-        let now = self.services.now();
+        let now = self.host.now();
         let interrupted = self.scan()?;
         if interrupted.is_empty() {
             return Ok(());
         }
         let line = OutputLine {
-            time_us: process::now_us(),
+            time_us: crate::clock::now_us(),
             text: "interrupted: the server's storage failed".into(),
         };
         self.store
@@ -671,10 +691,10 @@ impl Inner {
         status: TaskStatus,
         message: &'static str,
     ) -> crate::service::Result<()> {
-        let now = self.services.now();
+        let now = self.host.now();
         let first = self.store.output_len(task_id)?;
         let line = OutputLine {
-            time_us: process::now_us(),
+            time_us: crate::clock::now_us(),
             text: message.into(),
         };
         let task = self
@@ -705,7 +725,7 @@ impl Inner {
         task_id: TaskId,
         status: TaskStatus,
     ) -> crate::service::Result<()> {
-        let now = self.services.now();
+        let now = self.host.now();
         let task = self
             .store
             .transact_async(now, move |tx| {

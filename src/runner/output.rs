@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::process::{Line, now_us};
+use super::process::Line;
+use crate::clock::now_us;
 use crate::model::{OutputLine, Task};
 
 /// Lines buffered between the readers and the writer; a full buffer slows the reader (and so

@@ -11,6 +11,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::now_us;
+
 /// Longest stored line; a longer one is split rather than buffered without bound.
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -21,15 +23,6 @@ pub struct Line {
     pub time_us: i64,
     /// Text without the newline (invalid UTF-8 replaced).
     pub text: String,
-}
-
-/// Microseconds since the epoch, now.
-#[must_use]
-pub fn now_us() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Spawns `cmd` in a new process group with empty stdin and both output streams on one pipe,

@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::projects::Access;
 use super::{Error, Result, Services, validate};
+use crate::clock::now_us;
 use crate::model::{Inventory, OutputLine, Task, TaskStatus, Template, User};
-use crate::runner::process::now_us;
 
 /// Most tasks a list returns.
 pub const LIST_LIMIT: usize = 1000;

@@ -1118,21 +1118,26 @@ mod tests {
         );
     }
 
+    /// The version-1 upgrade fixture (made by the first release): check runs the pending
+    /// migrations in a transaction it never commits, finds the file sound, and leaves it at
+    /// version 1.
     #[test]
     fn checking_does_not_change_an_old_file() {
-        let (_dir, path) = populated();
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .remove(migrate::VERSION_KEY)
-                .unwrap();
-            tx.commit().unwrap();
-        }
-        let report = check_file(&path, Some(&Cipher::new(&KEY))).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forge.redb");
+        std::fs::copy(fixture.join("forge.redb"), &path).unwrap();
+        let hex = std::fs::read_to_string(fixture.join("forge.redb.key")).unwrap();
+        let hex = hex.trim();
+        let key: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let cipher = Cipher::new(&key.try_into().unwrap());
+        let report = check_file(&path, Some(&cipher)).unwrap();
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.version, 1);
+        assert!(report.secrets_opened > 0, "{report}");
         let db = redb::ReadOnlyDatabase::open(&path).unwrap();
         let found = migrate::inspect(&redb::ReadableDatabase::begin_read(&db).unwrap()).unwrap();
         assert_eq!(

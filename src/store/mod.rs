@@ -8,13 +8,14 @@
 //! from a newer Forge. Records are positional bincode: a field added, renamed, dropped or
 //! reordered makes old bytes undecodable, so every change to a stored shape follows this
 //! checklist (the rest of the store only ever decodes the current shapes):
-//! 1. Copy the type's current definition, frozen, into `migrate.rs` (e.g. `v2::Template`).
+//! 1. Copy the type's current definition, frozen, into `migrate.rs` (e.g. `v3::TaskV2`).
 //! 2. Change the type in `model.rs`.
 //! 3. Add migration N to [`migrate::MIGRATIONS`] that rewrites the table with
 //!    [`migrate::rewrite`] (old shape → new shape); splitting a table = read the old one,
 //!    write the new ones, `delete_table` the old. Bump [`migrate::CURRENT`] to N.
 //! 4. A new table needs no migration unless it must be filled from existing rows (then N
-//!    fills it); add it to `tables.rs`, to [`Store::open`], and to [`check`].
+//!    fills it); add it to `tables.rs`, to [`Store::open`], to the copy list of [`backup`]
+//!    and to [`check`].
 //! 5. Make a fixture with the previous release: `tests/fixtures/make-fixture.sh <commit>
 //!    tests/fixtures/v<N-1>` (extend the script first if the new shape needs data), add one
 //!    line for it in `tests/upgrade.rs`, and keep every older fixture passing.
