@@ -77,8 +77,8 @@ fn rows() -> Vec<Row> {
         row(G, "/api/projects",                                               [401, 200, 200, 200, 200, 200, 200]),
         // Only admins create projects (non_admin_can_create_project is off): upstream's 401.
         row(P, "/api/projects",                                               [401, 401, 401, 401, 401, 401, 201]),
-        // Any signed-in user restores a backup into a new project of their own (upstream).
-        row(P, "/api/projects/restore",                                       [401, 200, 200, 200, 200, 200, 200]),
+        // A restore creates a project: the same rule as creating one.
+        row(P, "/api/projects/restore",                                       [401, 401, 401, 401, 401, 401, 200]),
         row(G, "/api/events",                                                 [401, 200, 200, 200, 200, 200, 200]),
         row(G, "/api/events/last",                                            [401, 200, 200, 200, 200, 200, 200]),
         // Server options: system administrators only, whatever their project roles.

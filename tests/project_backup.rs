@@ -271,9 +271,16 @@ async fn a_full_project_round_trips_without_secrets() {
     );
     assert!(prod.get("password").is_none(), "{prod}");
 
-    // A plain user restores it: a new project they own, with the same name.
-    let (_, user) = server.user("restorer", false).await;
+    // A restore creates a project: a user who may not create one gets upstream's 401 and
+    // nothing is made.
+    let (_, plain) = server.user("plain", false).await;
     let before = project_list(&a).await;
+    let r = plain.post("/api/projects/restore", doc.clone()).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(project_list(&a).await, before);
+
+    // Another administrator restores it: a new project they own, with the same name.
+    let (_, user) = server.user("restorer", true).await;
     let r = user.post("/api/projects/restore", doc.clone()).await;
     assert_eq!(r.status, 200, "restore: {}", r.text());
     let restored = r.json();

@@ -462,9 +462,15 @@ impl Services {
     /// records an event.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the offending object (a wrong JSON type, a missing or bad
-    /// field, an unknown or ambiguous reference); nothing is written then.
+    /// [`Error::Unauthorized`] when `caller` may not create projects (as for
+    /// `POST /api/projects`); [`Error::Invalid`] naming the offending object (a wrong JSON
+    /// type, a missing or bad field, an unknown or ambiguous reference); nothing is written
+    /// then.
     pub async fn restore_project(self: &Arc<Self>, caller: &User, doc: Value) -> Result<Project> {
+        // A restore creates a project: the same rule as `POST /api/projects`.
+        if !(caller.admin || self.non_admin_can_create_project) {
+            return Err(Error::Unauthorized);
+        }
         let plan = Arc::new(Plan::new(parse(doc)?)?);
         let services = Arc::clone(self);
         let caller = caller.clone();
