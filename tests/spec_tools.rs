@@ -184,12 +184,12 @@ enum Scope {
     /// password.
     ReadAndCreate,
     /// Every method of the paths issue 12 added (views, options, admin tasks, raw output,
-    /// stats): updates and deletes too.
+    /// stats, project backup and restore): updates and deletes too.
     Issue12,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
-const ISSUE_12_PATHS: &str = r"^/api/(options|tasks(/\{task_id\})?|project/\{project_id\}/(views.*|tasks/\{task_id\}/raw_output|templates/\{template_id\}/stats))$";
+const ISSUE_12_PATHS: &str = r"^/api/(options|tasks(/\{task_id\})?|projects/restore|project/\{project_id\}/(backup|views.*|tasks/\{task_id\}/raw_output|templates/\{template_id\}/stats))$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
