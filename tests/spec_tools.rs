@@ -256,21 +256,41 @@ fn run_schemathesis(
     assert!(junit.is_file(), "no JUnit report at {}", junit.display());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn schemathesis_finds_no_errors() {
-    let Some(st) = tools::require("st", "schemathesis") else {
-        return;
-    };
+/// A server with the fixture project (id 1, as the spec's examples name it), its temp dirs
+/// (kept alive by the caller) and an administrator's API token.
+struct Fuzzed {
+    server: ServerProcess,
+    admin_token: String,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn fuzzed_server() -> Fuzzed {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = tempfile::tempdir().expect("temp dir");
     std::fs::write(repo.path().join("run.sh"), SCRIPT).expect("write script");
-
     let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
     let mut admin = Client::new(server.addr);
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let admin_token = admin.new_token().await;
     let project = fixture(&admin, repo.path()).await;
     assert_eq!(project, 1, "the spec's examples name project 1");
+    Fuzzed {
+        server,
+        admin_token,
+        _dirs: [dir, repo],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_errors() {
+    let Some(st) = tools::require("st", "schemathesis") else {
+        return;
+    };
+    let Fuzzed {
+        server,
+        admin_token,
+        _dirs,
+    } = fuzzed_server().await;
     let mut guest = Client::new(server.addr);
     assert_eq!(guest.login("guest", "guest-pass").await.status, 204);
     let guest_token = guest.new_token().await;
@@ -306,18 +326,11 @@ async fn schemathesis_over_the_issue_12_operations() {
     let Some(st) = tools::require("st", "schemathesis") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo = tempfile::tempdir().expect("temp dir");
-    std::fs::write(repo.path().join("run.sh"), SCRIPT).expect("write script");
-    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
-    let mut admin = Client::new(server.addr);
-    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
-    let admin_token = admin.new_token().await;
-    assert_eq!(fixture(&admin, repo.path()).await, 1);
+    let f = fuzzed_server().await;
     run_schemathesis(
         &st,
-        &server,
-        &admin_token,
+        &f.server,
+        &f.admin_token,
         "schemathesis-issue-12",
         Scope::Issue12,
         "examples,coverage,fuzzing,stateful",
