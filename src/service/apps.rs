@@ -167,12 +167,21 @@ pub struct AppInput {
     pub dark_color: Option<String>,
     /// Executable (absolute path, or a name looked up on `PATH`; `""` = the default).
     pub path: Option<String>,
-    /// Arguments before Forge's own: an array of strings, or `null` for none.
+    /// Arguments before Forge's own: an array of strings, or `null` for none (`None` only
+    /// when the field is left out).
+    #[serde(deserialize_with = "present")]
     pub args: Option<serde_json::Value>,
     /// Sort key.
     pub priority: Option<i64>,
     /// Whether templates may use it.
     pub active: Option<bool>,
+}
+
+/// A field that is there, even as `null` (a missing one is `None` through the default).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// `args` of a body: an array of at most [`MAX_ARGS`] strings without NUL, or `null`.
