@@ -215,12 +215,11 @@ async fn setup(a: &Client, lab: &Lab, app: &str) -> (u64, u64) {
 }
 
 async fn launch(a: &Client, p: u64, tpl: u64, params: Value) -> u64 {
-    let r = a
-        .post(
-            &at(p, "tasks"),
-            json!({"template_id": tpl, "params": params}),
-        )
-        .await;
+    launch_with(a, p, json!({"template_id": tpl, "params": params})).await
+}
+
+async fn launch_with(a: &Client, p: u64, body: Value) -> u64 {
+    let r = a.post(&at(p, "tasks"), body).await;
     assert_eq!(r.status, 201, "launch: {}", r.text());
     id_of(&r.json())
 }
@@ -351,6 +350,37 @@ async fn each_params_combination_runs_its_exact_argv() {
         lab.take_calls(),
         init_plan("terraform", &lab.plan_file(t), &[])
     );
+
+    // A terraform-workspace inventory selects (or creates) its workspace after init.
+    let r = a
+        .post(
+            &at(p, "inventory"),
+            json!({"name": "bad", "project_id": p, "type": "terraform-workspace",
+                   "inventory": "-upgrade"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "a workspace name that looks like an option");
+    let r = a
+        .post(
+            &at(p, "inventory"),
+            json!({"name": "staging", "project_id": p, "type": "terraform-workspace",
+                   "inventory": "staging"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let inv = id_of(&r.json());
+    let body = json!({"template_id": tpl, "inventory_id": inv, "params": {"plan": true}});
+    let t = launch_with(&a, p, body).await;
+    assert_eq!(
+        finished(&a, p, t).await,
+        "success",
+        "{}",
+        output(&a, p, t).await
+    );
+    let mut want = init_plan("terraform", &lab.plan_file(t), &[]);
+    let select = ["workspace", "select", "-or-create=true", "staging"];
+    want.insert(1, argv("terraform", &select));
+    assert_eq!(lab.take_calls(), want);
     server.stop();
 }
 

@@ -145,6 +145,8 @@ struct State {
     /// Projects being deleted (with how many deletes are under way): their waiting tasks do
     /// not start.
     closing: HashMap<ProjectId, usize>,
+    /// The server is shutting down: no task starts waiting for a confirmation any more.
+    shutting_down: bool,
 }
 
 #[derive(Debug)]
@@ -418,8 +420,10 @@ impl Runner {
             h.abort();
         }
         let running = {
-            let state = self.inner.lock();
-            // A task waiting for a confirmation could wait for ever: it ends now.
+            let mut state = self.inner.lock();
+            // A task waiting for a confirmation could wait for ever: it ends now (and one that
+            // gets there later ends then; see `terraform::Run::confirmation`).
+            state.shutting_down = true;
             for r in state.running.values() {
                 if *r.decision.borrow() == Decision::Awaiting {
                     r.ask(Stop::Shutdown);

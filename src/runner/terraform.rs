@@ -290,8 +290,15 @@ impl Run<'_> {
         decision: &watch::Sender<Decision>,
     ) -> Result<(), Outcome> {
         // First the runner learns that a decision is awaited, then the store (which is what
-        // confirm and reject check): a confirmation can never come before it is awaited.
-        decision.send_replace(Decision::Awaiting);
+        // confirm and reject check): a confirmation can never come before it is awaited. Under
+        // the runner's lock, so that a shutdown either sees it waiting or is seen here.
+        {
+            let state = self.inner.lock();
+            if state.shutting_down {
+                return Err(Outcome::ShutDown);
+            }
+            decision.send_replace(Decision::Awaiting);
+        }
         let waiting = exec::update(self.inner, self.id, |t| {
             if t.status != TaskStatus::Running {
                 return false;
