@@ -390,7 +390,7 @@ async fn a_plan_waits_for_confirmation_then_applies() {
     let server = lab.serve();
     let a = admin(&server).await;
     let (p, tpl) = setup(&a, &lab, "terraform").await;
-    let t = launch(&a, p, tpl, json!({})).await;
+    let t = launch(&a, p, tpl, json!({"upgrade": true})).await;
     let task = wait_status(&a, p, t, &["waiting_confirmation"]).await;
     assert!(task["end"].is_null(), "{task}");
     let plan = lab.plan_file(t);
@@ -400,7 +400,9 @@ async fn a_plan_waits_for_confirmation_then_applies() {
     assert!(env.contains("MY_ENV=from env\n"), "{env}");
     assert!(env.contains("TF_IN_AUTOMATION=1\n"), "{env}");
     let calls = lab.take_calls();
-    assert_eq!(calls, init_plan("terraform", &plan, &[]));
+    let mut want = init_plan("terraform", &plan, &[]);
+    want[0] = argv("terraform", &["init", "-input=false", "-upgrade"]);
+    assert_eq!(calls, want);
     assert!(!calls.concat().iter().any(|a| a.contains("s3cret")));
     // The process tree has ended; the plan file waits in the workspace.
     assert!(Path::new(&plan).is_file());
@@ -442,10 +444,14 @@ async fn reject_and_stop_end_a_waiting_task_without_applying() {
     let a = admin(&server).await;
     let (p, tpl) = setup(&a, &lab, "tofu").await;
 
-    let t = launch(&a, p, tpl, json!({})).await;
+    // A destroy plan waits for a confirmation like any other.
+    let params = json!({"destroy": true, "reconfigure": true});
+    let t = launch(&a, p, tpl, params).await;
     wait_status(&a, p, t, &["waiting_confirmation"]).await;
     let plan = lab.plan_file(t);
-    assert_eq!(lab.take_calls(), init_plan("tofu", &plan, &[]));
+    let mut want = init_plan("tofu", &plan, &["-destroy"]);
+    want[0] = argv("tofu", &["init", "-input=false", "-reconfigure"]);
+    assert_eq!(lab.take_calls(), want);
     let r = a
         .post(&at(p, &format!("tasks/{t}/reject")), json!({}))
         .await;
