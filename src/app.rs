@@ -38,7 +38,8 @@ pub enum StartError {
     Admin(service::Error),
 }
 
-/// The runner's narrow view of the services: the clock and the cipher, nothing else.
+/// The runner's narrow view of the services: the clock, the cipher and the apps' commands,
+/// nothing else.
 #[derive(Debug)]
 struct RunnerHost(Arc<Services>);
 
@@ -53,6 +54,10 @@ impl runner::Host for RunnerHost {
 
     fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
         self.0.open_sealed(sealed).map_err(|e| e.to_string())
+    }
+
+    fn app_command(&self, app: &str) -> (Option<String>, Vec<String>) {
+        self.0.app_command(app)
     }
 }
 

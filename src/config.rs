@@ -110,7 +110,8 @@ pub struct Config {
     #[arg(long, env = "FORGE_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
 
-    /// App ids templates may use besides `bash`, `python` and `ansible` (comma-separated).
+    /// Apps active from the start whatever `PATH` holds (comma-separated): own app ids (run
+    /// as an executable of that name), or built-in ones whose executable is not on `PATH`.
     #[arg(long, env = "FORGE_EXTRA_APPS", value_delimiter = ',')]
     pub extra_apps: Vec<String>,
 

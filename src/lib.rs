@@ -9,12 +9,14 @@
 //!   is (`http::handler`), and the handlers: one module per resource, the project resources
 //!   over one generic set (`http::handlers::resources`).
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users, projects,
-//!   tasks, sealed secrets, the project resources: one module each over one generic CRUD
-//!   (`service::resources`), and project backups in upstream's format
+//!   tasks, sealed secrets, apps (`service::apps`), the project resources: one module each
+//!   over one generic CRUD (`service::resources`), and project backups in upstream's format
 //!   (`service::project_backup`).
-//! - [`runner`]: the task queue, child processes, stop/kill and live output. It sees the
-//!   services only through a narrow handle (`runner::Host`: the clock, opening sealed secrets),
-//!   persists through the store, and is driven by the HTTP layer through [`runner::Runner`].
+//! - [`runner`]: the task queue, child processes, stop/kill and live output, and the
+//!   terraform/tofu plan → confirm → apply flow (`runner::terraform`). It sees the services
+//!   only through a narrow handle (`runner::Host`: the clock, opening sealed secrets, an app's
+//!   command), persists through the store, and is driven by the HTTP layer through
+//!   [`runner::Runner`].
 //! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
 //!   writer thread that commits writes in groups; the reopenable file behind it, which survives
 //!   a full disk (`store::disk`); format versions and migrations (`store::migrate`); snapshots

@@ -432,7 +432,7 @@ pub enum TaskStatus {
     Waiting,
     /// Taken from the queue, preparing.
     Starting,
-    /// Waiting for a plan approval (terraform; unused by Forge's apps).
+    /// Waiting for a plan approval (terraform/tofu): no process runs.
     WaitingConfirmation,
     /// Plan approved.
     Confirmed,

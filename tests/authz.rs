@@ -1,7 +1,8 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
 //! projects, members and resources, issue 4's tasks, issue 12's views and project backups),
-//! plus the project list, project creation and restore, the global event log and the server
-//! options, × every kind of caller → the status the API must answer (API.md §5 and §11).
+//! plus the project list, project creation and restore, the global event log, the server
+//! options and the apps, × every kind of caller → the status the API must answer (API.md §5
+//! and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
 //! route table in both directions, so a new project route without a row fails the tests. Read
@@ -42,6 +43,11 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/tasks/{task_id}"),
     ("GET", "/api/options"),
     ("POST", "/api/options"),
+    ("GET", "/api/apps"),
+    ("GET", "/api/apps/{app_id}"),
+    ("PUT", "/api/apps/{app_id}"),
+    ("DELETE", "/api/apps/{app_id}"),
+    ("POST", "/api/apps/{app_id}/active"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -84,6 +90,12 @@ fn rows() -> Vec<Row> {
         // Server options: system administrators only, whatever their project roles.
         row(G, "/api/options",                                                [401, 403, 403, 403, 403, 403, 200]),
         row(P, "/api/options",                                                [401, 403, 403, 403, 403, 403, 200]),
+        // Apps (issue 12): every signed-in user lists them; only admins read or change one.
+        row(G, "/api/apps",                                                   [401, 200, 200, 200, 200, 200, 200]),
+        row(G, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 200]),
+        row(U, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
+        row(D, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
+        row(P, "/api/apps/{app_id}/active",                                   [401, 403, 403, 403, 403, 403, 204]),
 
         row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
@@ -158,6 +170,10 @@ fn rows() -> Vec<Row> {
         row(G, "/api/project/{project_id}/tasks/{task_id}/output",            [401, 404, 200, 200, 200, 200, 200]),
         row(P, "/api/project/{project_id}/tasks/{task_id}/stop",              [401, 404, 403, 204, 204, 204, 204]),
         row(G, "/api/project/{project_id}/tasks/{task_id}/raw_output",        [401, 404, 200, 200, 200, 200, 200]),
+        // Plan approval needs RunTasks (checked first); the fixture's task has finished, so
+        // whoever may decide learns that it waits for nothing (400).
+        row(P, "/api/project/{project_id}/tasks/{task_id}/confirm",           [401, 404, 403, 400, 400, 400, 400]),
+        row(P, "/api/project/{project_id}/tasks/{task_id}/reject",            [401, 404, 403, 400, 400, 400, 400]),
         row(G, "/api/project/{project_id}/templates/{template_id}/stats",     [401, 404, 200, 200, 200, 200, 200]),
         // System administrators only, whatever the project role.
         row(G, "/api/tasks",                                                  [401, 403, 403, 403, 403, 403, 200]),
@@ -212,6 +228,8 @@ impl Fixture {
             .split('/')
             .map(
                 |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    // Apps are named, not numbered: bash is a built-in app every server has.
+                    Some("app_id") => "bash".to_owned(),
                     Some(name) => self.param(name).to_string(),
                     None => seg.to_owned(),
                 },
@@ -231,6 +249,9 @@ impl Fixture {
             ("POST", None) if pattern == "/api/options" => {
                 json!({"key": "matrix.option", "value": "set in a cell"})
             }
+            // Changes that leave bash usable by the other cells' templates.
+            ("PUT", None) if pattern.starts_with("/api/apps/") => json!({"priority": 700}),
+            ("POST", None) if pattern.ends_with("/active") => json!({"active": true}),
             ("PUT", None) => json!({"id": p, "name": "renamed"}),
             ("POST", Some("users")) => json!({"user_id": self.candidate, "role": "guest"}),
             ("PUT", Some("users")) => json!({"role": "task_runner"}),
@@ -263,7 +284,13 @@ impl Fixture {
             ("PUT", Some("views")) => {
                 json!({"id": self.view, "title": "renamed view", "project_id": p, "position": 1})
             }
-            ("POST", Some("tasks")) if pattern.ends_with("/stop") => json!({}),
+            ("POST", Some("tasks"))
+                if pattern.ends_with("/stop")
+                    || pattern.ends_with("/confirm")
+                    || pattern.ends_with("/reject") =>
+            {
+                json!({})
+            }
             ("POST", Some("tasks")) => json!({"template_id": self.template}),
             _ => return None,
         };

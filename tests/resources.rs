@@ -2102,8 +2102,8 @@ async fn bad_templates_are_refused_and_nothing_is_written() {
             ),
             (
                 "unknown app",
-                json!({"app": "terraform"}),
-                "Invalid app id: terraform",
+                json!({"app": "no_such_app"}),
+                "Invalid app id: no_such_app",
             ),
             (
                 "custom app",
@@ -2263,10 +2263,10 @@ async fn bad_templates_are_refused_and_nothing_is_written() {
 
     // The unknown-app body is exactly upstream's.
     let r = a
-        .post(&post, with(&base, json!({"app": "terraform"})))
+        .post(&post, with(&base, json!({"app": "no_such_app"})))
         .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.json(), json!({"error": "Invalid app id: terraform"}));
+    assert_eq!(r.json(), json!({"error": "Invalid app id: no_such_app"}));
 }
 
 // =============================================================================================

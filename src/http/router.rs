@@ -7,8 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    meta, options, project_backup, projects, resources as res, session, site, tasks, tokens, users,
-    ws,
+    apps, confirm, meta, options, project_backup, projects, resources as res, session, site, tasks,
+    tokens, users, ws,
 };
 use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template, View};
 
@@ -139,6 +139,13 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/backup", Admin, super::handlers::backup::download),
         route!(GET "/api/options", Admin, options::list),
         route!(POST "/api/options", Admin, options::set),
+        route!(GET "/api/apps", User, apps::list),
+        route!(GET "/api/apps/{app_id}", Admin, apps::get),
+        route!(PUT "/api/apps/{app_id}", Admin, apps::put),
+        route!(DELETE "/api/apps/{app_id}", Admin, apps::delete),
+        route!(POST "/api/apps/{app_id}/active", Admin, apps::set_active),
+        route!(POST "/api/project/{project_id}/tasks/{task_id}/confirm", Project(RUN_TASKS), confirm::confirm),
+        route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
     ]
 }
 

@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::output::Sink;
-use super::{Inner, Stop, process};
+use super::{Decision, Inner, Stop, process, terraform};
 use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
     Template,
@@ -21,10 +21,12 @@ use crate::model::{
 use crate::store::NewEvent;
 
 /// How a run ended.
-enum Outcome {
+pub(super) enum Outcome {
     Success,
     Failed(String),
     Stopped,
+    /// A user rejected the plan the task waited with.
+    Rejected,
     TimedOut(u64),
     /// Stopped because the server shuts down.
     ShutDown,
@@ -40,7 +42,7 @@ const SHUT_DOWN_LINE: &str = "stopped: server shut down";
 const DRAIN_OUTPUT: Duration = Duration::from_secs(5);
 
 /// The outcome a stop asked for.
-fn stopped(why: Option<Stop>) -> Outcome {
+pub(super) fn stopped(why: Option<Stop>) -> Outcome {
     if why == Some(Stop::Shutdown) {
         Outcome::ShutDown
     } else {
@@ -49,27 +51,40 @@ fn stopped(why: Option<Stop>) -> Outcome {
 }
 
 /// What to start.
-struct Prepared {
-    cwd: PathBuf,
-    program: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
+pub(super) struct Prepared {
+    pub(super) cwd: PathBuf,
+    pub(super) program: String,
+    /// The app's own arguments (`apps.<id>.args`), before every command's.
+    pub(super) prefix: Vec<String>,
+    pub(super) args: Vec<String>,
+    pub(super) env: Vec<(String, String)>,
+    /// Terraform/OpenTofu: the commands to run instead of `args`.
+    pub(super) flow: Option<terraform::Flow>,
 }
 
 /// Runs task `id` to its end; every state change is stored before it is published.
-pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver<Option<Stop>>) {
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    id: TaskId,
+    mut stop: watch::Receiver<Option<Stop>>,
+    decision: Arc<watch::Sender<Decision>>,
+) {
     let Ok(Some(task)) = inner.store.task(id) else {
         return;
     };
     let first = inner.store.output_len(id).unwrap_or(0);
     let sink = Sink::start(Arc::clone(&inner), task.clone(), first);
     let task_dir = inner.settings.work_dir.join("tasks").join(id.to_string());
-    let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir).await;
+    let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir, &decision).await;
     let lost = sink.lost();
     let (mut status, line) = match &outcome {
         Outcome::Success => (TaskStatus::Success, None),
         Outcome::Failed(why) => (TaskStatus::Error, Some(why.clone())),
         Outcome::Stopped => (TaskStatus::Stopped, Some("Task stopped".to_owned())),
+        Outcome::Rejected => (
+            TaskStatus::Stopped,
+            Some("Plan rejected: nothing was applied".to_owned()),
+        ),
         Outcome::TimedOut(secs) => (
             TaskStatus::Error,
             Some(format!(
@@ -136,6 +151,7 @@ async fn run_steps(
     sink: &Sink,
     stop: &mut watch::Receiver<Option<Stop>>,
     task_dir: &Path,
+    decision: &watch::Sender<Decision>,
 ) -> Outcome {
     let id = task.id;
     let Some(template) = inner.store.view().ok().and_then(|v| {
@@ -192,14 +208,7 @@ async fn run_steps(
     } else {
         inner.settings.max_duration_secs
     };
-    let deadline =
-        (max_secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(max_secs));
-    let sleep_until_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep_until_deadline = tokio::time::sleep_until(deadline_after(max_secs));
     tokio::pin!(sleep_until_deadline);
 
     let prepared = tokio::select! {
@@ -207,23 +216,93 @@ async fn run_steps(
         why = stop.wait_for(Option::is_some) => return stopped(why.ok().and_then(|w| *w)),
         () = &mut sleep_until_deadline => return Outcome::TimedOut(max_secs),
     };
-    let prepared = match prepared {
+    let mut prepared = match prepared {
         Ok(p) => p,
         Err(why) => return Outcome::Failed(why),
     };
+    // An admin's `path`/`args` for the app (argv, never a shell string).
+    let (path, prefix) = inner.host.app_command(&template.app);
+    if let Some(path) = path {
+        prepared.program = path;
+    }
+    prepared.prefix = prefix;
+    if let Some(flow) = prepared.flow.take() {
+        let run = terraform::Run {
+            inner,
+            id,
+            sink,
+            prepared: &prepared,
+            max_secs,
+        };
+        return run.steps(flow, stop, sleep_until_deadline, decision).await;
+    }
+    let args = prepared.args.clone();
+    match run_command(
+        inner,
+        id,
+        &prepared,
+        args,
+        stop,
+        &mut sleep_until_deadline,
+        sink,
+        max_secs,
+    )
+    .await
+    {
+        Ok(status) => exit_outcome(status),
+        Err(outcome) => outcome,
+    }
+}
 
+/// When a run that may take `max_secs` (0 = no limit) and starts now must end.
+pub(super) fn deadline_after(max_secs: u64) -> tokio::time::Instant {
+    // Far enough to never fire, near enough not to overflow.
+    let secs = if max_secs > 0 {
+        max_secs
+    } else {
+        100 * 365 * 86_400
+    };
+    tokio::time::Instant::now() + Duration::from_secs(secs)
+}
+
+/// The outcome of an app that exited by itself.
+pub(super) fn exit_outcome(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
+    match status {
+        Ok(s) if s.success() => Outcome::Success,
+        Ok(s) => Outcome::Failed(match s.code() {
+            Some(code) => format!("Running app failed: exit status {code}"),
+            None => "Running app failed: killed by a signal".into(),
+        }),
+        Err(e) => Outcome::Failed(format!("Running app failed: {e}")),
+    }
+}
+
+/// Starts `prepared.program` with the app's prefix and `args` in its own process group and
+/// waits for it (see [`supervise`]): its exit status, or how a stop or the deadline ended it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_command(
+    inner: &Arc<Inner>,
+    id: TaskId,
+    prepared: &Prepared,
+    args: Vec<String>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    sink: &Sink,
+    max_secs: u64,
+) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
     let mut cmd = Command::new(&prepared.program);
-    cmd.args(&prepared.args)
+    cmd.args(&prepared.prefix)
+        .args(args)
         .current_dir(&prepared.cwd)
         .env_clear()
-        .envs(prepared.env);
+        .envs(prepared.env.iter().cloned());
     let (mut child, output_done) = match process::spawn(cmd, sink.sender()) {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::Failed(format!(
+            return Err(Outcome::Failed(format!(
                 "Running app failed: cannot start {}: {e}",
                 prepared.program
-            ));
+            )));
         }
     };
     let pgid = child
@@ -240,7 +319,7 @@ async fn run_steps(
         &mut child,
         pgid,
         stop,
-        &mut sleep_until_deadline,
+        deadline,
         inner.settings.stop_grace,
         max_secs,
     )
@@ -252,6 +331,7 @@ async fn run_steps(
 
 /// Waits for the app, honouring a stop (SIGTERM, then SIGKILL after `grace`; SIGKILL at once
 /// when forced) and the deadline; whatever is left of its process group is killed at the end.
+/// `Ok` with the exit status when it ended by itself.
 async fn supervise(
     child: &mut tokio::process::Child,
     pgid: i32,
@@ -259,7 +339,7 @@ async fn supervise(
     deadline: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     grace: Duration,
     max_secs: u64,
-) -> Outcome {
+) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
     let mut outcome = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
     let status = loop {
@@ -294,16 +374,9 @@ async fn supervise(
     };
     // Nothing of the task may outlive it: end whatever the app left running in its group.
     process::signal_group(pgid, Signal::SIGKILL);
-    if let Some(outcome) = outcome {
-        return outcome;
-    }
-    match status {
-        Ok(s) if s.success() => Outcome::Success,
-        Ok(s) => Outcome::Failed(match s.code() {
-            Some(code) => format!("Running app failed: exit status {code}"),
-            None => "Running app failed: killed by a signal".into(),
-        }),
-        Err(e) => Outcome::Failed(format!("Running app failed: {e}")),
+    match outcome {
+        Some(outcome) => Err(outcome),
+        None => Ok(status),
     }
 }
 
@@ -311,7 +384,7 @@ async fn supervise(
 /// updated task (published to live followers), or `None` when nothing changed. A write the
 /// store refuses for its disk (full, reopening) is tried again until it is stored: a status
 /// change is never dropped.
-async fn update(
+pub(super) async fn update(
     inner: &Arc<Inner>,
     id: TaskId,
     change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
@@ -395,7 +468,7 @@ fn private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
 }
 
 /// `path` (relative) inside `root`, following symlinks: refuses anything that resolves outside.
-fn inside(root: &Path, path: &str, what: &str) -> Result<PathBuf, String> {
+pub(super) fn inside(root: &Path, path: &str, what: &str) -> Result<PathBuf, String> {
     crate::service::validate::relative_path(path, what)?;
     let root = root
         .canonicalize()
@@ -503,6 +576,15 @@ async fn prepare(
     let vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
     if template.app == "ansible" {
         ansible(inner, task, template, &m, vars, cwd, task_dir)
+    } else if terraform::handles(&template.app) {
+        let inputs = terraform::Inputs {
+            inner,
+            task,
+            template,
+            inventory: m.inventory.as_ref(),
+            task_dir,
+        };
+        inputs.prepare(vars, &cwd)
     } else {
         shell(template, task, vars, cwd)
     }
@@ -585,10 +667,10 @@ async fn prepare_repository(
 
 /// Variables of a run: extra vars (environment JSON, then the task's own, which win), the
 /// child's environment, and `var`-type secrets.
-struct Variables {
-    extra: serde_json::Map<String, serde_json::Value>,
-    env: Vec<(String, String)>,
-    var_secrets: BTreeMap<String, String>,
+pub(super) struct Variables {
+    pub(super) extra: serde_json::Map<String, serde_json::Value>,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) var_secrets: BTreeMap<String, String>,
 }
 
 impl Variables {
@@ -643,7 +725,7 @@ impl Variables {
 }
 
 /// Template arguments, then the task's own when the template allows them.
-fn arguments(template: &Template, task: &Task) -> (Vec<String>, Vec<String>) {
+pub(super) fn arguments(template: &Template, task: &Task) -> (Vec<String>, Vec<String>) {
     let parse = |a: Option<&str>| -> Vec<String> {
         a.and_then(|a| serde_json::from_str(a).ok())
             .unwrap_or_default()
@@ -685,8 +767,10 @@ fn shell(
     Ok(Prepared {
         cwd,
         program,
+        prefix: Vec::new(),
         args,
         env: vars.env,
+        flow: None,
     })
 }
 
@@ -799,8 +883,10 @@ fn ansible(
     Ok(Prepared {
         cwd,
         program: "ansible-playbook".into(),
+        prefix: Vec::new(),
         args,
         env: vars.env,
+        flow: None,
     })
 }
 

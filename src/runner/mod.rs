@@ -10,6 +10,7 @@ mod exec;
 mod output;
 pub mod process;
 mod queue;
+pub mod terraform;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// A message when it does not decrypt.
     fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+    /// What to start for app `app`: its executable when an admin set one (`None` = the
+    /// default), and the arguments that go before Forge's own.
+    fn app_command(&self, app: &str) -> (Option<String>, Vec<String>);
 }
 
 /// Something that happened to a task, for live followers and WebSocket clients.
@@ -98,12 +102,27 @@ pub(crate) enum Stop {
 /// ended once they were told to stop (on shutdown or when their project is deleted).
 const FINISH_BOUND: Duration = Duration::from_secs(20);
 
+/// Where a task stands with its plan approval (terraform/tofu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing awaited.
+    None,
+    /// The task waits for a confirmation (no process runs).
+    Awaiting,
+    /// A user confirmed: apply.
+    Confirmed,
+    /// A user rejected: end without applying.
+    Rejected,
+}
+
 #[derive(Debug)]
 struct Running {
     project: ProjectId,
     template: u64,
     /// `Some(why)` once a stop was asked for; the first reason wins.
     stop: watch::Sender<Option<Stop>>,
+    /// The plan approval, shared with the executor.
+    decision: Arc<watch::Sender<Decision>>,
 }
 
 impl Running {
@@ -126,6 +145,8 @@ struct State {
     /// Projects being deleted (with how many deletes are under way): their waiting tasks do
     /// not start.
     closing: HashMap<ProjectId, usize>,
+    /// The server is shutting down: no task starts waiting for a confirmation any more.
+    shutting_down: bool,
 }
 
 #[derive(Debug)]
@@ -294,6 +315,71 @@ impl Runner {
         Ok(())
     }
 
+    /// Confirms the plan task `task_id` waits with: it goes `confirmed`, and its executor
+    /// applies the plan.
+    ///
+    /// # Errors
+    /// [`crate::service::Error::Invalid`] when the task is not waiting for a confirmation;
+    /// storage failures.
+    pub async fn confirm(&self, task_id: TaskId) -> crate::service::Result<()> {
+        self.decide(task_id, TaskStatus::Confirmed, Decision::Confirmed)
+            .await
+    }
+
+    /// Rejects the plan task `task_id` waits with: it ends `stopped` without applying, and
+    /// its workspace (with the plan file) is removed.
+    ///
+    /// # Errors
+    /// As [`Runner::confirm`].
+    pub async fn reject(&self, task_id: TaskId) -> crate::service::Result<()> {
+        self.decide(task_id, TaskStatus::Stopping, Decision::Rejected)
+            .await
+    }
+
+    /// Moves a task from `waiting_confirmation` to `status` in the store (the one check both
+    /// a confirm and a reject race through), then tells its executor.
+    async fn decide(
+        &self,
+        task_id: TaskId,
+        status: TaskStatus,
+        decision: Decision,
+    ) -> crate::service::Result<()> {
+        let sender = {
+            let state = self.inner.lock();
+            state
+                .running
+                .get(&task_id)
+                .filter(|r| *r.decision.borrow() == Decision::Awaiting)
+                .map(|r| Arc::clone(&r.decision))
+        };
+        let not_waiting = || {
+            crate::service::Error::Invalid(format!(
+                "task {task_id} is not waiting for a confirmation"
+            ))
+        };
+        let sender = sender.ok_or_else(not_waiting)?;
+        let now = self.inner.host.now();
+        let task = self
+            .inner
+            .store
+            .transact_async(now, move |tx| {
+                let Some(mut t) = tx.task(task_id)? else {
+                    return Ok(None);
+                };
+                if t.status != TaskStatus::WaitingConfirmation {
+                    return Ok(None);
+                }
+                t.status = status;
+                tx.put_task(&t)?;
+                Ok::<_, crate::store::Error>(Some(t))
+            })
+            .await?
+            .ok_or_else(not_waiting)?;
+        self.inner.publish_update(&task);
+        sender.send_replace(decision);
+        Ok(())
+    }
+
     /// A receiver of every live event.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
@@ -333,7 +419,18 @@ impl Runner {
         if let Some(h) = handle {
             h.abort();
         }
-        let running = self.inner.lock().running.len();
+        let running = {
+            let mut state = self.inner.lock();
+            // A task waiting for a confirmation could wait for ever: it ends now (and one that
+            // gets there later ends then; see `terraform::Run::confirmation`).
+            state.shutting_down = true;
+            for r in state.running.values() {
+                if *r.decision.borrow() == Decision::Awaiting {
+                    r.ask(Stop::Shutdown);
+                }
+            }
+            state.running.len()
+        };
         if running == 0 {
             return;
         }
@@ -666,17 +763,19 @@ impl Inner {
             }
             state.queue.pop(project);
             let (stop, stop_rx) = watch::channel(None);
+            let decision = Arc::new(watch::Sender::new(Decision::None));
             state.running.insert(
                 id,
                 Running {
                     project,
                     template,
                     stop,
+                    decision: Arc::clone(&decision),
                 },
             );
             let inner = Arc::clone(self);
             tokio::spawn(async move {
-                exec::run(Arc::clone(&inner), id, stop_rx).await;
+                exec::run(Arc::clone(&inner), id, stop_rx, decision).await;
                 inner.lock().running.remove(&id);
                 inner.ended.send_replace(());
                 inner.wake.notify_one();

@@ -2,6 +2,7 @@
 //! projects, tasks, and the project resources (`resources`: one module each over one generic
 //! CRUD). Services sit between the HTTP layer and the store and know nothing of HTTP.
 
+pub mod apps;
 pub mod auth;
 pub mod input;
 pub mod options;
@@ -102,7 +103,8 @@ pub struct Services {
     session_idle_secs: i64,
     non_admin_can_create_project: bool,
     cipher: secrets::Cipher,
-    extra_apps: Vec<String>,
+    /// Which apps are active by default (what `PATH` held at start).
+    app_defaults: apps::Defaults,
 }
 
 impl Services {
@@ -121,7 +123,10 @@ impl Services {
             session_idle_secs: config.session_idle_secs,
             non_admin_can_create_project: config.non_admin_can_create_project,
             cipher,
-            extra_apps: config.extra_apps.clone(),
+            app_defaults: apps::Defaults::discover(
+                std::env::var_os("PATH").as_deref(),
+                &config.extra_apps,
+            ),
         })
     }
 

@@ -21,6 +21,34 @@ pub struct TaskParams {
     pub dry_run: Option<bool>,
     /// Alias of `diff`.
     pub diff: Option<bool>,
+    /// Terraform/OpenTofu: only plan.
+    pub plan: Option<bool>,
+    /// Terraform/OpenTofu: plan a destroy.
+    pub destroy: Option<bool>,
+    /// Terraform/OpenTofu: apply without waiting for a confirmation.
+    pub auto_approve: Option<bool>,
+    /// Terraform/OpenTofu: `init -upgrade`.
+    pub upgrade: Option<bool>,
+    /// Terraform/OpenTofu: `init -reconfigure`.
+    pub reconfigure: Option<bool>,
+}
+
+impl TaskParams {
+    /// The terraform/tofu options to store on a task of app `app` (JSON object text; empty
+    /// for other apps, whose params are the aliases above).
+    fn stored(&self, app: &str) -> String {
+        if !matches!(app, "terraform" | "tofu") {
+            return String::new();
+        }
+        serde_json::json!({
+            "plan": self.plan.unwrap_or_default(),
+            "destroy": self.destroy.unwrap_or_default(),
+            "auto_approve": self.auto_approve.unwrap_or_default(),
+            "upgrade": self.upgrade.unwrap_or_default(),
+            "reconfigure": self.reconfigure.unwrap_or_default(),
+        })
+        .to_string()
+    }
 }
 
 /// A task launch body.
@@ -131,6 +159,7 @@ impl Services {
         );
         let inventory_id = input.inventory_id.filter(|&i| i != 0);
         let build_task_id = input.build_task_id.filter(|&b| b != 0);
+        let active_apps = self.active_apps()?;
         self.transact(move |tx| {
             let p = access.project_id();
             let template: Template = tx.get(p, template_id)?.ok_or_else(|| {
@@ -138,6 +167,10 @@ impl Services {
                     "template_id: no template with id {template_id} in this project"
                 ))
             })?;
+            // The app may have been deactivated since the template was saved.
+            if !active_apps.contains(&template.app) {
+                return Err(super::apps::inactive(&template.app));
+            }
             if let Some(i) = inventory_id {
                 tx.get::<Inventory>(p, i)?.ok_or_else(|| {
                     Error::Invalid(format!(
@@ -172,7 +205,7 @@ impl Services {
                 inventory_id,
                 process_group: None,
                 sealed_secret: sealed_secret.clone(),
-                params: String::new(),
+                params: params.stored(&template.app),
             };
             let id = tx.insert_task(&mut task)?;
             let line = OutputLine {

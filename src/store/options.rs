@@ -1,7 +1,7 @@
 //! Server options (`/api/options`): string values kept in `SETTINGS` under
 //! [`OPTION_PREFIX`], so that no option key can name one of Forge's own settings.
 
-use redb::Durability;
+use redb::{Durability, ReadableTable};
 
 use super::{Result, Store, tables};
 
@@ -41,6 +41,40 @@ impl Store {
         self.write_async(Durability::Immediate, move |tx| {
             tx.open_table(tables::SETTINGS)?
                 .insert(name.as_str(), value.as_bytes())?;
+            Ok(())
+        })
+        .await
+    }
+    /// Sets every (key, value) of `options` and removes every option whose key starts with
+    /// `remove_prefix` and is not among them (when given), durably, in one transaction.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn replace_options(
+        &self,
+        remove_prefix: Option<&str>,
+        options: Vec<(String, String)>,
+    ) -> Result<()> {
+        let prefix = remove_prefix.map(|p| format!("{OPTION_PREFIX}{p}"));
+        self.write_async(Durability::Immediate, move |tx| {
+            let mut table = tx.open_table(tables::SETTINGS)?;
+            if let Some(prefix) = &prefix {
+                let mut stale = Vec::new();
+                for row in table.range(prefix.as_str()..)? {
+                    let (name, _) = row?;
+                    if !name.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    stale.push(name.value().to_owned());
+                }
+                for name in stale {
+                    table.remove(name.as_str())?;
+                }
+            }
+            for (key, value) in &options {
+                let name = format!("{OPTION_PREFIX}{key}");
+                table.insert(name.as_str(), value.as_bytes())?;
+            }
             Ok(())
         })
         .await

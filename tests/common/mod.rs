@@ -89,6 +89,9 @@ impl TestServer {
         config.admin_email = Some("admin@example.com".into());
         config.admin_name = Some("Admin".into());
         config.clock = ClockHandle(clock.clone());
+        // Templates may use ansible whether or not it is installed here (no test runs it
+        // without checking that it is).
+        config.extra_apps = vec!["ansible".into()];
         tweak(&mut config);
         let app = forge::App::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -24,6 +24,8 @@ pub fn forge_serve(db: &Path, envs: &[(&str, &str)]) -> Command {
         .env("FORGE_SCRYPT_LOG_N", "4")
         .env("FORGE_LOG", "info")
         .env("NO_COLOR", "1")
+        // Templates may use ansible whether or not it is installed here.
+        .env("FORGE_EXTRA_APPS", "ansible")
         .env_remove("FORGE_SECRET_KEY")
         .env_remove("FORGE_SECRET_KEY_FILE")
         .stdin(Stdio::null())

@@ -1,7 +1,9 @@
 //! Route handlers: parse, call a service, render. One module per resource; the project
 //! resources share one generic set (`resources`).
 
+pub mod apps;
 pub mod backup;
+pub mod confirm;
 pub mod meta;
 pub mod options;
 pub mod project_backup;

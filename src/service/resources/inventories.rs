@@ -1,4 +1,5 @@
-//! Inventories: static (INI or YAML) text, or a file in the template's checkout.
+//! Inventories: static (INI or YAML) text, a file in the template's checkout, or a terraform
+//! workspace name.
 
 use serde::Deserialize;
 
@@ -8,7 +9,7 @@ use crate::service::{Error, Result, Services, validate};
 use crate::store::{Lists, Tx};
 
 /// Inventory types Forge accepts.
-pub const INVENTORY_TYPES: &[&str] = &["static", "static-yaml", "file"];
+pub const INVENTORY_TYPES: &[&str] = &["static", "static-yaml", "file", "terraform-workspace"];
 
 /// An inventory body.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,7 +27,7 @@ pub struct InventoryInput {
     pub ssh_key_id: Option<u64>,
     /// Become key.
     pub become_key_id: Option<u64>,
-    /// `static`, `static-yaml` or `file`.
+    /// `static`, `static-yaml`, `file` or `terraform-workspace`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Owning template.
@@ -69,11 +70,14 @@ fn inventory_from(
             Error::Invalid("Invalid inventory file pathname. Must be: path/to/inventory.".into())
         })?;
     }
+    if kind == "terraform-workspace" {
+        workspace_name(inventory.trim())?;
+    }
     Ok(Inventory {
         id,
         project_id: p,
         name: name.trim().to_owned(),
-        inventory: if kind == "file" {
+        inventory: if kind == "file" || kind == "terraform-workspace" {
             inventory.trim().to_owned()
         } else {
             inventory
@@ -84,6 +88,24 @@ fn inventory_from(
         holder_id: input.holder_id.filter(|&k| k != 0),
         repository_id: input.repository_id.filter(|&k| k != 0),
     })
+}
+
+/// A terraform workspace name: it reaches terraform's argv, so it may not look like an option.
+fn workspace_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 90
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        invalid(
+            "a terraform workspace name is 1 to 90 letters, digits, '-', '_' or '.', \
+             not starting with '-'",
+        )
+    }
 }
 
 impl ProjectResource for Inventory {

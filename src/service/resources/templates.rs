@@ -11,8 +11,15 @@ use crate::service::projects::Access;
 use crate::service::{Error, Result, Services, validate};
 use crate::store::{Lists, Tx};
 
-/// Apps Forge runs itself.
-pub const BUILTIN_APPS: &[&str] = &["ansible", "bash", "python"];
+/// Apps Forge runs itself (see [`crate::service::apps::BUILTIN`]).
+pub const BUILTIN_APPS: &[&str] = &[
+    "ansible",
+    "terraform",
+    "tofu",
+    "bash",
+    "powershell",
+    "python",
+];
 
 /// A survey variable in a template body.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -116,14 +123,16 @@ impl Services {
             .app
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| "ansible".into());
-        if !BUILTIN_APPS.contains(&app.as_str()) && !self.extra_apps.contains(&app) {
-            return invalid(format!("Invalid app id: {app}"));
-        }
+        self.require_active_app(&app)?;
         let playbook = input.playbook.unwrap_or_default().trim().to_owned();
-        if playbook.is_empty() {
+        // Terraform/OpenTofu: the playbook is an optional sub-directory of the repository.
+        let terraform = matches!(app.as_str(), "terraform" | "tofu");
+        if playbook.is_empty() && !terraform {
             return invalid("template playbook can not be empty");
         }
-        validate::relative_path(&playbook, "playbook").map_err(Error::Invalid)?;
+        if !playbook.is_empty() {
+            validate::relative_path(&playbook, "playbook").map_err(Error::Invalid)?;
+        }
         let inventory_id = input.inventory_id.filter(|&i| i != 0);
         if app == "ansible" && inventory_id.is_none() {
             return invalid("template inventory can not be empty");
