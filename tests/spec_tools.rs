@@ -183,13 +183,13 @@ enum Scope {
     /// `GET` and `POST` operations except those that would end the session or change a
     /// password.
     ReadAndCreate,
-    /// Every method of the paths issue 12 added (views, options, admin tasks, raw output,
-    /// stats, project backup and restore): updates and deletes too.
+    /// Every method of the paths issue 12 added (views, options, apps, admin tasks, raw
+    /// output, stats, confirm/reject, project backup and restore): updates and deletes too.
     Issue12,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
-const ISSUE_12_PATHS: &str = r"^/api/(options|tasks(/\{task_id\})?|projects/restore|project/\{project_id\}/(backup|views.*|tasks/\{task_id\}/raw_output|templates/\{template_id\}/stats))$";
+const ISSUE_12_PATHS: &str = r"^/api/(apps.*|options|tasks(/\{task_id\})?|projects/restore|project/\{project_id\}/(backup|views.*|tasks/\{task_id\}/(raw_output|confirm|reject)|templates/\{template_id\}/stats))$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
