@@ -535,6 +535,43 @@ pub struct Task {
     pub params: String,
 }
 
+impl Task {
+    /// A new `waiting` task of `template` created at `created`, every option unset (no
+    /// starter, no id yet: the store assigns it).
+    #[must_use]
+    pub fn waiting(project_id: ProjectId, template_id: u64, created: i64) -> Self {
+        Self {
+            id: 0,
+            project_id,
+            template_id,
+            status: TaskStatus::Waiting,
+            debug: false,
+            dry_run: false,
+            diff: false,
+            playbook: String::new(),
+            environment: "{}".into(),
+            limit: String::new(),
+            arguments: None,
+            git_branch: None,
+            user_id: None,
+            integration_id: None,
+            schedule_id: None,
+            created,
+            start: None,
+            end: None,
+            message: String::new(),
+            commit_hash: None,
+            commit_message: String::new(),
+            build_task_id: None,
+            version: None,
+            inventory_id: None,
+            process_group: None,
+            sealed_secret: Vec::new(),
+            params: String::new(),
+        }
+    }
+}
+
 /// One stored line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputLine {

@@ -3,6 +3,7 @@
 //! CRUD). Services sit between the HTTP layer and the store and know nothing of HTTP.
 
 pub mod auth;
+mod builds;
 pub mod input;
 pub mod options;
 mod password;
