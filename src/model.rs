@@ -403,6 +403,18 @@ pub struct View {
     pub position: i64,
 }
 
+/// The version of a build template's newest successful build, kept apart from its tasks so
+/// that a build pruned or deleted never frees its number for the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildVersion {
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// The build template.
+    pub template_id: u64,
+    /// The version its newest successful build had.
+    pub version: String,
+}
+
 /// Something that happened, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -208,6 +208,15 @@ async fn builds_count_versions_that_failed_and_stopped_builds_do_not_consume() {
     for want in ["1.0.5", "1.0.6", "1.0.7", "1.0.8", "1.0.9", "1.0.10"] {
         assert_eq!(setup.run(&a, build).await["version"], want);
     }
+    // A build deleted (or pruned) never frees its number.
+    let newest = setup.tasks(&a).await[0].clone();
+    assert_eq!(newest["version"], "1.0.10");
+    let r = a
+        .delete(&at(setup.p, &format!("tasks/{}", id_of(&newest))))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(setup.run(&a, build).await["version"], "1.0.11");
+
     let mut body = ok_json(&a, &at(setup.p, &format!("templates/{build}"))).await;
     body["start_version"] = json!("2.0.0");
     let r = a

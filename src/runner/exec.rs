@@ -108,8 +108,9 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
     }
     let now = inner.host.now();
     let time_us = crate::clock::now_us();
-    // A successful build's autorun deploy tasks are created in the same transaction as its
-    // success, so neither is stored without the other; they are queued once it commits.
+    // A successful build's version record and autorun deploy tasks are written in the same
+    // transaction as its success, so none is stored without the others; the deploy tasks are
+    // queued once it commits.
     let finished = update_then(
         &inner,
         id,
@@ -121,7 +122,7 @@ pub(super) async fn run(inner: Arc<Inner>, id: TaskId, mut stop: watch::Receiver
             t.end = Some(now);
             true
         },
-        move |tx, t| tx.autorun_deploys(t, time_us),
+        move |tx, t| tx.task_ended(t, time_us),
     )
     .await;
     if let Some((t, deploys)) = finished {

@@ -8,16 +8,18 @@
 //! is kept (`1.0.0`, `v2-rc7`, `2026.12.1-nightly`). The first build gets `start_version`;
 //! each next build gets the newest build's number + 1, where "newest build" is the newest task
 //! of the template that succeeded or is still unfinished (a failed or stopped build consumes
-//! nothing). The number never drops below `start_version`'s and keeps its width (`007` →
-//! `008`); a previous version of another shape (the start version was edited to `2.0.0` after
-//! `1.0.4`) starts the series again at `start_version`.
+//! nothing), or the newest success recorded in `build_versions` when that is higher (its task
+//! was pruned or deleted: its number is never handed out again). The number never drops below
+//! `start_version`'s and keeps its width (`007` → `008`); previous versions of another shape
+//! (the start version was edited to `2.0.0` after `1.0.4`) start the series again at
+//! `start_version`.
 
 use redb::ReadableTable;
 
-use super::Result;
 use super::projects::{NewEvent, Tx};
-use super::tables::TEMPLATE_TASK;
-use crate::model::{OutputLine, Task, TaskId, TaskStatus, Template};
+use super::tables::{PROJECT_BUILDVERSION, TEMPLATE_TASK};
+use super::{Result, codec};
+use crate::model::{BuildVersion, OutputLine, Task, TaskId, TaskStatus, Template};
 
 /// Longest `start_version`, in bytes.
 pub const MAX_VERSION_LEN: usize = 64;
@@ -55,17 +57,24 @@ fn split(v: &str) -> Option<(&str, &str, &str)> {
     Some((&v[..start], &v[start..end], &v[end..]))
 }
 
-/// The version after `previous` in the series of `start` (see the module docs).
+/// The version after the highest of `previous` in the series of `start` (see the module
+/// docs); versions of another shape do not count.
 #[must_use]
-pub fn next_version(start: &str, previous: Option<&str>) -> String {
-    let (Some((prefix, digits, suffix)), Some(previous)) = (split(start), previous) else {
+pub fn next_version(start: &str, previous: &[&str]) -> String {
+    let Some((prefix, digits, suffix)) = split(start) else {
         return start.to_owned();
     };
     let counted = previous
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_suffix(suffix))
-        .filter(|n| !n.is_empty() && n.len() <= MAX_DIGITS && n.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|n| n.parse::<u64>().ok());
+        .iter()
+        .filter_map(|p| {
+            p.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .filter(|n| {
+                    !n.is_empty() && n.len() <= MAX_DIGITS && n.bytes().all(|b| b.is_ascii_digit())
+                })
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .max();
     let (Some(n), Ok(first)) = (counted, digits.parse::<u64>()) else {
         return start.to_owned();
     };
@@ -114,11 +123,67 @@ impl Tx<'_> {
         else {
             return Ok(None);
         };
-        let previous = self.newest_build(template.project_id, template.id)?;
-        Ok(Some(next_version(
-            start,
-            previous.and_then(|t| t.version).as_deref(),
-        )))
+        let newest = self
+            .newest_build(template.project_id, template.id)?
+            .and_then(|t| t.version);
+        let recorded = self.recorded_build(template.project_id, template.id)?;
+        let previous: Vec<&str> = newest
+            .iter()
+            .chain(recorded.as_ref().map(|r| &r.version))
+            .map(String::as_str)
+            .collect();
+        Ok(Some(next_version(start, &previous)))
+    }
+
+    /// What `build_versions` holds for build template `template`.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn recorded_build(&self, project: u64, template: u64) -> Result<Option<BuildVersion>> {
+        let table = self.raw().open_table(PROJECT_BUILDVERSION)?;
+        let row = table.get((project, template))?;
+        match row {
+            Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the recorded builds of template `template` (it is being deleted).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn forget_builds(&self, project: u64, template: u64) -> Result<()> {
+        self.raw()
+            .open_table(PROJECT_BUILDVERSION)?
+            .remove((project, template))?;
+        Ok(())
+    }
+
+    /// In the transaction that records how task `task` ended: when it is a successful build,
+    /// records its version in `build_versions` and creates its autorun deploy tasks (see
+    /// [`Tx::autorun_deploys`]), which it returns.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn task_ended(&self, task: &Task, time_us: i64) -> Result<Vec<(Task, OutputLine)>> {
+        if task.status != TaskStatus::Success {
+            return Ok(Vec::new());
+        }
+        let template: Option<Template> = self.get(task.project_id, task.template_id)?;
+        if let (Some(t), Some(version)) = (&template, &task.version)
+            && t.kind == "build"
+        {
+            let record = BuildVersion {
+                project_id: task.project_id,
+                template_id: task.template_id,
+                version: version.clone(),
+            };
+            self.raw().open_table(PROJECT_BUILDVERSION)?.insert(
+                (task.project_id, task.template_id),
+                codec::encode(&record).as_slice(),
+            )?;
+        }
+        self.autorun_deploys(task, time_us)
     }
 
     /// Stores `task` as a new task (assigning its id) with its first output line (`Task N added
@@ -182,27 +247,27 @@ mod tests {
 
     #[test]
     fn versions_count_with_their_last_number() {
-        let cases: &[(&str, Option<&str>, &str)] = &[
-            ("1.0.0", None, "1.0.0"),
-            ("1.0.0", Some("1.0.0"), "1.0.1"),
-            ("1.0.0", Some("1.0.9"), "1.0.10"),
-            ("1.0.0", Some("1.0.99"), "1.0.100"),
-            ("v2-rc7", Some("v2-rc7"), "v2-rc8"),
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("1.0.0", &[], "1.0.0"),
+            ("1.0.0", &["1.0.0"], "1.0.1"),
+            ("1.0.0", &["1.0.9"], "1.0.10"),
+            ("1.0.0", &["1.0.99"], "1.0.100"),
+            ("v2-rc7", &["v2-rc7"], "v2-rc8"),
             (
                 "2026.12.1-nightly",
-                Some("2026.12.4-nightly"),
+                &["2026.12.4-nightly"],
                 "2026.12.5-nightly",
             ),
-            ("1.0.007", Some("1.0.009"), "1.0.010"),
-            ("7", Some("41"), "42"),
+            ("1.0.007", &["1.0.009"], "1.0.010"),
+            ("7", &["41"], "42"),
             // start_version raised above the series: it wins.
-            ("1.0.9", Some("1.0.4"), "1.0.9"),
+            ("1.0.9", &["1.0.4"], "1.0.9"),
             // another shape: a new series.
-            ("2.0.0", Some("1.0.4"), "2.0.0"),
-            ("1.0.0", Some("1.0.x"), "1.0.0"),
-            ("1.0.0-rc", Some("1.0.4"), "1.0.0-rc"),
+            ("2.0.0", &["1.0.4"], "2.0.0"),
+            ("1.0.0", &["1.0.x"], "1.0.0"),
+            ("1.0.0-rc", &["1.0.4"], "1.0.0-rc"),
             // A version without a number (never accepted, but stored ones stay as they are).
-            ("stable", Some("stable"), "stable"),
+            ("stable", &["stable"], "stable"),
         ];
         for &(start, previous, want) in cases {
             assert_eq!(

@@ -320,6 +320,7 @@ impl ProjectResource for Template {
         for task in &tasks {
             tx.delete_task(task)?;
         }
+        tx.forget_builds(self.project_id, self.id)?;
         Ok(())
     }
 }
