@@ -19,7 +19,7 @@ use redb::ReadableTable;
 use super::projects::{NewEvent, Tx};
 use super::tables::{PROJECT_BUILDVERSION, TEMPLATE_TASK};
 use super::{Result, codec};
-use crate::model::{BuildVersion, OutputLine, Task, TaskId, TaskStatus, Template};
+use crate::model::{BuildVersion, OutputLine, Task, TaskStatus, Template};
 
 /// Longest `start_version`, in bytes.
 pub const MAX_VERSION_LEN: usize = 64;
@@ -89,18 +89,13 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn newest_build(&self, project: u64, template: u64) -> Result<Option<Task>> {
-        let ids: Vec<TaskId> = {
-            let index = self.raw().open_table(TEMPLATE_TASK)?;
-            let mut ids = Vec::new();
-            for row in index
-                .range((project, template, 0)..=(project, template, u64::MAX))?
-                .rev()
-            {
-                ids.push(row?.0.value().2);
-            }
-            ids
-        };
-        for id in ids {
+        // Newest first, stopping at the first hit: usually the newest task itself.
+        let index = self.raw().open_table(TEMPLATE_TASK)?;
+        for row in index
+            .range((project, template, 0)..=(project, template, u64::MAX))?
+            .rev()
+        {
+            let id = row?.0.value().2;
             if let Some(t) = self.get::<Task>(project, id)?
                 && !matches!(t.status, TaskStatus::Error | TaskStatus::Stopped)
             {
