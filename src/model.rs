@@ -403,6 +403,18 @@ pub struct View {
     pub position: i64,
 }
 
+/// The version of a build template's newest successful build, kept apart from its tasks so
+/// that a build pruned or deleted never frees its number for the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildVersion {
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// The build template.
+    pub template_id: u64,
+    /// The version its newest successful build had.
+    pub version: String,
+}
+
 /// Something that happened, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -533,6 +545,43 @@ pub struct Task {
     /// App options as a JSON object in text (terraform: `plan`, `destroy`, `auto_approve`,
     /// `upgrade`, `reconfigure`); empty = none. Added in format version 3.
     pub params: String,
+}
+
+impl Task {
+    /// A new `waiting` task of `template` created at `created`, every option unset (no
+    /// starter, no id yet: the store assigns it).
+    #[must_use]
+    pub fn waiting(project_id: ProjectId, template_id: u64, created: i64) -> Self {
+        Self {
+            id: 0,
+            project_id,
+            template_id,
+            status: TaskStatus::Waiting,
+            debug: false,
+            dry_run: false,
+            diff: false,
+            playbook: String::new(),
+            environment: "{}".into(),
+            limit: String::new(),
+            arguments: None,
+            git_branch: None,
+            user_id: None,
+            integration_id: None,
+            schedule_id: None,
+            created,
+            start: None,
+            end: None,
+            message: String::new(),
+            commit_hash: None,
+            commit_message: String::new(),
+            build_task_id: None,
+            version: None,
+            inventory_id: None,
+            process_group: None,
+            sealed_secret: Vec::new(),
+            params: String::new(),
+        }
+    }
 }
 
 /// One stored line of a task's output.

@@ -365,6 +365,23 @@ async fn event_names_starters_builds_and_commits_are_filled() {
         .await;
     assert_eq!(r.status, 204, "{}", r.text());
 
+    // The first template builds, a third one deploys its builds.
+    let tpl_json = ok_json(&a, &at(p, &format!("templates/{tpl}"))).await;
+    let mut body = tpl_json.clone();
+    body["type"] = json!("build");
+    let r = a.put(&at(p, &format!("templates/{tpl}")), body).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = a
+        .post(
+            &at(p, "templates"),
+            json!({"name": "deploy", "project_id": p, "app": "bash", "playbook": "run.sh",
+                   "repository_id": tpl_json["repository_id"], "type": "deploy",
+                   "build_template_id": tpl}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dtpl = id_of(&r.json());
+
     // events' object_name: a task's playbook override (upstream), "" for other objects.
     let build = launch(&a, p, json!({"template_id": tpl, "playbook": "other.sh"})).await;
     wait_finished(&a, p, build).await;
@@ -399,36 +416,39 @@ async fn event_names_starters_builds_and_commits_are_filled() {
     let deploy = launch(
         &bob_client,
         p,
-        json!({"template_id": tpl, "build_task_id": build}),
+        json!({"template_id": dtpl, "build_task_id": build}),
     )
     .await;
     wait_finished(&a, p, deploy).await;
-    let template = ok_json(&a, &at(p, &format!("templates/{tpl}"))).await;
+    let template = ok_json(&a, &at(p, &format!("templates/{dtpl}"))).await;
     assert_eq!(template["last_task"]["id"], deploy);
     assert_eq!(template["last_task"]["user_name"], "bob");
     let listed = ok_json(&a, &at(p, "templates")).await;
     let listed = listed
         .as_array()
-        .and_then(|l| l.iter().find(|t| t["id"] == tpl))
+        .and_then(|l| l.iter().find(|t| t["id"] == dtpl))
         .expect("listed");
     assert_eq!(listed["last_task"]["user_name"], "bob", "{listed}");
 
     // build_task: the task of build_task_id, or null.
     let build_json = ok_json(&a, &at(p, &format!("tasks/{build}"))).await;
-    for path in [
-        at(p, "tasks"),
-        at(p, "tasks/last"),
-        at(p, &format!("templates/{tpl}/tasks")),
-    ] {
+    assert_eq!(template["last_task"]["build_task"], build_json);
+    for path in [at(p, "tasks"), at(p, "tasks/last")] {
         let list = ok_json(&a, &path).await;
         let list = list.as_array().expect("task list");
         let find = |id: u64| list.iter().find(|t| t["id"] == id).expect("listed");
         assert_eq!(find(deploy)["build_task"], build_json, "{path}");
         assert_eq!(find(build)["build_task"], Value::Null, "{path}");
     }
-    // A build that is gone: null, not an error.
-    let gone = launch(&a, p, json!({"template_id": tpl, "build_task_id": 999_999})).await;
+    let list = ok_json(&a, &at(p, &format!("templates/{dtpl}/tasks"))).await;
+    assert_eq!(list[0]["build_task"], build_json);
+    // A build that is gone (deleted): null, not an error.
+    let build2 = launch(&a, p, json!({"template_id": tpl})).await;
+    wait_finished(&a, p, build2).await;
+    let gone = launch(&a, p, json!({"template_id": dtpl, "build_task_id": build2})).await;
     wait_finished(&a, p, gone).await;
+    let r = a.delete(&at(p, &format!("tasks/{build2}"))).await;
+    assert_eq!(r.status, 204, "{}", r.text());
     let list = ok_json(&a, &at(p, "tasks")).await;
     let listed = list
         .as_array()

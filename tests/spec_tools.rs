@@ -168,6 +168,53 @@ async fn fixture(a: &Client, repo: &Path) -> u64 {
     p
 }
 
+/// A build template with a deploy template that autoruns, one build and the deploy it
+/// started, so that task lists and templates show a `build_task` and versions.
+async fn build_and_deploy(a: &Client, p: u64) {
+    let repository = id_by_name(a, &at(p, "repositories"), "scripts").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let build = id_of(
+        &created(
+            a,
+            &at(p, "templates"),
+            json!({"name": "Build", "project_id": p, "app": "bash", "playbook": "run.sh",
+                   "repository_id": repository, "type": "build", "start_version": "1.0.0"}),
+            201,
+        )
+        .await
+        .expect("build template"),
+    );
+    created(
+        a,
+        &at(p, "templates"),
+        json!({"name": "Deploy", "project_id": p, "app": "bash", "playbook": "run.sh",
+               "repository_id": repository, "type": "deploy", "build_template_id": build,
+               "autorun": true}),
+        201,
+    )
+    .await
+    .expect("deploy template");
+    let build_task = id_of(
+        &created(a, &at(p, "tasks"), json!({"template_id": build}), 201)
+            .await
+            .expect("build task"),
+    );
+    loop {
+        let tasks = ok_json(a, &at(p, "tasks")).await;
+        let deploy = tasks
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["build_task_id"] == build_task));
+        if deploy.is_some_and(|d| d["status"] == "success") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fixture deploy did not succeed: {tasks}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The checks every response must pass. `use_after_free` and `ensure_resource_availability`
 /// need `DELETE` (not run here); `positive_data_acceptance` would need the schema to encode
 /// every business rule (references to existing objects, unique names); `unsupported_method`
@@ -274,6 +321,7 @@ async fn fuzzed_server() -> Fuzzed {
     let admin_token = admin.new_token().await;
     let project = fixture(&admin, repo.path()).await;
     assert_eq!(project, 1, "the spec's examples name project 1");
+    build_and_deploy(&admin, project).await;
     Fuzzed {
         server,
         admin_token,

@@ -187,7 +187,7 @@ async fn run_once(a: &common::Client, p: u64, dir: &Path, name: &str) -> u64 {
         .post(
             &at(p, "templates"),
             json!({"name": name, "project_id": p, "app": "bash", "playbook": "script.sh",
-                   "repository_id": repo}),
+                   "repository_id": repo, "type": "build", "start_version": "1.0.0"}),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -249,6 +249,16 @@ async fn check_finds_nothing_wrong_after_deletions_through_the_api() {
     let t = run_once(&a, kept, scripts.path(), "first").await;
     run_once(&a, kept, scripts.path(), "second").await;
     assert_eq!(a.delete(&at(kept, &format!("tasks/{t}"))).await.status, 204);
+    // A build template with a recorded build version, deleted.
+    let t = run_once(&a, kept, scripts.path(), "fourth").await;
+    let task = a.get(&at(kept, &format!("tasks/{t}"))).await.json();
+    let tpl = task["template_id"].as_u64().expect("template id");
+    assert_eq!(
+        a.delete(&at(kept, &format!("templates/{tpl}")))
+            .await
+            .status,
+        204
+    );
 
     let doomed = new_project(&a, "doomed").await;
     run_once(&a, doomed, scripts.path(), "third").await;

@@ -18,7 +18,7 @@ use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
     Template,
 };
-use crate::store::NewEvent;
+use crate::store::{NewEvent, Tx};
 
 /// How a run ended.
 pub(super) enum Outcome {
@@ -122,16 +122,25 @@ pub(super) async fn run(
         status = TaskStatus::Error;
     }
     let now = inner.host.now();
-    let finished = update(&inner, id, move |t| {
-        if t.status.is_finished() {
-            return false;
-        }
-        t.status = status;
-        t.end = Some(now);
-        true
-    })
+    let time_us = crate::clock::now_us();
+    // A successful build's version record and autorun deploy tasks are written in the same
+    // transaction as its success, so none is stored without the others; the deploy tasks are
+    // queued once it commits.
+    let finished = update_then(
+        &inner,
+        id,
+        move |t| {
+            if t.status.is_finished() {
+                return false;
+            }
+            t.status = status;
+            t.end = Some(now);
+            true
+        },
+        move |tx, t| tx.task_ended(t, time_us),
+    )
     .await;
-    if let Some(t) = finished {
+    if let Some((t, deploys)) = finished {
         record(
             &inner,
             &t,
@@ -142,6 +151,10 @@ pub(super) async fn run(
             ),
         )
         .await;
+        for (deploy, queued) in deploys {
+            tracing::info!(task = deploy.id, build = t.id, "autorun deploy queued");
+            inner.enqueue(&deploy, queued);
+        }
     }
 }
 
@@ -389,13 +402,27 @@ pub(super) async fn update(
     id: TaskId,
     change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
 ) -> Option<Task> {
+    update_then(inner, id, change, |_, _| Ok(()))
+        .await
+        .map(|(t, ())| t)
+}
+
+/// [`update`], then `then` with the updated task in the same transaction (only when it
+/// changed); returns what `then` made with the task.
+async fn update_then<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    id: TaskId,
+    change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
+    then: impl Fn(&Tx<'_>, &Task) -> crate::store::Result<T> + Send + Sync + 'static,
+) -> Option<(Task, T)> {
     let now = inner.host.now();
-    let change = Arc::new(change);
+    let steps = Arc::new((change, then));
     let result = loop {
-        let change = Arc::clone(&change);
+        let steps = Arc::clone(&steps);
         let result = inner
             .store
             .transact_async(now, move |tx| {
+                let (change, then) = &*steps;
                 let Some(mut t) = tx.task(id)? else {
                     return Ok(None);
                 };
@@ -404,8 +431,9 @@ pub(super) async fn update(
                     return Ok(None);
                 }
                 tx.put_task(&t)?;
+                let made = then(tx, &t)?;
                 let visible = before != (t.status, t.start, t.end);
-                Ok::<_, crate::store::Error>(Some((t, visible)))
+                Ok::<_, crate::store::Error>(Some((t, visible, made)))
             })
             .await;
         match result {
@@ -417,12 +445,12 @@ pub(super) async fn update(
         }
     };
     match result {
-        Ok(Some((t, visible))) => {
+        Ok(Some((t, visible, made))) => {
             // Bookkeeping (the process group) is not news for followers.
             if visible {
                 inner.publish_update(&t);
             }
-            Some(t)
+            Some((t, made))
         }
         Ok(None) => None,
         Err(e) => {
@@ -573,7 +601,8 @@ async fn prepare(
     private_dir(&task_dir.join("tmp"))?;
     let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;
     record_commit(inner, task, &cwd, task_dir).await;
-    let vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
+    let mut vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
+    vars.env.extend(build_env(template, task));
     if template.app == "ansible" {
         ansible(inner, task, template, &m, vars, cwd, task_dir)
     } else if terraform::handles(&template.app) {
@@ -722,6 +751,22 @@ impl Variables {
             var_secrets,
         })
     }
+}
+
+/// Upstream's variables for build and deploy tasks: `SEMAPHORE_TASK_TYPE`, and the version a
+/// build makes (`SEMAPHORE_TASK_TARGET_VERSION`) or a deploy receives
+/// (`SEMAPHORE_TASK_INCOMING_VERSION`).
+fn build_env(template: &Template, task: &Task) -> Vec<(String, String)> {
+    let version = match template.kind.as_str() {
+        "build" => "SEMAPHORE_TASK_TARGET_VERSION",
+        "deploy" => "SEMAPHORE_TASK_INCOMING_VERSION",
+        _ => return Vec::new(),
+    };
+    let mut env = vec![("SEMAPHORE_TASK_TYPE".to_owned(), template.kind.clone())];
+    if let Some(v) = &task.version {
+        env.push((version.to_owned(), v.clone()));
+    }
+    env
 }
 
 /// Template arguments, then the task's own when the template allows them.

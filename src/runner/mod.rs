@@ -220,20 +220,7 @@ impl Runner {
     /// stored line (`queued`: `Task N added to queue`) goes out to live followers with the
     /// update.
     pub fn enqueue(&self, task: &Task, queued: OutputLine) {
-        self.inner.publish_lines(task, 0, Arc::from(vec![queued]));
-        {
-            let mut state = self.inner.lock();
-            // A storage recovery scan may have queued it already (see `Inner::reconcile`).
-            if !state.queue.iter().any(|q| q.id == task.id) {
-                state.queue.push(Queued {
-                    id: task.id,
-                    project: task.project_id,
-                    template: task.template_id,
-                });
-            }
-        }
-        self.inner.publish_update(task);
-        self.inner.wake.notify_one();
+        self.inner.enqueue(task, queued);
     }
 
     /// Stops a task: a queued one never runs; a running one gets SIGTERM (or SIGKILL with
@@ -565,6 +552,24 @@ impl Inner {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut health = self.store.watch_health();
         let _ = health.wait_for(|healthy| *healthy).await;
+    }
+
+    /// See [`Runner::enqueue`] (the runner queues the deploy tasks a build starts itself).
+    fn enqueue(&self, task: &Task, queued: OutputLine) {
+        self.publish_lines(task, 0, Arc::from(vec![queued]));
+        {
+            let mut state = self.lock();
+            // A storage recovery scan may have queued it already (see `Inner::reconcile`).
+            if !state.queue.iter().any(|q| q.id == task.id) {
+                state.queue.push(Queued {
+                    id: task.id,
+                    project: task.project_id,
+                    template: task.template_id,
+                });
+            }
+        }
+        self.publish_update(task);
+        self.wake.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod auth;
+mod builds;
 pub mod input;
 pub mod options;
 mod password;

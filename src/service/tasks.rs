@@ -178,6 +178,8 @@ impl Services {
                     ))
                 })?;
             }
+            let (build_task_id, version) =
+                super::builds::launch_fields(tx, &template, build_task_id)?;
             let mut task = Task {
                 id: 0,
                 project_id: p,
@@ -201,19 +203,13 @@ impl Services {
                 commit_hash: commit_hash.clone(),
                 commit_message: String::new(),
                 build_task_id,
-                version: None,
+                version,
                 inventory_id,
                 process_group: None,
                 sealed_secret: sealed_secret.clone(),
                 params: params.stored(&template.app),
             };
-            let id = tx.insert_task(&mut task)?;
-            let line = OutputLine {
-                time_us: now_us(),
-                text: format!("Task {id} added to queue"),
-            };
-            tx.append_output(id, 0, std::slice::from_ref(&line))?;
-            tx.record(access.event("task", id, format!("Task ID {id} queued for running")))?;
+            let line = tx.queue_task(&mut task, now_us(), "")?;
             Ok((task, line))
         })
         .await

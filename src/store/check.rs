@@ -12,16 +12,16 @@ use redb::{Database, Key, ReadableTable, TableDefinition, Value, WriteTransactio
 use serde::de::DeserializeOwned;
 
 use super::tables::{
-    ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, PROJECT_ENVIRONMENT,
-    PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_TASK,
-    PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK,
+    ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, PROJECT_BUILDVERSION,
+    PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY,
+    PROJECT_TASK, PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK,
     SESSIONHASH_SESSION, SETTINGS, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN,
     USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
 };
 use super::{Error, Result, codec, migrate};
 use crate::model::{
-    AccessKey, ApiToken, Environment, Event, Inventory, KeySecret, OutputLine, Project, Repository,
-    Session, Task, Template, User, View,
+    AccessKey, ApiToken, BuildVersion, Environment, Event, Inventory, KeySecret, OutputLine,
+    Project, Repository, Session, Task, Template, User, View,
 };
 
 /// The `SETTINGS` row holding the server key's sealed check value (written by
@@ -480,9 +480,26 @@ fn check_scoped(
             false,
         ));
     }
-    scoped::<Template>(tx, report, PROJECT_TEMPLATE, "templates", projects, |t| {
+    let templates = scoped::<Template>(tx, report, PROJECT_TEMPLATE, "templates", projects, |t| {
         (t.project_id, t.id)
     })?;
+    let templates: BTreeSet<(u64, u64)> = templates.iter().map(|t| (t.project_id, t.id)).collect();
+    let builds = scoped::<BuildVersion>(
+        tx,
+        report,
+        PROJECT_BUILDVERSION,
+        "build_versions",
+        projects,
+        |b| (b.project_id, b.template_id),
+    )?;
+    for b in builds {
+        if !templates.contains(&(b.project_id, b.template_id)) {
+            report.problem(format!(
+                "build_versions[{}, {}]: template {} does not exist",
+                b.project_id, b.template_id, b.template_id
+            ));
+        }
+    }
     scoped::<View>(tx, report, PROJECT_VIEW, "views", projects, |v| {
         (v.project_id, v.id)
     })?;

@@ -23,6 +23,7 @@
 //!    permanent. The encoding itself (bincode) changes only through `codec`'s format byte.
 
 pub mod backup;
+pub mod builds;
 pub mod check;
 pub mod codec;
 pub mod compact;

@@ -67,6 +67,11 @@ pub const PROJECT_TEMPLATE: TableDefinition<(ProjectId, u64), &[u8]> =
 /// (project id, view id) → encoded [`crate::model::View`].
 pub const PROJECT_VIEW: TableDefinition<(ProjectId, u64), &[u8]> = TableDefinition::new("views");
 
+/// (project id, build template id) → encoded [`crate::model::BuildVersion`]: the version of
+/// the template's newest successful build (see `store::builds`).
+pub const PROJECT_BUILDVERSION: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("build_versions");
+
 /// Event id → encoded [`crate::model::Event`]; ids increase, so reverse order is newest first.
 pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (project id, event id) → (): a project's events.
@@ -101,4 +106,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_TEMPLATE,
     PROJECT_TASK,
     PROJECT_VIEW,
+    PROJECT_BUILDVERSION,
 ];

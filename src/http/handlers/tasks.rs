@@ -83,6 +83,26 @@ fn task_with_tpl(
     v
 }
 
+/// The build task `id` a deploy task deploys; `None` once it is deleted or pruned.
+fn build_task(req: &Req, id: u64) -> Result<Option<Task>, ApiError> {
+    match req.app.services.task(req.access()?, id) {
+        Ok(build) => Ok(Some(build)),
+        Err(e) if e.is_storage() => Err(e.into()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A list element's `build_task`: the build task of `t` as [`task_view`] shows it, or null.
+///
+/// # Errors
+/// Storage failures.
+pub fn build_task_view(req: &Req, t: &Task) -> Result<Value, ApiError> {
+    Ok(match t.build_task_id {
+        Some(b) => build_task(req, b)?.map_or(Value::Null, |b| task_view(&b, "")),
+        None => Value::Null,
+    })
+}
+
 fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
     let access = req.access()?;
     let templates: HashMap<u64, Template> = req
@@ -96,17 +116,12 @@ fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
         .app
         .services
         .users_by_id(tasks.iter().filter_map(|t| t.user_id))?;
-    // The build each deploy task deploys (gone once deleted or pruned: then null).
     let mut builds = HashMap::new();
     for b in tasks.iter().filter_map(|t| t.build_task_id) {
-        if let std::collections::hash_map::Entry::Vacant(v) = builds.entry(b) {
-            match req.app.services.task(access, b) {
-                Ok(build) => {
-                    v.insert(build);
-                }
-                Err(e) if e.is_storage() => return Err(e.into()),
-                Err(_) => {}
-            }
+        if let std::collections::hash_map::Entry::Vacant(v) = builds.entry(b)
+            && let Some(build) = build_task(req, b)?
+        {
+            v.insert(build);
         }
     }
     let views: Vec<Value> = tasks

@@ -153,6 +153,11 @@ impl Services {
                 "template type must be \"\", build or deploy, not {kind:?}"
             ));
         }
+        let (start_version, build_template_id) = build_fields(
+            input.start_version.as_deref(),
+            input.build_template_id,
+            &kind,
+        )?;
         let git_branch = input.git_branch.filter(|b| !b.trim().is_empty());
         if let Some(b) = &git_branch {
             validate::git_branch(b.trim()).map_err(Error::Invalid)?;
@@ -209,14 +214,10 @@ impl Services {
             arguments,
             allow_override_args_in_task: input.allow_override_args_in_task.unwrap_or_default(),
             description: input.description.filter(|d| !d.is_empty()),
-            start_version: input
-                .start_version
-                .filter(|s| !s.is_empty() && kind == "build"),
-            build_template_id: input
-                .build_template_id
-                .filter(|&b| b != 0 && kind == "deploy"),
+            start_version,
+            build_template_id,
+            autorun: kind == "deploy" && input.autorun.unwrap_or_default(),
             kind,
-            autorun: input.autorun.unwrap_or_default(),
             git_branch,
             survey_vars,
             vaults,
@@ -281,10 +282,23 @@ impl ProjectResource for Template {
         services.template_from(input, to.id.unwrap_or_default(), to.project)
     }
 
-    /// Everything is checked before anything is written.
+    /// Everything is checked before anything is written. A build template stays one while
+    /// deploy templates build from it.
     fn record(tx: &Tx<'_>, t: &Template, current: Option<Self>) -> Result<Self> {
-        if current.is_some() && t.build_template_id == Some(t.id) {
-            return invalid("build_template_id: a template cannot build itself");
+        if let Some(current) = current {
+            if t.build_template_id == Some(t.id) {
+                return invalid("build_template_id: a template cannot build itself");
+            }
+            if current.kind == "build"
+                && t.kind != "build"
+                && !Self::refs(tx, t.project_id, t.id)?.templates.is_empty()
+            {
+                return Err(Error::Conflict(
+                    "Template is the build template of one or more deploy templates: it stays \
+                     a build template until they use another"
+                        .into(),
+                ));
+            }
         }
         check_refs(tx, t.project_id, t)?;
         Ok(t.clone())
@@ -315,8 +329,32 @@ impl ProjectResource for Template {
         for task in &tasks {
             tx.delete_task(task)?;
         }
+        tx.forget_builds(self.project_id, self.id)?;
         Ok(())
     }
+}
+
+/// A build template's `start_version` (checked: it must count, see [`crate::store::builds`])
+/// and a deploy template's `build_template_id` (required); each is cleared on other types.
+fn build_fields(
+    start_version: Option<&str>,
+    build_template_id: Option<u64>,
+    kind: &str,
+) -> Result<(Option<String>, Option<u64>)> {
+    let start_version = start_version
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && kind == "build");
+    if let Some(v) = start_version {
+        crate::store::builds::check_start_version(v).map_err(Error::Invalid)?;
+    }
+    let build_template_id = build_template_id.filter(|&b| b != 0);
+    if kind == "deploy" && build_template_id.is_none() {
+        return invalid("build_template_id: a deploy template needs a build template");
+    }
+    Ok((
+        start_version.map(str::to_owned),
+        build_template_id.filter(|_| kind == "deploy"),
+    ))
 }
 
 /// Names of a project's inventories, repositories and environments by id.

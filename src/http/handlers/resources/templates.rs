@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::Routes;
 use crate::http::error::ApiError;
 use crate::http::handler::Req;
-use crate::http::handlers::tasks::task_view;
+use crate::http::handlers::tasks::{build_task_view, task_view};
 use crate::model::Template;
 
 impl Routes for Template {
@@ -49,15 +49,19 @@ fn template_view(req: &Req, t: &Template) -> Result<Value, ApiError> {
         Some(u) => req.app.services.users_by_id([u])?.remove(&u),
         None => None,
     };
-    let last_task = last.map(|task| {
-        let mut v = task_view(&task, "");
-        v["user_name"] = json!(starter.as_ref().map(|u| u.name.as_str()));
-        v["tpl_playbook"] = json!(t.playbook);
-        v["tpl_alias"] = json!(t.name);
-        v["tpl_type"] = json!(t.kind);
-        v["tpl_app"] = json!(t.app);
-        v
-    });
+    let last_task = match last {
+        Some(task) => {
+            let mut v = task_view(&task, "");
+            v["user_name"] = json!(starter.as_ref().map(|u| u.name.as_str()));
+            v["tpl_playbook"] = json!(t.playbook);
+            v["tpl_alias"] = json!(t.name);
+            v["tpl_type"] = json!(t.kind);
+            v["tpl_app"] = json!(t.app);
+            v["build_task"] = build_task_view(req, &task)?;
+            Some(v)
+        }
+        None => None,
+    };
     let mut view = json!({
         "id": t.id,
         "project_id": t.project_id,
