@@ -241,6 +241,15 @@ async fn finished(a: &Client, p: u64, t: u64) -> String {
     task["status"].as_str().expect("status").to_owned()
 }
 
+/// Waits until the task's stored output holds `text`.
+async fn wait_output(a: &Client, p: u64, t: u64, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !output(a, p, t).await.contains(text) {
+        assert!(Instant::now() < deadline, "task {t} never printed {text:?}");
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn output(a: &Client, p: u64, t: u64) -> String {
     a.get(&at(p, &format!("tasks/{t}/raw_output"))).await.text()
 }
@@ -393,6 +402,12 @@ async fn a_plan_waits_for_confirmation_then_applies() {
     let t = launch(&a, p, tpl, json!({"upgrade": true})).await;
     let task = wait_status(&a, p, t, &["waiting_confirmation"]).await;
     assert!(task["end"].is_null(), "{task}");
+    assert_eq!(
+        task["params"],
+        json!({"plan": false, "destroy": false, "auto_approve": false, "upgrade": true,
+               "reconfigure": false}),
+        "the task shows its options"
+    );
     let plan = lab.plan_file(t);
     // Secrets reach terraform through its environment, never its argv.
     let env = lab.last_env();
@@ -406,7 +421,8 @@ async fn a_plan_waits_for_confirmation_then_applies() {
     assert!(!calls.concat().iter().any(|a| a.contains("s3cret")));
     // The process tree has ended; the plan file waits in the workspace.
     assert!(Path::new(&plan).is_file());
-    assert!(output(&a, p, t).await.contains("Waiting for confirmation"));
+    // Output is stored in batches beside the status: the line follows shortly.
+    wait_output(&a, p, t, "Waiting for confirmation").await;
     assert!(ok_json(&a, &at(p, &format!("tasks/{t}"))).await["status"] == "waiting_confirmation");
 
     let r = a

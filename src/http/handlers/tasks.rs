@@ -27,9 +27,10 @@ fn rfc3339_us(us: i64) -> String {
     format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
 }
 
-/// A task as the API shows it (§7.1); `secret` is never returned.
+/// A task as the API shows it (§7.1); `secret` is never returned. `params` (a terraform or
+/// tofu task's options, as upstream) only where the task has them.
 pub fn task_view(t: &Task, secret: &str) -> Value {
-    json!({
+    let mut v = json!({
         "id": t.id,
         "template_id": t.template_id,
         "project_id": t.project_id,
@@ -55,7 +56,11 @@ pub fn task_view(t: &Task, secret: &str) -> Value {
         "build_task_id": t.build_task_id,
         "version": t.version,
         "inventory_id": t.inventory_id,
-    })
+    });
+    if let Ok(params @ Value::Object(_)) = serde_json::from_str::<Value>(&t.params) {
+        v["params"] = params;
+    }
+    v
 }
 
 /// A list element (§7.2): the task plus its template's fields and the starter's name.
