@@ -36,6 +36,7 @@ pub mod app;
 pub mod backup;
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod http;
 pub mod model;
 pub mod retention;
