@@ -181,6 +181,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
     pub prune_interval_secs: u64,
 
+    /// Default time zone of schedules (IANA name, e.g. `Europe/Berlin`); a schedule's own
+    /// `timezone` or a `CRON_TZ=` prefix overrides it.
+    #[arg(long, env = "FORGE_SCHEDULE_TIMEZONE", default_value = "UTC",
+          value_parser = schedule_zone)]
+    pub schedule_timezone: String,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
@@ -274,6 +280,7 @@ impl Config {
             task_retention_days: 0,
             event_retention_days: 0,
             prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
+            schedule_timezone: "UTC".into(),
             clock: ClockHandle::default(),
             disk_faults: None,
         }
@@ -312,6 +319,11 @@ impl std::str::FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_owned()))
     }
+}
+
+/// A known IANA time zone name (from the embedded database).
+fn schedule_zone(text: &str) -> Result<String, String> {
+    crate::cron::zone(text).map(|_| text.trim().to_owned())
 }
 
 #[cfg(test)]

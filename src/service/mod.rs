@@ -103,6 +103,7 @@ pub struct Services {
     non_admin_can_create_project: bool,
     cipher: secrets::Cipher,
     extra_apps: Vec<String>,
+    schedule_hub: resources::schedules::Hub,
 }
 
 impl Services {
@@ -122,6 +123,7 @@ impl Services {
             non_admin_can_create_project: config.non_admin_can_create_project,
             cipher,
             extra_apps: config.extra_apps.clone(),
+            schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
         })
     }
 

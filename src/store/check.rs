@@ -486,6 +486,23 @@ fn check_scoped(
     scoped::<View>(tx, report, PROJECT_VIEW, "views", projects, |v| {
         (v.project_id, v.id)
     })?;
+    let schedules = scoped::<crate::model::Schedule>(
+        tx,
+        report,
+        crate::store::tables::PROJECT_SCHEDULE,
+        "schedules",
+        projects,
+        |s| (s.project_id, s.id),
+    )?;
+    let templates = tx.open_table(PROJECT_TEMPLATE)?;
+    for s in schedules {
+        if templates.get((s.project_id, s.template_id))?.is_none() {
+            report.problem(format!(
+                "schedules[{}, {}]: template {} does not exist",
+                s.project_id, s.id, s.template_id
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -631,6 +648,7 @@ fn check_counters(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         (PROJECT_TEMPLATE, "next_template_id"),
         (PROJECT_TASK, "next_task_id"),
         (PROJECT_VIEW, "next_view_id"),
+        (crate::store::tables::PROJECT_SCHEDULE, "next_schedule_id"),
     ] {
         let mut max = None;
         each(tx, table, |(_, id), _| max = max.max(Some(id)))?;

@@ -67,6 +67,10 @@ pub const PROJECT_TEMPLATE: TableDefinition<(ProjectId, u64), &[u8]> =
 /// (project id, view id) → encoded [`crate::model::View`].
 pub const PROJECT_VIEW: TableDefinition<(ProjectId, u64), &[u8]> = TableDefinition::new("views");
 
+/// (project id, schedule id) → encoded [`crate::model::Schedule`].
+pub const PROJECT_SCHEDULE: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("schedules");
+
 /// Event id → encoded [`crate::model::Event`]; ids increase, so reverse order is newest first.
 pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (project id, event id) → (): a project's events.
@@ -101,4 +105,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_TEMPLATE,
     PROJECT_TASK,
     PROJECT_VIEW,
+    PROJECT_SCHEDULE,
 ];

@@ -306,7 +306,7 @@ impl ProjectResource for Template {
         for task in &tasks {
             tx.delete_task(task)?;
         }
-        Ok(())
+        super::schedules::remove_for_template(tx, self.project_id, self.id)
     }
 }
 
