@@ -7,11 +7,12 @@
 //! [`Services::fire_schedule`], whose transaction stores the task together with the
 //! schedule's exactly-once cursor; the task is then queued on the runner as a launch is (and
 //! if the server dies in between, the runner's recovery queues the stored `waiting` task).
-//! A schedule change wakes the loop, which re-reads the schedules; a firing planned from an
-//! older version of a schedule is dropped by the transaction itself.
+//! A schedule change ([`Services::schedule_changed`]) re-plans that one schedule; a firing
+//! planned from an older version of a schedule is dropped here (by generation) and, should one
+//! slip through, by the transaction itself (by timing and cursor).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,28 +21,31 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::clock::ClockHandle;
 use crate::cron::Spec;
-use crate::model::ProjectId;
+use crate::model::{ProjectId, Schedule};
 use crate::runner::Runner;
 use crate::service::Services;
 use crate::service::resources::schedules::{Fired, Timing};
 
 /// The longest the loop sleeps without looking at the clock again, so that a wall clock
-/// stepped forward is noticed soon.
+/// stepped forward is noticed soon (one wake-up a second costs nothing measurable).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Delay before retrying a firing whose transaction failed (full disk and the like).
 const RETRY_AFTER: i64 = 1;
 
-/// A planned firing.
+/// A schedule's key.
+type Key = (ProjectId, u64);
+
+/// A planned firing of one schedule.
 #[derive(Debug, Clone)]
 struct Planned {
-    project: ProjectId,
-    id: u64,
+    key: Key,
+    /// The schedule's generation when planned; a newer one makes this stale.
+    generation: u64,
+    /// The occurrence to fire (Unix seconds).
+    occurrence: i64,
     timing: Timing,
     spec: Spec,
 }
-
-/// The queue: wake-up time (Unix seconds), then the index of the planned firing in `plans`.
-type Queue = BinaryHeap<Reverse<(i64, u64)>>;
 
 /// The running loop; [`Scheduler::stop`] ends it.
 #[derive(Debug)]
@@ -59,8 +63,10 @@ impl Scheduler {
             services: Arc::clone(&app.services),
             runner: app.runner.clone(),
             clock: app.config.clock.clone(),
-            plans: Vec::new(),
-            queue: Queue::new(),
+            queue: BinaryHeap::new(),
+            plans: HashMap::new(),
+            generations: HashMap::new(),
+            next_seq: 0,
         };
         Self {
             shutdown,
@@ -84,9 +90,13 @@ struct Loop {
     services: Arc<Services>,
     runner: Runner,
     clock: ClockHandle,
-    /// Planned firings (occurrence, schedule) by index; the queue holds the indexes.
-    plans: Vec<(i64, Planned)>,
-    queue: Queue,
+    /// (wake-up time in Unix seconds, sequence number of the plan), earliest first.
+    queue: BinaryHeap<Reverse<(i64, u64)>>,
+    /// The plans in the queue, by sequence number.
+    plans: HashMap<u64, Planned>,
+    /// Each schedule's current generation (bumped by every change).
+    generations: HashMap<Key, u64>,
+    next_seq: u64,
 }
 
 impl Loop {
@@ -101,77 +111,85 @@ impl Loop {
             };
             match woke {
                 Wake::Due => self.fire_due().await,
-                Wake::Changed => self.reload(),
+                Wake::Changed => {
+                    for key in self.services.take_changed_schedules() {
+                        let current = self.services.stored_schedule(key.0, key.1);
+                        match current {
+                            Ok(s) => self.replan(key, s.as_ref()),
+                            Err(e) => tracing::error!(error = %e, "cannot read a schedule"),
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Accounts for the runs missed while the server was down, then plans the rest.
+    /// Accounts for the runs missed while the server was down, then plans every schedule.
     async fn start_up(&mut self) {
+        let all = loop {
+            match self.services.all_schedules() {
+                Ok(all) => break all,
+                Err(e) => {
+                    // Never a silent stop: the store may be reopening; try again.
+                    tracing::error!(error = %e, "cannot read the schedules; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
         let now = self.clock.now();
-        for (project, id, plan) in self.read_all() {
-            let timing = (plan.timing.clone(), plan.spec.clone());
+        for s in &all {
+            let Some(spec) = self.services.timing_of(s) else {
+                continue;
+            };
+            let timing = (Timing::of(s), spec);
             match self
                 .services
-                .missed_schedule(project, id, now, timing)
+                .missed_schedule(s.project_id, s.id, now, timing)
                 .await
             {
                 Ok(fired) => self.enqueue(fired),
-                Err(e) => tracing::error!(error = %e, schedule = id, "cannot record missed runs"),
+                Err(e) => tracing::error!(error = %e, schedule = s.id, "cannot record missed runs"),
             }
         }
-        self.reload();
+        // Re-read: the missed runs moved the cursors.
+        for s in self.services.all_schedules().unwrap_or(all) {
+            self.replan((s.project_id, s.id), Some(&s));
+        }
     }
 
-    /// Every active schedule with its timing.
-    fn read_all(&self) -> Vec<(ProjectId, u64, Planned)> {
-        let all = match self.services.all_schedules() {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the schedules");
-                return Vec::new();
-            }
+    /// Plans schedule `key` afresh from its stored state `s` (`None`: it is gone).
+    fn replan(&mut self, key: Key, s: Option<&Schedule>) {
+        let generation = {
+            let g = self.generations.entry(key).or_insert(0);
+            *g += 1;
+            *g
         };
-        all.into_iter()
-            .filter_map(|s| {
-                let spec = self.services.timing_of(&s)?;
-                Some((
-                    s.project_id,
-                    s.id,
-                    Planned {
-                        project: s.project_id,
-                        id: s.id,
-                        timing: Timing::of(&s),
-                        spec,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// Re-reads the schedules and plans each one's next occurrence after its cursor.
-    fn reload(&mut self) {
-        self.plans.clear();
-        self.queue.clear();
-        let done: std::collections::HashMap<(ProjectId, u64), i64> = self
-            .services
-            .all_schedules()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| ((s.project_id, s.id), s.done_until))
-            .collect();
-        for (project, id, plan) in self.read_all() {
-            let after = done.get(&(project, id)).copied().unwrap_or_default();
-            if let Some(due) = plan.spec.next_after(after) {
-                self.plan(due, plan);
-            }
+        let Some(s) = s else {
+            self.generations.remove(&key);
+            return;
+        };
+        let Some(spec) = self.services.timing_of(s) else {
+            return;
+        };
+        if let Some(occurrence) = spec.next_after(s.done_until) {
+            self.push(
+                occurrence,
+                Planned {
+                    key,
+                    generation,
+                    occurrence,
+                    timing: Timing::of(s),
+                    spec,
+                },
+            );
         }
     }
 
-    fn plan(&mut self, due: i64, plan: Planned) {
-        let seq = self.plans.len() as u64;
-        self.plans.push((due, plan));
-        self.queue.push(Reverse((due, seq)));
+    fn push(&mut self, wake: i64, plan: Planned) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.plans.insert(seq, plan);
+        self.queue.push(Reverse((wake, seq)));
     }
 
     /// How long until the earliest planned firing (capped), by the clock's milliseconds.
@@ -188,56 +206,62 @@ impl Loop {
     async fn fire_due(&mut self) {
         let now = self.clock.now();
         let mut firing = tokio::task::JoinSet::new();
-        while let Some(&Reverse((due, seq))) = self.queue.peek() {
-            if due > now {
+        while let Some(&Reverse((wake, seq))) = self.queue.peek() {
+            if wake > now {
                 break;
             }
             self.queue.pop();
-            let Some((planned, plan)) = usize::try_from(seq)
-                .ok()
-                .and_then(|i| self.plans.get(i))
-                .cloned()
-            else {
+            let Some(plan) = self.plans.remove(&seq) else {
                 continue;
             };
+            if self.generations.get(&plan.key) != Some(&plan.generation) {
+                continue;
+            }
             // The latest occurrence that is due: a loop woken late runs it once, and the
             // transaction records the ones in between as missed.
             let occurrence = plan
                 .spec
-                .between(planned - 1, now)
-                .map_or(planned, |(latest, _)| latest);
+                .between(plan.occurrence - 1, now)
+                .map_or(plan.occurrence, |(latest, _)| latest);
             let services = Arc::clone(&self.services);
             firing.spawn(async move {
                 let timing = (plan.timing.clone(), plan.spec.clone());
                 let fired = services
-                    .fire_schedule(plan.project, plan.id, occurrence, timing)
+                    .fire_schedule(plan.key.0, plan.key.1, occurrence, timing)
                     .await;
                 (plan, occurrence, fired)
             });
         }
         while let Some(joined) = firing.join_next().await {
-            let Ok((plan, occurrence, fired)) = joined else {
+            let Ok((mut plan, occurrence, fired)) = joined else {
                 continue;
             };
             match fired {
+                Ok(Fired::Nothing) => {
+                    // Handled already, changed, or gone (with its template or project):
+                    // plan from what is stored.
+                    match self.services.stored_schedule(plan.key.0, plan.key.1) {
+                        Ok(s) => self.replan(plan.key, s.as_ref()),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read a schedule; retrying");
+                            self.push(self.clock.now() + RETRY_AFTER, plan);
+                        }
+                    }
+                }
                 Ok(fired) => {
                     self.enqueue(fired);
                     if let Some(next) = plan.spec.next_after(occurrence) {
-                        self.plan(next, plan);
+                        plan.occurrence = next;
+                        self.push(next, plan);
                     }
                 }
                 Err(e) => {
                     // Never a silent stop: the same occurrence is tried again shortly.
-                    tracing::error!(error = %e, schedule = plan.id, "schedule firing failed; retrying");
-                    let seq = self.plans.len() as u64;
-                    self.plans.push((occurrence, plan));
-                    self.queue
-                        .push(Reverse((self.clock.now() + RETRY_AFTER, seq)));
+                    tracing::error!(error = %e, schedule = plan.key.1, "schedule firing failed; retrying");
+                    plan.occurrence = occurrence;
+                    self.push(self.clock.now() + RETRY_AFTER, plan);
                 }
             }
-        }
-        if self.plans.len() > 4 * self.queue.len() + 1024 {
-            self.reload();
         }
     }
 

@@ -10,6 +10,8 @@
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::Mutex;
+
 use tokio::sync::Notify;
 
 use super::{Names, ProjectResource, Refs, Target, invalid, require};
@@ -26,12 +28,14 @@ pub const RUN_AT: &str = "run_at";
 /// Longest schedule name.
 const NAME_MAX: usize = 255;
 
-/// What the schedules share server-wide: the default zone and the scheduler's wake-up.
+/// What the schedules share server-wide: the default zone, and the schedules changed since
+/// the scheduler last looked (with its wake-up).
 #[derive(Debug)]
 pub struct Hub {
     zone_name: String,
     zone: TimeZone,
     changed: Notify,
+    pending: Mutex<Vec<(ProjectId, u64)>>,
 }
 
 impl Hub {
@@ -42,6 +46,7 @@ impl Hub {
             zone_name: zone_name.to_owned(),
             zone: cron::zone(zone_name).unwrap_or(TimeZone::UTC),
             changed: Notify::new(),
+            pending: Mutex::new(Vec::new()),
         }
     }
 }
@@ -271,10 +276,39 @@ pub enum Fired {
 }
 
 impl Services {
-    /// The scheduler's wake-up: notified after every schedule change.
+    /// Tells the scheduler that schedule (`project`, `id`) changed or went (after the commit).
+    pub fn schedule_changed(&self, project: ProjectId, id: u64) {
+        self.schedule_hub
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((project, id));
+        self.schedule_hub.changed.notify_one();
+    }
+
+    /// The scheduler's wake-up: notified after schedule changes.
     #[must_use]
     pub fn schedules_changed(&self) -> &Notify {
         &self.schedule_hub.changed
+    }
+
+    /// The schedules changed since the last call.
+    pub fn take_changed_schedules(&self) -> Vec<(ProjectId, u64)> {
+        std::mem::take(
+            &mut *self
+                .schedule_hub
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Schedule (`project`, `id`), if it exists.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn stored_schedule(&self, project: ProjectId, id: u64) -> Result<Option<Schedule>> {
+        Ok(self.store().view()?.get(project, id)?)
     }
 
     /// The default schedule zone's name (`/api/info`'s `schedule_timezone`).
@@ -326,6 +360,7 @@ impl Services {
     /// # Errors
     /// [`Error::NotFound`].
     pub async fn set_schedule_active(&self, access: &Access, id: u64, active: bool) -> Result<()> {
+        let project = access.project_id();
         let access = access.clone();
         self.transact(move |tx| {
             let p = access.project_id();
@@ -342,7 +377,7 @@ impl Services {
             Ok(())
         })
         .await?;
-        self.schedules_changed().notify_one();
+        self.schedule_changed(project, id);
         Ok(())
     }
 

@@ -69,7 +69,7 @@ pub async fn create(req: Req) -> HandlerResult {
     let s = services
         .create_resource::<Schedule>(req.access()?, input)
         .await?;
-    services.schedules_changed().notify_one();
+    services.schedule_changed(s.project_id, s.id);
     render(&req, StatusCode::CREATED, &s)
 }
 
@@ -79,10 +79,11 @@ pub async fn update(req: Req) -> HandlerResult {
     let id = id::<Schedule>(&req)?;
     let input: ScheduleInput = req.json()?;
     let services = &req.app.services;
+    let access = req.access()?;
     services
-        .update_resource::<Schedule>(req.access()?, id, input)
+        .update_resource::<Schedule>(access, id, input)
         .await?;
-    services.schedules_changed().notify_one();
+    services.schedule_changed(access.project_id(), id);
     Ok(no_content())
 }
 
@@ -90,10 +91,9 @@ pub async fn update(req: Req) -> HandlerResult {
 pub async fn delete(req: Req) -> HandlerResult {
     let id = id::<Schedule>(&req)?;
     let services = &req.app.services;
-    services
-        .delete_resource::<Schedule>(req.access()?, id)
-        .await?;
-    services.schedules_changed().notify_one();
+    let access = req.access()?;
+    services.delete_resource::<Schedule>(access, id).await?;
+    services.schedule_changed(access.project_id(), id);
     Ok(no_content())
 }
 
