@@ -160,6 +160,11 @@ impl ProjectResource for Schedule {
         let timezone = input.timezone.unwrap_or_default().trim().to_owned();
         let kind = input.kind.unwrap_or_default();
         let cron_format = input.cron_format.unwrap_or_default().trim().to_owned();
+        // Checked whenever given, though only one-offs use it.
+        let given_run_at = match input.run_at.as_deref() {
+            None => None,
+            Some(text) => Some(cron::parse_instant(text).map_err(Error::Invalid)?),
+        };
         let run_at = match kind.as_str() {
             "" => {
                 services.schedule_spec(&cron_format, &timezone)?;
@@ -167,13 +172,9 @@ impl ProjectResource for Schedule {
             }
             RUN_AT => {
                 cron::zone(&timezone).map_err(Error::Invalid)?;
-                let text = input
-                    .run_at
-                    .filter(|t| !t.trim().is_empty())
-                    .ok_or_else(|| {
-                        Error::Invalid("run_at is required for a run_at schedule".into())
-                    })?;
-                let at = cron::parse_instant(&text).map_err(Error::Invalid)?;
+                let at = given_run_at.ok_or_else(|| {
+                    Error::Invalid("run_at is required for a run_at schedule".into())
+                })?;
                 if at <= services.now() {
                     return invalid("run_at is in the past");
                 }
