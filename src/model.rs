@@ -435,6 +435,8 @@ pub struct Schedule {
     /// Every occurrence at or before this instant (Unix seconds) has been handled: fired
     /// (in the transaction that stored its task) or skipped. The exactly-once cursor.
     pub done_until: i64,
+    /// With `repository_id`: the branch head its last task was created for (and checks out).
+    pub last_commit: String,
 }
 
 /// Something that happened, for the audit log.

@@ -45,6 +45,8 @@ struct Planned {
     occurrence: i64,
     timing: Timing,
     spec: Spec,
+    /// Repository-triggered: poll the branch head before firing.
+    polls: bool,
 }
 
 /// The running loop; [`Scheduler::stop`] ends it.
@@ -67,6 +69,7 @@ impl Scheduler {
             plans: HashMap::new(),
             generations: HashMap::new(),
             next_seq: 0,
+            scratch: app.config.work_dir().join("schedule-polls"),
         };
         Self {
             shutdown,
@@ -97,6 +100,8 @@ struct Loop {
     /// Each schedule's current generation (bumped by every change).
     generations: HashMap<Key, u64>,
     next_seq: u64,
+    /// Where repository polls keep their key files (one directory per schedule).
+    scratch: std::path::PathBuf,
 }
 
 impl Loop {
@@ -180,6 +185,7 @@ impl Loop {
                     occurrence,
                     timing: Timing::of(s),
                     spec,
+                    polls: s.repository_id.is_some(),
                 },
             );
         }
@@ -224,10 +230,16 @@ impl Loop {
                 .between(plan.occurrence - 1, now)
                 .map_or(plan.occurrence, |(latest, _)| latest);
             let services = Arc::clone(&self.services);
+            let scratch = self.scratch.join(plan.key.1.to_string());
             firing.spawn(async move {
+                let head = if plan.polls {
+                    Some(poll(&services, plan.key, &scratch).await)
+                } else {
+                    None
+                };
                 let timing = (plan.timing.clone(), plan.spec.clone());
                 let fired = services
-                    .fire_schedule(plan.key.0, plan.key.1, occurrence, timing)
+                    .fire_schedule(plan.key.0, plan.key.1, occurrence, timing, head)
                     .await;
                 (plan, occurrence, fired)
             });
@@ -270,4 +282,14 @@ impl Loop {
             self.runner.enqueue(&task, line);
         }
     }
+}
+
+/// The branch head of repository-triggered schedule `key` (`git ls-remote`).
+async fn poll(services: &Services, key: Key, scratch: &std::path::Path) -> Result<String, String> {
+    let s = services
+        .stored_schedule(key.0, key.1)
+        .map_err(|e| e.to_string())?
+        .ok_or("the schedule is gone")?;
+    let (url, branch, secret) = services.schedule_remote(&s)?;
+    crate::runner::remote::branch_head(&url, &branch, secret, scratch).await
 }

@@ -546,3 +546,98 @@ async fn kill_9_during_firing_never_duplicates_an_occurrence() {
     );
     server.stop();
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A schedule with `repository_id` polls the branch head (`git ls-remote`) at each
+/// occurrence and creates a task only when it moved; the task checks out that commit.
+#[tokio::test]
+async fn repository_triggered_runs_only_on_new_commits() {
+    if common::tools::find("git").is_none() {
+        assert!(std::env::var("CI").is_err(), "git is needed in CI");
+        eprintln!("skipped: no git");
+        return;
+    }
+    let server = TestServer::start().await;
+    let a = server.admin().await;
+    let (p, t, _dir) = project_with_template(&a).await;
+    let repo = tempfile::tempdir().expect("repo");
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("run.sh"), "exit 0\n").expect("file");
+    git(repo.path(), &["add", "run.sh"]);
+    git(repo.path(), &["commit", "-q", "-m", "first"]);
+    let key = id_of(&ok_json(&a, &at(p, "keys")).await[0]);
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            json!({"name": "watched", "ssh_key_id": key, "git_branch": "main",
+                   "git_url": repo.path().display().to_string()}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let watched = ok_json(&a, &at(p, "repositories")).await;
+    let watched = watched
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["name"] == "watched"))
+        .map(id_of)
+        .expect("repository");
+    let s = id_of(
+        &add_schedule(
+            &a,
+            p,
+            json!({"name": "on-commit", "template_id": t, "cron_format": "* * * * *",
+                   "repository_id": watched}),
+        )
+        .await,
+    );
+    let minute = || server.clock.advance(60);
+    minute();
+    let tasks = wait_tasks(&a, p, s, 1, 10).await;
+    assert_eq!(tasks.len(), 1, "the first poll sees a new head");
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    assert_eq!(tasks[0]["commit_hash"], first.as_str());
+    for _ in 0..2 {
+        minute();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(
+        scheduled_tasks(&a, p, s).await.len(),
+        1,
+        "no commit, no task"
+    );
+    std::fs::write(repo.path().join("run.sh"), "exit 0 # changed\n").expect("file");
+    git(repo.path(), &["commit", "-q", "-am", "second"]);
+    let second = git(repo.path(), &["rev-parse", "HEAD"]);
+    minute();
+    let tasks = wait_tasks(&a, p, s, 2, 10).await;
+    assert_eq!(tasks.len(), 2, "a new commit, a task");
+    assert!(
+        tasks.iter().any(|t| t["commit_hash"] == second.as_str()),
+        "{tasks:?}"
+    );
+    // A repository that cannot be read is an event, not a silent stop.
+    std::fs::remove_dir_all(repo.path()).expect("remove repo");
+    minute();
+    let mut seen = false;
+    for _ in 0..50 {
+        seen = descriptions(&a, p)
+            .await
+            .iter()
+            .any(|e| e.starts_with("Schedule on-commit could not read its repository"));
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "{:?}", descriptions(&a, p).await);
+    server.stop().await;
+}

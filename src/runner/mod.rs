@@ -10,6 +10,7 @@ mod exec;
 mod output;
 pub mod process;
 mod queue;
+pub mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -17,7 +17,10 @@ use tokio::sync::Notify;
 use super::{Names, ProjectResource, Refs, Target, invalid, require};
 use crate::clock::now_us;
 use crate::cron::{self, Spec};
-use crate::model::{OutputLine, ProjectId, Repository, Schedule, Task, TaskStatus, Template};
+use crate::model::{
+    AccessKey, KeyKind, KeySecret, OutputLine, ProjectId, Repository, Schedule, Task, TaskStatus,
+    Template,
+};
 use crate::service::projects::Access;
 use crate::service::tasks::TaskInput;
 use crate::service::{Error, Result, Services};
@@ -220,6 +223,11 @@ impl ProjectResource for Schedule {
             timezone: f.timezone.clone(),
             catch_up: f.catch_up,
             done_until: tx.now(),
+            last_commit: current
+                .as_ref()
+                .filter(|c| c.repository_id == f.repository_id)
+                .map(|c| c.last_commit.clone())
+                .unwrap_or_default(),
         };
         // Occurrences before a (re)start of its timing are not "missed".
         if let Some(c) = current
@@ -422,6 +430,7 @@ impl Services {
         id: u64,
         due: i64,
         timing: (Timing, Spec),
+        head: Option<std::result::Result<String, String>>,
     ) -> Result<Fired> {
         self.transact(move |tx| {
             let Some(mut s) = tx.get::<Schedule>(project, id)? else {
@@ -436,7 +445,27 @@ impl Services {
             if let Some((_, n)) = timing.1.between(s.done_until, due - 1) {
                 record_missed(tx, &s, n, &timing.1)?;
             }
-            let (task, line) = scheduled_task(tx, &s, &template, due, &timing.1)?;
+            // Repository-triggered: only a new branch head makes a task.
+            let commit = match head.clone().filter(|_| s.repository_id.is_some()) {
+                Some(Ok(h)) if h == s.last_commit => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    let text = format!("Schedule {} could not read its repository: {e}", s.name);
+                    tx.record(schedule_event(&s, s.id, "schedule", text))?;
+                    None
+                }
+                None => Some(String::new()),
+            };
+            let Some(commit) = commit else {
+                s.done_until = due;
+                tx.put(&s)?;
+                return Ok(Fired::Nothing);
+            };
+            let commit = Some(commit).filter(|c| !c.is_empty());
+            let (task, line) = scheduled_task(tx, &s, &template, (due, commit.clone()), &timing.1)?;
+            if let Some(c) = commit {
+                s.last_commit = c;
+            }
             s.done_until = due;
             if s.kind == RUN_AT {
                 s.active = false;
@@ -479,7 +508,7 @@ impl Services {
                 if n > 1 {
                     record_missed(tx, &s, n - 1, &timing.1)?;
                 }
-                let (task, line) = scheduled_task(tx, &s, &template, latest, &timing.1)?;
+                let (task, line) = scheduled_task(tx, &s, &template, (latest, None), &timing.1)?;
                 Fired::Task(Box::new(task), line)
             } else {
                 record_missed(tx, &s, n, &timing.1)?;
@@ -497,6 +526,39 @@ impl Services {
             Ok(fired)
         })
         .await
+    }
+}
+
+/// Where a repository-triggered schedule polls: URL, branch (empty: the remote's `HEAD`) and
+/// the opened key.
+pub type Remote = (String, String, Option<(KeyKind, KeySecret)>);
+
+impl Services {
+    /// Where a repository-triggered schedule `s` polls: its repository's URL, the branch its
+    /// template runs (template, else repository) and the opened key.
+    ///
+    /// # Errors
+    /// Why it cannot poll (a reference gone, a secret that does not open).
+    pub fn schedule_remote(&self, s: &Schedule) -> std::result::Result<Remote, String> {
+        let view = self.store().view().map_err(|e| e.to_string())?;
+        let p = s.project_id;
+        let repo_id = s.repository_id.ok_or("the schedule has no repository")?;
+        let repo: Repository = view
+            .get(p, repo_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("its repository no longer exists")?;
+        let template: Option<Template> = view.get(p, s.template_id).map_err(|e| e.to_string())?;
+        let branch = template
+            .and_then(|t| t.git_branch)
+            .unwrap_or_else(|| repo.git_branch.clone());
+        let key: Option<AccessKey> = view.get(p, repo.ssh_key_id).map_err(|e| e.to_string())?;
+        let secret = match key {
+            Some(k) if k.kind != KeyKind::None => {
+                Some((k.kind, self.open_secret(&k).map_err(|e| e.to_string())?))
+            }
+            _ => None,
+        };
+        Ok((repo.git_url, branch, secret))
     }
 }
 
@@ -530,13 +592,13 @@ fn schedule_event(s: &Schedule, object: u64, kind: &'static str, text: String) -
     }
 }
 
-/// Stores the `waiting` task of occurrence `due` of `s`, with the schedule's `task_params`
-/// applied, its first output line and its event.
+/// Stores the `waiting` task of occurrence `due` of `s` (checking out `commit_hash` when
+/// given), with the schedule's `task_params` applied, its first output line and its event.
 fn scheduled_task(
     tx: &Tx<'_>,
     s: &Schedule,
     template: &Template,
-    due: i64,
+    (due, commit_hash): (i64, Option<String>),
     spec: &Spec,
 ) -> Result<(Task, OutputLine)> {
     let params: TaskInput = if s.task_params.is_empty() {
@@ -577,7 +639,7 @@ fn scheduled_task(
         inventory_id,
         start: None,
         end: None,
-        commit_hash: None,
+        commit_hash,
         commit_message: String::new(),
         build_task_id: None,
         version: None,
