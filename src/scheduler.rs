@@ -261,6 +261,9 @@ impl Loop {
                     }
                 }
                 Ok(fired) => {
+                    // Fire-time error (stored − due), for benches/schedules.py.
+                    let late_ms = self.clock.now_ms() - occurrence.saturating_mul(1000);
+                    tracing::debug!(schedule = plan.key.1, occurrence, late_ms, "schedule fired");
                     self.enqueue(fired);
                     if let Some(next) = plan.spec.next_after(occurrence) {
                         plan.occurrence = next;

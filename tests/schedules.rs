@@ -19,16 +19,7 @@ async fn project_with_template(a: &Client) -> (u64, u64, tempfile::TempDir) {
     let repo = tempfile::tempdir().expect("repo dir");
     std::fs::write(repo.path().join("run.sh"), "#!/usr/bin/env bash\nexit 0\n").expect("script");
     let p = new_project(a, "sched").await;
-    let key = id_of(&ok_json(a, &at(p, "keys")).await[0]);
-    let r = a
-        .post(
-            &at(p, "repositories"),
-            json!({"name": "local", "ssh_key_id": key, "git_branch": "",
-                   "git_url": repo.path().display().to_string()}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let repo_id = id_of(&ok_json(a, &at(p, "repositories")).await[0]);
+    let repo_id = add_repository(a, p, "local", repo.path(), "").await;
     let r = a
         .post(
             &at(p, "templates"),
@@ -38,6 +29,30 @@ async fn project_with_template(a: &Client) -> (u64, u64, tempfile::TempDir) {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     (p, id_of(&r.json()), repo)
+}
+
+/// A repository named `name` at the local `path` (over the project's `None` key); its id.
+async fn add_repository(
+    a: &Client,
+    p: u64,
+    name: &str,
+    path: &std::path::Path,
+    branch: &str,
+) -> u64 {
+    let key = id_of(&ok_json(a, &at(p, "keys")).await[0]);
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            json!({"name": name, "ssh_key_id": key, "git_branch": branch,
+                   "git_url": path.display().to_string()}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let list = ok_json(a, &at(p, "repositories")).await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|r| r["name"] == name))
+        .map(id_of)
+        .expect("the repository just made")
 }
 
 async fn add_schedule(a: &Client, p: u64, body: Value) -> Value {
@@ -575,21 +590,7 @@ async fn repository_triggered_runs_only_on_new_commits() {
     std::fs::write(repo.path().join("run.sh"), "exit 0\n").expect("file");
     git(repo.path(), &["add", "run.sh"]);
     git(repo.path(), &["commit", "-q", "-m", "first"]);
-    let key = id_of(&ok_json(&a, &at(p, "keys")).await[0]);
-    let r = a
-        .post(
-            &at(p, "repositories"),
-            json!({"name": "watched", "ssh_key_id": key, "git_branch": "main",
-                   "git_url": repo.path().display().to_string()}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let watched = ok_json(&a, &at(p, "repositories")).await;
-    let watched = watched
-        .as_array()
-        .and_then(|l| l.iter().find(|r| r["name"] == "watched"))
-        .map(id_of)
-        .expect("repository");
+    let watched = add_repository(&a, p, "watched", repo.path(), "main").await;
     let s = id_of(
         &add_schedule(
             &a,
