@@ -352,6 +352,16 @@ mod tests {
     }
 
     #[test]
+    fn schedule_timezone_must_be_a_known_zone() {
+        let parsed = Cli::try_parse_from(["forge", "--schedule-timezone", "Europe/Berlin"]);
+        assert_eq!(parsed.unwrap().config.schedule_timezone, "Europe/Berlin");
+        let err = Cli::try_parse_from(["forge", "--schedule-timezone", "Mars/Base"])
+            .err()
+            .expect("an unknown zone is refused");
+        assert!(err.to_string().contains("unknown time zone"), "{err}");
+    }
+
+    #[test]
     fn with_db_matches_the_flag_defaults() {
         if std::env::vars().any(|(k, _)| k.starts_with("FORGE_")) {
             eprintln!("skipped: FORGE_* variables are set in this environment");

@@ -1058,6 +1058,36 @@ mod tests {
                 "keys[42, 3]: project 42 does not exist",
             ),
             (
+                "schedule of a template that is gone",
+                |tx| {
+                    let s = crate::model::Schedule {
+                        id: 9,
+                        project_id: 2,
+                        template_id: 999,
+                        cron_format: "@hourly".into(),
+                        name: "orphan".into(),
+                        active: true,
+                        repository_id: None,
+                        kind: String::new(),
+                        run_at: None,
+                        delete_after_run: false,
+                        task_params: String::new(),
+                        timezone: String::new(),
+                        catch_up: false,
+                        done_until: 0,
+                        last_commit: String::new(),
+                    };
+                    let bytes = codec::encode(&s);
+                    drop(
+                        tx.open_table(crate::store::tables::PROJECT_SCHEDULE)
+                            .unwrap()
+                            .insert((2, 9), bytes.as_slice())
+                            .unwrap(),
+                    );
+                },
+                "schedules[2, 9]: template 999 does not exist",
+            ),
+            (
                 "undecodable record",
                 |tx| {
                     drop(
