@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::clock::ClockHandle;
@@ -84,9 +85,14 @@ impl Scheduler {
     }
 }
 
+/// What a firing hands back: its plan, the occurrence it fired, and the outcome.
+type Done = (Planned, i64, crate::service::Result<Fired>);
+
 enum Wake {
     Due,
     Changed,
+    Fired(Result<Done, tokio::task::JoinError>),
+    Stop,
 }
 
 struct Loop {
@@ -107,15 +113,31 @@ struct Loop {
 impl Loop {
     async fn run(mut self, mut closed: watch::Receiver<bool>) {
         self.start_up().await;
+        // Firings in flight: each runs on its own (a slow repository poll delays no other
+        // schedule) and comes back here to plan its schedule's next occurrence.
+        let mut firing = JoinSet::new();
         loop {
             let wait = self.until_next();
             let woke = tokio::select! {
                 () = tokio::time::sleep(wait) => Wake::Due,
                 () = self.services.schedules_changed().notified() => Wake::Changed,
-                _ = closed.wait_for(|c| *c) => return,
+                Some(done) = firing.join_next(), if !firing.is_empty() => Wake::Fired(done),
+                _ = closed.wait_for(|c| *c) => Wake::Stop,
             };
             match woke {
-                Wake::Due => self.fire_due().await,
+                Wake::Stop => {
+                    // A firing's transaction commits whole or not at all, and a task it stored
+                    // is queued again by the runner's recovery at the next start: a poll or a
+                    // commit in flight need not hold the shutdown.
+                    firing.abort_all();
+                    while firing.join_next().await.is_some() {}
+                    return;
+                }
+                Wake::Due => self.fire_due(&mut firing),
+                Wake::Fired(Ok((plan, occurrence, fired))) => {
+                    self.fired(plan, occurrence, fired);
+                }
+                Wake::Fired(Err(e)) => tracing::error!(error = %e, "a schedule firing panicked"),
                 Wake::Changed => {
                     for key in self.services.take_changed_schedules() {
                         let current = self.services.stored_schedule(key.0, key.1);
@@ -207,11 +229,10 @@ impl Loop {
         Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)).min(MAX_SLEEP)
     }
 
-    /// Fires every planned occurrence that is due, all at once (their transactions commit
-    /// together), and plans each schedule's next one.
-    async fn fire_due(&mut self) {
+    /// Starts firing every planned occurrence that is due, all at once (their transactions
+    /// commit together); each comes back through [`Loop::fired`].
+    fn fire_due(&mut self, firing: &mut JoinSet<Done>) {
         let now = self.clock.now();
-        let mut firing = tokio::task::JoinSet::new();
         while let Some(&Reverse((wake, seq))) = self.queue.peek() {
             if wake > now {
                 break;
@@ -244,10 +265,12 @@ impl Loop {
                 (plan, occurrence, fired)
             });
         }
-        while let Some(joined) = firing.join_next().await {
-            let Ok((mut plan, occurrence, fired)) = joined else {
-                continue;
-            };
+    }
+
+    /// Plans what follows a firing: the next occurrence, a retry, or a fresh look at a
+    /// schedule that changed.
+    fn fired(&mut self, mut plan: Planned, occurrence: i64, fired: crate::service::Result<Fired>) {
+        {
             match fired {
                 Ok(Fired::Nothing) => {
                     // Handled already, changed, or gone (with its template or project):
