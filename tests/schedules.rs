@@ -270,6 +270,25 @@ async fn crud_validation_and_lifecycle() {
         404
     );
 
+    // Oversized and malformed bodies on every route that reads one.
+    let big = json!({"name": "x".repeat(1_100_000)});
+    for (method, route) in [
+        ("POST", at(p, "schedules")),
+        ("POST", at(p, "schedules/validate")),
+        ("PUT", path.clone()),
+        ("PUT", format!("{path}/active")),
+    ] {
+        let json = [("content-type", "application/json")];
+        let r = a
+            .raw(method, &route, Some(big.to_string().into_bytes()), &json)
+            .await;
+        assert_eq!(r.status, 413, "{method} {route}: {}", r.text());
+        let r = a
+            .raw(method, &route, Some(b"{not json".to_vec()), &json)
+            .await;
+        assert_eq!(r.status, 400, "{method} {route}: {}", r.text());
+    }
+
     // Editing the template leaves its schedules; deleting it deletes them.
     let r = a
         .put(
