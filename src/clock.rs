@@ -18,6 +18,12 @@ pub fn now_us() -> i64 {
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Seconds since 1970-01-01T00:00:00Z.
     fn now(&self) -> i64;
+
+    /// Milliseconds since the epoch, for waking up on time (the scheduler); clocks that only
+    /// know seconds say the start of the second.
+    fn now_ms(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -27,6 +33,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_us() / 1000
     }
 }
 
@@ -68,6 +78,12 @@ impl ClockHandle {
     #[must_use]
     pub fn now(&self) -> i64 {
         self.0.now()
+    }
+
+    /// Milliseconds since the epoch.
+    #[must_use]
+    pub fn now_ms(&self) -> i64 {
+        self.0.now_ms()
     }
 }
 

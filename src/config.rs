@@ -182,6 +182,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
     pub prune_interval_secs: u64,
 
+    /// Default time zone of schedules (IANA name, e.g. `Europe/Berlin`); a schedule's own
+    /// `timezone` or a `CRON_TZ=` prefix overrides it.
+    #[arg(long, env = "FORGE_SCHEDULE_TIMEZONE", default_value = "UTC",
+          value_parser = schedule_zone)]
+    pub schedule_timezone: String,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
@@ -275,6 +281,7 @@ impl Config {
             task_retention_days: 0,
             event_retention_days: 0,
             prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
+            schedule_timezone: "UTC".into(),
             clock: ClockHandle::default(),
             disk_faults: None,
         }
@@ -315,6 +322,11 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A known IANA time zone name (from the embedded database).
+fn schedule_zone(text: &str) -> Result<String, String> {
+    crate::cron::zone(text).map(|_| text.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +350,16 @@ mod tests {
         let mut absolute = Config::with_db("/srv/forge.redb".into());
         absolute.resolve_paths().unwrap();
         assert_eq!(absolute.db, std::path::Path::new("/srv/forge.redb"));
+    }
+
+    #[test]
+    fn schedule_timezone_must_be_a_known_zone() {
+        let parsed = Cli::try_parse_from(["forge", "--schedule-timezone", "Europe/Berlin"]);
+        assert_eq!(parsed.unwrap().config.schedule_timezone, "Europe/Berlin");
+        let err = Cli::try_parse_from(["forge", "--schedule-timezone", "Mars/Base"])
+            .err()
+            .expect("an unknown zone is refused");
+        assert!(err.to_string().contains("unknown time zone"), "{err}");
     }
 
     #[test]

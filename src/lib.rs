@@ -24,6 +24,8 @@
 //!   rotation (`store::reseal`); and the offline `forge check` / `forge compact`
 //!   (`store::check`, `store::compact`).
 //! - [`retention`]: the background loop pruning old tasks, output and events.
+//! - [`scheduler`]: the loop firing schedules, exactly once per occurrence; [`cron`]: when
+//!   they fire (cron expressions and time zones).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!
@@ -38,10 +40,12 @@ pub mod app;
 pub mod backup;
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod http;
 pub mod model;
 pub mod retention;
 pub mod runner;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;

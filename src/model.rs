@@ -415,6 +415,42 @@ pub struct BuildVersion {
     pub version: String,
 }
 
+/// A schedule: runs a template at the times its cron expression names, or once at `run_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Server-assigned id.
+    pub id: u64,
+    /// Owning project.
+    pub project_id: ProjectId,
+    /// The template it runs (deleting the template deletes the schedule).
+    pub template_id: u64,
+    /// Cron expression (`""` for a one-off).
+    pub cron_format: String,
+    /// Display name.
+    pub name: String,
+    /// Whether it fires.
+    pub active: bool,
+    /// Fire only when this repository's branch head changed since the last run.
+    pub repository_id: Option<u64>,
+    /// `""` (cron) or `"run_at"` (one-off).
+    pub kind: String,
+    /// One-off time, Unix seconds.
+    pub run_at: Option<i64>,
+    /// A one-off is deleted after its run (else made inactive).
+    pub delete_after_run: bool,
+    /// Launch options for its tasks: a JSON object as text (empty = none).
+    pub task_params: String,
+    /// IANA time zone (empty = the server's default).
+    pub timezone: String,
+    /// Run the latest occurrence missed while the server was down, once, at start-up.
+    pub catch_up: bool,
+    /// Every occurrence at or before this instant (Unix seconds) has been handled: fired
+    /// (in the transaction that stored its task) or skipped. The exactly-once cursor.
+    pub done_until: i64,
+    /// With `repository_id`: the branch head its last task was created for (and checks out).
+    pub last_commit: String,
+}
+
 /// Something that happened, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -26,6 +26,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let sweeper = tokio::spawn(sweep_sessions(Arc::clone(&app)));
     let backups = crate::backup::Scheduler::start(&app);
+    let schedules = crate::scheduler::Scheduler::start(&app);
     let pruner = tokio::spawn(crate::retention::run(
         Arc::new(crate::retention::Retention::new(
             app.services.store().clone(),
@@ -95,6 +96,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
     pruner.abort();
     let _ = pruner.await;
+    schedules.stop().await;
     closing.send_replace(true);
     drop(open);
     let connections = async {

@@ -1,8 +1,8 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
-//! projects, members and resources, issue 4's tasks, issue 12's views and project backups),
-//! plus the project list, project creation and restore, the global event log, the server
-//! options and the apps, × every kind of caller → the status the API must answer (API.md §5
-//! and §11).
+//! projects, members and resources, issue 4's tasks, issue 12's views and project backups,
+//! issue 13's schedules), plus the project list, project creation and restore, the global
+//! event log, the server options and the apps, × every kind of caller → the status the API
+//! must answer (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
 //! route table in both directions, so a new project route without a row fails the tests. Read
@@ -159,6 +159,15 @@ fn rows() -> Vec<Row> {
         row(U, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
         row(D, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
         row(G, "/api/project/{project_id}/views/{view_id}/templates",         [401, 404, 200, 200, 200, 200, 200]),
+        // Schedules (issue 13): reads for members, writes and validate for ManageResources.
+        row(G, "/api/project/{project_id}/schedules",                         [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/schedules",                         [401, 404, 403, 403, 201, 201, 201]),
+        row(P, "/api/project/{project_id}/schedules/validate",                [401, 404, 403, 403, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/schedules/{schedule_id}",           [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/schedules/{schedule_id}",           [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/schedules/{schedule_id}",           [401, 404, 403, 403, 204, 204, 204]),
+        row(U, "/api/project/{project_id}/schedules/{schedule_id}/active",    [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/templates/{template_id}/schedules", [401, 404, 200, 200, 200, 200, 200]),
 
         // Tasks (issue 4): launching and stopping need RunTasks; deleting needs
         // ManageResources (else 403) and then system admin (else upstream's 401).
@@ -198,6 +207,8 @@ struct Fixture {
     environment: u64,
     template: u64,
     view: u64,
+    /// A schedule of `template`.
+    schedule: u64,
     /// A finished task of `template`.
     task: u64,
     /// A guest member who is no caller: the target of the member routes.
@@ -216,6 +227,7 @@ impl Fixture {
             "environment_id" => self.environment,
             "template_id" => self.template,
             "view_id" => self.view,
+            "schedule_id" => self.schedule,
             "task_id" => self.task,
             "user_id" => self.member,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
@@ -284,6 +296,14 @@ impl Fixture {
             ("PUT", Some("views")) => {
                 json!({"id": self.view, "title": "renamed view", "project_id": p, "position": 1})
             }
+            ("POST", Some("schedules")) if pattern.ends_with("/validate") => {
+                json!({"cron_format": "@hourly"})
+            }
+            ("POST", Some("schedules")) => json!({"name": "new schedule", "project_id": p,
+                "template_id": self.template, "cron_format": "0 3 * * *"}),
+            ("PUT", Some("schedules")) if pattern.ends_with("/active") => json!({"active": false}),
+            ("PUT", Some("schedules")) => json!({"id": self.schedule, "name": "renamed schedule",
+                "project_id": p, "template_id": self.template, "cron_format": "@daily"}),
             ("POST", Some("tasks"))
                 if pattern.ends_with("/stop")
                     || pattern.ends_with("/confirm")
@@ -383,7 +403,7 @@ impl World {
             )
             .await;
         }
-        if wants("repositories") || wants("templates") || wants("tasks") {
+        if wants("repositories") || wants("templates") || wants("tasks") || wants("schedules") {
             fx.repo_key = create(
                 a,
                 &base,
@@ -397,7 +417,7 @@ impl World {
         if wants("repositories") {
             fx.repository = create(a, &base, "repositories", repo("target repo")).await;
         }
-        if wants("templates") || wants("tasks") {
+        if wants("templates") || wants("tasks") || wants("schedules") {
             fx.template_repo = create(a, &base, "repositories", repo("template repo")).await;
             fx.template = create(
                 a,
@@ -410,6 +430,16 @@ impl World {
         }
         if wants("tasks") {
             fx.task = finished_task(a, &base, fx.template).await;
+        }
+        if wants("schedules") {
+            fx.schedule = create(
+                a,
+                &base,
+                "schedules",
+                json!({"name": "target schedule", "template_id": fx.template,
+                       "cron_format": "@hourly"}),
+            )
+            .await;
         }
         if wants("inventory") {
             fx.inventory = create(

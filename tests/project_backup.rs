@@ -190,6 +190,17 @@ async fn full_project(a: &Client) -> u64 {
     )
     .await;
 
+    // A schedule of the plain template, in a zone, with launch options.
+    let plain = id_named(a, p, "templates", "plain").await;
+    post_ok(
+        a,
+        &at(p, "schedules"),
+        json!({"name": "nightly", "template_id": plain, "cron_format": "30 2 * * *",
+               "timezone": "Europe/Berlin", "task_params": {"message": "from backup"},
+               "catch_up": true}),
+    )
+    .await;
+
     // An inventory held by a template.
     post_ok(
         a,
@@ -264,6 +275,13 @@ async fn a_full_project_round_trips_without_secrets() {
     );
     assert_eq!(build["survey_vars"].as_array().map(Vec::len), Some(3));
     assert_eq!(doc["templates"][1]["build_template"], "build app");
+    assert_eq!(
+        doc["schedules"],
+        json!([{"name": "nightly", "template": "plain", "cron_format": "30 2 * * *",
+                "active": true, "type": "", "delete_after_run": false,
+                "task_params": {"message": "from backup"}, "timezone": "Europe/Berlin",
+                "catch_up": true}])
+    );
     let prod = &doc["environments"][1];
     assert_eq!(
         prod["secrets"],
@@ -532,11 +550,15 @@ async fn bad_documents_create_nothing() {
             with(&|d| d["environments"][1]["secrets"][0]["name"] = json!("1 bad")),
             r#"environments[1] "prod": secret name "1 bad" is not a valid environment variable name"#,
         ),
-        // What Forge does not have yet is refused, not dropped.
         (
-            "schedules",
-            with(&|d| d["schedules"] = json!([{"name": "nightly", "template": "plain"}])),
-            "schedules[0]: this server has no schedules yet",
+            "schedule of an unknown template",
+            with(&|d| d["schedules"][0]["template"] = json!("gone")),
+            r#"schedules[0] "nightly": template: no template named "gone""#,
+        ),
+        (
+            "bad cron expression",
+            with(&|d| d["schedules"][0]["cron_format"] = json!("61 * * * *")),
+            r#"schedules[0] "nightly": Cron: "#,
         ),
     ];
     let before = project_list(&a).await;

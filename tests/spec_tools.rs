@@ -66,7 +66,7 @@ async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
 /// One of everything the spec's paths name, so schemathesis (and the spec's examples, which
 /// use id 1) reach real objects: a project with a login/password key, a local-path repository
 /// holding a bash script, a static inventory, an environment, a `bash` template, a view, one
-/// finished task, and a second user who is a guest member. Returns the project id.
+/// finished task, a schedule, and a second user who is a guest member. Returns the project id.
 async fn fixture(a: &Client, repo: &Path) -> u64 {
     let p = id_of(
         &created(a, "/api/projects", json!({"name": "Spec"}), 201)
@@ -125,9 +125,7 @@ async fn fixture(a: &Client, repo: &Path) -> u64 {
         .await
         .expect("template"),
     );
-    created(a, &at(p, "views"), json!({"title": "Tab"}), 201)
-        .await
-        .expect("view");
+    view_and_schedule(a, p, template).await;
     let task = id_of(
         &created(a, &at(p, "tasks"), json!({"template_id": template}), 201)
             .await
@@ -215,6 +213,17 @@ async fn build_and_deploy(a: &Client, p: u64) {
     }
 }
 
+/// A view, and a schedule of `template` (issue 13) that fires at 02:30 UTC.
+async fn view_and_schedule(a: &Client, p: u64, template: u64) {
+    created(a, &at(p, "views"), json!({"title": "Tab"}), 201)
+        .await
+        .expect("view");
+    let schedule = json!({"name": "nightly", "template_id": template, "cron_format": "30 2 * * *"});
+    created(a, &at(p, "schedules"), schedule, 201)
+        .await
+        .expect("schedule");
+}
+
 /// The checks every response must pass. `use_after_free` and `ensure_resource_availability`
 /// need `DELETE` (not run here); `positive_data_acceptance` would need the schema to encode
 /// every business rule (references to existing objects, unique names); `unsupported_method`
@@ -233,10 +242,16 @@ enum Scope {
     /// Every method of the paths issue 12 added (views, options, apps, admin tasks, raw
     /// output, stats, confirm/reject, project backup and restore): updates and deletes too.
     Issue12,
+    /// Every method of the schedule paths (issue 13).
+    Schedules,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
 const ISSUE_12_PATHS: &str = r"^/api/(apps.*|options|tasks(/\{task_id\})?|projects/restore|project/\{project_id\}/(backup|views.*|tasks/\{task_id\}/(raw_output|confirm|reject)|templates/\{template_id\}/stats))$";
+
+/// The paths of the schedule operations (issue 13).
+const SCHEDULE_PATHS: &str =
+    r"^/api/project/\{project_id\}/(schedules.*|templates/\{template_id\}/schedules)$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
@@ -267,6 +282,7 @@ fn run_schemathesis(
             .args(["--exclude-operation-id", "logout"])
             .args(["--exclude-operation-id", "setUserPassword"]),
         Scope::Issue12 => cmd.args(["--include-path-regex", ISSUE_12_PATHS]),
+        Scope::Schedules => cmd.args(["--include-path-regex", SCHEDULE_PATHS]),
     };
     let out = cmd
         .args(["--checks", CHECKS])
@@ -371,6 +387,18 @@ async fn schemathesis_finds_no_errors() {
 /// their own: a delete there cannot take a fixture object from the other runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_over_the_issue_12_operations() {
+    every_method_of("schemathesis-issue-12", Scope::Issue12).await;
+}
+
+/// Issue 13's schedule operations with every method, on a server of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_schedule_operations() {
+    every_method_of("schemathesis-schedules", Scope::Schedules).await;
+}
+
+/// Every method of the operations of `scope`, on a fixture server of their own, with every
+/// phase.
+async fn every_method_of(name: &str, scope: Scope) {
     let Some(st) = tools::require("st", "schemathesis") else {
         return;
     };
@@ -379,8 +407,8 @@ async fn schemathesis_over_the_issue_12_operations() {
         &st,
         &f.server,
         &f.admin_token,
-        "schemathesis-issue-12",
-        Scope::Issue12,
+        name,
+        scope,
         "examples,coverage,fuzzing,stateful",
         50,
     );

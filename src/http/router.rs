@@ -10,7 +10,9 @@ use super::handlers::{
     apps, confirm, meta, options, project_backup, projects, resources as res, session, site, tasks,
     tokens, users, ws,
 };
-use crate::model::{AccessKey, Environment, Inventory, Permissions, Repository, Template, View};
+use crate::model::{
+    AccessKey, Environment, Inventory, Permissions, Repository, Schedule, Template, View,
+};
 
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
 #[derive(Debug, Clone)]
@@ -124,6 +126,14 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/project/{project_id}/views/{view_id}", Project(MANAGE_RESOURCES), res::update::<View>),
         route!(DELETE "/api/project/{project_id}/views/{view_id}", Project(MANAGE_RESOURCES), res::delete::<View>),
         route!(GET "/api/project/{project_id}/views/{view_id}/templates", Project(NONE), res::views::templates),
+        route!(GET "/api/project/{project_id}/schedules", Project(NONE), res::list::<Schedule>),
+        route!(POST "/api/project/{project_id}/schedules", Project(MANAGE_RESOURCES), res::schedules::create),
+        route!(POST "/api/project/{project_id}/schedules/validate", Project(MANAGE_RESOURCES), res::schedules::validate),
+        route!(GET "/api/project/{project_id}/schedules/{schedule_id}", Project(NONE), res::get::<Schedule>),
+        route!(PUT "/api/project/{project_id}/schedules/{schedule_id}", Project(MANAGE_RESOURCES), res::schedules::update),
+        route!(DELETE "/api/project/{project_id}/schedules/{schedule_id}", Project(MANAGE_RESOURCES), res::schedules::delete),
+        route!(PUT "/api/project/{project_id}/schedules/{schedule_id}/active", Project(MANAGE_RESOURCES), res::schedules::set_active),
+        route!(GET "/api/project/{project_id}/templates/{template_id}/schedules", Project(NONE), res::schedules::of_template),
         route!(GET "/api/project/{project_id}/tasks", Project(NONE), tasks::list),
         route!(POST "/api/project/{project_id}/tasks", Project(RUN_TASKS), tasks::create),
         route!(GET "/api/project/{project_id}/tasks/last", Project(NONE), tasks::last),

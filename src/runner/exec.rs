@@ -649,10 +649,36 @@ async fn prepare_repository(
         .join(format!("repository_{}_{}", repo.id, template.id));
     let mut env = base_env(task, task_dir, &dir);
     env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
-    match m.secret(inner, Some(repo.ssh_key_id))? {
+    env.extend(git_credentials(
+        m.secret(inner, Some(repo.ssh_key_id))?,
+        task_dir,
+    )?);
+    checkout(&repo.git_url, &branch, &dir, &env, sink).await?;
+    if let Some(hash) = &task.commit_hash {
+        sink.line(format!("Checking out commit {hash}")).await;
+        git(
+            &["checkout", "--force", "--detach", hash.as_str(), "--"],
+            &dir,
+            &env,
+            sink,
+        )
+        .await?;
+    }
+    Ok(dir)
+}
+
+/// The environment that gives git the credentials of a repository's key, through files in
+/// `dir` (an SSH key, `0600`): an SSH command, or a credential helper reading the child's
+/// environment for a login and password (never the URL, which would show in `ps`).
+pub(super) fn git_credentials(
+    secret: Option<(KeyKind, KeySecret)>,
+    dir: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::new();
+    match secret {
         Some((KeyKind::Ssh, s)) => {
-            let key = key_file(task_dir, "git_ssh_key", &s)?;
-            let known_hosts = task_dir.join("known_hosts");
+            let key = key_file(dir, "git_ssh_key", &s)?;
+            let known_hosts = dir.join("known_hosts");
             env.push((
                 "GIT_SSH_COMMAND".into(),
                 format!(
@@ -680,18 +706,7 @@ async fn prepare_repository(
         }
         _ => {}
     }
-    checkout(&repo.git_url, &branch, &dir, &env, sink).await?;
-    if let Some(hash) = &task.commit_hash {
-        sink.line(format!("Checking out commit {hash}")).await;
-        git(
-            &["checkout", "--force", "--detach", hash.as_str(), "--"],
-            &dir,
-            &env,
-            sink,
-        )
-        .await?;
-    }
-    Ok(dir)
+    Ok(env)
 }
 
 /// Variables of a run: extra vars (environment JSON, then the task's own, which win), the

@@ -10,6 +10,7 @@ mod exec;
 mod output;
 pub mod process;
 mod queue;
+pub mod remote;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};

@@ -106,6 +106,7 @@ pub struct Services {
     cipher: secrets::Cipher,
     /// Which apps are active by default (what `PATH` held at start).
     app_defaults: apps::Defaults,
+    schedule_hub: resources::schedules::Hub,
 }
 
 impl Services {
@@ -128,6 +129,7 @@ impl Services {
                 std::env::var_os("PATH").as_deref(),
                 &config.extra_apps,
             ),
+            schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
         })
     }
 

@@ -1,8 +1,9 @@
 //! Project backup and restore in upstream Semaphore's format (API.md §6.9, §12.6).
 //!
 //! A backup is one JSON document: `meta` (the project's fields), then `keys`, `repositories`,
-//! `inventories`, `environments`, `views` and `templates`, and upstream's `integrations`,
-//! `integration_aliases` and `schedules` (always empty: Forge has none of them yet). Objects
+//! `inventories`, `environments`, `views`, `templates` and `schedules` (naming their
+//! template), and upstream's `integrations` and `integration_aliases` (always empty: Forge
+//! has none of them yet). Objects
 //! refer to each other by name, never by id, and no secret leaves the server: keys carry only
 //! their name and type, environments the names of their secrets, never a value or a password.
 //! Each list is sorted by name (views by position), so a backup depends on what a project
@@ -28,12 +29,13 @@ use super::projects::{
     Access, EMPTY_ENVIRONMENT, NONE_KEY, ProjectInput, empty_environment, insert_project, none_key,
 };
 use super::resources::{
-    EnvironmentInput, InventoryInput, ProjectResource, RepositoryInput, SecretInput,
+    EnvironmentInput, InventoryInput, ProjectResource, RepositoryInput, ScheduleInput, SecretInput,
     SurveyValueInput, SurveyVarInput, Target, TemplateInput, VaultInput, ViewInput, restored_key,
 };
 use super::{Error, Result, Services, validate};
 use crate::model::{
-    AccessKey, Environment, Inventory, Project, ProjectId, Repository, Template, User, View,
+    AccessKey, Environment, Inventory, Project, ProjectId, Repository, Schedule, Template, User,
+    View,
 };
 use crate::store::{NewEvent, Tx};
 
@@ -61,8 +63,47 @@ pub struct Document {
     pub integrations: Vec<Value>,
     /// Upstream's project-wide integration aliases: always empty.
     pub integration_aliases: Vec<Value>,
-    /// Upstream's schedules: always empty (Forge has none yet).
-    pub schedules: Vec<Value>,
+    /// Schedules (by template name).
+    pub schedules: Vec<ScheduleEntry>,
+}
+
+/// A schedule; `template` names its template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScheduleEntry {
+    /// Name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The template it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Cron expression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron_format: Option<String>,
+    /// Whether it fires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Repository whose new commits trigger it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// `""` or `"run_at"`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// One-off time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Delete a one-off after its run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_after_run: Option<bool>,
+    /// Task launch options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_params: Option<Value>,
+    /// IANA zone (**Forge**).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Catch up a missed run at start-up (**Forge**).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
 }
 
 /// `meta`: the project's fields.
@@ -255,7 +296,7 @@ pub struct TemplateEntry {
     /// Longest run in seconds (Forge; absent = the server default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_duration_secs: Option<u64>,
-    /// Upstream's schedule of older backups: refused on restore (Forge has no schedules yet).
+    /// Upstream's schedule of older backups: refused on restore (use `schedules`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cron: Option<Value>,
 }
@@ -334,6 +375,7 @@ impl Services {
         let environments: Vec<Environment> = view.list(p)?;
         let views: Vec<View> = view.list(p)?;
         let templates: Vec<Template> = view.list(p)?;
+        let schedules: Vec<Schedule> = view.list(p)?;
 
         let key_names = unique_names(keys.iter().map(|k| (k.id, k.name.as_str())));
         let repo_names = unique_names(repositories.iter().map(|r| (r.id, r.name.as_str())));
@@ -446,6 +488,24 @@ impl Services {
                     cron: None,
                 })
                 .collect(),
+            // A one-off that has run is history, not a schedule (and its time has passed).
+            schedules: schedules
+                .iter()
+                .filter(|s| s.kind.is_empty() || s.active)
+                .map(|s| ScheduleEntry {
+                    name: Some(s.name.clone()),
+                    template: name(&tpl_names, Some(s.template_id)),
+                    cron_format: Some(s.cron_format.clone()),
+                    active: Some(s.active),
+                    repository: name(&repo_names, s.repository_id),
+                    kind: Some(s.kind.clone()),
+                    run_at: s.run_at.map(crate::clock::rfc3339),
+                    delete_after_run: Some(s.delete_after_run),
+                    task_params: serde_json::from_str(&s.task_params).ok(),
+                    timezone: Some(s.timezone.clone()),
+                    catch_up: Some(s.catch_up),
+                })
+                .collect(),
             ..Document::default()
         };
         doc.keys.sort_by(|a, b| a.name.cmp(&b.name));
@@ -455,6 +515,9 @@ impl Services {
         doc.views
             .sort_by(|a, b| (a.position, &a.title).cmp(&(b.position, &b.title)));
         doc.templates.sort_by(|a, b| a.name.cmp(&b.name));
+        doc.schedules.sort_by(|a, b| {
+            (&a.template, &a.name, &a.cron_format).cmp(&(&b.template, &b.name, &b.cron_format))
+        });
         Ok(doc)
     }
 
@@ -474,8 +537,14 @@ impl Services {
         let plan = Arc::new(Plan::new(parse(doc)?)?);
         let services = Arc::clone(self);
         let caller = caller.clone();
-        self.transact(move |tx| plan.apply(&services, tx, &caller))
-            .await
+        let project = self
+            .transact(move |tx| plan.apply(&services, tx, &caller))
+            .await?;
+        let restored: Vec<Schedule> = self.store.view()?.list(project.id)?;
+        for s in restored {
+            self.schedule_changed(project.id, s.id);
+        }
+        Ok(project)
     }
 }
 
@@ -698,6 +767,8 @@ struct Plan {
     inventory_refs: Vec<[Option<usize>; 4]>,
     /// Each template's references.
     template_refs: Vec<TemplateRefs>,
+    /// Per schedule: its template and repository (indexes into the document's lists).
+    schedule_refs: Vec<(usize, Option<usize>)>,
 }
 
 impl Plan {
@@ -709,7 +780,6 @@ impl Plan {
         for (kind, items) in [
             ("integrations", &doc.integrations),
             ("integration_aliases", &doc.integration_aliases),
-            ("schedules", &doc.schedules),
         ] {
             if !items.is_empty() {
                 return invalid(format!(
@@ -800,12 +870,28 @@ impl Plan {
                 template_refs(t, &[&keys, &repos, &invs, &envs, &views, &tpls]).map_err(at(&l))
             })
             .collect::<Result<_>>()?;
+        let schedule_refs = doc
+            .schedules
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let l = label("schedules", i, s.name.as_deref());
+                let refs = || -> Result<(usize, Option<usize>)> {
+                    Ok((
+                        tpls.require("template", s.template.as_ref())?,
+                        repos.resolve("repository", s.repository.as_ref())?,
+                    ))
+                };
+                refs().map_err(at(&l))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             doc,
             name,
             repository_keys,
             inventory_refs,
             template_refs,
+            schedule_refs,
         })
     }
 
@@ -924,6 +1010,25 @@ impl Plan {
                 tx.put(&held)?;
             }
         }
+        for (i, s) in doc.schedules.iter().enumerate() {
+            let (template, repository) = self.schedule_refs[i];
+            let input = ScheduleInput {
+                template_id: Some(tpl_ids[template]),
+                cron_format: s.cron_format.clone(),
+                name: s.name.clone(),
+                active: s.active,
+                repository_id: repository.map(|r| repo_ids[r]),
+                kind: s.kind.clone(),
+                run_at: s.run_at.clone(),
+                delete_after_run: s.delete_after_run,
+                task_params: s.task_params.clone(),
+                timezone: s.timezone.clone(),
+                catch_up: s.catch_up,
+                ..ScheduleInput::default()
+            };
+            let l = label("schedules", i, s.name.as_deref());
+            create::<Schedule>(services, tx, p, input, &l)?;
+        }
         tx.record(NewEvent {
             user_id: Some(caller.id),
             project_id: Some(p),
@@ -1002,7 +1107,7 @@ fn template_refs(t: &TemplateEntry, index: &[&Index; 6]) -> Result<TemplateRefs>
     let [keys, repos, invs, envs, views, tpls] = index;
     if t.cron.as_ref().is_some_and(|c| !c.is_null()) {
         return invalid(
-            "cron: this server has no schedules yet; remove it to restore the rest".into(),
+            "cron: a template's cron is not restored; give it an entry in \"schedules\"".into(),
         );
     }
     let build_template = tpls.resolve("build_template", t.build_template.as_ref())?;
@@ -1116,8 +1221,8 @@ mod tests {
                 "templates[0] \"t\": vaults[0].vault_key: no key named \"nope\"",
             ),
             (
-                json!({"meta": meta, "schedules": [{"name": "s"}]}),
-                "schedules[0]: this server has no schedules yet",
+                json!({"meta": meta, "schedules": [{"name": "s", "template": "gone"}]}),
+                "schedules[0] \"s\": template: no template named \"gone\"",
             ),
         ];
         for (doc, want) in cases {

@@ -503,6 +503,23 @@ fn check_scoped(
     scoped::<View>(tx, report, PROJECT_VIEW, "views", projects, |v| {
         (v.project_id, v.id)
     })?;
+    let schedules = scoped::<crate::model::Schedule>(
+        tx,
+        report,
+        crate::store::tables::PROJECT_SCHEDULE,
+        "schedules",
+        projects,
+        |s| (s.project_id, s.id),
+    )?;
+    let templates = tx.open_table(PROJECT_TEMPLATE)?;
+    for s in schedules {
+        if templates.get((s.project_id, s.template_id))?.is_none() {
+            report.problem(format!(
+                "schedules[{}, {}]: template {} does not exist",
+                s.project_id, s.id, s.template_id
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -648,6 +665,7 @@ fn check_counters(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         (PROJECT_TEMPLATE, "next_template_id"),
         (PROJECT_TASK, "next_task_id"),
         (PROJECT_VIEW, "next_view_id"),
+        (crate::store::tables::PROJECT_SCHEDULE, "next_schedule_id"),
     ] {
         let mut max = None;
         each(tx, table, |(_, id), _| max = max.max(Some(id)))?;
@@ -1055,6 +1073,36 @@ mod tests {
                     );
                 },
                 "keys[42, 3]: project 42 does not exist",
+            ),
+            (
+                "schedule of a template that is gone",
+                |tx| {
+                    let s = crate::model::Schedule {
+                        id: 9,
+                        project_id: 2,
+                        template_id: 999,
+                        cron_format: "@hourly".into(),
+                        name: "orphan".into(),
+                        active: true,
+                        repository_id: None,
+                        kind: String::new(),
+                        run_at: None,
+                        delete_after_run: false,
+                        task_params: String::new(),
+                        timezone: String::new(),
+                        catch_up: false,
+                        done_until: 0,
+                        last_commit: String::new(),
+                    };
+                    let bytes = codec::encode(&s);
+                    drop(
+                        tx.open_table(crate::store::tables::PROJECT_SCHEDULE)
+                            .unwrap()
+                            .insert((2, 9), bytes.as_slice())
+                            .unwrap(),
+                    );
+                },
+                "schedules[2, 9]: template 999 does not exist",
             ),
             (
                 "undecodable record",

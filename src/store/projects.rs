@@ -59,6 +59,11 @@ resource!(Environment, PROJECT_ENVIRONMENT, "next_environment_id");
 resource!(Template, PROJECT_TEMPLATE, "next_template_id");
 resource!(Task, PROJECT_TASK, "next_task_id");
 resource!(crate::model::View, PROJECT_VIEW, "next_view_id");
+resource!(
+    crate::model::Schedule,
+    super::tables::PROJECT_SCHEDULE,
+    "next_schedule_id"
+);
 
 /// An event to record; the transaction assigns its id and time.
 #[derive(Debug, Clone)]

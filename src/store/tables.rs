@@ -72,6 +72,10 @@ pub const PROJECT_VIEW: TableDefinition<(ProjectId, u64), &[u8]> = TableDefiniti
 pub const PROJECT_BUILDVERSION: TableDefinition<(ProjectId, u64), &[u8]> =
     TableDefinition::new("build_versions");
 
+/// (project id, schedule id) → encoded [`crate::model::Schedule`].
+pub const PROJECT_SCHEDULE: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("schedules");
+
 /// Event id → encoded [`crate::model::Event`]; ids increase, so reverse order is newest first.
 pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (project id, event id) → (): a project's events.
@@ -107,4 +111,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_TASK,
     PROJECT_VIEW,
     PROJECT_BUILDVERSION,
+    PROJECT_SCHEDULE,
 ];

@@ -35,6 +35,7 @@ struct Info<'a> {
     ansible: &'a str,
     web_host: &'a str,
     use_remote_runner: bool,
+    schedule_timezone: &'a str,
 }
 
 /// `GET /api/info`: version, `ansible --version` (run once, on first request), web host.
@@ -47,6 +48,7 @@ pub async fn info(req: Req) -> HandlerResult {
             ansible,
             web_host: &req.app.config.web_host,
             use_remote_runner: false,
+            schedule_timezone: req.app.services.schedule_timezone(),
         },
     ))
 }

@@ -16,6 +16,7 @@ mod environments;
 mod inventories;
 mod keys;
 mod repositories;
+pub mod schedules;
 mod templates;
 mod views;
 
@@ -23,6 +24,7 @@ pub use environments::{EnvironmentInput, SecretInfo, SecretInput, secret_kind_na
 pub use inventories::{INVENTORY_TYPES, InventoryInput};
 pub use keys::{KeyFields, KeyInput, LoginPasswordInput, SshInput, needs_secret, restored_key};
 pub use repositories::RepositoryInput;
+pub use schedules::{CronInput, ScheduleInput};
 pub use templates::{
     BUILTIN_APPS, SurveyValueInput, SurveyVarInput, TemplateInput, TemplateRefNames, VaultInput,
 };

@@ -330,7 +330,7 @@ impl ProjectResource for Template {
             tx.delete_task(task)?;
         }
         tx.forget_builds(self.project_id, self.id)?;
-        Ok(())
+        super::schedules::remove_for_template(tx, self.project_id, self.id)
     }
 }
 

@@ -11,6 +11,7 @@ mod environments;
 mod inventories;
 mod keys;
 mod repositories;
+pub mod schedules;
 mod templates;
 pub mod views;
 
