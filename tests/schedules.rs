@@ -520,11 +520,11 @@ async fn every_second_fires_n_times_in_n_seconds() {
 }
 
 /// kill -9 at random moments while `@every 1s` fires, restart, repeat: no occurrence ever has
-/// two tasks, and every scheduled task has its one event (same transaction). Bounded to 20
-/// rounds (about a minute); the issue's 50 only lengthen it.
+/// two tasks, and every scheduled task has its one event (same transaction). 50 rounds, as
+/// the issue asks (about a minute).
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_firing_never_duplicates_an_occurrence() {
-    const ROUNDS: usize = 20;
+    const ROUNDS: usize = 50;
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("forge.redb");
     let server = ServerProcess::start(&db, &[]);
