@@ -9,23 +9,27 @@
 //!   is (`http::handler`), and the handlers: one module per resource, the project resources
 //!   over one generic set (`http::handlers::resources`).
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users, projects,
-//!   tasks, sealed secrets, apps (`service::apps`), the project resources: one module each
-//!   over one generic CRUD (`service::resources`), and project backups in upstream's format
+//!   tasks, build/deploy rules (`service::builds`), sealed secrets, apps (`service::apps`),
+//!   the project resources: one module each over one generic CRUD (`service::resources`,
+//!   schedules included), and project backups in upstream's format
 //!   (`service::project_backup`).
 //! - [`runner`]: the task queue, child processes, stop/kill and live output, and the
-//!   terraform/tofu plan → confirm → apply flow (`runner::terraform`). It sees the services
+//!   terraform/tofu plan → confirm → apply flow (`runner::terraform`); `git ls-remote` for
+//!   repository-triggered schedules (`runner::remote`). It sees the services
 //!   only through a narrow handle (`runner::Host`: the clock, opening sealed secrets, an app's
 //!   command), persists through the store, and is driven by the HTTP layer through
 //!   [`runner::Runner`].
-//! - [`store`]: the redb file: tables, the record codec, one module per entity, and the one
+//! - [`store`]: the redb file: tables, the record codec, one module per entity (build
+//!   versions in `store::builds`), and the one
 //!   writer thread that commits writes in groups; the reopenable file behind it, which survives
 //!   a full disk (`store::disk`); format versions and migrations (`store::migrate`); snapshots
 //!   for online backups (`store::backup`); pruning (`store::retention`); re-sealing for key
 //!   rotation (`store::reseal`); and the offline `forge check` / `forge compact`
 //!   (`store::check`, `store::compact`).
 //! - [`retention`]: the background loop pruning old tasks, output and events.
-//! - [`scheduler`]: the loop firing schedules, exactly once per occurrence; [`cron`]: when
-//!   they fire (cron expressions and time zones).
+//! - [`scheduler`]: the loop firing schedules, exactly once per occurrence (it sits beside the
+//!   server: it uses the services and queues on the runner); [`cron`]: when they fire (cron
+//!   expressions and time zones).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!

@@ -568,7 +568,8 @@ fn survey_var_entry(v: &crate::model::SurveyVar) -> SurveyVarEntry {
 }
 
 /// A name per id, unique within the kind: the first of several objects sharing a name (in id
-/// order) keeps it, the others get ` (2)`, ` (3)`... (skipping names already taken).
+/// order) keeps it, the others get ` (2)`, ` (3)`... (skipping names already taken), the name
+/// cut short where needed so that it stays within the 255 bytes a name may have.
 fn unique_names<'a>(items: impl Iterator<Item = (u64, &'a str)>) -> HashMap<u64, String> {
     let mut items: Vec<(u64, &str)> = items.collect();
     items.sort_by_key(|&(id, _)| id);
@@ -583,7 +584,7 @@ fn unique_names<'a>(items: impl Iterator<Item = (u64, &'a str)>) -> HashMap<u64,
         }
         // Of these many candidates at least one is free: each taken name blocks one.
         let unique = (2..=taken.len() + 2)
-            .map(|n| format!("{name} ({n})"))
+            .map(|n| with_suffix(name, &format!(" ({n})")))
             .find(|candidate| !taken.contains(candidate))
             .unwrap_or_default();
         taken.insert(unique.clone());
@@ -591,6 +592,18 @@ fn unique_names<'a>(items: impl Iterator<Item = (u64, &'a str)>) -> HashMap<u64,
     }
     out
 }
+
+/// `name` + `suffix` within [`NAME_MAX`] bytes: `name` is cut at a character boundary.
+fn with_suffix(name: &str, suffix: &str) -> String {
+    let mut end = name.len().min(NAME_MAX.saturating_sub(suffix.len()));
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &name[..end])
+}
+
+/// The most bytes a name may have (as `validate::name` checks).
+const NAME_MAX: usize = 255;
 
 /// `templates[2] "deploy"`: where an object is in the document, and its name if it has one.
 fn label(kind: &str, index: usize, name: Option<&str>) -> String {
@@ -1174,6 +1187,21 @@ mod tests {
         assert_eq!(names[&3], "a (3)");
         assert_eq!(names[&4], "b");
         assert_eq!(names[&5], "a (4)");
+    }
+
+    /// A long shared name is cut so that name and suffix stay within 255 bytes, at a
+    /// character boundary (schemathesis found a 256-byte name in a backup).
+    #[test]
+    fn a_suffixed_name_stays_within_255_bytes() {
+        let long = "0".repeat(255);
+        let wide = "é".repeat(127); // 254 bytes
+        let names = unique_names([(1, long.as_str()), (2, long.as_str())].into_iter());
+        assert_eq!(names[&2], format!("{} (2)", "0".repeat(251)));
+        let names = unique_names([(1, wide.as_str()), (2, wide.as_str())].into_iter());
+        assert_eq!(names[&2], format!("{} (2)", "é".repeat(125)));
+        for n in names.values() {
+            assert!(crate::service::validate::name(n, "name").is_ok(), "{n}");
+        }
     }
 
     /// Each class of bad document, refused before anything is written, naming the object.
