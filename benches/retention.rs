@@ -103,33 +103,10 @@ fn main() {
 /// A finished (or waiting) task of `template` created at `now`.
 fn task(project: ProjectId, template: u64, status: TaskStatus, now: i64) -> Task {
     Task {
-        id: 0,
-        project_id: project,
-        template_id: template,
         status,
-        debug: false,
-        dry_run: false,
-        diff: false,
-        playbook: String::new(),
-        environment: "{}".into(),
-        limit: String::new(),
-        arguments: None,
-        git_branch: None,
-        user_id: None,
-        integration_id: None,
-        schedule_id: None,
-        created: now,
         start: Some(now),
         end: status.is_finished().then_some(now),
-        message: String::new(),
-        commit_hash: None,
-        commit_message: String::new(),
-        build_task_id: None,
-        version: None,
-        inventory_id: None,
-        process_group: None,
-        sealed_secret: Vec::new(),
-        params: String::new(),
+        ..Task::waiting(project, template, now)
     }
 }
 

@@ -24,33 +24,13 @@ const INTERRUPTED: u64 = 5;
 
 fn task(status: TaskStatus) -> Task {
     Task {
-        id: 0,
-        project_id: 1,
-        template_id: 1,
         status,
-        debug: false,
-        dry_run: false,
-        diff: false,
         playbook: "site.yml".into(),
-        environment: "{}".into(),
-        limit: String::new(),
-        arguments: None,
-        git_branch: None,
         user_id: Some(1),
-        integration_id: None,
-        schedule_id: None,
-        created: 1_747_794_912,
         start: Some(1_747_794_913),
         end: Some(1_747_794_920),
         message: "bench".into(),
-        commit_hash: None,
-        commit_message: String::new(),
-        build_task_id: None,
-        version: None,
-        inventory_id: None,
-        process_group: None,
-        sealed_secret: Vec::new(),
-        params: String::new(),
+        ..Task::waiting(1, 1, 1_747_794_912)
     }
 }
 

@@ -90,32 +90,14 @@ fn routing(c: &mut Criterion) {
 fn task_json(c: &mut Criterion) {
     let task = Task {
         id: 42,
-        project_id: 1,
-        template_id: 7,
         status: TaskStatus::Running,
-        debug: false,
-        dry_run: false,
-        diff: false,
-        playbook: String::new(),
         environment: r#"{"k":"v"}"#.into(),
-        limit: String::new(),
         arguments: Some(r#"["--x"]"#.into()),
-        git_branch: None,
         user_id: Some(1),
-        integration_id: None,
-        schedule_id: None,
-        created: 1_747_794_912,
         start: Some(1_747_794_913),
-        end: None,
         message: "deploy 1.2".into(),
-        commit_hash: None,
-        commit_message: String::new(),
-        build_task_id: None,
-        version: None,
-        inventory_id: None,
         process_group: Some(1234),
-        sealed_secret: Vec::new(),
-        params: String::new(),
+        ..Task::waiting(1, 7, 1_747_794_912)
     };
     c.bench_function("task_json", |b| {
         b.iter(|| serde_json::to_vec(&forge::http::task_view(&task, "")));

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::projects::Access;
 use super::{Error, Result, Services, validate};
 use crate::clock::now_us;
-use crate::model::{Inventory, OutputLine, Task, TaskStatus, Template, User};
+use crate::model::{Inventory, OutputLine, Task, Template, User};
 
 /// Most tasks a list returns.
 pub const LIST_LIMIT: usize = 1000;
@@ -181,10 +181,6 @@ impl Services {
             let (build_task_id, version) =
                 super::builds::launch_fields(tx, &template, build_task_id)?;
             let mut task = Task {
-                id: 0,
-                project_id: p,
-                template_id: template.id,
-                status: TaskStatus::Waiting,
                 debug,
                 dry_run,
                 diff,
@@ -194,20 +190,14 @@ impl Services {
                 arguments: arguments.clone(),
                 git_branch: git_branch.clone(),
                 user_id: Some(access.user.id),
-                integration_id: None,
-                schedule_id: None,
-                created: tx.now(),
-                start: None,
-                end: None,
                 message: message.clone(),
                 commit_hash: commit_hash.clone(),
-                commit_message: String::new(),
                 build_task_id,
                 version,
                 inventory_id,
-                process_group: None,
                 sealed_secret: sealed_secret.clone(),
                 params: params.stored(&template.app),
+                ..Task::waiting(p, template.id, tx.now())
             };
             let line = tx.queue_task(&mut task, now_us(), "")?;
             Ok((task, line))
@@ -452,36 +442,16 @@ pub fn parse_day(text: &str, what: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TaskStatus;
 
     fn task(id: u64, created: i64, status: TaskStatus, ran: Option<(i64, i64)>) -> Task {
         Task {
             id,
-            project_id: 1,
-            template_id: 1,
             status,
-            debug: false,
-            dry_run: false,
-            diff: false,
-            playbook: String::new(),
-            environment: "{}".into(),
-            limit: String::new(),
-            arguments: None,
-            git_branch: None,
             user_id: Some(if id.is_multiple_of(2) { 2 } else { 1 }),
-            integration_id: None,
-            schedule_id: None,
-            created,
             start: ran.map(|r| r.0),
             end: ran.map(|r| r.1),
-            message: String::new(),
-            commit_hash: None,
-            commit_message: String::new(),
-            build_task_id: None,
-            version: None,
-            inventory_id: None,
-            process_group: None,
-            sealed_secret: Vec::new(),
-            params: String::new(),
+            ..Task::waiting(1, 1, created)
         }
     }
 

@@ -749,32 +749,9 @@ mod tests {
     fn task(status: TaskStatus) -> Task {
         Task {
             id: 5,
-            project_id: 2,
-            template_id: 4,
             status,
-            debug: false,
-            dry_run: false,
-            diff: false,
-            playbook: String::new(),
-            environment: "{}".into(),
-            limit: String::new(),
-            arguments: None,
-            git_branch: None,
             user_id: Some(1),
-            integration_id: None,
-            schedule_id: None,
-            created: 0,
-            start: None,
-            end: None,
-            message: String::new(),
-            commit_hash: None,
-            commit_message: String::new(),
-            build_task_id: None,
-            version: None,
-            inventory_id: None,
-            process_group: None,
-            sealed_secret: Vec::new(),
-            params: String::new(),
+            ..Task::waiting(2, 4, 0)
         }
     }
 

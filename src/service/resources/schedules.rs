@@ -18,8 +18,7 @@ use super::{Names, ProjectResource, Refs, Target, invalid, require};
 use crate::clock::now_us;
 use crate::cron::{self, Spec};
 use crate::model::{
-    AccessKey, KeyKind, KeySecret, OutputLine, ProjectId, Repository, Schedule, Task, TaskStatus,
-    Template,
+    AccessKey, KeyKind, KeySecret, OutputLine, ProjectId, Repository, Schedule, Task, Template,
 };
 use crate::service::projects::Access;
 use crate::service::tasks::TaskInput;
@@ -616,14 +615,7 @@ fn scheduled_task(
                 .is_some()
     });
     let mut task = Task {
-        id: 0,
-        project_id: s.project_id,
-        template_id: template.id,
-        status: TaskStatus::Waiting,
         schedule_id: Some(s.id),
-        user_id: None,
-        integration_id: None,
-        created: tx.now(),
         debug: params.debug.or(flags.debug).unwrap_or_default(),
         dry_run: params.dry_run.or(flags.dry_run).unwrap_or_default(),
         diff: params.diff.or(flags.diff).unwrap_or_default(),
@@ -637,15 +629,9 @@ fn scheduled_task(
         git_branch: params.git_branch.filter(|b| !b.trim().is_empty()),
         message: params.message.unwrap_or_default(),
         inventory_id,
-        start: None,
-        end: None,
         commit_hash,
-        commit_message: String::new(),
-        build_task_id: None,
-        version: None,
-        process_group: None,
-        sealed_secret: Vec::new(),
         params: s.task_params.clone(),
+        ..Task::waiting(s.project_id, template.id, tx.now())
     };
     let id = tx.insert_task(&mut task)?;
     let line = OutputLine {
