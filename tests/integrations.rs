@@ -850,3 +850,64 @@ async fn crud_and_bad_input() {
         .assert_error(404);
     assert_eq!(ok_json(&a, &at(p, "integrations")).await, json!([]));
 }
+
+/// The README's GitHub webhook example, run verbatim (its bash blocks between the webhook
+/// markers) with `curl`, `jq` and `openssl` against a test server: it launches the template
+/// with the branch and the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_webhook_example_works_verbatim() {
+    let mut missing: Vec<String> = ["curl", "jq"]
+        .into_iter()
+        .filter(|t| common::tools::find(t).is_none())
+        .map(str::to_owned)
+        .collect();
+    // `openssl` has no `--version`; `openssl version` says whether it runs.
+    let openssl = std::process::Command::new("openssl").arg("version").output();
+    if !openssl.is_ok_and(|o| o.status.success()) {
+        missing.push("openssl".into());
+    }
+    if !common::tools::ready("the README webhook example", &missing) {
+        return;
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme.find("<!-- webhook:start -->").expect("start marker");
+    let end = readme.find("<!-- webhook:end -->").expect("end marker");
+    let blocks: Vec<&str> = readme[start..end]
+        .split("```bash\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .collect();
+    assert_eq!(blocks.len(), 2, "the example's two blocks");
+    let s = TestServer::start().await;
+    let a = s.admin().await;
+    let token = a.new_token().await;
+    let (p, t, _) = project(&a).await;
+    let script = format!(
+        "set -euo pipefail\nTOKEN={token}\nPROJECT={p}\nTEMPLATE={t}\n{}",
+        blocks.join("\n")
+    )
+    .replace("http://localhost:3000", &s.base())
+    .replace("/tmp/forge-", &format!("{}/forge-", s.dir.path().display()));
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("run bash")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\n204\n"), "{stdout}");
+    assert!(stdout.contains(r#""outcome":"launched""#), "{stdout}");
+    let list = tasks(&a, p).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["message"], "Fix the footer");
+    let env: Value =
+        serde_json::from_str(list[0]["environment"].as_str().expect("env")).expect("json");
+    assert_eq!(env, json!({"BRANCH": "refs/heads/main"}));
+}

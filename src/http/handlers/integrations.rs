@@ -203,8 +203,12 @@ pub async fn list_aliases(req: Req) -> HandlerResult {
 }
 
 /// `POST .../integrations/aliases` and `POST .../integrations/{integration_id}/aliases` → 201
-/// with a new random alias (any body is ignored); records an event.
+/// with a new random alias; the body, if any, must be a JSON object (its fields are ignored);
+/// records an event.
 pub async fn create_alias(req: Req) -> HandlerResult {
+    if !req.body.iter().all(u8::is_ascii_whitespace) {
+        let _: serde_json::Map<String, Value> = req.json()?;
+    }
     let a = req
         .app
         .services
