@@ -862,7 +862,9 @@ async fn readme_webhook_example_works_verbatim() {
         .map(str::to_owned)
         .collect();
     // `openssl` has no `--version`; `openssl version` says whether it runs.
-    let openssl = std::process::Command::new("openssl").arg("version").output();
+    let openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output();
     if !openssl.is_ok_and(|o| o.status.success()) {
         missing.push("openssl".into());
     }
@@ -910,4 +912,125 @@ async fn readme_webhook_example_works_verbatim() {
     let env: Value =
         serde_json::from_str(list[0]["environment"].as_str().expect("env")).expect("json");
     assert_eq!(env, json!({"BRANCH": "refs/heads/main"}));
+}
+
+/// `forge check` finds nothing wrong in a file whose integrations went through every kind of
+/// deletion (a part, an alias, an integration, a template taking its integrations, a whole
+/// project with aliases and deliveries), and counts the new tables.
+#[tokio::test]
+async fn check_passes_after_integration_deletions() {
+    use common::process::{FORGE, ServerProcess};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("forge.redb");
+    let server = ServerProcess::start(&db, &[]);
+    let mut a = server.client();
+    assert_eq!(
+        a.login(common::ADMIN, common::ADMIN_PASSWORD).await.status,
+        204
+    );
+    let mut launched = Vec::new();
+    for round in 0..2 {
+        let (p, t, _) = project(&a).await;
+        let i = integration(&a, p, json!({"name": "kept", "template_id": t})).await;
+        let gone = integration(&a, p, json!({"name": "gone", "template_id": t})).await;
+        for id in [i, gone] {
+            let m = part(
+                &a,
+                p,
+                id,
+                "matchers",
+                json!({"match_type": "header",
+                "method": "unequals", "key": "X-Skip", "value": "1"}),
+            )
+            .await;
+            part(
+                &a,
+                p,
+                id,
+                "values",
+                json!({"value_source": "header", "key": "X-A",
+                "variable": "A"}),
+            )
+            .await;
+            let hook = alias(&a, p, id).await;
+            assert_eq!(deliver(&a, &hook, b"{}", &[]).await.status, 204);
+            assert_eq!(
+                deliver(&a, &hook, b"{}", &[("x-skip", "1")]).await.status,
+                204
+            );
+            let path = at(p, &format!("integrations/{id}/matchers/{}", id_of(&m)));
+            assert_eq!(a.delete(&path).await.status, 204);
+        }
+        let extra = alias(&a, p, i).await;
+        let aliases = ok_json(&a, &at(p, &format!("integrations/{i}/aliases"))).await;
+        let extra_id = aliases
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["alias"] == extra.as_str()))
+            .map(id_of)
+            .expect("alias");
+        let path = at(p, &format!("integrations/{i}/aliases/{extra_id}"));
+        assert_eq!(a.delete(&path).await.status, 204);
+        let r = a.post(&at(p, "integrations/aliases"), json!({})).await;
+        assert_eq!(r.status, 201);
+        assert_eq!(
+            a.delete(&at(p, &format!("integrations/{gone}")))
+                .await
+                .status,
+            204
+        );
+        launched.extend(tasks(&a, p).await.into_iter().map(|t| (p, id_of(&t))));
+        if round == 1 {
+            // Wait for its tasks to end, then delete the project with all of it.
+            for (tp, task) in launched.drain(..) {
+                wait_finished(&a, tp, task).await;
+            }
+            assert_eq!(a.delete(&format!("/api/project/{p}")).await.status, 204);
+        }
+    }
+    let (p, t, _) = project(&a).await;
+    integration(&a, p, json!({"name": "with template", "template_id": t})).await;
+    assert_eq!(
+        a.delete(&at(p, &format!("templates/{t}"))).await.status,
+        204
+    );
+    for (tp, task) in launched {
+        wait_finished(&a, tp, task).await;
+    }
+    drop(server.stop());
+    let out = std::process::Command::new(FORGE)
+        .args(["check", "--db"])
+        .arg(&db)
+        .env_remove("FORGE_SECRET_KEY")
+        .env_remove("FORGE_SECRET_KEY_FILE")
+        .env_remove("FORGE_DB")
+        .output()
+        .expect("run forge check");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    for table in [
+        "integrations",
+        "integration_aliases_by_hash",
+        "integration_deliveries",
+    ] {
+        assert!(report.contains(table), "{table} counted: {report}");
+    }
+}
+
+async fn wait_finished(a: &Client, p: u64, task: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = ok_json(a, &at(p, &format!("tasks/{task}"))).await["status"].clone();
+        if ["success", "error", "stopped"].contains(&status.as_str().unwrap_or_default()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {task} still {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

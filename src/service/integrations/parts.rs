@@ -377,10 +377,9 @@ impl Services {
         let access = access.clone();
         self.transact(move |tx| {
             let p = access.project_id();
-            let object = match integration {
-                Some(i) => self::integration(tx.get::<Integration>(p, i)?)?.id,
-                None => 0,
-            };
+            if let Some(i) = integration {
+                self::integration(tx.get::<Integration>(p, i)?)?;
+            }
             let mut a = IntegrationAlias {
                 id: 0,
                 project_id: p,
@@ -388,9 +387,9 @@ impl Services {
                 alias: alias.clone(),
             };
             tx.insert_alias(&mut a, secret_hash(&alias))?;
-            tx.record(access.event(
-                "integration",
-                object,
+            tx.record(alias_event(
+                &access,
+                integration,
                 format!("Integration alias {} created", a.id),
             ))?;
             Ok(a)
@@ -412,14 +411,22 @@ impl Services {
         self.transact(move |tx| {
             let a = alias_in(tx, access.project_id(), integration, id)?;
             tx.remove_alias(&a, secret_hash(&a.alias))?;
-            tx.record(access.event(
-                "integration",
-                integration.unwrap_or(0),
+            tx.record(alias_event(
+                &access,
+                integration,
                 format!("Integration alias {id} deleted"),
             ))?;
             Ok(())
         })
         .await
+    }
+}
+
+/// An alias event: on its integration, or on no object for a project-wide alias.
+fn alias_event(access: &Access, integration: Option<u64>, description: String) -> NewEvent {
+    NewEvent {
+        object_id: integration,
+        ..access.event("integration", 0, description)
     }
 }
 
