@@ -104,6 +104,7 @@ impl Services {
             };
             verdicts.push((i.id, verdict));
         }
+        drop(view);
         let refused = verdicts
             .iter()
             .filter(|(_, v)| matches!(v, Verdict::BadSignature))
