@@ -1034,3 +1034,108 @@ async fn wait_finished(a: &Client, p: u64, task: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A project backup carries the integrations in upstream's shape (template and key by name,
+/// matchers, extract values, aliases; project-wide aliases beside them), and a restore
+/// recreates them: aliases still free keep their text (webhooks pointing at them keep working),
+/// taken ones get a new random one; a bad reference names the integration and writes nothing.
+#[tokio::test]
+async fn backup_and_restore_carry_integrations() {
+    let s = TestServer::start().await;
+    let a = s.admin().await;
+    let (p, t, key) = project(&a).await;
+    let i = integration(
+        &a,
+        p,
+        json!({"name": "GitHub push", "template_id": t,
+        "auth_method": "github", "auth_secret_id": key, "task_params": {"message": "hook"}}),
+    )
+    .await;
+    part(
+        &a,
+        p,
+        i,
+        "matchers",
+        json!({"name": "push", "match_type": "header",
+        "method": "equals", "key": "X-GitHub-Event", "value": "push"}),
+    )
+    .await;
+    part(
+        &a,
+        p,
+        i,
+        "values",
+        json!({"name": "branch", "value_source": "body", "key": "ref",
+        "variable": "BRANCH"}),
+    )
+    .await;
+    let hook = alias(&a, p, i).await;
+    let r = a.post(&at(p, "integrations/aliases"), json!({})).await;
+    let project_alias = r.json()["alias"].as_str().expect("alias").to_owned();
+
+    let doc = ok_json(&a, &at(p, "backup")).await;
+    let entry = &doc["integrations"][0];
+    assert_eq!(entry["name"], "GitHub push");
+    assert_eq!(entry["template"], "deploy");
+    assert_eq!(entry["auth_secret"], "hook secret");
+    assert_eq!(entry["auth_method"], "github");
+    assert_eq!(entry["task_params"], json!({"message": "hook"}));
+    assert_eq!(entry["aliases"], json!([hook]));
+    assert_eq!(entry["matchers"][0]["key"], "X-GitHub-Event");
+    assert_eq!(entry["extract_values"][0]["variable"], "BRANCH");
+    assert_eq!(doc["integration_aliases"], json!([project_alias]));
+    assert!(!doc.to_string().contains(SECRET));
+
+    // Restored beside the original: the aliases are taken, so new ones are made.
+    let r = a.post("/api/projects/restore", doc.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = id_of(&r.json());
+    let restored = ok_json(&a, &at(q, "integrations")).await;
+    let ri = id_of(&restored[0]);
+    let templates = ok_json(&a, &at(q, "templates")).await;
+    assert_eq!(restored[0]["template_id"], templates[0]["id"]);
+    assert!(restored[0]["auth_secret_id"].is_u64());
+    let matchers = ok_json(&a, &at(q, &format!("integrations/{ri}/matchers"))).await;
+    assert_eq!(matchers[0]["value"], "push");
+    let values = ok_json(&a, &at(q, &format!("integrations/{ri}/values"))).await;
+    assert_eq!(values[0]["key"], "ref");
+    let aliases = ok_json(&a, &at(q, &format!("integrations/{ri}/aliases"))).await;
+    assert_eq!(aliases.as_array().map(Vec::len), Some(1));
+    assert_ne!(aliases[0]["alias"], hook.as_str());
+    let project_aliases = ok_json(&a, &at(q, "integrations/aliases")).await;
+    assert_ne!(project_aliases[0]["alias"], project_alias.as_str());
+
+    // Once the original is gone, a restore keeps the aliases' text.
+    assert_eq!(a.delete(&format!("/api/project/{p}")).await.status, 204);
+    let r = a.post("/api/projects/restore", doc.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = id_of(&r.json());
+    let ri = id_of(&ok_json(&a, &at(q, "integrations")).await[0]);
+    let aliases = ok_json(&a, &at(q, &format!("integrations/{ri}/aliases"))).await;
+    assert_eq!(aliases[0]["alias"], hook.as_str());
+    // No auth without the key's secret (a restore has none): refused, not launched.
+    let body = b"{}";
+    let sig = format!("sha256={}", sign(SECRET, body));
+    deliver(&s.client(), &hook, body, &[("x-hub-signature-256", &sig)])
+        .await
+        .assert_error(401);
+
+    let projects_before = ok_json(&a, "/api/projects").await;
+    let mut bad = doc.clone();
+    bad["meta"]["name"] = json!("bad");
+    bad["integrations"][0]["template"] = json!("missing");
+    let msg = a.post("/api/projects/restore", bad).await.assert_error(400);
+    assert!(
+        msg.contains("integrations[0]") && msg.contains("missing"),
+        "{msg}"
+    );
+    let mut bad = doc;
+    bad["meta"]["name"] = json!("bad");
+    bad["integrations"][0]["matchers"][0]["method"] = json!("like");
+    let msg = a.post("/api/projects/restore", bad).await.assert_error(400);
+    assert!(
+        msg.contains("integrations[0]") && msg.contains("method"),
+        "{msg}"
+    );
+    assert_eq!(ok_json(&a, "/api/projects").await, projects_before);
+}

@@ -47,6 +47,14 @@ impl Tx<'_> {
         Ok(id)
     }
 
+    /// Whether an alias with SHA-256 `hash` exists (in any project).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn alias_taken(&self, hash: SecretHash) -> Result<bool> {
+        Ok(self.raw().open_table(ALIASHASH_ALIAS)?.get(hash)?.is_some())
+    }
+
     /// Removes an alias with its entry in the hash index.
     ///
     /// # Errors

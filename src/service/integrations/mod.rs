@@ -5,6 +5,7 @@
 //! applies every matcher, launches the template with the extracted values and logs what
 //! became of it (the last [`crate::store::integrations::DELIVERIES_KEPT`] per integration).
 
+pub mod backup;
 mod parts;
 mod receive;
 

@@ -1,8 +1,8 @@
 //! The parts of an integration: matchers and extract values (one generic CRUD over [`Part`]),
 //! and aliases (random names of the receiver URL, per integration or per project).
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue};
 use crate::service::auth::secret_hash;
@@ -46,43 +46,57 @@ pub trait Part: Resource + Sync {
     fn build(input: Self::Input, integration: &Integration, id: u64) -> Result<Self>;
 }
 
-/// A matcher body.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A matcher body (also a matcher in a project backup).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MatcherInput {
     /// Must equal the URL on update.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `header` or `body` (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub match_type: Option<String>,
     /// `equals`, `unequals` or `contains` (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// `json` or `string` (body matchers; default `json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body_data_type: Option<String>,
     /// Header name or JSON path.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Expected value.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 
-/// An extract value body.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// An extract value body (also an extract value in a project backup).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ValueInput {
     /// Must equal the URL on update.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `header` or `body` (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value_source: Option<String>,
     /// `json` or `string` (default `json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body_data_type: Option<String>,
     /// Header name or JSON path.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Variable name, or task field for `task`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variable: Option<String>,
     /// `environment` (default) or `task`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variable_type: Option<String>,
 }
 
@@ -371,22 +385,14 @@ impl Services {
         access: &Access,
         integration: Option<u64>,
     ) -> Result<IntegrationAlias> {
-        use base64::Engine as _;
-        let alias =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+        let alias = new_alias();
         let access = access.clone();
         self.transact(move |tx| {
             let p = access.project_id();
             if let Some(i) = integration {
                 self::integration(tx.get::<Integration>(p, i)?)?;
             }
-            let mut a = IntegrationAlias {
-                id: 0,
-                project_id: p,
-                integration_id: integration,
-                alias: alias.clone(),
-            };
-            tx.insert_alias(&mut a, secret_hash(&alias))?;
+            let a = add_alias(tx, p, integration, alias.clone())?;
             tx.record(alias_event(
                 &access,
                 integration,
@@ -428,6 +434,30 @@ fn alias_event(access: &Access, integration: Option<u64>, description: String) -
         object_id: integration,
         ..access.event("integration", 0, description)
     }
+}
+
+/// Stores alias `alias` of integration `integration` (or of project `p`) with its index entry.
+pub(super) fn add_alias(
+    tx: &Tx<'_>,
+    p: u64,
+    integration: Option<u64>,
+    alias: String,
+) -> Result<IntegrationAlias> {
+    let hash = secret_hash(&alias);
+    let mut a = IntegrationAlias {
+        id: 0,
+        project_id: p,
+        integration_id: integration,
+        alias,
+    };
+    tx.insert_alias(&mut a, hash)?;
+    Ok(a)
+}
+
+/// A new random alias: 192 bits, URL-safe.
+pub(super) fn new_alias() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>())
 }
 
 fn alias_in(
