@@ -3,6 +3,8 @@
 # .ci/run calls it, and developers may run it once on a Debian machine.
 #   curl, jq         - tests/readme.rs runs the README's curl walk-through, which reads answers
 #                      with jq (Debian packages)
+#   openssl          - tests/integrations.rs runs the README's webhook example, which signs a
+#                      payload with `openssl dgst -hmac` (Debian package)
 #   ansible-playbook - tests/ansible.rs runs a real playbook: ansible-core from PyPI, in the
 #                      venv .ci/venv (git-ignored); .ci/run puts .ci/venv/bin on PATH
 #   wrk, file        - benches/load.sh and the static-binary check in .ci/static-build.sh
@@ -35,6 +37,7 @@ apt_install() {
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v file >/dev/null 2>&1 || need_apt+=(file)

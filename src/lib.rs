@@ -11,8 +11,9 @@
 //! - [`service`]: business rules: passwords, sessions, tokens, throttling, users, projects,
 //!   tasks, build/deploy rules (`service::builds`), sealed secrets, apps (`service::apps`),
 //!   the project resources: one module each over one generic CRUD (`service::resources`,
-//!   schedules included), and project backups in upstream's format
-//!   (`service::project_backup`).
+//!   schedules included), project backups in upstream's format
+//!   (`service::project_backup`), and integrations: incoming webhooks that launch templates
+//!   (`service::integrations`).
 //! - [`runner`]: the task queue, child processes, stop/kill and live output, and the
 //!   terraform/tofu plan → confirm → apply flow (`runner::terraform`); `git ls-remote` for
 //!   repository-triggered schedules (`runner::remote`). It sees the services

@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+mod integrations;
+pub use integrations::{
+    Delivery, DeliveryOutcome, Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue,
+};
+
 /// A user id (JSON integer, increasing from 1).
 pub type UserId = u64;
 

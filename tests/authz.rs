@@ -1,8 +1,8 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
 //! projects, members and resources, issue 4's tasks, issue 12's views and project backups,
-//! issue 13's schedules), plus the project list, project creation and restore, the global
-//! event log, the server options and the apps, × every kind of caller → the status the API
-//! must answer (API.md §5 and §11).
+//! issue 13's schedules, issue 14's integrations), plus the project list, project creation and
+//! restore, the global event log, the server options and the apps, × every kind of caller →
+//! the status the API must answer (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
 //! route table in both directions, so a new project route without a row fails the tests. Read
@@ -169,6 +169,33 @@ fn rows() -> Vec<Row> {
         row(U, "/api/project/{project_id}/schedules/{schedule_id}/active",    [401, 404, 403, 403, 204, 204, 204]),
         row(G, "/api/project/{project_id}/templates/{template_id}/schedules", [401, 404, 200, 200, 200, 200, 200]),
 
+        // Integrations (issue 14): reads for every member, writes ManageResources.
+        row(G, "/api/project/{project_id}/integrations",                      [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/integrations",                      [401, 404, 403, 403, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/integrations/aliases",              [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/integrations/aliases",              [401, 404, 403, 403, 201, 201, 201]),
+        row(D, "/api/project/{project_id}/integrations/aliases/{alias_id}",   [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}",     [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/integrations/{integration_id}",     [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/integrations/{integration_id}",     [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/refs", [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/matchers", [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/integrations/{integration_id}/matchers", [401, 404, 403, 403, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}/refs", [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/values", [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/integrations/{integration_id}/values", [401, 404, 403, 403, 201, 201, 201]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", [401, 404, 200, 200, 200, 200, 200]),
+        row(U, "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", [401, 404, 403, 403, 204, 204, 204]),
+        row(D, "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}/refs", [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/aliases", [401, 404, 200, 200, 200, 200, 200]),
+        row(P, "/api/project/{project_id}/integrations/{integration_id}/aliases", [401, 404, 403, 403, 201, 201, 201]),
+        row(D, "/api/project/{project_id}/integrations/{integration_id}/aliases/{alias_id}", [401, 404, 403, 403, 204, 204, 204]),
+        row(G, "/api/project/{project_id}/integrations/{integration_id}/deliveries", [401, 404, 200, 200, 200, 200, 200]),
+
         // Tasks (issue 4): launching and stopping need RunTasks; deleting needs
         // ManageResources (else 403) and then system admin (else upstream's 401).
         row(G, "/api/project/{project_id}/tasks",                             [401, 404, 200, 200, 200, 200, 200]),
@@ -211,6 +238,13 @@ struct Fixture {
     schedule: u64,
     /// A finished task of `template`.
     task: u64,
+    /// An integration of `template`, with a matcher, an extract value and an alias.
+    integration: u64,
+    matcher: u64,
+    value: u64,
+    alias: u64,
+    /// A project-wide integration alias.
+    project_alias: u64,
     /// A guest member who is no caller: the target of the member routes.
     member: u64,
     /// A user in no project: who `POST .../users` adds.
@@ -229,6 +263,10 @@ impl Fixture {
             "view_id" => self.view,
             "schedule_id" => self.schedule,
             "task_id" => self.task,
+            "integration_id" => self.integration,
+            "matcher_id" => self.matcher,
+            "value_id" => self.value,
+            "alias_id" => self.alias,
             "user_id" => self.member,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
         }
@@ -242,6 +280,9 @@ impl Fixture {
                 |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                     // Apps are named, not numbered: bash is a built-in app every server has.
                     Some("app_id") => "bash".to_owned(),
+                    Some("alias_id") if pattern.contains("/integrations/aliases/") => {
+                        self.project_alias.to_string()
+                    }
                     Some(name) => self.param(name).to_string(),
                     None => seg.to_owned(),
                 },
@@ -312,6 +353,20 @@ impl Fixture {
                 json!({})
             }
             ("POST", Some("tasks")) => json!({"template_id": self.template}),
+            ("POST", Some("integrations")) if pattern.ends_with("/aliases") => json!({}),
+            ("POST" | "PUT", Some("integrations")) if pattern.contains("/matchers") => {
+                json!({"id": self.matcher, "name": "m", "match_type": "header",
+                       "method": "equals", "key": "X-Event", "value": "push"})
+            }
+            ("POST" | "PUT", Some("integrations")) if pattern.contains("/values") => {
+                json!({"id": self.value, "name": "v", "value_source": "body", "key": "ref",
+                       "variable": "branch"})
+            }
+            ("POST", Some("integrations")) => {
+                json!({"name": "new integration", "template_id": self.template})
+            }
+            ("PUT", Some("integrations")) => json!({"id": self.integration,
+                "name": "renamed integration", "template_id": self.template}),
             _ => return None,
         };
         Some(body)
@@ -403,7 +458,13 @@ impl World {
             )
             .await;
         }
-        if wants("repositories") || wants("templates") || wants("tasks") || wants("schedules") {
+        let integrations = wants("integrations");
+        if wants("repositories")
+            || wants("templates")
+            || wants("tasks")
+            || wants("schedules")
+            || integrations
+        {
             fx.repo_key = create(
                 a,
                 &base,
@@ -417,7 +478,7 @@ impl World {
         if wants("repositories") {
             fx.repository = create(a, &base, "repositories", repo("target repo")).await;
         }
-        if wants("templates") || wants("tasks") || wants("schedules") {
+        if wants("templates") || wants("tasks") || wants("schedules") || integrations {
             fx.template_repo = create(a, &base, "repositories", repo("template repo")).await;
             fx.template = create(
                 a,
@@ -440,6 +501,36 @@ impl World {
                        "cron_format": "@hourly"}),
             )
             .await;
+        }
+        if integrations {
+            let i = format!("{base}/integrations");
+            fx.integration = create(
+                a,
+                &base,
+                "integrations",
+                json!({"name": "target integration", "template_id": fx.template}),
+            )
+            .await;
+            let at = |part: &str| format!("{i}/{}/{part}", fx.integration);
+            let made = |r: Resp| r.json()["id"].as_u64().expect("id");
+            fx.matcher = made(
+                a.post(
+                    &at("matchers"),
+                    json!({"name": "m", "match_type": "header",
+                "method": "equals", "key": "X-Event", "value": "push"}),
+                )
+                .await,
+            );
+            fx.value = made(
+                a.post(
+                    &at("values"),
+                    json!({"name": "v", "value_source": "body",
+                "key": "ref", "variable": "branch"}),
+                )
+                .await,
+            );
+            fx.alias = made(a.post(&at("aliases"), json!({})).await);
+            fx.project_alias = made(a.post(&format!("{i}/aliases"), json!({})).await);
         }
         if wants("inventory") {
             fx.inventory = create(

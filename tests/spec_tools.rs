@@ -126,6 +126,7 @@ async fn fixture(a: &Client, repo: &Path) -> u64 {
         .expect("template"),
     );
     view_and_schedule(a, p, template).await;
+    integration(a, p, template).await;
     let task = id_of(
         &created(a, &at(p, "tasks"), json!({"template_id": template}), 201)
             .await
@@ -224,6 +225,36 @@ async fn view_and_schedule(a: &Client, p: u64, template: u64) {
         .expect("schedule");
 }
 
+/// An integration of `template` (issue 14) with a matcher, an extract value and an alias,
+/// and a project-wide alias: id 1 of each, as the spec's examples name them.
+async fn integration(a: &Client, p: u64, template: u64) {
+    let i = id_of(
+        &created(
+            a,
+            &at(p, "integrations"),
+            json!({"name": "Push", "template_id": template, "searchable": true}),
+            201,
+        )
+        .await
+        .expect("integration"),
+    );
+    let part = |what: &str| at(p, &format!("integrations/{i}/{what}"));
+    let matcher = json!({"name": "push", "match_type": "header", "method": "equals",
+                         "key": "X-GitHub-Event", "value": "push"});
+    let value = json!({"name": "branch", "value_source": "body", "body_data_type": "json",
+                       "key": "ref", "variable": "branch"});
+    for (what, body) in [
+        ("matchers", matcher),
+        ("values", value),
+        ("aliases", json!({})),
+    ] {
+        created(a, &part(what), body, 201).await.expect(what);
+    }
+    created(a, &at(p, "integrations/aliases"), json!({}), 201)
+        .await
+        .expect("project alias");
+}
+
 /// The checks every response must pass. `use_after_free` and `ensure_resource_availability`
 /// need `DELETE` (not run here); `positive_data_acceptance` would need the schema to encode
 /// every business rule (references to existing objects, unique names); `unsupported_method`
@@ -244,6 +275,8 @@ enum Scope {
     Issue12,
     /// Every method of the schedule paths (issue 13).
     Schedules,
+    /// Every method of the integration paths and the receiver (issue 14).
+    Integrations,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
@@ -252,6 +285,10 @@ const ISSUE_12_PATHS: &str = r"^/api/(apps.*|options|tasks(/\{task_id\})?|projec
 /// The paths of the schedule operations (issue 13).
 const SCHEDULE_PATHS: &str =
     r"^/api/project/\{project_id\}/(schedules.*|templates/\{template_id\}/schedules)$";
+
+/// The paths of the integration operations and the receiver (issue 14).
+const INTEGRATION_PATHS: &str =
+    r"^/api/(integrations/\{integration_alias\}|project/\{project_id\}/integrations.*)$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
@@ -283,6 +320,7 @@ fn run_schemathesis(
             .args(["--exclude-operation-id", "setUserPassword"]),
         Scope::Issue12 => cmd.args(["--include-path-regex", ISSUE_12_PATHS]),
         Scope::Schedules => cmd.args(["--include-path-regex", SCHEDULE_PATHS]),
+        Scope::Integrations => cmd.args(["--include-path-regex", INTEGRATION_PATHS]),
     };
     let out = cmd
         .args(["--checks", CHECKS])
@@ -394,6 +432,13 @@ async fn schemathesis_over_the_issue_12_operations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_over_the_schedule_operations() {
     every_method_of("schemathesis-schedules", Scope::Schedules).await;
+}
+
+/// Issue 14's integration operations (and the receiver) with every method, on a server of
+/// their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_integration_operations() {
+    every_method_of("schemathesis-integrations", Scope::Integrations).await;
 }
 
 /// Every method of the operations of `scope`, on a fixture server of their own, with every

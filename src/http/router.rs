@@ -7,11 +7,12 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    apps, confirm, meta, options, project_backup, projects, resources as res, session, site, tasks,
-    tokens, users, ws,
+    apps, confirm, integrations as int, meta, options, project_backup, projects, resources as res,
+    session, site, tasks, tokens, users, ws,
 };
 use crate::model::{
-    AccessKey, Environment, Inventory, Permissions, Repository, Schedule, Template, View,
+    AccessKey, Environment, Integration, IntegrationMatcher as Matcher, IntegrationValue as Value,
+    Inventory, Permissions, Repository, Schedule, Template, View,
 };
 
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
@@ -155,6 +156,33 @@ pub fn routes() -> Vec<Route> {
         route!(DELETE "/api/apps/{app_id}", Admin, apps::delete),
         route!(POST "/api/apps/{app_id}/active", Admin, apps::set_active),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/confirm", Project(RUN_TASKS), confirm::confirm),
+        route!(GET "/api/project/{project_id}/integrations", Project(NONE), res::list::<Integration>),
+        route!(POST "/api/project/{project_id}/integrations", Project(MANAGE_RESOURCES), res::create::<Integration>),
+        route!(GET "/api/project/{project_id}/integrations/aliases", Project(NONE), int::list_aliases),
+        route!(POST "/api/project/{project_id}/integrations/aliases", Project(MANAGE_RESOURCES), int::create_alias),
+        route!(DELETE "/api/project/{project_id}/integrations/aliases/{alias_id}", Project(MANAGE_RESOURCES), int::delete_alias),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}", Project(NONE), res::get::<Integration>),
+        route!(PUT "/api/project/{project_id}/integrations/{integration_id}", Project(MANAGE_RESOURCES), res::update::<Integration>),
+        route!(DELETE "/api/project/{project_id}/integrations/{integration_id}", Project(MANAGE_RESOURCES), res::delete::<Integration>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/refs", Project(NONE), res::refs::<Integration>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/matchers", Project(NONE), int::list_parts::<Matcher>),
+        route!(POST "/api/project/{project_id}/integrations/{integration_id}/matchers", Project(MANAGE_RESOURCES), int::create_part::<Matcher>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", Project(NONE), int::get_part::<Matcher>),
+        route!(PUT "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", Project(MANAGE_RESOURCES), int::update_part::<Matcher>),
+        route!(DELETE "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}", Project(MANAGE_RESOURCES), int::delete_part::<Matcher>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/matchers/{matcher_id}/refs", Project(NONE), int::part_refs::<Matcher>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/values", Project(NONE), int::list_parts::<Value>),
+        route!(POST "/api/project/{project_id}/integrations/{integration_id}/values", Project(MANAGE_RESOURCES), int::create_part::<Value>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", Project(NONE), int::get_part::<Value>),
+        route!(PUT "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", Project(MANAGE_RESOURCES), int::update_part::<Value>),
+        route!(DELETE "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}", Project(MANAGE_RESOURCES), int::delete_part::<Value>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/values/{value_id}/refs", Project(NONE), int::part_refs::<Value>),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/aliases", Project(NONE), int::list_aliases),
+        route!(POST "/api/project/{project_id}/integrations/{integration_id}/aliases", Project(MANAGE_RESOURCES), int::create_alias),
+        route!(DELETE "/api/project/{project_id}/integrations/{integration_id}/aliases/{alias_id}", Project(MANAGE_RESOURCES), int::delete_alias),
+        route!(GET "/api/project/{project_id}/integrations/{integration_id}/deliveries", Project(NONE), int::deliveries),
+        route!(GET "/api/integrations/{integration_alias}", Anonymous, int::receive),
+        route!(POST "/api/integrations/{integration_alias}", Anonymous, int::receive),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
     ]
 }

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod auth;
 mod builds;
 pub mod input;
+pub mod integrations;
 pub mod options;
 mod password;
 pub mod project_backup;
@@ -107,6 +108,8 @@ pub struct Services {
     /// Which apps are active by default (what `PATH` held at start).
     app_defaults: apps::Defaults,
     schedule_hub: resources::schedules::Hub,
+    /// Failed webhook authentications per client address (`integrations`).
+    delivery_throttle: throttle::Throttle,
 }
 
 impl Services {
@@ -130,6 +133,10 @@ impl Services {
                 &config.extra_apps,
             ),
             schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
+            delivery_throttle: throttle::Throttle::new(
+                integrations::MAX_FAILURES,
+                integrations::FAILURE_WINDOW,
+            ),
         })
     }
 

@@ -2,8 +2,8 @@
 //!
 //! A backup is one JSON document: `meta` (the project's fields), then `keys`, `repositories`,
 //! `inventories`, `environments`, `views`, `templates` and `schedules` (naming their
-//! template), and upstream's `integrations` and `integration_aliases` (always empty: Forge
-//! has none of them yet). Objects
+//! template), and upstream's `integrations` (naming their template and secret key, with their
+//! matchers, extract values and aliases) and project-wide `integration_aliases`. Objects
 //! refer to each other by name, never by id, and no secret leaves the server: keys carry only
 //! their name and type, environments the names of their secrets, never a value or a password.
 //! Each list is sorted by name (views by position), so a backup depends on what a project
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::integrations::backup::{self as integration_backup, IntegrationEntry};
 use super::projects::{
     Access, EMPTY_ENVIRONMENT, NONE_KEY, ProjectInput, empty_environment, insert_project, none_key,
 };
@@ -59,9 +60,9 @@ pub struct Document {
     pub inventories: Vec<InventoryEntry>,
     /// Environments.
     pub environments: Vec<EnvironmentEntry>,
-    /// Upstream's integrations: always empty (Forge has none yet).
-    pub integrations: Vec<Value>,
-    /// Upstream's project-wide integration aliases: always empty.
+    /// Integrations (by template and key name).
+    pub integrations: Vec<IntegrationEntry>,
+    /// Project-wide integration aliases (strings).
     pub integration_aliases: Vec<Value>,
     /// Schedules (by template name).
     pub schedules: Vec<ScheduleEntry>,
@@ -515,6 +516,12 @@ impl Services {
         doc.views
             .sort_by(|a, b| (a.position, &a.title).cmp(&(b.position, &b.title)));
         doc.templates.sort_by(|a, b| a.name.cmp(&b.name));
+        (doc.integrations, doc.integration_aliases) = integration_backup::export(
+            &view,
+            p,
+            |id| tpl_names.get(&id).cloned(),
+            |id| key_names.get(&id).cloned(),
+        )?;
         doc.schedules.sort_by(|a, b| {
             (&a.template, &a.name, &a.cron_format).cmp(&(&b.template, &b.name, &b.cron_format))
         });
@@ -782,6 +789,8 @@ struct Plan {
     template_refs: Vec<TemplateRefs>,
     /// Per schedule: its template and repository (indexes into the document's lists).
     schedule_refs: Vec<(usize, Option<usize>)>,
+    /// Per integration: its template and secret key.
+    integration_refs: Vec<(usize, Option<usize>)>,
 }
 
 impl Plan {
@@ -790,13 +799,11 @@ impl Plan {
     fn new(mut doc: Document) -> Result<Self> {
         let name = doc.meta.name.clone().unwrap_or_default();
         validate::name(&name, "project name").map_err(|e| Error::Invalid(format!("meta: {e}")))?;
-        for (kind, items) in [
-            ("integrations", &doc.integrations),
-            ("integration_aliases", &doc.integration_aliases),
-        ] {
-            if !items.is_empty() {
+        for (i, a) in doc.integration_aliases.iter().enumerate() {
+            if !a.is_string() {
                 return invalid(format!(
-                    "{kind}[0]: this server has no {kind} yet; remove them to restore the rest"
+                    "integration_aliases[{i}]: must be a string, not {}",
+                    json_type(a)
                 ));
             }
         }
@@ -898,6 +905,21 @@ impl Plan {
                 refs().map_err(at(&l))
             })
             .collect::<Result<_>>()?;
+        let integration_refs = doc
+            .integrations
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let l = label("integrations", i, e.name.as_deref());
+                let refs = || -> Result<(usize, Option<usize>)> {
+                    Ok((
+                        tpls.require("template", e.template.as_ref())?,
+                        keys.resolve("auth_secret", e.auth_secret.as_ref())?,
+                    ))
+                };
+                refs().map_err(at(&l))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             doc,
             name,
@@ -905,6 +927,7 @@ impl Plan {
             inventory_refs,
             template_refs,
             schedule_refs,
+            integration_refs,
         })
     }
 
@@ -1041,6 +1064,19 @@ impl Plan {
             };
             let l = label("schedules", i, s.name.as_deref());
             create::<Schedule>(services, tx, p, input, &l)?;
+        }
+        for (i, e) in doc.integrations.iter().enumerate() {
+            let (template, key) = self.integration_refs[i];
+            let ids = (tpl_ids[template], key.map(|k| key_ids[k]));
+            integration_backup::restore(services, tx, p, e, ids).map_err(at(&label(
+                "integrations",
+                i,
+                e.name.as_deref(),
+            )))?;
+        }
+        for (i, a) in doc.integration_aliases.iter().enumerate() {
+            integration_backup::restore_alias(tx, p, None, a.as_str().unwrap_or_default())
+                .map_err(at(&format!("integration_aliases[{i}]")))?;
         }
         tx.record(NewEvent {
             user_id: Some(caller.id),

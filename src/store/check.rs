@@ -239,6 +239,7 @@ pub(crate) fn check_tx(
     check_sessions_and_tokens(tx, report, &users)?;
     let projects = check_projects(tx, report, &users)?;
     check_scoped(tx, report, &projects, &mut sealed)?;
+    check_integrations(tx, report, &projects)?;
     check_events(tx, report, &projects)?;
     check_tasks(tx, report, &projects, &mut sealed)?;
     check_counters(tx, report)?;
@@ -523,6 +524,111 @@ fn check_scoped(
     Ok(())
 }
 
+/// Integrations and their parts: each refers to a template or integration of its project;
+/// the alias hash index holds exactly the aliases' hashes; deliveries belong to an integration.
+fn check_integrations(
+    tx: &WriteTransaction,
+    report: &mut Report,
+    projects: &BTreeSet<u64>,
+) -> Result<()> {
+    use crate::model::{
+        Delivery, Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue,
+    };
+    use crate::store::tables::{
+        ALIASHASH_ALIAS, INTEGRATION_DELIVERY, PROJECT_INTEGRATION, PROJECT_INTEGRATION_ALIAS,
+        PROJECT_INTEGRATION_MATCHER, PROJECT_INTEGRATION_VALUE,
+    };
+    use sha2::Digest;
+    let integrations = scoped::<Integration>(
+        tx,
+        report,
+        PROJECT_INTEGRATION,
+        "integrations",
+        projects,
+        |i| (i.project_id, i.id),
+    )?;
+    let templates = tx.open_table(PROJECT_TEMPLATE)?;
+    for i in &integrations {
+        if templates.get((i.project_id, i.template_id))?.is_none() {
+            report.problem(format!(
+                "integrations[{}, {}]: template {} does not exist",
+                i.project_id, i.id, i.template_id
+            ));
+        }
+    }
+    let known: BTreeSet<(u64, u64)> = integrations.iter().map(|i| (i.project_id, i.id)).collect();
+    let mut parts: Vec<(&str, u64, u64, Option<u64>)> = Vec::new();
+    for m in scoped::<IntegrationMatcher>(
+        tx,
+        report,
+        PROJECT_INTEGRATION_MATCHER,
+        "integration_matchers",
+        projects,
+        |m| (m.project_id, m.id),
+    )? {
+        parts.push((
+            "integration_matchers",
+            m.project_id,
+            m.id,
+            Some(m.integration_id),
+        ));
+    }
+    for v in scoped::<IntegrationValue>(
+        tx,
+        report,
+        PROJECT_INTEGRATION_VALUE,
+        "integration_values",
+        projects,
+        |v| (v.project_id, v.id),
+    )? {
+        parts.push((
+            "integration_values",
+            v.project_id,
+            v.id,
+            Some(v.integration_id),
+        ));
+    }
+    let aliases = scoped::<IntegrationAlias>(
+        tx,
+        report,
+        PROJECT_INTEGRATION_ALIAS,
+        "integration_aliases",
+        projects,
+        |a| (a.project_id, a.id),
+    )?;
+    let mut expected = BTreeSet::new();
+    for a in &aliases {
+        parts.push(("integration_aliases", a.project_id, a.id, a.integration_id));
+        let hash: [u8; 32] = sha2::Sha256::digest(a.alias.as_bytes()).into();
+        expected.insert((hash, (a.project_id, a.id)));
+    }
+    for (table, p, id, integration) in parts {
+        if let Some(i) = integration.filter(|&i| !known.contains(&(p, i))) {
+            report.problem(format!(
+                "{table}[{p}, {id}]: integration {i} does not exist"
+            ));
+        }
+    }
+    let mut actual = BTreeSet::new();
+    let n = each(tx, ALIASHASH_ALIAS, |h, target| {
+        actual.insert((h, target));
+    })?;
+    report.counts.push(("integration_aliases_by_hash", n));
+    compare(report, "integration_aliases_by_hash", &expected, &actual);
+    let mut rows = Vec::new();
+    let n = each(tx, INTEGRATION_DELIVERY, |k, b| rows.push((k, b.to_vec())))?;
+    report.counts.push(("integration_deliveries", n));
+    for ((p, i, id), bytes) in rows {
+        if !known.contains(&(p, i)) {
+            report.problem(format!(
+                "integration_deliveries[{p}, {i}, {id}]: integration {i} does not exist"
+            ));
+        }
+        decode::<Delivery>(report, "integration_deliveries", (p, i, id), &bytes);
+    }
+    Ok(())
+}
+
 fn check_events(
     tx: &WriteTransaction,
     report: &mut Report,
@@ -666,6 +772,22 @@ fn check_counters(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         (PROJECT_TASK, "next_task_id"),
         (PROJECT_VIEW, "next_view_id"),
         (crate::store::tables::PROJECT_SCHEDULE, "next_schedule_id"),
+        (
+            crate::store::tables::PROJECT_INTEGRATION,
+            "next_integration_id",
+        ),
+        (
+            crate::store::tables::PROJECT_INTEGRATION_MATCHER,
+            "next_integration_matcher_id",
+        ),
+        (
+            crate::store::tables::PROJECT_INTEGRATION_VALUE,
+            "next_integration_value_id",
+        ),
+        (
+            crate::store::tables::PROJECT_INTEGRATION_ALIAS,
+            "next_integration_alias_id",
+        ),
     ] {
         let mut max = None;
         each(tx, table, |(_, id), _| max = max.max(Some(id)))?;

@@ -28,6 +28,7 @@ pub mod check;
 pub mod codec;
 pub mod compact;
 pub mod disk;
+pub mod integrations;
 pub mod migrate;
 pub mod options;
 pub mod projects;
@@ -199,6 +200,8 @@ impl Store {
             tx.open_table(tables::TASK_OUTPUT)?;
             tx.open_table(tables::TEMPLATE_TASK)?;
             tx.open_table(tables::PURGE_TASK)?;
+            tx.open_table(tables::ALIASHASH_ALIAS)?;
+            tx.open_table(tables::INTEGRATION_DELIVERY)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

@@ -52,6 +52,8 @@ macro_rules! resource {
         }
     };
 }
+pub(super) use resource;
+
 resource!(AccessKey, PROJECT_KEY, "next_key_id");
 resource!(Repository, PROJECT_REPOSITORY, "next_repository_id");
 resource!(Inventory, PROJECT_INVENTORY, "next_inventory_id");
@@ -218,6 +220,7 @@ impl Tx<'_> {
         }
         let range = (id, 0)..=(id, u64::MAX);
         forget_project_tasks(self.tx, id)?;
+        super::integrations::forget_project(self.tx, id)?;
         for table in PROJECT_SCOPED {
             self.tx
                 .open_table(*table)?
@@ -347,6 +350,11 @@ pub struct View {
 }
 
 impl View {
+    /// The underlying read transaction (for sibling store modules).
+    pub(super) fn raw(&self) -> &ReadTransaction {
+        &self.tx
+    }
+
     /// Resource `id` of `project`.
     ///
     /// # Errors

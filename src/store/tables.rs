@@ -100,6 +100,27 @@ pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::
 /// bounded batch at a time (see `store::retention`). Ids are never reused.
 pub const PURGE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("tasks_purging");
 
+/// (project id, integration id) → encoded [`crate::model::Integration`].
+pub const PROJECT_INTEGRATION: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("integrations");
+/// (project id, matcher id) → encoded [`crate::model::IntegrationMatcher`].
+pub const PROJECT_INTEGRATION_MATCHER: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("integration_matchers");
+/// (project id, extract value id) → encoded [`crate::model::IntegrationValue`].
+pub const PROJECT_INTEGRATION_VALUE: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("integration_values");
+/// (project id, alias id) → encoded [`crate::model::IntegrationAlias`].
+pub const PROJECT_INTEGRATION_ALIAS: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("integration_aliases");
+/// SHA-256(alias) → (project id, alias id): the receiver finds an alias by its hash, so the
+/// lookup's timing says nothing about how much of a guessed alias was right.
+pub const ALIASHASH_ALIAS: TableDefinition<SecretHash, (ProjectId, u64)> =
+    TableDefinition::new("integration_aliases_by_hash");
+/// (project id, integration id, delivery id) → encoded [`crate::model::Delivery`]: the last
+/// deliveries of an integration (`store::integrations::DELIVERIES_KEPT`), oldest first.
+pub const INTEGRATION_DELIVERY: TableDefinition<(ProjectId, u64, u64), &[u8]> =
+    TableDefinition::new("integration_deliveries");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
@@ -112,4 +133,8 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_VIEW,
     PROJECT_BUILDVERSION,
     PROJECT_SCHEDULE,
+    PROJECT_INTEGRATION,
+    PROJECT_INTEGRATION_MATCHER,
+    PROJECT_INTEGRATION_VALUE,
+    PROJECT_INTEGRATION_ALIAS,
 ];

@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod backup;
 pub mod confirm;
+pub mod integrations;
 pub mod meta;
 pub mod options;
 pub mod project_backup;

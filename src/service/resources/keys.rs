@@ -175,6 +175,11 @@ impl ProjectResource for AccessKey {
             repositories: users(lists, p, |r: &Repository| r.ssh_key_id == id)?,
         })
     }
+
+    /// Integrations signing with it lose their secret (and then refuse every delivery).
+    fn removing(&self, tx: &Tx<'_>) -> Result<()> {
+        crate::service::integrations::forget_key(tx, self.project_id, self.id)
+    }
 }
 
 impl Services {

@@ -330,6 +330,7 @@ impl ProjectResource for Template {
             tx.delete_task(task)?;
         }
         tx.forget_builds(self.project_id, self.id)?;
+        crate::service::integrations::remove_for_template(tx, self.project_id, self.id)?;
         super::schedules::remove_for_template(tx, self.project_id, self.id)
     }
 }
