@@ -357,6 +357,11 @@ async fn hmac_token_and_no_auth() {
     )
     .await;
     let hook = alias(&a, p, open).await;
+    // HEAD is a probe that clients and proxies send freely: it must not launch anything.
+    let r = c
+        .raw("HEAD", &format!("/api/integrations/{hook}"), None, &[])
+        .await;
+    assert_eq!(r.status, 405);
     let r = c
         .raw("GET", &format!("/api/integrations/{hook}"), None, &[])
         .await;

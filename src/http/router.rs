@@ -18,7 +18,7 @@ use crate::model::{
 /// One route: method, path (matchit syntax), what it needs of the caller, and its handler.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// HTTP method (HEAD is served by every GET route).
+    /// HTTP method (HEAD is served by every GET route that has no side effect).
     pub method: Method,
     /// Path pattern, e.g. `/api/users/{id}`.
     pub path: &'static str,
@@ -26,6 +26,9 @@ pub struct Route {
     pub need: Need,
     /// The handler.
     pub handler: Handler,
+    /// A GET route whose handler acts (the integration receiver launches tasks): HEAD, which
+    /// clients and proxies send as a harmless probe, must not reach it.
+    pub acts: bool,
 }
 
 macro_rules! route {
@@ -35,6 +38,13 @@ macro_rules! route {
             path: $path,
             need: Need::$need,
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+            acts: false,
+        }
+    };
+    (GET $path:literal, $need:ident, $handler:path, acts) => {
+        Route {
+            acts: true,
+            ..route!(GET $path, $need, $handler)
         }
     };
     ($method:ident $path:literal, Project($perm:ident), $handler:path) => {
@@ -43,6 +53,7 @@ macro_rules! route {
             path: $path,
             need: Need::Project(Permissions::$perm),
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+            acts: false,
         }
     };
 }
@@ -181,7 +192,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/project/{project_id}/integrations/{integration_id}/aliases", Project(MANAGE_RESOURCES), int::create_alias),
         route!(DELETE "/api/project/{project_id}/integrations/{integration_id}/aliases/{alias_id}", Project(MANAGE_RESOURCES), int::delete_alias),
         route!(GET "/api/project/{project_id}/integrations/{integration_id}/deliveries", Project(NONE), int::deliveries),
-        route!(GET "/api/integrations/{integration_alias}", Anonymous, int::receive),
+        route!(GET "/api/integrations/{integration_alias}", Anonymous, int::receive, acts),
         route!(POST "/api/integrations/{integration_alias}", Anonymous, int::receive),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
     ]
@@ -224,15 +235,18 @@ impl Router {
         Self { routes, by_method }
     }
 
-    /// Finds the route for `method` and `path` (HEAD is looked up as GET).
+    /// Finds the route for `method` and `path` (HEAD is looked up as GET, except for a GET
+    /// route that acts).
     #[must_use]
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let method = if method == Method::HEAD {
-            &Method::GET
-        } else {
-            method
-        };
-        if let Some(m) = self.by_method.get(method).and_then(|r| r.at(path).ok()) {
+        let head = method == Method::HEAD;
+        let method = if head { &Method::GET } else { method };
+        if let Some(m) = self
+            .by_method
+            .get(method)
+            .and_then(|r| r.at(path).ok())
+            .filter(|m| !(head && self.routes[*m.value].acts))
+        {
             let params = m
                 .params
                 .iter()
@@ -240,16 +254,20 @@ impl Router {
                 .collect();
             return Lookup::Found(&self.routes[*m.value], params);
         }
+        let mut head_served = false;
         let mut allowed: Vec<&str> = self
             .by_method
             .iter()
-            .filter(|(_, r)| r.at(path).is_ok())
-            .map(|(m, _)| m.as_str())
+            .filter_map(|(m, r)| {
+                let found = r.at(path).ok()?;
+                head_served |= *m == Method::GET && !self.routes[*found.value].acts;
+                Some(m.as_str())
+            })
             .collect();
         if allowed.is_empty() {
             return Lookup::NotFound;
         }
-        if allowed.contains(&"GET") {
+        if head_served {
             allowed.push("HEAD");
         }
         allowed.sort_unstable();
@@ -289,5 +307,18 @@ mod tests {
             r.lookup(&Method::GET, "/api/nope"),
             Lookup::NotFound
         ));
+    }
+
+    #[test]
+    fn head_never_reaches_a_get_route_that_acts() {
+        let r = Router::new(routes());
+        assert!(matches!(
+            r.lookup(&Method::GET, "/api/integrations/abc"),
+            Lookup::Found(..)
+        ));
+        match r.lookup(&Method::HEAD, "/api/integrations/abc") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "GET, POST"),
+            other => panic!("{other:?}"),
+        }
     }
 }
