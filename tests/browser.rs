@@ -35,7 +35,8 @@ struct Script {
     stdout: Receiver<String>,
     stderr: std::thread::JoinHandle<String>,
     deadline: Instant,
-    script: String,
+    /// The script, for messages.
+    path: String,
 }
 
 impl Script {
@@ -80,7 +81,7 @@ impl Script {
             stdout,
             stderr,
             deadline: Instant::now() + timeout,
-            script: script.to_owned(),
+            path: script.to_owned(),
         }
     }
 
@@ -133,7 +134,7 @@ impl Script {
         assert!(
             status.success(),
             "{} exited with {status}:\n{log}",
-            self.script
+            self.path
         );
         log
     }
@@ -145,7 +146,7 @@ impl Script {
         let log = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
             .join()
             .unwrap_or_default();
-        panic!("{}: {why}\n{log}", self.script);
+        panic!("{}: {why}\n{log}", self.path);
     }
 }
 
@@ -260,6 +261,7 @@ const CONSOLE_SCRIPTS: &[(&str, &str)] = &[
         "slow.sh",
         "printf 'survey: %s\\n' \"$*\"\n\
          printf '\\033[31mred text\\033[0m and \\033[1;32mbold green\\033[0m\\n'\n\
+         echo '<img src=x data-bad=1>not <b>bold</b>'\n\
          for i in $(seq 1 12); do echo \"slow line $i\"; sleep 0.4; done\n\
          echo 'slow done'\n",
     ),

@@ -79,12 +79,24 @@ function heading(text, testid) {
   return h('h2', { tabIndex: -1, dataset: { testid } }, text);
 }
 
-function crumbs(...items) {
-  const list = h('ol', {});
-  items.forEach(([label, href]) => {
-    list.append(h('li', {}, href ? h('a', { href }, label) : h('span', { attrs: { 'aria-current': 'page' } }, label)));
-  });
-  return h('nav', { className: 'crumbs', attrs: { 'aria-label': 'Breadcrumb' } }, list);
+/**
+ * Breadcrumbs "Projects / <project> [/ here]"; the project's name replaces its id when it
+ * arrives (and goes to `onName`, and the window title), unless `alive()` says the view is gone.
+ */
+function projectCrumbs(p, here, alive, onName) {
+  const current = { attrs: { 'aria-current': 'page' } };
+  const name = here ? h('a', { href: `#/project/${p}` }, `Project ${p}`) : h('span', current, `Project ${p}`);
+  const items = [h('li', {}, h('a', { href: '#/' }, 'Projects')), h('li', {}, name)];
+  if (here) items.push(h('li', {}, h('span', current, here)));
+  api('GET', `/api/project/${p}`)
+    .then((project) => {
+      if (!alive() || !project) return;
+      name.textContent = project.name;
+      document.title = `${here ? `${here} — ` : ''}${project.name} — Forge`;
+      if (onName) onName(project.name);
+    })
+    .catch(() => {});
+  return h('nav', { className: 'crumbs', attrs: { 'aria-label': 'Breadcrumb' } }, h('ol', {}, items));
 }
 
 /** A section card with a title and a body that shows an error in place when loading fails. */
@@ -247,8 +259,11 @@ function taskRow(p, task) {
 }
 
 function projectView(p) {
+  let alive = true;
   const title = heading(`Project ${p}`, 'project-title');
-  const crumb = crumbs(['Projects', '#/'], [`Project ${p}`, null]);
+  const crumb = projectCrumbs(p, null, () => alive, (name) => {
+    title.textContent = name;
+  });
   const templatesBody = h('div', {}, h('p', { className: 'muted' }, 'Loading templates…'));
   const tasksBody = h('div', {}, h('p', { className: 'muted' }, 'Loading tasks…'));
   const schedulesBody = h('div', {}, h('p', { className: 'muted' }, 'Loading schedules…'));
@@ -259,21 +274,11 @@ function projectView(p) {
     card('Tasks', 'tasks', tasksBody),
     card('Schedules', 'schedules', schedulesBody),
   );
-  let alive = true;
   const rows = new Map(); // task id → row
   const { wrap, tbody } = table('Tasks of this project, newest first', ['Task', 'Template', 'Status', 'By', 'Started', 'Duration'], 'task-list');
   const ticker = setInterval(() => {
     for (const r of rows.values()) if (r.task.start && !r.task.end) r.tick();
   }, 1000);
-
-  api('GET', `/api/project/${p}`)
-    .then((project) => {
-      if (!alive || !project) return;
-      title.textContent = project.name;
-      crumb.querySelector('[aria-current]').textContent = project.name;
-      document.title = `${project.name} — Forge`;
-    })
-    .catch(() => {});
 
   async function loadTemplates() {
     try {
@@ -455,16 +460,11 @@ function surveyField(v, i) {
 }
 
 function runView(p, t) {
+  let alive = true;
   const title = heading('Run template', 'run-title');
-  const crumbName = h('a', { href: `#/project/${p}` }, `Project ${p}`);
-  const nav = h('nav', { className: 'crumbs', attrs: { 'aria-label': 'Breadcrumb' } },
-    h('ol', {}, h('li', {}, h('a', { href: '#/' }, 'Projects')), h('li', {}, crumbName), h('li', {}, h('span', { attrs: { 'aria-current': 'page' } }, 'Run'))));
+  const nav = projectCrumbs(p, 'Run', () => alive);
   const body = h('div', {}, h('p', { className: 'muted' }, 'Loading the template…'));
   root.replaceChildren(nav, title, h('section', { className: 'card console-card' }, body));
-  let alive = true;
-  api('GET', `/api/project/${p}`).then((project) => {
-    if (alive && project) crumbName.textContent = project.name;
-  }).catch(() => {});
 
   (async () => {
     let tpl;
@@ -545,10 +545,9 @@ function runView(p, t) {
 }
 
 function taskView(p, t) {
+  let alive = true;
   const title = heading(`Task #${t}`, 'task-title');
-  const projectCrumb = h('a', { href: `#/project/${p}` }, `Project ${p}`);
-  const nav = h('nav', { className: 'crumbs', attrs: { 'aria-label': 'Breadcrumb' } },
-    h('ol', {}, h('li', {}, h('a', { href: '#/' }, 'Projects')), h('li', {}, projectCrumb), h('li', {}, h('span', { attrs: { 'aria-current': 'page' } }, `Task #${t}`))));
+  const nav = projectCrumbs(p, `Task #${t}`, () => alive);
   const statusBox = h('span', { dataset: { testid: 'task-page-status' }, attrs: { role: 'status', 'aria-live': 'polite' } }, '…');
   const tplName = h('dd', {}, '…');
   const who = h('dd', {}, '…');
@@ -581,7 +580,6 @@ function taskView(p, t) {
       box),
   );
 
-  let alive = true;
   let task = null;
   const view = new LogView(box, { onFollowChange: (on) => { follow.hidden = on; } });
   follow.addEventListener('click', () => {
@@ -667,10 +665,6 @@ function taskView(p, t) {
         });
     }
   }
-  api('GET', `/api/project/${p}`).then((project) => {
-    if (alive && project) projectCrumb.textContent = project.name;
-  }).catch(() => {});
-
   stop.addEventListener('click', async () => {
     stop.disabled = true;
     say(`Stopping task #${t}…`);

@@ -2,13 +2,14 @@
 // text is a text node), and a virtualised view that keeps only the visible lines in the DOM, so a
 // task of 100 000 lines or more scrolls as lightly as one of ten.
 
-/** SGR state: foreground/background (index 0..255, `#rrggbb` or null) and flags. */
+/** SGR state: foreground/background (palette index 0..15, `#rrggbb`, or null) and flags. */
 const PLAIN = Object.freeze({ fg: null, bg: null, bold: false, dim: false, italic: false, underline: false });
 
-// CSI sequences (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \), other two-byte escapes,
+// CSI sequences (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \), other escapes (ESC,
+// intermediate bytes, a final byte: charset selection and the like),
 // and the C0 controls a terminal would not print (tab is kept).
 // eslint-disable-next-line no-control-regex
-const ESCAPE = /\x1b\[([0-9;?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?|[\x00-\x08\x0b-\x1f\x7f]/g;
+const ESCAPE = /\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?|[\x00-\x08\x0b-\x1f\x7f]/g;
 
 /** The 256-colour palette entry `n` (16..255) as `#rrggbb`. */
 function xterm(n) {
@@ -68,7 +69,7 @@ function applySgr(state, params) {
       i = next - 1;
     }
   }
-  return Object.freeze(s);
+  return isPlain(s) ? PLAIN : Object.freeze(s);
 }
 
 const isPlain = (s) => s.fg === null && s.bg === null && !s.bold && !s.dim && !s.italic && !s.underline;

@@ -14,18 +14,10 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS, Run, check } from './harness.mjs';
 
 const OVERALL_TIMEOUT_MS = 150_000;
 const STEP_TIMEOUT_MS = 20_000;
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 /** Line nodes the output box may hold at once (it renders what is in view, plus a margin). */
 const MAX_LINE_NODES = 200;
 
@@ -39,43 +31,8 @@ const p = Number(projectArg);
 const artifacts = resolve(artifactArg);
 mkdirSync(artifacts, { recursive: true });
 
-let browser = null;
-let page = null;
-let current = 'start';
-const log = (msg) => console.error(`console: ${msg}`);
-
-async function fail(message) {
-  console.error(`console: FAILED at step "${current}": ${message}`);
-  if (page) {
-    try {
-      const shot = join(artifacts, 'console-failure.png');
-      await page.screenshot({ path: shot, fullPage: true, timeout: 3000 });
-      console.error(`console: failure screenshot: ${shot}`);
-    } catch {
-      // the page may be gone
-    }
-  }
-  try {
-    if (browser) await browser.close();
-  } catch {
-    // already closed
-  }
-  process.exit(1);
-}
-
-setTimeout(() => fail(`overall timeout of ${OVERALL_TIMEOUT_MS / 1000} s exceeded`), OVERALL_TIMEOUT_MS).unref();
-
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-async function step(name, fn) {
-  current = name;
-  const t = Date.now();
-  const result = await fn();
-  log(`ok   ${name} (${Date.now() - t} ms)`);
-  return result;
-}
+const run = new Run('console', join(artifacts, 'console-failure.png'), OVERALL_TIMEOUT_MS);
+const step = (name, fn) => run.step(name, fn);
 
 const problems = [];
 function watch(pg) {
@@ -106,11 +63,13 @@ async function openProject(pg) {
 }
 
 async function main() {
-  browser = await step('launch chromium', () =>
-    chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS, timeout: STEP_TIMEOUT_MS }),
+  const browser = await step('launch chromium', () =>
+    chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: STEP_TIMEOUT_MS }),
   );
+  run.browser = browser;
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  page = await context.newPage();
+  const page = await context.newPage();
+  run.page = page;
   watch(page);
   const ids = {};
 
@@ -169,6 +128,8 @@ async function main() {
     const text = await outputText(page);
     check(text.includes('greeting=hello world') && text.includes('count=3'), `survey values not in the output: ${text}`);
     check(!text.includes('\u001b') && !text.includes('[31m'), 'raw escape sequences in the output');
+    check(text.includes('<img src=x data-bad=1>not <b>bold</b>'), 'markup in the output is not shown as text');
+    check((await box.locator('img, b').count()) === 0, 'markup in the output became elements');
     const red = box.locator('span.ansi-fg-1');
     check((await red.textContent()) === 'red text', 'red text is not a red span');
     const green = box.locator('span.ansi-fg-2.ansi-bold');
@@ -178,6 +139,27 @@ async function main() {
     await page.locator('[data-testid=console-view][data-task-status=success]').waitFor();
     await box.getByText('slow done', { exact: true }).waitFor();
     check(await page.locator('[data-testid=stop-task]').isHidden(), 'Stop button after the end');
+  });
+
+  await step('ANSI parsing: 256 and 24-bit colours, carried state, \\r, other escapes dropped', async () => {
+    const got = await page.evaluate(async () => {
+      const { parseAnsi } = await import('/logview.js');
+      const runs = (line, start) => parseAnsi(line, start).runs.map((r) => [r.text, r.state.fg, r.state.bg, r.state.bold]);
+      const end = parseAnsi('\u001b[38;5;196;48;2;1;2;3mX').end;
+      return {
+        extended: runs('\u001b[38;5;196;48;2;1;2;3mX'),
+        carried: runs('next line', end),
+        reset: runs('\u001b[1mA\u001b[22;39mB'),
+        cr: runs('progress 10%\rprogress 100%'),
+        other: runs('\u001b]0;title\u0007a\u001b[2Kb\u001b(Bc\u0008'),
+      };
+    });
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    check(same(got.extended, [['X', '#ff0000', '#010203', false]]), `extended ${JSON.stringify(got.extended)}`);
+    check(same(got.carried, [['next line', '#ff0000', '#010203', false]]), `carried ${JSON.stringify(got.carried)}`);
+    check(same(got.reset, [['A', null, null, true], ['B', null, null, false]]), `reset ${JSON.stringify(got.reset)}`);
+    check(same(got.cr, [['progress 100%', null, null, false]]), `cr ${JSON.stringify(got.cr)}`);
+    check(got.other.map((r) => r[0]).join('') === 'abc', `other ${JSON.stringify(got.other)}`);
   });
 
   await step('the raw output link serves the text', async () => {
@@ -309,11 +291,8 @@ async function main() {
   });
 
   await browser.close();
-  browser = null;
+  run.browser = null;
   process.stdout.write(`TASKS=${JSON.stringify(ids)}\n`);
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => fail(e && e.message ? e.message : String(e)),
-);
+run.main(main);
