@@ -279,26 +279,13 @@ const CONSOLE_SCRIPTS: &[(&str, &str)] = &[
 /// A project with a local repository, the four bash templates (`slow` with a survey) and a
 /// schedule; returns the project id.
 async fn console_project(a: &common::Client, repo: &Path) -> u64 {
-    use common::{at, id_of, ok_json};
+    use common::{at, id_of};
     use serde_json::json;
     for (name, body) in CONSOLE_SCRIPTS {
         std::fs::write(repo.join(name), body).expect("write script");
     }
-    let r = a
-        .post("/api/projects", json!({"name": "Console demo"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let p = id_of(&r.json());
-    let none = id_of(&ok_json(a, &at(p, "keys")).await[0]);
-    let r = a
-        .post(
-            &at(p, "repositories"),
-            json!({"name": "local", "project_id": p, "ssh_key_id": none, "git_branch": "",
-                   "git_url": repo.display().to_string()}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let repo_id = id_of(&ok_json(a, &at(p, "repositories")).await[0]);
+    let p = common::new_project(a, "Console demo").await;
+    let repo_id = common::local_repository(a, p, repo).await;
     let mut quick = 0;
     for (name, _) in CONSOLE_SCRIPTS {
         let template = name.trim_end_matches(".sh");
