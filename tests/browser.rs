@@ -252,6 +252,10 @@ async fn web_page_logs_in_creates_and_expires_a_token() {
 /// How long the console run may take (the script gives up after 150 s by itself).
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A project member whose role (guest) may not run tasks.
+const GUEST: &str = "gail";
+const GUEST_PASSWORD: &str = "pw-of-gail";
+
 /// Lines the flood template prints (the 100 k).
 const FLOOD_LINES: u64 = 100_000;
 
@@ -334,14 +338,37 @@ async fn console_runs_watches_and_stops_tasks() {
     let mut admin = server.client();
     admin.login(ADMIN, ADMIN_PASSWORD).await;
     let p = console_project(&admin, repo.path()).await;
+    let r = admin
+        .post(
+            "/api/users",
+            serde_json::json!({"name": "Gail Guest", "username": GUEST, "email": "guest@example.com",
+                               "password": GUEST_PASSWORD, "admin": false}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let guest = common::id_of(&r.json());
+    let r = admin
+        .post(
+            &at(p, "users"),
+            serde_json::json!({"user_id": guest, "role": "guest"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
 
     let artifacts = root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
-    let args = [base.as_str(), ADMIN, ADMIN_PASSWORD, &p.to_string()]
-        .map(OsString::from)
-        .into_iter()
-        .chain([artifacts.clone().into_os_string()])
-        .collect::<Vec<_>>();
+    let args = [
+        base.as_str(),
+        ADMIN,
+        ADMIN_PASSWORD,
+        &p.to_string(),
+        GUEST,
+        GUEST_PASSWORD,
+    ]
+    .map(OsString::from)
+    .into_iter()
+    .chain([artifacts.clone().into_os_string()])
+    .collect::<Vec<_>>();
     let mut script = Script::run("tests/js/console.mjs", &args, CONSOLE_TIMEOUT);
     let ids: serde_json::Value =
         serde_json::from_str(&script.value("TASKS=")).expect("TASKS= is JSON");

@@ -36,7 +36,9 @@ function h(tag, props = {}, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'dataset') Object.assign(node.dataset, v);
     else if (k === 'on') for (const [ev, fn] of Object.entries(v)) node.addEventListener(ev, fn);
-    else if (k === 'attrs') for (const [a, av] of Object.entries(v)) node.setAttribute(a, av);
+    else if (k === 'attrs') {
+      for (const [a, av] of Object.entries(v)) if (av !== null && av !== undefined) node.setAttribute(a, av);
+    }
     else node[k] = v;
   }
   for (const c of children.flat()) {
@@ -127,6 +129,21 @@ function table(caption, cols, testid) {
 }
 
 const cell = (label, ...children) => h('td', { dataset: { label } }, ...children);
+
+/**
+ * What the user may do in project `p`: `{role, canRun}` (Run and Stop need the role's "run
+ * tasks" permission; admins may always). When the role cannot be read the server decides.
+ */
+async function projectRole(p) {
+  const user = forge().user;
+  try {
+    const r = await api('GET', `/api/project/${p}/role`);
+    const role = (r && r.role) || (user && user.admin ? 'admin' : '');
+    return { role, canRun: Boolean(user && user.admin) || Boolean(r && r.permissions & 1) };
+  } catch {
+    return { role: '', canRun: true };
+  }
+}
 
 // ---- live updates -------------------------------------------------------------------------------
 
@@ -280,9 +297,12 @@ function projectView(p) {
     for (const r of rows.values()) if (r.task.start && !r.task.end) r.tick();
   }, 1000);
 
+  const role = projectRole(p);
+
   async function loadTemplates() {
     try {
       const templates = (await api('GET', `/api/project/${p}/templates`)) || [];
+      const { role: name, canRun } = await role;
       if (!alive) return;
       if (templates.length === 0) {
         templatesBody.replaceChildren(h('p', { className: 'muted' }, 'No templates yet.'));
@@ -305,8 +325,9 @@ function projectView(p) {
                 'button',
                 {
                   type: 'button',
+                  disabled: !canRun,
                   dataset: { testid: 'run-template', templateId: String(tpl.id) },
-                  attrs: { 'aria-label': `Run ${tpl.name}` },
+                  attrs: { 'aria-label': `Run ${tpl.name}`, 'aria-describedby': canRun ? null : 'run-denied' },
                   on: { click: (ev) => run(tpl, ev.currentTarget) },
                 },
                 'Run',
@@ -315,7 +336,10 @@ function projectView(p) {
           ),
         );
       }
-      templatesBody.replaceChildren(t.wrap);
+      const denied = canRun
+        ? null
+        : h('p', { id: 'run-denied', className: 'muted', dataset: { testid: 'run-denied' } }, `Your role in this project (${name || 'none'}) cannot run tasks.`);
+      templatesBody.replaceChildren(...[denied, t.wrap].filter(Boolean));
     } catch (e) {
       if (alive) templatesBody.replaceChildren(failure('the templates', e));
     }
@@ -581,6 +605,11 @@ function taskView(p, t) {
   );
 
   let task = null;
+  let canStop = false;
+  projectRole(p).then((r) => {
+    canStop = r.canRun;
+    if (alive && task) show({});
+  });
   const view = new LogView(box, { onFollowChange: (on) => { follow.hidden = on; } });
   follow.addEventListener('click', () => {
     view.jumpToEnd();
@@ -592,7 +621,7 @@ function taskView(p, t) {
     statusBox.replaceChildren(badge(task.status));
     root.dataset.taskStatus = task.status;
     dur.textContent = duration(task);
-    stop.hidden = !ACTIVE.has(task.status);
+    stop.hidden = !canStop || !ACTIVE.has(task.status);
     if (task.status === 'stopping') stop.disabled = true;
   }
   const ticker = setInterval(() => {

@@ -7,7 +7,9 @@
 // keyboard only, and render the task list on a phone-sized screen without sideways scrolling.
 // The page must run under the server's CSP with no errors.
 //
-// Usage: node tests/js/console.mjs <base-url> <user> <password> <project-id> <artifact-dir>
+// A guest of the project sees its tasks but Run is disabled, with the reason.
+//
+// Usage: node tests/js/console.mjs <base-url> <user> <password> <project-id> <guest> <guest-password> <artifact-dir>
 // Prints `TASKS={"slow":id,...,"flood_lines":n}` on stdout at the end; progress on stderr.
 // Exit 0 = every step passed; 1 = a step failed (a failure screenshot is saved).
 
@@ -21,9 +23,9 @@ const STEP_TIMEOUT_MS = 20_000;
 /** Line nodes the output box may hold at once (it renders what is in view, plus a margin). */
 const MAX_LINE_NODES = 200;
 
-const [baseArg, user, password, projectArg, artifactArg] = process.argv.slice(2);
-if (!baseArg || !user || !password || !projectArg || !artifactArg) {
-  console.error('usage: node console.mjs <base-url> <user> <password> <project-id> <artifact-dir>');
+const [baseArg, user, password, projectArg, guest, guestPassword, artifactArg] = process.argv.slice(2);
+if (!baseArg || !user || !password || !projectArg || !guest || !guestPassword || !artifactArg) {
+  console.error('usage: node console.mjs <base-url> <user> <password> <project-id> <guest> <guest-password> <artifact-dir>');
   process.exit(2);
 }
 const base = baseArg.replace(/\/+$/, '');
@@ -262,6 +264,24 @@ async function main() {
     ids.quick = taskIdOf(page.url());
     await page.locator('[data-testid=task-output]').getByText('quick ran').waitFor();
     await page.locator('[data-testid=console-view][data-task-status=success]').waitFor();
+  });
+
+  await step('a guest sees the tasks, but Run is disabled with the reason', async () => {
+    const other = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const pg = await other.newPage();
+    watch(pg);
+    await pg.goto(`${base}/#/project/${p}`, { waitUntil: 'load' });
+    await pg.fill('#login-auth', guest);
+    await pg.fill('#login-password', guestPassword);
+    await pg.click('#login-submit');
+    await pg.locator(`[data-testid=task-row][data-task-id="${ids.quick}"]`).waitFor();
+    const denied = pg.locator('[data-testid=run-denied]');
+    await denied.waitFor();
+    check(/\(guest\) cannot run tasks/.test(await denied.textContent()), `reason ${await denied.textContent()}`);
+    const buttons = pg.locator('[data-testid=run-template]');
+    check((await buttons.count()) === 4, 'not four Run buttons');
+    for (const b of await buttons.all()) check(await b.isDisabled(), 'a guest has an enabled Run button');
+    await other.close();
   });
 
   await step('phone-sized screen: the task list without sideways scrolling', async () => {
