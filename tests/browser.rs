@@ -7,6 +7,15 @@
 //! without a violation. A full-page screenshot of the token list is saved under
 //! `target/test-artifacts/`.
 //!
+//! The console (`web/console.js`, `web/logview.js`) is driven by `tests/js/console.mjs` against a
+//! project made here (bash templates in a local repository, one with a survey, a schedule, a
+//! guest member): run through the survey form, output arriving while the task runs with ANSI
+//! colours as spans and markup kept as text, Stop, a second tab's task list following without a
+//! reload, a 100 000-line task (all lines arrive, few line nodes in the DOM), keyboard only, a
+//! guest's disabled Run, a phone-sized screen. What the page showed is then checked against the
+//! server (statuses, the survey values in the task's `environment`, the stored line count).
+//! Screenshots: `target/test-artifacts/console-*.png`.
+//!
 //! Needs `node`, `/usr/bin/chromium`, `tests/js/node_modules/playwright-core` and `curl`, all
 //! installed by `.ci/install-tools.sh`. Without them the test fails in CI (`CI=true`) and is
 //! skipped elsewhere.
