@@ -207,6 +207,14 @@ const live = {
   },
 };
 
+/** While the socket is down (a proxy that refuses WebSockets, a restart), the view reloads what
+ * it shows every few seconds; once it is back, updates come from it again. */
+const FALLBACK_EVERY_MS = 5000;
+setInterval(() => {
+  const down = !live.ws || live.ws.readyState !== WebSocket.OPEN;
+  if (live.wanted && down && current && current.resync) current.resync();
+}, FALLBACK_EVERY_MS);
+
 // ---- views ------------------------------------------------------------------------------------
 
 /** The view on screen: `{ destroy(), resync(), message(msg) }`, each optional. */

@@ -284,7 +284,7 @@ async function main() {
     await other.close();
   });
 
-  await step('phone-sized screen: the task list without sideways scrolling', async () => {
+  await step('phone-sized screen: the task list and a task page without sideways scrolling', async () => {
     const phone = await browser.newContext({
       viewport: { width: 375, height: 740 },
       isMobile: true,
@@ -303,6 +303,11 @@ async function main() {
     check(sizes.doc <= sizes.view, `the page is ${sizes.doc}px wide in a ${sizes.view}px screen`);
     for (const [scroll, client] of sizes.wraps) check(scroll <= client, `a table is ${scroll}px in ${client}px`);
     await small.screenshot({ path: join(artifacts, 'console-phone.png'), fullPage: true });
+    await small.goto(`${base}/#/project/${p}/task/${ids.slow}`);
+    await small.locator('[data-testid=task-output]').getByText('slow done').waitFor();
+    const task = await small.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    check(task[0] <= task[1], `the task page is ${task[0]}px wide in a ${task[1]}px screen`);
+    await small.screenshot({ path: join(artifacts, 'console-phone-task.png') });
     await phone.close();
   });
 
