@@ -14,6 +14,19 @@ const tokensView = document.getElementById('tokens-view');
 
 const ACTIVE = new Set(['waiting', 'starting', 'waiting_confirmation', 'confirmed', 'running', 'stopping']);
 const FINISHED = new Set(['success', 'error', 'stopped']);
+/** How far along a status is: a task never goes back (but for terraform's confirmation loop). */
+const STAGE = { waiting: 0, starting: 1, waiting_confirmation: 2, confirmed: 3, running: 4, stopping: 5 };
+const stage = (status) => (FINISHED.has(status) ? 6 : STAGE[status] ?? 0);
+
+/**
+ * A task as fetched, with `live` (the last socket update for it: `{status, start, end}`) laid
+ * over it when that is further along: a reply that left the server before the update must not
+ * turn the task back.
+ */
+function freshest(fetched, live) {
+  if (!live || stage(live.status) <= stage(fetched.status)) return fetched;
+  return { ...fetched, status: live.status, start: live.start, end: live.end };
+}
 /** Lines asked for per `/output` request while catching up. */
 const OUTPUT_PAGE = 20000;
 /** Tasks shown in a project's list. */
@@ -300,6 +313,7 @@ function projectView(p) {
     card('Schedules', 'schedules', schedulesBody),
   );
   const rows = new Map(); // task id → row
+  const latest = new Map(); // task id → its last socket update
   const { wrap, tbody } = table('Tasks of this project, newest first', ['Task', 'Template', 'Status', 'By', 'Started', 'Duration'], 'task-list');
   const ticker = setInterval(() => {
     for (const r of rows.values()) if (r.task.start && !r.task.end) r.tick();
@@ -387,7 +401,7 @@ function projectView(p) {
           if (!alive) return;
           rows.clear();
           const trs = tasks.map((t) => {
-            const r = taskRow(p, t);
+            const r = taskRow(p, freshest(t, latest.get(t.id)));
             rows.set(t.id, r);
             return r.tr;
           });
@@ -449,6 +463,7 @@ function projectView(p) {
     },
     message(msg) {
       if (msg.type !== 'update' || msg.project_id !== p) return;
+      latest.set(msg.task_id, { status: msg.status, start: msg.start, end: msg.end });
       const r = rows.get(msg.task_id);
       if (!r) {
         loadTasks(); // a task we do not list yet
@@ -613,6 +628,7 @@ function taskView(p, t) {
   );
 
   let task = null;
+  let latest = null; // the last socket update
   let canStop = false;
   projectRole(p).then((r) => {
     canStop = r.canRun;
@@ -625,6 +641,7 @@ function taskView(p, t) {
   });
 
   function show(fields) {
+    if (!alive) return;
     task = { ...(task || {}), ...fields };
     statusBox.replaceChildren(badge(task.status));
     root.dataset.taskStatus = task.status;
@@ -672,7 +689,8 @@ function taskView(p, t) {
 
   async function load() {
     try {
-      show(await api('GET', `/api/project/${p}/tasks/${t}`));
+      const fetched = await api('GET', `/api/project/${p}/tasks/${t}`);
+      show(freshest(fetched, latest));
     } catch (e) {
       if (alive) {
         statusBox.textContent = 'unknown';
@@ -727,7 +745,7 @@ function taskView(p, t) {
       api('GET', `/api/project/${p}/tasks/${t}`)
         .then((fresh) => {
           if (!alive) return;
-          show(fresh);
+          show(freshest(fresh, latest));
           sync();
         })
         .catch(() => sync());
@@ -737,7 +755,8 @@ function taskView(p, t) {
       if (msg.type === 'log') {
         sync();
       } else if (msg.type === 'update') {
-        show({ status: msg.status, start: msg.start, end: msg.end });
+        latest = { status: msg.status, start: msg.start, end: msg.end };
+        show(latest);
         if (FINISHED.has(msg.status)) {
           say(`Task #${t} ended: ${msg.status}.`, msg.status === 'success' ? 'ok' : 'error');
           sync();
