@@ -7,6 +7,15 @@
 //! without a violation. A full-page screenshot of the token list is saved under
 //! `target/test-artifacts/`.
 //!
+//! The console (`web/console.js`, `web/logview.js`) is driven by `tests/js/console.mjs` against a
+//! project made here (bash templates in a local repository, one with a survey, a schedule, a
+//! guest member): run through the survey form, output arriving while the task runs with ANSI
+//! colours as spans and markup kept as text, Stop, a second tab's task list following without a
+//! reload, a 100 000-line task (all lines arrive, few line nodes in the DOM), keyboard only, a
+//! guest's disabled Run, a phone-sized screen. What the page showed is then checked against the
+//! server (statuses, the survey values in the task's `environment`, the stored line count).
+//! Screenshots: `target/test-artifacts/console-*.png`.
+//!
 //! Needs `node`, `/usr/bin/chromium`, `tests/js/node_modules/playwright-core` and `curl`, all
 //! installed by `.ci/install-tools.sh`. Without them the test fails in CI (`CI=true`) and is
 //! skipped elsewhere.
@@ -14,6 +23,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -34,21 +44,29 @@ struct Script {
     stdout: Receiver<String>,
     stderr: std::thread::JoinHandle<String>,
     deadline: Instant,
+    /// The script, for messages.
+    path: String,
 }
 
 impl Script {
     fn start(base: &str, screenshot: &Path) -> Self {
+        let mut args = vec![OsString::from("--pause")];
+        args.extend([base, ADMIN, ADMIN_PASSWORD].map(OsString::from));
+        args.push(screenshot.into());
+        Self::run("tests/js/browser.mjs", &args, RUN_TIMEOUT)
+    }
+
+    /// `node <script> <args>` in the repository root, given `timeout` in all.
+    fn run(script: &str, args: &[OsString], timeout: Duration) -> Self {
         let mut child = Command::new("node")
-            .arg("tests/js/browser.mjs")
-            .arg("--pause")
-            .args([base, ADMIN, ADMIN_PASSWORD])
-            .arg(screenshot)
+            .arg(script)
+            .args(args)
             .current_dir(root())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn node tests/js/browser.mjs");
+            .unwrap_or_else(|e| panic!("spawn node {script}: {e}"));
         let stdin = child.stdin.take();
         let out = child.stdout.take().expect("stdout");
         let (tx, stdout) = mpsc::channel();
@@ -71,7 +89,8 @@ impl Script {
             stdin,
             stdout,
             stderr,
-            deadline: Instant::now() + RUN_TIMEOUT,
+            deadline: Instant::now() + timeout,
+            path: script.to_owned(),
         }
     }
 
@@ -81,9 +100,7 @@ impl Script {
         match self.stdout.recv_timeout(left) {
             Ok(line) => Some(line),
             Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.fail(&format!("no output within {RUN_TIMEOUT:?}"))
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => self.fail("no output in the time given"),
         }
     }
 
@@ -116,7 +133,7 @@ impl Script {
                 break status;
             }
             if Instant::now() > self.deadline {
-                self.fail(&format!("did not finish within {RUN_TIMEOUT:?}"));
+                self.fail("did not finish in the time given");
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -125,7 +142,8 @@ impl Script {
             .expect("stderr reader");
         assert!(
             status.success(),
-            "tests/js/browser.mjs exited with {status}:\n{log}"
+            "{} exited with {status}:\n{log}",
+            self.path
         );
         log
     }
@@ -137,7 +155,7 @@ impl Script {
         let log = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
             .join()
             .unwrap_or_default();
-        panic!("tests/js/browser.mjs: {why}\n{log}");
+        panic!("{}: {why}\n{log}", self.path);
     }
 }
 
@@ -237,5 +255,172 @@ async fn web_page_logs_in_creates_and_expires_a_token() {
         elapsed.as_secs_f64(),
         screenshot.display()
     );
+    server.stop();
+}
+
+/// How long the console run may take (the script gives up after 150 s by itself).
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A project member whose role (guest) may not run tasks.
+const GUEST: &str = "gail";
+const GUEST_PASSWORD: &str = "pw-of-gail";
+
+/// Lines the flood template prints (the issue's 100 k).
+const FLOOD_LINES: u64 = 100_000;
+
+/// The scripts of the console's project, in a local-path repository.
+const CONSOLE_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "slow.sh",
+        "printf 'survey: %s\\n' \"$*\"\n\
+         printf '\\033[31mred text\\033[0m and \\033[1;32mbold green\\033[0m\\n'\n\
+         echo '<img src=x data-bad=1>not <b>bold</b>'\n\
+         for i in $(seq 1 12); do echo \"slow line $i\"; sleep 0.4; done\n\
+         echo 'slow done'\n",
+    ),
+    (
+        "long.sh",
+        "echo 'long task started'\nfor i in $(seq 1 600); do echo \"tick $i\"; sleep 1; done\n",
+    ),
+    (
+        "flood.sh",
+        "seq 1 100000 | sed 's/^/flood line /'\necho 'flood done'\n",
+    ),
+    ("quick.sh", "echo 'quick ran'\n"),
+];
+
+/// A project with a local repository, the four bash templates (`slow` with a survey) and a
+/// schedule; returns the project id.
+async fn console_project(a: &common::Client, repo: &Path) -> u64 {
+    use common::{at, id_of};
+    use serde_json::json;
+    for (name, body) in CONSOLE_SCRIPTS {
+        std::fs::write(repo.join(name), body).expect("write script");
+    }
+    let p = common::new_project(a, "Console demo").await;
+    let repo_id = common::local_repository(a, p, repo).await;
+    let mut quick = 0;
+    for (name, _) in CONSOLE_SCRIPTS {
+        let template = name.trim_end_matches(".sh");
+        let mut body = json!({"name": template, "project_id": p, "app": "bash",
+                              "playbook": name, "repository_id": repo_id});
+        if template == "slow" {
+            body["description"] = json!("prints a line every 0.4 s");
+            body["survey_vars"] = json!([
+                {"name": "greeting", "title": "Greeting", "description": "said first",
+                 "type": "", "required": true, "values": []},
+                {"name": "count", "title": "Count", "description": "", "type": "int",
+                 "required": false, "values": []},
+            ]);
+        }
+        let r = a.post(&at(p, "templates"), body).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        if template == "quick" {
+            quick = id_of(&r.json());
+        }
+    }
+    let r = a
+        .post(
+            &at(p, "schedules"),
+            json!({"name": "nightly", "template_id": quick, "cron_format": "30 2 * * *",
+                   "active": true, "project_id": p}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_runs_watches_and_stops_tasks() {
+    use common::{at, ok_json};
+    if !tools::ready("the console browser test", &tools::missing_for_browser()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let lines = (FLOOD_LINES * 2).to_string();
+    let server = ServerProcess::start(
+        &dir.path().join("forge.redb"),
+        &[("FORGE_OUTPUT_MAX_LINES", lines.as_str())],
+    );
+    let base = format!("http://{}", server.addr);
+    let mut admin = server.client();
+    admin.login(ADMIN, ADMIN_PASSWORD).await;
+    let p = console_project(&admin, repo.path()).await;
+    let r = admin
+        .post(
+            "/api/users",
+            serde_json::json!({"name": "Gail Guest", "username": GUEST, "email": "guest@example.com",
+                               "password": GUEST_PASSWORD, "admin": false}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let guest = common::id_of(&r.json());
+    let r = admin
+        .post(
+            &at(p, "users"),
+            serde_json::json!({"user_id": guest, "role": "guest"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    let artifacts = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
+    let args = [
+        base.as_str(),
+        ADMIN,
+        ADMIN_PASSWORD,
+        &p.to_string(),
+        GUEST,
+        GUEST_PASSWORD,
+    ]
+    .map(OsString::from)
+    .into_iter()
+    .chain([artifacts.clone().into_os_string()])
+    .collect::<Vec<_>>();
+    let mut script = Script::run("tests/js/console.mjs", &args, CONSOLE_TIMEOUT);
+    let ids: serde_json::Value =
+        serde_json::from_str(&script.value("TASKS=")).expect("TASKS= is JSON");
+    let log = script.finish();
+    eprint!("{log}");
+
+    // What the browser saw is what the server stored.
+    let task = |name: &str| {
+        ids[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {ids}"))
+    };
+    let get = |t: u64| {
+        let admin = &admin;
+        async move { ok_json(admin, &at(p, &format!("tasks/{t}"))).await }
+    };
+    assert_eq!(get(task("slow")).await["status"], "success");
+    assert_eq!(get(task("long")).await["status"], "stopped");
+    assert_eq!(get(task("flood")).await["status"], "success");
+    assert_eq!(get(task("quick")).await["status"], "success");
+    let slow = get(task("slow")).await;
+    let env: serde_json::Value =
+        serde_json::from_str(slow["environment"].as_str().unwrap()).expect("environment JSON");
+    assert_eq!(
+        env,
+        serde_json::json!({"greeting": "hello world", "count": 3})
+    );
+    let stored = ok_json(&admin, &at(p, &format!("tasks/{}/output", task("flood")))).await;
+    let stored = stored.as_array().unwrap();
+    let shown = ids["flood_lines"].as_u64().unwrap();
+    assert_eq!(shown, stored.len() as u64, "lines in the page vs stored");
+    assert!(shown > FLOOD_LINES, "{shown} lines");
+    for name in [
+        "console-project",
+        "console-task",
+        "console-flood",
+        "console-phone",
+    ] {
+        let png = std::fs::read(artifacts.join(format!("{name}.png"))).expect("screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
+            "{name}"
+        );
+    }
     server.stop();
 }

@@ -1,4 +1,5 @@
-//! The web page (issue 5) as the server delivers it: `/`, its script and stylesheet, the page
+//! The web page (issue 5) as the server delivers it: `/`, its scripts (the console's modules
+//! too) and stylesheet, the page
 //! for every other non-API path (as upstream serves its app), strict headers; and the CSRF
 //! guard on state-changing requests: a browser page of another origin cannot use the session
 //! cookie, while curl, Bearer clients and our own page keep working.
@@ -50,6 +51,25 @@ async fn the_page_and_its_files_are_served_with_a_strict_policy() {
         Some("text/javascript; charset=utf-8")
     );
     assert!(js.text().contains("/api/user/tokens"));
+    // The console's modules: the page loads the first, which imports the second.
+    assert!(
+        html.contains(r#"<script src="/console.js" type="module">"#),
+        "{html}"
+    );
+    for (path, needle) in [
+        ("/console.js", "from './logview.js'"),
+        ("/logview.js", "export class LogView"),
+    ] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("text/javascript; charset=utf-8"),
+            "{path}"
+        );
+        assert!(r.header("content-security-policy").is_some(), "{path}");
+        assert!(r.text().contains(needle), "{path}");
+    }
     let css = c.get("/app.css").await;
     assert_eq!(
         css.header("content-type").as_deref(),

@@ -91,19 +91,8 @@ fn finished(task: u64) -> impl Fn(&Value) -> bool {
 /// A project with a local-path repository and a bash template running `run.sh`; returns the
 /// project and template ids.
 async fn project(admin: &Client, name: &str, repo: &std::path::Path) -> (u64, u64) {
-    let r = admin.post("/api/projects", json!({ "name": name })).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let p = id_of(&r.json());
-    let none = id_of(&ok_json(admin, &at(p, "keys")).await[0]);
-    let r = admin
-        .post(
-            &at(p, "repositories"),
-            json!({"name": "local", "project_id": p, "ssh_key_id": none, "git_branch": "",
-                   "git_url": repo.display().to_string()}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let repo_id = id_of(&ok_json(admin, &at(p, "repositories")).await[0]);
+    let p = common::new_project(admin, name).await;
+    let repo_id = common::local_repository(admin, p, repo).await;
     let r = admin
         .post(
             &at(p, "templates"),

@@ -1,4 +1,6 @@
-// Forge web page: sign in, see who you are, manage your API tokens.
+// Forge web page: sign in, see who you are, manage your API tokens. The console (console.js)
+// uses this file's session: `window.forge` (API helper, status line, the user) and a
+// `forge:session` event on sign-in and sign-out.
 // Plain DOM code: every value from the server is set with textContent, never as HTML.
 'use strict';
 
@@ -124,7 +126,14 @@
 
   // ---- views -------------------------------------------------------------------------------
 
+  /** Tells the console (console.js) who is signed in now (null: nobody). */
+  function announce(user) {
+    window.forge.user = user;
+    document.dispatchEvent(new CustomEvent('forge:session', { detail: user }));
+  }
+
   function showLogin(message) {
+    announce(null);
     show(el.loading, false);
     show(el.accountBar, false);
     show(el.tokensView, false);
@@ -152,6 +161,7 @@
     el.signedIn.textContent = `Signed in as ${name} (${user.username})`;
     show(el.accountBar, true);
     show(el.tokensView, true);
+    announce(user);
   }
 
   /** A call made while signed in: a 401 means the session ended, back to the login form. */
@@ -375,6 +385,8 @@
       el.logout.disabled = false;
     }
   }
+
+  window.forge = { api: authed, describe, setStatus, user: null };
 
   async function start() {
     el.loginForm.addEventListener('submit', login);

@@ -48,6 +48,24 @@ pub async fn new_project(a: &Client, name: &str) -> u64 {
     id_of(&r.json())
 }
 
+/// Adds a repository named "local" at the path `dir` to project `p`, with the project's "None"
+/// key; returns its id.
+pub async fn local_repository(a: &Client, p: u64, dir: &std::path::Path) -> u64 {
+    let none = id_of(&ok_json(a, &at(p, "keys")).await[0]);
+    let r = a
+        .post(
+            &at(p, "repositories"),
+            serde_json::json!({"name": "local", "project_id": p, "ssh_key_id": none,
+                               "git_branch": "", "git_url": dir.display().to_string()}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "add repository: {}", r.text());
+    let list = ok_json(a, &at(p, "repositories")).await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|r| r["name"] == "local"))
+        .map_or_else(|| panic!("no repository \"local\" in {list}"), id_of)
+}
+
 /// GET `path`, asserting 200, as JSON.
 pub async fn ok_json(c: &Client, path: &str) -> Value {
     let r = c.get(path).await;

@@ -19,19 +19,10 @@ import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS, Run, check } from './harness.mjs';
 
 const OVERALL_TIMEOUT_MS = 30_000;
 const STEP_TIMEOUT_MS = 10_000;
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const TOKEN_RE = /^[a-z0-9_-]{43}=$/;
 
 const argv = process.argv.slice(2);
@@ -49,49 +40,10 @@ if (!base || !user || !password) {
 }
 
 const started = Date.now();
-let browser = null;
+const run = new Run('browser', `${screenshot.replace(/\.png$/, '')}-failure.png`, OVERALL_TIMEOUT_MS);
+const log = (msg) => run.log(msg);
+const step = (name, fn) => run.step(name, fn);
 let page = null;
-let current = 'start';
-
-const log = (msg) => console.error(`browser: ${msg}`);
-
-/** Ends the run: exit code 1 with the message, after a best-effort failure screenshot. */
-async function fail(message) {
-  console.error(`browser: FAILED at step "${current}": ${message}`);
-  if (page) {
-    const shot = screenshot.replace(/\.png$/, '') + '-failure.png';
-    try {
-      mkdirSync(dirname(shot), { recursive: true });
-      await page.screenshot({ path: shot, fullPage: true, timeout: 3000 });
-      console.error(`browser: failure screenshot: ${shot}`);
-    } catch {
-      // the page may be gone
-    }
-  }
-  try {
-    if (browser) await browser.close();
-  } catch {
-    // already closed
-  }
-  process.exit(1);
-}
-
-const overall = setTimeout(() => {
-  fail(`overall timeout of ${OVERALL_TIMEOUT_MS / 1000} s exceeded`);
-}, OVERALL_TIMEOUT_MS);
-overall.unref();
-
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-async function step(name, fn) {
-  current = name;
-  const t = Date.now();
-  const result = await fn();
-  log(`ok   ${name} (${Date.now() - t} ms)`);
-  return result;
-}
 
 /** The handle the server lists for a token: 16 hex digits of its SHA-256. */
 const handleOf = (token) => createHash('sha256').update(token).digest('hex').slice(0, 16);
@@ -126,7 +78,7 @@ const text = async (selector) => ((await page.locator(selector).textContent()) ?
 async function main() {
   const problems = []; // console errors other than failed-resource notices, page errors
 
-  browser = await step('launch chromium', () =>
+  const browser = await step('launch chromium', () =>
     chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -134,9 +86,11 @@ async function main() {
       timeout: STEP_TIMEOUT_MS,
     }),
   );
+  run.browser = browser;
   const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
   page = await context.newPage();
+  run.page = page;
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {
@@ -315,12 +269,9 @@ async function main() {
   });
 
   await browser.close();
-  browser = null;
+  run.browser = null;
   log(`passed in ${Date.now() - started} ms`);
   process.stdout.write(`SCREENSHOT=${screenshot}\n`);
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => fail(e && e.message ? e.message : String(e)),
-);
+run.main(main);

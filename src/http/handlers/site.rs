@@ -38,6 +38,9 @@ const SWAGGER_UI_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/swagger
 const INDEX_HTML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/index.html"));
 const APP_JS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/app.js"));
 const APP_CSS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/app.css"));
+/// The console (projects, templates, tasks, live output): JS modules loaded by the page.
+const CONSOLE_JS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/console.js"));
+const LOG_VIEW_JS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/logview.js"));
 
 /// The web page's policy: our own files only, no inline code, never framed.
 const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
@@ -130,6 +133,14 @@ pub fn page(raw_path: &str, headers: &HeaderMap) -> Response<Body> {
     let res = match raw_path {
         "/app.js" => with_type(
             Response::new(body::full(APP_JS)),
+            "text/javascript; charset=utf-8",
+        ),
+        "/console.js" => with_type(
+            Response::new(body::full(CONSOLE_JS)),
+            "text/javascript; charset=utf-8",
+        ),
+        "/logview.js" => with_type(
+            Response::new(body::full(LOG_VIEW_JS)),
             "text/javascript; charset=utf-8",
         ),
         "/app.css" => with_type(
