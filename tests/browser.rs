@@ -289,8 +289,8 @@ const CONSOLE_SCRIPTS: &[(&str, &str)] = &[
     ("quick.sh", "echo 'quick ran'\n"),
 ];
 
-/// A project with a local repository, the four bash templates (`slow` with a survey) and a
-/// schedule; returns the project id.
+/// A project with a local repository, the four bash templates (`slow` with a survey), a
+/// schedule and an integration with one filtered delivery; returns the project id.
 async fn console_project(a: &common::Client, repo: &Path) -> u64 {
     use common::{at, id_of};
     use serde_json::json;
@@ -327,6 +327,37 @@ async fn console_project(a: &common::Client, repo: &Path) -> u64 {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // An integration whose one delivery was filtered out (no task), for the integrations list.
+    let r = a
+        .post(
+            &at(p, "integrations"),
+            json!({"name": "on-push", "template_id": quick, "auth_method": "none"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let hook = id_of(&r.json());
+    let r = a
+        .post(
+            &at(p, &format!("integrations/{hook}/matchers")),
+            json!({"name": "push only", "match_type": "header", "method": "equals",
+                   "key": "X-Event", "value": "push"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = a
+        .post(&at(p, &format!("integrations/{hook}/aliases")), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let alias = r.json()["alias"].as_str().expect("alias").to_owned();
+    let r = a
+        .raw(
+            "POST",
+            &format!("/api/integrations/{alias}"),
+            Some(b"{}".to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
     p
 }
 

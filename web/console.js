@@ -1,7 +1,7 @@
 // Forge console: projects, templates (Run, with the survey as a form), the task list and a task's
 // output, live over `/api/ws`. Hash routes in this one page:
 //   #/                               projects (and the token list below, from app.js)
-//   #/project/{p}                    templates, tasks, schedules of a project
+//   #/project/{p}                    templates, tasks, schedules, integrations of a project
 //   #/project/{p}/template/{t}/run   the run form (survey variables)
 //   #/project/{p}/task/{t}           one task: status, Stop, raw output, live output
 // The session, the API helper and the status line come from app.js (`window.forge`). Every value
@@ -305,12 +305,14 @@ function projectView(p) {
   const templatesBody = h('div', {}, h('p', { className: 'muted' }, 'Loading templates…'));
   const tasksBody = h('div', {}, h('p', { className: 'muted' }, 'Loading tasks…'));
   const schedulesBody = h('div', {}, h('p', { className: 'muted' }, 'Loading schedules…'));
+  const integrationsBody = h('div', {}, h('p', { className: 'muted' }, 'Loading integrations…'));
   root.replaceChildren(
     crumb,
     title,
     card('Templates', 'templates', templatesBody),
     card('Tasks', 'tasks', tasksBody),
     card('Schedules', 'schedules', schedulesBody),
+    card('Integrations', 'integrations', integrationsBody),
   );
   const rows = new Map(); // task id → row
   const latest = new Map(); // task id → its last socket update
@@ -449,9 +451,63 @@ function projectView(p) {
     }
   }
 
+  /** What the last delivery to an integration came to, as people debug webhooks with it. */
+  function deliveryText(d) {
+    if (!d) return 'none yet';
+    const when = new Date(d.time).toLocaleString();
+    switch (d.outcome) {
+      case 'launched':
+        return h('span', {}, h('a', { href: `#/project/${p}/task/${d.task_id}` }, `task #${d.task_id}`), ` · ${when}`);
+      case 'filtered':
+        return `filtered by “${d.matcher}” · ${when}`;
+      case 'bad_signature':
+        return `bad signature from ${d.source} · ${when}`;
+      default:
+        return `error: ${d.error || d.outcome} · ${when}`;
+    }
+  }
+
+  async function loadIntegrations() {
+    try {
+      const [integrations, templates] = await Promise.all([
+        api('GET', `/api/project/${p}/integrations`),
+        api('GET', `/api/project/${p}/templates`),
+      ]);
+      if (!alive) return;
+      if (!integrations || integrations.length === 0) {
+        integrationsBody.replaceChildren(h('p', { className: 'muted' }, 'No integrations.'));
+        return;
+      }
+      const names = new Map((templates || []).map((t) => [t.id, t.name]));
+      const lasts = await Promise.all(
+        integrations.map((i) =>
+          api('GET', `/api/project/${p}/integrations/${i.id}/deliveries`).then((d) => (d || [])[0], () => undefined),
+        ),
+      );
+      if (!alive) return;
+      const t = table('Integrations', ['Name', 'Template', 'Authentication', 'Last delivery'], 'integration-list');
+      integrations.forEach((i, n) => {
+        t.tbody.append(
+          h(
+            'tr',
+            { dataset: { testid: 'integration-row', integrationId: String(i.id) } },
+            cell('Name', i.name),
+            cell('Template', names.get(i.template_id) || `template ${i.template_id}`),
+            cell('Authentication', i.auth_method || 'none'),
+            cell('Last delivery', deliveryText(lasts[n])),
+          ),
+        );
+      });
+      integrationsBody.replaceChildren(t.wrap);
+    } catch (e) {
+      if (alive) integrationsBody.replaceChildren(failure('the integrations', e));
+    }
+  }
+
   loadTemplates();
   loadTasks();
   loadSchedules();
+  loadIntegrations();
 
   return {
     destroy() {

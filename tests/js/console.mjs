@@ -97,6 +97,10 @@ async function main() {
     await sched.first().waitFor();
     const text = await sched.first().innerText();
     check(/nightly/.test(text) && /30 2 \* \* \*/.test(text) && /quick/.test(text), `schedule row ${JSON.stringify(text)}`);
+    const hook = page.locator('[data-testid=integration-row]');
+    await hook.first().waitFor();
+    const hookText = await hook.first().innerText();
+    check(/on-push/.test(hookText) && /quick/.test(hookText) && /filtered by “push only”/.test(hookText), `integration row ${JSON.stringify(hookText)}`);
     await page.locator('[data-testid=console-view][data-live=open]').waitFor();
     await page.locator('[data-testid=tasks-empty]').waitFor();
   });
