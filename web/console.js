@@ -454,16 +454,16 @@ function projectView(p) {
   /** What the last delivery to an integration came to, as people debug webhooks with it. */
   function deliveryText(d) {
     if (!d) return 'none yet';
-    const when = new Date(d.time).toLocaleString();
+    const at = when(d.time);
     switch (d.outcome) {
       case 'launched':
-        return h('span', {}, h('a', { href: `#/project/${p}/task/${d.task_id}` }, `task #${d.task_id}`), ` · ${when}`);
+        return h('span', {}, h('a', { href: `#/project/${p}/task/${d.task_id}` }, `task #${d.task_id}`), ` · ${at}`);
       case 'filtered':
-        return `filtered by “${d.matcher}” · ${when}`;
+        return `filtered by “${d.matcher}” · ${at}`;
       case 'bad_signature':
-        return `bad signature from ${d.source} · ${when}`;
+        return `bad signature from ${d.source} · ${at}`;
       default:
-        return `error: ${d.error || d.outcome} · ${when}`;
+        return `error: ${d.error || d.outcome} · ${at}`;
     }
   }
 
