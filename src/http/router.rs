@@ -7,8 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    apps, confirm, meta, options, project_backup, projects, resources as res, session, site, tasks,
-    tokens, users, ws,
+    apps, confirm, meta, notifications, options, project_backup, projects, resources as res,
+    session, site, tasks, tokens, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Inventory, Permissions, Repository, Schedule, Template, View,
@@ -156,6 +156,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/apps/{app_id}/active", Admin, apps::set_active),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/confirm", Project(RUN_TASKS), confirm::confirm),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
+        route!(POST "/api/project/{project_id}/notifications/test", Project(MANAGE_RESOURCES), notifications::test),
     ]
 }
 

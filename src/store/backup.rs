@@ -183,6 +183,7 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::TEMPLATE_TASK)?;
     c.table(tables::TASK_OUTPUT)?;
     c.table(tables::PURGE_TASK)?;
+    c.table(tables::CHANNEL_ALERT)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

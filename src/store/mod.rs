@@ -30,6 +30,7 @@ pub mod compact;
 pub mod disk;
 pub mod migrate;
 pub mod options;
+pub mod outbox;
 pub mod projects;
 pub mod reseal;
 pub mod retention;
@@ -199,6 +200,7 @@ impl Store {
             tx.open_table(tables::TASK_OUTPUT)?;
             tx.open_table(tables::TEMPLATE_TASK)?;
             tx.open_table(tables::PURGE_TASK)?;
+            tx.open_table(tables::CHANNEL_ALERT)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

@@ -100,6 +100,10 @@ pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::
 /// bounded batch at a time (see `store::retention`). Ids are never reused.
 pub const PURGE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("tasks_purging");
 
+/// (channel code, alert id) → encoded `store::outbox::Alert`: alerts not yet delivered, in
+/// order per channel (see `store::outbox`); ids come from the `next_alert_id` counter.
+pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("alert_outbox");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
