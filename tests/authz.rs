@@ -183,6 +183,9 @@ fn rows() -> Vec<Row> {
         // whoever may decide learns that it waits for nothing (400).
         row(P, "/api/project/{project_id}/tasks/{task_id}/confirm",           [401, 404, 403, 400, 400, 400, 400]),
         row(P, "/api/project/{project_id}/tasks/{task_id}/reject",            [401, 404, 403, 400, 400, 400, 400]),
+        // Alerts (issue 14): a test message on every channel needs a manager or above (no
+        // channel is configured here: `{}`).
+        row(P, "/api/project/{project_id}/notifications/test",                [401, 404, 403, 403, 200, 200, 200]),
         row(G, "/api/project/{project_id}/templates/{template_id}/stats",     [401, 404, 200, 200, 200, 200, 200]),
         // System administrators only, whatever the project role.
         row(G, "/api/tasks",                                                  [401, 403, 403, 403, 403, 403, 200]),
