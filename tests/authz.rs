@@ -1,6 +1,6 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
 //! projects, members and resources, issue 4's tasks, issue 12's views and project backups,
-//! issue 13's schedules), plus the project list, project creation and restore, the global
+//! issue 13's schedules, issue 14's alert test), plus the project list, project creation and restore, the global
 //! event log, the server options and the apps, × every kind of caller → the status the API
 //! must answer (API.md §5 and §11).
 //!
