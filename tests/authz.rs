@@ -1,7 +1,7 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
 //! projects, members and resources, issue 4's tasks, issue 12's views and project backups,
-//! issue 13's schedules, issue 14's alert test), plus the project list, project creation and restore, the global
-//! event log, the server options and the apps, × every kind of caller → the status the API
+//! issue 13's schedules, issue 14's alert test), plus the project list, project creation and
+//! restore, the global event log, the server options and the apps, × every kind of caller → the status the API
 //! must answer (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
