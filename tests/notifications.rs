@@ -4,7 +4,8 @@
 //! (checked with the `hmac` crate, not with Forge's code), the project's `alert` switch and
 //! `alert_chat`, `suppress_success_alerts`, `POST .../notifications/test` (answers and bad
 //! input), HTTPS with `--alert-ca-file`, a receiver that never answers (the next task still
-//! runs), the give-up bound and its event, and `kill -9` between the finish and the send.
+//! runs), the give-up bound and its event, `kill -9` between the finish and the send, email
+//! over implicit TLS with AUTH, and start-up refusing misconfigured channels.
 
 mod common;
 
@@ -819,4 +820,122 @@ async fn kill_9_between_finish_and_send_delivers_after_restart_exactly_once() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(receiver.got().len(), 1, "sent again after a second restart");
     drop(server);
+}
+
+/// A change to the alert settings.
+type Tweak = fn(&mut forge::notify::AlertConfig);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misconfigured_channels_stop_the_server_from_starting_with_the_flag_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Tweak); 4] = [
+        ("--alert-slack-url-file", |a| {
+            a.alert_slack_url_file = Some("/nonexistent/slack-url".into());
+        }),
+        ("--alert-webhook-url", |a| {
+            a.alert_webhook_url = Some("ftp://example.com/hook".into());
+        }),
+        ("--alert-ca-file", |a| {
+            a.alert_slack_url = Some(forge::config::Secret("https://example.com/s".into()));
+            a.alert_ca_file = Some("/nonexistent/ca.pem".into());
+        }),
+        ("--alert-smtp-username", |a| {
+            a.alert_smtp_host = Some("127.0.0.1".into());
+            a.alert_smtp_username = Some("mailer".into());
+        }),
+    ];
+    for (flag, tweak) in cases {
+        let mut config = forge::Config::with_db(dir.path().join("forge.redb"));
+        tweak(&mut config.alerts);
+        let err = forge::App::start(config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("started despite a bad {flag}"));
+        assert!(err.to_string().contains(flag), "{flag}: {err}");
+    }
+}
+
+/// An SMTP server behind implicit TLS (port-465 style) that accepts one message.
+async fn tls_smtp_sink(acceptor: tokio_rustls::TlsAcceptor) -> (SocketAddr, Arc<Mutex<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let data = Arc::new(Mutex::new(String::new()));
+    let keep = Arc::clone(&data);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let (read, mut write) = tokio::io::split(stream);
+            let mut lines = BufReader::new(read).lines();
+            let _ = write.write_all(b"220 tls-sink ESMTP\r\n").await;
+            let mut in_data = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if in_data {
+                    if line == "." {
+                        in_data = false;
+                        let _ = write.write_all(b"250 queued\r\n").await;
+                    } else {
+                        keep.lock().unwrap().push_str(&line);
+                        keep.lock().unwrap().push('\n');
+                    }
+                    continue;
+                }
+                let upper = line.to_ascii_uppercase();
+                let reply: &[u8] = if upper.starts_with("EHLO") {
+                    b"250-tls-sink\r\n250 AUTH PLAIN LOGIN\r\n"
+                } else if upper.starts_with("AUTH PLAIN") {
+                    // The test's credentials, base64 of "\0mailer\0pw".
+                    if line.ends_with("AG1haWxlcgBwdw==") {
+                        b"235 ok\r\n"
+                    } else {
+                        b"535 bad credentials\r\n"
+                    }
+                } else if upper == "DATA" {
+                    in_data = true;
+                    b"354 go on\r\n"
+                } else if upper == "QUIT" {
+                    let _ = write.write_all(b"221 bye\r\n").await;
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                let _ = write.write_all(reply).await;
+            }
+        }
+    });
+    (addr, data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_goes_over_implicit_tls_with_auth_trusting_the_alert_ca_file() {
+    let (ca_pem, acceptor) = loopback_tls();
+    let (addr, data) = tls_smtp_sink(acceptor).await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), &ca_pem).unwrap();
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password.path(), "pw\n").unwrap();
+    let server = TestServer::start_with(|c| {
+        let a = &mut c.alerts;
+        a.alert_smtp_host = Some("127.0.0.1".into());
+        a.alert_smtp_port = Some(addr.port());
+        a.alert_smtp_security = "tls".into();
+        a.alert_smtp_username = Some("mailer".into());
+        a.alert_smtp_password_file = Some(password.path().to_owned());
+        a.alert_ca_file = Some(ca_file.path().to_owned());
+    })
+    .await;
+    let admin = server.admin().await;
+    let p = project(&admin, true, None, false).await;
+    alert_member(&admin, p.id, "ops").await;
+    let t = id_of(&run(&admin, p.id, p.fail).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data.lock().unwrap().contains(&format!("task #{t} ")) {
+        assert!(
+            Instant::now() < deadline,
+            "no mail over TLS: {}",
+            data.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
