@@ -244,6 +244,8 @@ enum Scope {
     Issue12,
     /// Every method of the schedule paths (issue 13).
     Schedules,
+    /// The alert test route (issue 14).
+    Alerts,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
@@ -252,6 +254,9 @@ const ISSUE_12_PATHS: &str = r"^/api/(apps.*|options|tasks(/\{task_id\})?|projec
 /// The paths of the schedule operations (issue 13).
 const SCHEDULE_PATHS: &str =
     r"^/api/project/\{project_id\}/(schedules.*|templates/\{template_id\}/schedules)$";
+
+/// The alert operations (issue 14).
+const ALERT_PATHS: &str = r"^/api/project/\{project_id\}/notifications/test$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
@@ -283,6 +288,7 @@ fn run_schemathesis(
             .args(["--exclude-operation-id", "setUserPassword"]),
         Scope::Issue12 => cmd.args(["--include-path-regex", ISSUE_12_PATHS]),
         Scope::Schedules => cmd.args(["--include-path-regex", SCHEDULE_PATHS]),
+        Scope::Alerts => cmd.args(["--include-path-regex", ALERT_PATHS]),
     };
     let out = cmd
         .args(["--checks", CHECKS])
@@ -331,7 +337,13 @@ async fn fuzzed_server() -> Fuzzed {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = tempfile::tempdir().expect("temp dir");
     std::fs::write(repo.path().join("run.sh"), SCRIPT).expect("write script");
-    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
+    // One alert channel (issue 14) whose endpoint refuses connections, so that the alert
+    // test route answers a channel's failure, not just `{}`. Fixture projects have alerts
+    // off: no task of theirs sends anything.
+    let server = ServerProcess::start(
+        &dir.path().join("forge.redb"),
+        &[("FORGE_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")],
+    );
     let mut admin = Client::new(server.addr);
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let admin_token = admin.new_token().await;
@@ -394,6 +406,12 @@ async fn schemathesis_over_the_issue_12_operations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_over_the_schedule_operations() {
     every_method_of("schemathesis-schedules", Scope::Schedules).await;
+}
+
+/// The alert test route (issue 14), on a server of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_alert_operations() {
+    every_method_of("schemathesis-alerts", Scope::Alerts).await;
 }
 
 /// Every method of the operations of `scope`, on a fixture server of their own, with every
