@@ -692,7 +692,7 @@ async fn https_endpoints_are_trusted_through_the_alert_ca_file_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_receiver_that_never_answers_does_not_delay_the_next_task() {
+async fn a_receiver_that_never_answers_delays_neither_the_next_task_nor_other_channels() {
     // Accepts connections and reads nothing, answers nothing.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -703,8 +703,10 @@ async fn a_receiver_that_never_answers_does_not_delay_the_next_task() {
             keep.lock().unwrap().push(s);
         }
     });
+    let hook = Receiver::start(Answer::Ok).await;
     let server = TestServer::start_with(|c| {
         c.alerts.alert_slack_url = Some(forge::config::Secret(format!("http://{addr}/s")));
+        c.alerts.alert_webhook_url = Some(hook.url("/h"));
         c.alerts.alert_timeout_secs = 120;
         c.max_parallel_tasks = 1;
     })
@@ -725,6 +727,22 @@ async fn a_receiver_that_never_answers_does_not_delay_the_next_task() {
     assert_eq!(second["status"], "success");
     assert_eq!(third["status"], "error");
     assert!(id_of(&third) > id_of(&first));
+    // Channels drain independently: the webhook got all three while Slack's first send hangs.
+    let got = hook.wait_for(3).await;
+    let ids: Vec<_> = got.iter().map(|g| g.json()["task_id"].clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            first["id"].clone(),
+            second["id"].clone(),
+            third["id"].clone()
+        ]
+    );
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "Slack's one send is still waiting"
+    );
     black_hole.abort();
 }
 
