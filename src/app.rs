@@ -36,6 +36,9 @@ pub enum StartError {
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
+    /// The alert channels are misconfigured (the text names the flag).
+    #[error("alerts: {0}")]
+    Alerts(String),
 }
 
 /// The runner's narrow view of the services: the clock, the cipher and the apps' commands,
@@ -76,6 +79,8 @@ pub struct App {
     ansible: OnceCell<String>,
     /// One backup at a time (each needs disk space the size of the database).
     pub backups: crate::backup::Gate,
+    /// The alert senders and channels.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl App {
@@ -101,6 +106,24 @@ impl App {
                 source,
             })?;
         let cipher = Cipher::load(&config, &store).map_err(StartError::Key)?;
+        // Before the runner: tasks it ends while recovering alert like any other.
+        let channels = crate::notify::Channels::from_config(&config.alerts, &config.web_host)
+            .map_err(StartError::Alerts)?;
+        let codes: Vec<u8> = channels.kinds().iter().map(|k| k.code()).collect();
+        let writing = store.clone();
+        tokio::task::spawn_blocking(move || writing.set_alert_channels(&codes))
+            .await
+            .map_err(|e| StartError::Alerts(e.to_string()))?
+            .map_err(|source| StartError::Store {
+                path: config.db.display().to_string(),
+                source,
+            })?;
+        let notifier = crate::notify::Notifier::start(
+            Arc::new(channels),
+            &store,
+            &config.clock,
+            config.alerts.alert_give_up_secs,
+        );
         let services = Services::new(store, cipher, &config);
         let host = Arc::new(RunnerHost(Arc::clone(&services)));
         let runner =
@@ -112,6 +135,7 @@ impl App {
             runner,
             ansible: OnceCell::new(),
             backups: crate::backup::Gate::default(),
+            notifier,
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
             tracing::info!(login = %user.username, "created administrator");

@@ -188,6 +188,10 @@ pub struct Config {
           value_parser = schedule_zone)]
     pub schedule_timezone: String,
 
+    /// Task alerts: channels (Slack, Teams, Telegram, webhook, email) and delivery.
+    #[command(flatten)]
+    pub alerts: crate::notify::AlertConfig,
+
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
     pub clock: ClockHandle,
@@ -282,6 +286,7 @@ impl Config {
             event_retention_days: 0,
             prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
             schedule_timezone: "UTC".into(),
+            alerts: crate::notify::AlertConfig::default(),
             clock: ClockHandle::default(),
             disk_faults: None,
         }

@@ -31,6 +31,8 @@
 //! - [`scheduler`]: the loop firing schedules, exactly once per occurrence (it sits beside the
 //!   server: it uses the services and queues on the runner); [`cron`]: when they fire (cron
 //!   expressions and time zones).
+//! - [`notify`]: task alerts (Slack, Teams, Telegram, webhook, email) drained from the
+//!   durable outbox the task writer fills (`store::outbox`), with retries and a give-up bound.
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!
@@ -48,6 +50,7 @@ pub mod config;
 pub mod cron;
 pub mod http;
 pub mod model;
+pub mod notify;
 pub mod retention;
 pub mod runner;
 pub mod scheduler;

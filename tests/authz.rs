@@ -1,8 +1,8 @@
 //! The authorization matrix (issue 3), through a real server: every project route (issue 3's
 //! projects, members and resources, issue 4's tasks, issue 12's views and project backups,
-//! issue 13's schedules, issue 14's integrations), plus the project list, project creation and
-//! restore, the global event log, the server options and the apps, × every kind of caller →
-//! the status the API must answer (API.md §5 and §11).
+//! issue 13's schedules, issue 14's integrations and alert test), plus the project list, project
+//! creation and restore, the global event log, the server options and the apps, × every kind of
+//! caller → the status the API must answer (API.md §5 and §11).
 //!
 //! The table in [`rows`] is the specification. [`every_project_route_has_a_row`] ties it to the
 //! route table in both directions, so a new project route without a row fails the tests. Read
@@ -210,6 +210,9 @@ fn rows() -> Vec<Row> {
         // whoever may decide learns that it waits for nothing (400).
         row(P, "/api/project/{project_id}/tasks/{task_id}/confirm",           [401, 404, 403, 400, 400, 400, 400]),
         row(P, "/api/project/{project_id}/tasks/{task_id}/reject",            [401, 404, 403, 400, 400, 400, 400]),
+        // Alerts (issue 14): a test message on every channel needs a manager or above (no
+        // channel is configured here: `{}`).
+        row(P, "/api/project/{project_id}/notifications/test",                [401, 404, 403, 403, 200, 200, 200]),
         row(G, "/api/project/{project_id}/templates/{template_id}/stats",     [401, 404, 200, 200, 200, 200, 200]),
         // System administrators only, whatever the project role.
         row(G, "/api/tasks",                                                  [401, 403, 403, 403, 403, 403, 200]),

@@ -277,6 +277,8 @@ enum Scope {
     Schedules,
     /// Every method of the integration paths and the receiver (issue 14).
     Integrations,
+    /// The alert test route (issue 14).
+    Alerts,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
@@ -289,6 +291,8 @@ const SCHEDULE_PATHS: &str =
 /// The paths of the integration operations and the receiver (issue 14).
 const INTEGRATION_PATHS: &str =
     r"^/api/(integrations/\{integration_alias\}|project/\{project_id\}/integrations.*)$";
+/// The alert operations (issue 14).
+const ALERT_PATHS: &str = r"^/api/project/\{project_id\}/notifications/test$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
@@ -321,6 +325,7 @@ fn run_schemathesis(
         Scope::Issue12 => cmd.args(["--include-path-regex", ISSUE_12_PATHS]),
         Scope::Schedules => cmd.args(["--include-path-regex", SCHEDULE_PATHS]),
         Scope::Integrations => cmd.args(["--include-path-regex", INTEGRATION_PATHS]),
+        Scope::Alerts => cmd.args(["--include-path-regex", ALERT_PATHS]),
     };
     let out = cmd
         .args(["--checks", CHECKS])
@@ -369,7 +374,13 @@ async fn fuzzed_server() -> Fuzzed {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = tempfile::tempdir().expect("temp dir");
     std::fs::write(repo.path().join("run.sh"), SCRIPT).expect("write script");
-    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
+    // One alert channel (issue 14) whose endpoint refuses connections, so that the alert
+    // test route answers a channel's failure, not just `{}`. Fixture projects have alerts
+    // off: no task of theirs sends anything.
+    let server = ServerProcess::start(
+        &dir.path().join("forge.redb"),
+        &[("FORGE_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")],
+    );
     let mut admin = Client::new(server.addr);
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     let admin_token = admin.new_token().await;
@@ -439,6 +450,12 @@ async fn schemathesis_over_the_schedule_operations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_over_the_integration_operations() {
     every_method_of("schemathesis-integrations", Scope::Integrations).await;
+}
+
+/// The alert test route (issue 14), on a server of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_alert_operations() {
+    every_method_of("schemathesis-alerts", Scope::Alerts).await;
 }
 
 /// Every method of the operations of `scope`, on a fixture server of their own, with every

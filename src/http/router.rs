@@ -7,8 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    apps, confirm, integrations as int, meta, options, project_backup, projects, resources as res,
-    session, site, tasks, tokens, users, ws,
+    apps, confirm, integrations as int, meta, notifications, options, project_backup, projects,
+    resources as res, session, site, tasks, tokens, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Integration, IntegrationMatcher as Matcher, IntegrationValue as Value,
@@ -195,6 +195,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/api/integrations/{integration_alias}", Anonymous, int::receive, acts),
         route!(POST "/api/integrations/{integration_alias}", Anonymous, int::receive),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
+        route!(POST "/api/project/{project_id}/notifications/test", Project(MANAGE_RESOURCES), notifications::test),
     ]
 }
 

@@ -185,6 +185,7 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::PURGE_TASK)?;
     c.table(tables::ALIASHASH_ALIAS)?;
     c.table(tables::INTEGRATION_DELIVERY)?;
+    c.table(tables::CHANNEL_ALERT)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

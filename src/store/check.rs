@@ -243,6 +243,7 @@ pub(crate) fn check_tx(
     check_events(tx, report, &projects)?;
     check_tasks(tx, report, &projects, &mut sealed)?;
     check_counters(tx, report)?;
+    check_outbox(tx, report)?;
     check_secrets(tx, report, key, &sealed)?;
     Ok(())
 }
@@ -746,6 +747,35 @@ fn check_tasks(
         report.problem(format!(
             "task_output: lines of {} more missing tasks",
             orphans.len() - LIST_AT_MOST
+        ));
+    }
+    Ok(())
+}
+
+/// Undelivered alerts decode, and their ids are below the `next_alert_id` counter. (Their
+/// task may be gone: a row is a snapshot and is still sent.)
+fn check_outbox(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut largest = 0;
+    let n = each(tx, super::tables::CHANNEL_ALERT, |(channel, id), bytes| {
+        largest = largest.max(id);
+        if let Err(e) = codec::decode::<super::outbox::Alert>(bytes) {
+            bad.push(format!("alert_outbox[{channel}, {id}]: {e}"));
+        }
+    })?;
+    report.counts.push(("alert_outbox", n));
+    let mut undecodable = Tally::new("alert_outbox");
+    for text in bad {
+        undecodable.add(report, text);
+    }
+    undecodable.finish(report);
+    let next = tx
+        .open_table(META)?
+        .get(super::outbox::ALERT_COUNTER)?
+        .map_or(1, |v| v.value());
+    if n > 0 && largest >= next {
+        report.problem(format!(
+            "meta: next_alert_id is {next} but alert_outbox holds id {largest}"
         ));
     }
     Ok(())

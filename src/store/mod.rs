@@ -31,6 +31,7 @@ pub mod disk;
 pub mod integrations;
 pub mod migrate;
 pub mod options;
+pub mod outbox;
 pub mod projects;
 pub mod reseal;
 pub mod retention;
@@ -202,6 +203,7 @@ impl Store {
             tx.open_table(tables::PURGE_TASK)?;
             tx.open_table(tables::ALIASHASH_ALIAS)?;
             tx.open_table(tables::INTEGRATION_DELIVERY)?;
+            tx.open_table(tables::CHANNEL_ALERT)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

@@ -120,6 +120,9 @@ pub const ALIASHASH_ALIAS: TableDefinition<SecretHash, (ProjectId, u64)> =
 /// deliveries of an integration (`store::integrations::DELIVERIES_KEPT`), oldest first.
 pub const INTEGRATION_DELIVERY: TableDefinition<(ProjectId, u64, u64), &[u8]> =
     TableDefinition::new("integration_deliveries");
+/// (channel code, alert id) → encoded `store::outbox::Alert`: alerts not yet delivered, in
+/// order per channel (see `store::outbox`); ids come from the `next_alert_id` counter.
+pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("alert_outbox");
 
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.

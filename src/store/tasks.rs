@@ -17,7 +17,13 @@ fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
         .insert((task.project_id, task.template_id, task.id), ())?;
     let mut active = tx.open_table(ACTIVE_TASK)?;
     if task.status.is_finished() {
-        active.remove(task.id)?;
+        // Leaving the active index is finishing: the alerts go out with it, in this
+        // transaction (see `store::outbox`).
+        let finishing = active.remove(task.id)?.is_some();
+        drop(active);
+        if finishing {
+            super::outbox::enqueue(tx, task)?;
+        }
     } else {
         active.insert(task.id, ())?;
     }
