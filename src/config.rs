@@ -195,6 +195,16 @@ pub struct Config {
     /// A switch that makes the database's disk fail as a full one; tests inject it.
     #[arg(skip)]
     pub disk_faults: Option<crate::store::disk::FaultSwitch>,
+
+    /// Reverse proxies (addresses or networks, comma-separated: `127.0.0.1,10.0.0.0/8`)
+    /// whose `--proxy-header` names the client's address; from anyone else it is ignored.
+    #[arg(long, env = "FORGE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::http::forwarded::Cidr>,
+
+    /// The header the trusted proxies write the client's address to.
+    #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
+          default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
+    pub proxy_header: crate::http::forwarded::ProxyHeader,
 }
 
 impl Config {
@@ -284,6 +294,8 @@ impl Config {
             schedule_timezone: "UTC".into(),
             clock: ClockHandle::default(),
             disk_faults: None,
+            trusted_proxies: Vec::new(),
+            proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
         }
     }
 }

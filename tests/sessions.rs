@@ -183,9 +183,14 @@ async fn throttling_after_five_failures_per_account() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn throttling_per_client_address_across_accounts() {
+    // One address may fail 20 times the per-account limit across accounts (issue 16: the
+    // per-account limit per address no longer locks the account for everyone).
     let s = TestServer::start_with(|c| c.login_max_failures = 3).await;
-    for name in ["a1", "a2", "a3"] {
-        s.client().login(name, "wrong").await.assert_error(401);
+    for i in 0..3 * 20 {
+        s.client()
+            .login(&format!("a{i}"), "wrong")
+            .await
+            .assert_error(401);
     }
     // A different account from the same address is refused too.
     s.client()

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod forwarded;
 pub mod handler;
 mod handlers;
 pub mod router;

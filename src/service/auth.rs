@@ -83,11 +83,14 @@ impl Services {
         password: String,
         client: LoginClient,
     ) -> Result<String> {
-        let account_key = format!("user:{}", login.to_lowercase());
-        let ip_key = format!("ip:{}", client.ip);
-        let keys = [account_key.as_str(), ip_key.as_str()];
-        self.throttle
-            .check(&keys, self.now())
+        // Longer than any stored login or email: refused before it costs a hash or a
+        // throttle entry.
+        if login.len() > super::users::MAX_FIELD_LEN {
+            return Err(Error::Unauthorized);
+        }
+        let attempt = self
+            .throttle
+            .begin(&login.to_lowercase(), &client.ip, self.now())
             .map_err(|retry_after| Error::Throttled { retry_after })?;
 
         let user = self.store.user_by_login(login)?;
@@ -97,7 +100,7 @@ impl Services {
             .map(|u| u.password_hash.clone());
         let ok = self.hasher.verify(password, phc).await?;
         let Some(user) = user.filter(|_| ok) else {
-            self.throttle.fail(&keys, self.now());
+            attempt.failed();
             let event = NewEvent {
                 user_id: None,
                 project_id: None,
@@ -113,7 +116,7 @@ impl Services {
             blocking(move || Ok(store.record_event(now, event)?)).await?;
             return Err(Error::Unauthorized);
         };
-        self.throttle.clear(&account_key);
+        attempt.succeeded();
 
         let id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let now = self.now();

@@ -6,7 +6,7 @@ use crate::model::{User, UserId};
 use crate::store::NewUser;
 
 /// Longest accepted name, username or email.
-const MAX_FIELD_LEN: usize = 255;
+pub(crate) const MAX_FIELD_LEN: usize = 255;
 
 /// The fields of a user to create.
 #[derive(Debug, Clone, Default)]
