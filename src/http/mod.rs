@@ -9,6 +9,7 @@ pub mod error;
 pub mod forwarded;
 pub mod handler;
 mod handlers;
+pub mod live;
 pub mod router;
 
 pub use handler::Req;

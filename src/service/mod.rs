@@ -107,6 +107,9 @@ pub struct Services {
     /// Which apps are active by default (what `PATH` held at start).
     app_defaults: apps::Defaults,
     schedule_hub: resources::schedules::Hub,
+    /// Bumped whenever a session, token, user or membership changes in a way that may take
+    /// access away; long-lived responses (web sockets, followed output) re-check their caller.
+    access_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Services {
@@ -133,6 +136,7 @@ impl Services {
                 &config.extra_apps,
             ),
             schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
+            access_changes: tokio::sync::watch::channel(0).0,
         })
     }
 

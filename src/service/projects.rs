@@ -204,7 +204,9 @@ impl Services {
             })?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// The members of a project with their users.
@@ -289,7 +291,9 @@ impl Services {
             ))?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// Removes a member.
@@ -310,7 +314,9 @@ impl Services {
             ))?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// The caller leaves the project; owners (who are not system admins) cannot.

@@ -15,7 +15,8 @@ use crate::http::body;
 use crate::http::error::ApiError;
 use crate::http::handler::HandlerResult;
 use crate::http::handler::Req;
-use crate::model::{Task, Template, User};
+use crate::http::live::{LiveCaller, Verdict};
+use crate::model::{Permissions, Task, Template, User};
 use crate::runner::{LiveEvent, Location};
 use crate::service::tasks::{LIST_LIMIT, StatsFilter, TaskInput, parse_day};
 
@@ -277,6 +278,7 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
     let services = Arc::clone(&req.app.services);
     let mut live = req.app.runner.subscribe();
     let access = req.access.clone();
+    let mut caller = LiveCaller::new(req, Some((task.project_id, Permissions::NONE)));
     tokio::spawn(async move {
         let Some(access) = access else { return };
         let mut next = offset;
@@ -290,7 +292,10 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                     break;
                 }
                 next = batch.last().map_or(next, |(n, _)| n + 1);
-                if tx.send(Bytes::from(text_chunk(&batch))).await.is_err() {
+                // The caller may have lost access since the last batch: then the stream ends.
+                if matches!(caller.check(&services), Verdict::Gone)
+                    || tx.send(Bytes::from(text_chunk(&batch))).await.is_err()
+                {
                     return;
                 }
             }
@@ -307,9 +312,19 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                 }
                 return;
             }
-            // Wait for anything about this task (or a lag, after which the store is re-read).
+            // Wait for anything about this task (or a lag, after which the store is re-read),
+            // or for a change that may end the caller's access.
             loop {
-                match live.recv().await {
+                let event = tokio::select! {
+                    event = live.recv() => event,
+                    () = caller.changed() => {
+                        if matches!(caller.recheck(&services), Verdict::Gone) {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match event {
                     Ok(LiveEvent::Log { task_id, .. } | LiveEvent::Update { task_id, .. })
                         if task_id == task.id =>
                     {
