@@ -253,12 +253,34 @@ pub async fn output(req: Req) -> HandlerResult {
         .query_param("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(usize::MAX);
-    let lines = req.app.services.output(&task, offset, limit)?;
-    let views: Vec<Value> = lines
-        .iter()
-        .map(|(_, l)| json!({"task_id": task.id, "task": "", "time": rfc3339_us(l.time_us), "output": l.text}))
-        .collect();
-    Ok(body::json(StatusCode::OK, &views))
+    let view = move |(_, l): &(u64, crate::model::OutputLine)| json!({"task_id": task.id, "task": "", "time": rfc3339_us(l.time_us), "output": l.text});
+    // The first batch is read here, so a storage failure is still an error status; an answer
+    // that fits in it goes out whole, with its length.
+    let first = req
+        .app
+        .services
+        .output(&task, offset, limit.min(RAW_BATCH))?;
+    if first.len() < RAW_BATCH || limit <= RAW_BATCH {
+        let views: Vec<Value> = first.iter().map(view).collect();
+        return Ok(body::json(StatusCode::OK, &views));
+    }
+    // Longer ones are streamed batch by batch: memory stays flat whatever the output's size.
+    let services = Arc::clone(&req.app.services);
+    let mut batch = Some(first);
+    let mut left = limit;
+    Ok(body::json_array(move || {
+        let lines = batch.take()?;
+        left = left.saturating_sub(lines.len());
+        let next = lines.last().map_or(u64::MAX, |(n, _)| n + 1);
+        if lines.len() == RAW_BATCH && left > 0 {
+            match services.output(&task, next, left.min(RAW_BATCH)) {
+                Ok(more) if !more.is_empty() => batch = Some(more),
+                Ok(_) => {}
+                Err(e) => tracing::error!(task = task.id, error = %e, "output cut short"),
+            }
+        }
+        Some(body::json_elements(lines.iter().map(view)))
+    }))
 }
 
 /// Lines as text, one per line.
