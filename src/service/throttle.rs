@@ -12,7 +12,8 @@
 //! before its password is hashed, and given back when it succeeds or ends without a verdict,
 //! so a concurrent burst cannot get more than the limit through. Memory is bounded: the table
 //! holds at most [`CAPACITY`] entries, keyed by a keyed 64-bit hash (no attacker-chosen string
-//! is kept); when full, expired entries go, then the least recently used eighth.
+//! is kept); when full, expired entries go, then the eighth with the fewest attempts, so a
+//! spray of one-off logins cannot flush the bucket that blocks a guesser.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -142,15 +143,23 @@ impl Throttle {
         })
     }
 
-    /// Drops expired entries, then, if that freed less than an eighth, the least recently
-    /// counted eighth (so a full table costs one scan per `CAPACITY / 8` new entries).
+    /// Drops expired entries, then, if that freed less than an eighth, the eighth with the
+    /// fewest attempts (the least recently counted first among equals): a spray of one-off
+    /// logins evicts its own kind, while a bucket that is blocking someone outlasts it (so a
+    /// full table costs one scan per `CAPACITY / 8` new entries).
     fn make_room(&self, table: &mut HashMap<u64, Count>, now: i64) {
         let window = self.window;
         table.retain(|_, c| c.first > now - window);
-        if table.len() > CAPACITY - CAPACITY / 8 {
-            let mut lasts: Vec<i64> = table.values().map(|c| c.last).collect();
-            let (_, &mut cut, _) = lasts.select_nth_unstable(CAPACITY / 8);
-            table.retain(|_, c| c.last > cut);
+        let evict = CAPACITY / 8;
+        if table.len() > CAPACITY - evict {
+            let mut ranked: Vec<(u32, i64, u64)> = table
+                .iter()
+                .map(|(&key, c)| (c.attempts, c.last, key))
+                .collect();
+            ranked.select_nth_unstable(evict);
+            for (_, _, key) in &ranked[..evict] {
+                table.remove(key);
+            }
         }
     }
 
@@ -303,5 +312,21 @@ mod tests {
             assert!(t.len() <= CAPACITY);
         }
         assert!(t.len() <= CAPACITY);
+    }
+
+    /// A spray of one-off logins filling the table cannot flush a bucket that blocks someone.
+    #[test]
+    fn a_spray_does_not_evict_a_blocking_bucket() {
+        let t = throttle(5, 3600);
+        for _ in 0..5 {
+            t.begin("admin", "attacker", 0).unwrap().failed();
+        }
+        for i in 0..2 * CAPACITY {
+            t.begin(&format!("bogus{i}"), &format!("addr{i}"), 1)
+                .unwrap()
+                .failed();
+        }
+        assert!(t.len() <= CAPACITY);
+        assert!(t.begin("admin", "attacker", 2).is_err());
     }
 }
