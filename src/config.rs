@@ -198,8 +198,8 @@ pub struct Config {
 
     /// Reverse proxies (addresses or networks, comma-separated: `127.0.0.1,10.0.0.0/8`)
     /// whose `--proxy-header` names the client's address; from anyone else it is ignored.
-    #[arg(long, env = "FORGE_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<crate::http::forwarded::Cidr>,
+    #[arg(long, env = "FORGE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 
     /// The header the trusted proxies write the client's address to.
     #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
@@ -294,7 +294,7 @@ impl Config {
             schedule_timezone: "UTC".into(),
             clock: ClockHandle::default(),
             disk_faults: None,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
             proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
         }
     }

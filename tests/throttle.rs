@@ -58,7 +58,7 @@ async fn failed_login_events(s: &TestServer) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_bad_tries_from_one_address_do_not_lock_the_admin_out_from_another() {
     let s = TestServer::start_with(|c| {
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
         c.login_window_secs = 600;
     })
     .await;
@@ -84,7 +84,7 @@ async fn five_bad_tries_from_one_address_do_not_lock_the_admin_out_from_another(
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
     let s = TestServer::start_with(|c| {
-        c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        c.trusted_proxies = "10.0.0.0/8".parse().unwrap();
     })
     .await;
     let c = s.client();

@@ -68,6 +68,23 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+/// The `--trusted-proxies` list: addresses or networks, comma-separated; empty entries (an
+/// empty variable) are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<Cidr>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
 /// Which header a trusted proxy writes the client's address to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyHeader {

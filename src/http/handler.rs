@@ -75,7 +75,7 @@ impl Req {
         super::forwarded::client_ip(
             self.peer.ip(),
             &self.headers,
-            &self.app.config.trusted_proxies,
+            &self.app.config.trusted_proxies.0,
             self.app.config.proxy_header,
         )
     }
