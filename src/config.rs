@@ -199,6 +199,16 @@ pub struct Config {
     /// A switch that makes the database's disk fail as a full one; tests inject it.
     #[arg(skip)]
     pub disk_faults: Option<crate::store::disk::FaultSwitch>,
+
+    /// Reverse proxies (addresses or networks, comma-separated: `127.0.0.1,10.0.0.0/8`)
+    /// whose `--proxy-header` names the client's address; from anyone else it is ignored.
+    #[arg(long, env = "FORGE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
+
+    /// The header the trusted proxies write the client's address to.
+    #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
+          default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
+    pub proxy_header: crate::http::forwarded::ProxyHeader,
 }
 
 impl Config {
@@ -289,6 +299,8 @@ impl Config {
             alerts: crate::notify::AlertConfig::default(),
             clock: ClockHandle::default(),
             disk_faults: None,
+            trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
+            proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
         }
     }
 }

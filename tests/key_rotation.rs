@@ -39,15 +39,7 @@ fn rev(s: &str) -> String {
 }
 
 fn forge(args: &[&str], db: &Path) -> Output {
-    Command::new(FORGE)
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .env_remove("FORGE_SECRET_KEY")
-        .env_remove("FORGE_SECRET_KEY_FILE")
-        .env_remove("FORGE_DB")
-        .output()
-        .expect("run forge")
+    common::process::forge_offline(args, db)
 }
 
 fn text(out: &Output) -> String {

@@ -595,6 +595,82 @@ async fn a_fresh_database_gets_a_0600_key_file_and_no_secret_in_the_log() {
     assert!(!text.contains(ADMIN_PASSWORD), "{text}");
 }
 
+/// `forge ARGS --db DB` (an offline command): its exit code and everything it printed.
+fn forge_offline(args: &[&str], db: &Path) -> (Option<i32>, String) {
+    let out = common::process::forge_offline(args, db);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Regression (issue 16): a key file readable by group or others, or owned by another user,
+/// only drew a warning. Now `forge serve`, `forge check`, `forge key rotate` and `forge user
+/// add` all refuse it with exit 2 and a message naming the fix, and change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exposed_or_foreign_key_file_is_refused_by_every_command() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("forge.redb");
+    let key_file = dir.path().join("forge.redb.key");
+    start(&db, &[]).stop();
+    let key_text = std::fs::read_to_string(&key_file).unwrap();
+    let shown = key_file.display().to_string();
+    let me = std::fs::metadata(&db).unwrap().uid();
+    let chmod = |mode| std::fs::set_permissions(&key_file, PermissionsExt::from_mode(mode));
+
+    // (mode, owner, what the message must name)
+    let cases: [(u32, u32, String); 4] = [
+        (0o640, me, format!("chmod 600 {shown}")),
+        (0o604, me, format!("chmod 600 {shown}")),
+        (0o620, me, format!("chmod 600 {shown}")),
+        (0o600, 65_534, format!("chown {me} {shown}")),
+    ];
+    for (mode, owner, fix) in &cases {
+        chmod(*mode).unwrap();
+        std::os::unix::fs::chown(&key_file, Some(*owner), None).unwrap();
+        let (code, text) = serve_expecting_exit(&db, &[]);
+        assert_eq!(code, Some(2), "serve, {mode:o} uid {owner}: {text}");
+        assert!(text.contains(fix), "serve, {mode:o} uid {owner}: {text}");
+        assert!(
+            !text.contains("listening on") && !text.contains("panicked"),
+            "{text}"
+        );
+        for args in [
+            &["check"][..],
+            &["key", "rotate"][..],
+            &[
+                "user", "add", "--login", "x", "--email", "x@x", "--name", "x",
+            ],
+        ] {
+            let mut args = args.to_vec();
+            if args[0] == "user" {
+                args.push("--password-stdin");
+            }
+            let (code, text) = forge_offline(&args, &db);
+            assert_eq!(code, Some(2), "{args:?}, {mode:o} uid {owner}: {text}");
+            assert!(text.contains(fix), "{args:?}, {mode:o} uid {owner}: {text}");
+        }
+        // Nothing changed: no rotation, no new key.
+        assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key_text);
+        assert!(!dir.path().join("forge.redb.key.old").exists());
+    }
+
+    // Fixed as the message says: it starts again.
+    std::os::unix::fs::chown(&key_file, Some(me), None).unwrap();
+    chmod(0o600).unwrap();
+    let server = start(&db, &[]);
+    let mut c = server.client();
+    assert_eq!(c.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    server.stop();
+    // A read-only key (0400) is private too.
+    chmod(0o400).unwrap();
+    let (code, text) = forge_offline(&["check"], &db);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// Malformed bodies whose secret fields have the wrong JSON type: the 400 must not quote the
 /// secret back (the decoder's messages name the offending value).
 #[tokio::test(flavor = "multi_thread")]

@@ -5,9 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::process::{FORGE, ServerProcess};
+use common::process::ServerProcess;
 
 /// A copy of the v1 upgrade fixture (every record type) in a fresh temp dir.
 fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
@@ -15,21 +15,19 @@ fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
     for file in ["forge.redb", "forge.redb.key"] {
         std::fs::copy(from.join(file), dir.path().join(file)).expect("copy");
+        // git keeps no mode bits but the executable one: the key must be private again.
+        std::fs::set_permissions(
+            dir.path().join(file),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod 600");
     }
     let db = dir.path().join("forge.redb");
     (dir, db)
 }
 
 fn forge(args: &[&str], db: &Path) -> Output {
-    Command::new(FORGE)
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .env_remove("FORGE_SECRET_KEY")
-        .env_remove("FORGE_SECRET_KEY_FILE")
-        .env_remove("FORGE_DB")
-        .output()
-        .expect("run forge")
+    common::process::forge_offline(args, db)
 }
 
 fn text(out: &Output) -> String {

@@ -1403,14 +1403,12 @@ async fn tasks_running_too_long_are_killed() {
 // 7. Output: paging, cap, follow, a million lines
 // =============================================================================================
 
-#[tokio::test(flavor = "multi_thread")]
-async fn output_pages_are_exact_slices() {
-    let s = TestServer::start().await;
-    let a = s.admin().await;
-    let setup = Setup::new(&a, "Paging", &[("many", "seq 1 200\n")]).await;
-    let (p, t) = (setup.p, launch(&a, setup.p, setup.tpls[0]).await);
+/// A task printing `seq 1 N` in a new project, run to success; its whole output as JSON.
+async fn many_lines(a: &Client, project: &str, n: u32) -> (u64, u64, common::Resp) {
+    let setup = Setup::new(a, project, &[("many", &format!("seq 1 {n}\n"))]).await;
+    let (p, t) = (setup.p, launch(a, setup.p, setup.tpls[0]).await);
     assert_eq!(
-        wait_finished(&a, p, t, Duration::from_secs(30)).await["status"],
+        wait_finished(a, p, t, Duration::from_secs(60)).await["status"],
         "success"
     );
     let r = a.get(&format!("{}/output", task_path(p, t))).await;
@@ -1419,6 +1417,14 @@ async fn output_pages_are_exact_slices() {
         r.header("content-type").as_deref(),
         Some("application/json")
     );
+    (p, t, r)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_pages_are_exact_slices() {
+    let s = TestServer::start().await;
+    let a = s.admin().await;
+    let (p, t, _) = many_lines(&a, "Paging", 200).await;
     let full = output_json(&a, p, t, "").await;
     assert_eq!(full.len(), 204, "{:#?}", texts(&full));
     for item in &full {
@@ -1453,6 +1459,53 @@ async fn output_pages_are_exact_slices() {
     assert_eq!(page, full[200..]);
     let page = output_json(&a, p, t, "?limit=7").await;
     assert_eq!(page, full[..7]);
+}
+
+/// Issue 16: one GET of a long output held it all in memory (1 M lines: +900 MB). Past one
+/// read batch (1024 lines) the answer is streamed as it is read: chunked, no length, and the
+/// same bytes as before (compact JSON, keys sorted, a newline), pages across batch edges
+/// included.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_output_is_streamed_with_the_same_bytes() {
+    let s = TestServer::start().await;
+    let a = s.admin().await;
+    let (p, t, r) = many_lines(&a, "Streamed", 5000).await;
+    assert_eq!(r.header("content-length"), None, "not streamed");
+    let full: Vec<Value> = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(full.len(), 5004);
+    let mut canonical = serde_json::to_vec(&full).unwrap();
+    canonical.push(b'\n');
+    assert!(
+        r.body[..] == canonical[..],
+        "bytes differ from the whole-array form"
+    );
+    let mut want = server_head(t, "many");
+    want.extend((1..=5000).map(|i| i.to_string()));
+    assert_eq!(texts(&full), want);
+    for (offset, limit) in [
+        (0, 1024),
+        (0, 1025),
+        (1023, 2),
+        (1000, 2048),
+        (4000, 5000),
+        (5003, 10),
+        (0, 4096),
+    ] {
+        let r = a
+            .get(&format!(
+                "{}/output?offset={offset}&limit={limit}",
+                task_path(p, t)
+            ))
+            .await;
+        let page: Vec<Value> = serde_json::from_slice(&r.body).expect("JSON");
+        let end = (offset + limit).min(full.len());
+        assert_eq!(page, full[offset..end], "offset={offset}&limit={limit}");
+        let mut canonical = serde_json::to_vec(&page).unwrap();
+        canonical.push(b'\n');
+        assert!(r.body[..] == canonical[..], "offset={offset}&limit={limit}");
+    }
+    let page = output_json(&a, p, t, "?offset=3000").await;
+    assert_eq!(page, full[3000..]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1751,6 +1804,27 @@ async fn a_million_lines_with_bounded_server_memory() {
     let got = page("?offset=700004&limit=10000".into()).await;
     let want: Vec<String> = (700_001..=710_000u64).map(|i| i.to_string()).collect();
     assert_eq!(got, want);
+
+    // Regression (issue 16): one GET of the whole output raised the server's peak from
+    // 139 MB to 1,066 MB. Streamed as it is read, the peak stays where it was.
+    let before = server.status_kib("VmHWM");
+    let began = Instant::now();
+    let r = a.get(&format!("{}/output", task_path(p, t))).await;
+    let after = server.status_kib("VmHWM");
+    assert_eq!(r.status, 200);
+    let body = &r.body[..];
+    assert!(body.starts_with(b"[{") && body.ends_with(b"}]\n"));
+    let count = body.windows(10).filter(|w| w == b"\"task_id\":").count();
+    assert_eq!(count, 1_000_004);
+    eprintln!(
+        "GET of 1M lines: {} bytes in {:?}; server VmHWM {before} KiB before, {after} KiB after",
+        body.len(),
+        began.elapsed()
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "one GET of the output raised the server's peak from {before} KiB to {after} KiB"
+    );
 }
 
 // =============================================================================================

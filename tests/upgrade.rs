@@ -30,6 +30,12 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     for file in ["forge.redb", "forge.redb.key"] {
         std::fs::copy(fixture_dir(name).join(file), dir.path().join(file)).expect("copy");
+        // git keeps no mode bits but the executable one: the key must be private again.
+        std::fs::set_permissions(
+            dir.path().join(file),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod 600");
     }
     let db = dir.path().join("forge.redb");
     (dir, db)

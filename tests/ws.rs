@@ -330,3 +330,158 @@ async fn refused_upgrades() {
     // ...but an anonymous one is still 401 first.
     assert_eq!(s.client().get("/api/ws").await.status, 401);
 }
+
+/// A task that runs for a minute, one line every 100 ms.
+const LONG_SCRIPT: &str = "for i in $(seq 1 600); do echo tick $i; sleep 0.1; done\n";
+
+/// What takes the victim's access away.
+#[derive(Debug, Clone, Copy)]
+enum Revocation {
+    /// The victim logs out (the same session, from another request).
+    Logout,
+    /// The victim changes their password from another session.
+    PasswordChange,
+    /// An admin deletes the victim.
+    Deleted,
+    /// An admin removes the victim from the project.
+    RemovedFromProject,
+    /// An admin demotes the victim (an admin who is not a member of the project).
+    Demoted,
+    /// The victim, connected with an API token, expires it.
+    TokenExpired,
+}
+
+/// Waits until the server closes the WebSocket (text messages on the way are skipped).
+async fn closed_within(ws: &mut Ws, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_) | Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Regression (issue 16): a WebSocket kept the user it had at connect time, and a followed
+/// output ran to the task's end, so a logged-out, deleted, demoted or removed user kept
+/// receiving live output. Now both end within a second or so of the change, while the task
+/// still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_and_followed_output_end_when_access_goes() {
+    for case in [
+        Revocation::Logout,
+        Revocation::PasswordChange,
+        Revocation::Deleted,
+        Revocation::RemovedFromProject,
+        Revocation::Demoted,
+        Revocation::TokenExpired,
+    ] {
+        access_goes(case).await;
+    }
+}
+
+async fn access_goes(case: Revocation) {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("run.sh"), LONG_SCRIPT).unwrap();
+    let (p, tpl) = project(&admin, "long", repo.path()).await;
+    let is_admin = matches!(case, Revocation::Demoted);
+    let (victim_id, mut victim) = s.user("victim", is_admin).await;
+    if !is_admin {
+        add_member(&admin, p, victim_id, "task_runner").await;
+    }
+    if matches!(case, Revocation::TokenExpired) {
+        victim = victim.with_bearer(&victim.new_token().await);
+    }
+    let auth = match &victim.bearer {
+        Some(t) => ("authorization", format!("Bearer {t}")),
+        None => cookie(&victim),
+    };
+    let mut ws = connect(s.addr, &[(auth.0, &auth.1)])
+        .await
+        .unwrap_or_else(|code| panic!("{case:?}: the victim connects: {code}"));
+    let task = launch(&admin, p, tpl).await;
+    read_until(&mut ws, 30, |m| m["type"] == "log" && m["task_id"] == task).await;
+    let follower = {
+        let victim = victim.clone();
+        let path = at(p, &format!("tasks/{task}/output?follow=true"));
+        tokio::spawn(async move { victim.get(&path).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!follower.is_finished(), "{case:?}: the follow ended early");
+
+    let r = match case {
+        Revocation::Logout => victim.raw("POST", "/api/auth/logout", None, &[]).await,
+        Revocation::PasswordChange => {
+            let mut other = s.client();
+            assert_eq!(other.login("victim", "pw-of-user").await.status, 204);
+            other
+                .post(
+                    &format!("/api/users/{victim_id}/password"),
+                    json!({"password": "a new one"}),
+                )
+                .await
+        }
+        Revocation::Deleted => admin.delete(&format!("/api/users/{victim_id}")).await,
+        Revocation::RemovedFromProject => admin.delete(&at(p, &format!("users/{victim_id}"))).await,
+        Revocation::Demoted => {
+            admin
+                .put(
+                    &format!("/api/users/{victim_id}"),
+                    json!({"name": "victim", "username": "victim",
+                           "email": "victim@example.com", "admin": false}),
+                )
+                .await
+        }
+        Revocation::TokenExpired => {
+            let token = victim.bearer.clone().unwrap();
+            victim.delete(&format!("/api/user/tokens/{token}")).await
+        }
+    };
+    assert_eq!(r.status, 204, "{case:?}: {}", r.text());
+
+    assert!(
+        closed_within(&mut ws, 3).await,
+        "{case:?}: the WebSocket stayed open"
+    );
+    let followed = tokio::time::timeout(Duration::from_secs(3), follower)
+        .await
+        .unwrap_or_else(|_| panic!("{case:?}: the followed output went on"))
+        .expect("follower");
+    assert_eq!(followed.status, 200, "{case:?}: {}", followed.text());
+    assert!(followed.text().contains("tick 1\n"), "{case:?}");
+    let status = ok_json(&admin, &at(p, &format!("tasks/{task}"))).await["status"].clone();
+    assert_eq!(status, "running", "{case:?}: the task ended first");
+    let r = admin
+        .raw("POST", &at(p, &format!("tasks/{task}/stop")), None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+}
+
+/// The admin's own WebSocket and followed output survive the changes it makes to others.
+#[tokio::test(flavor = "multi_thread")]
+async fn unrelated_changes_leave_connections_open() {
+    let s = TestServer::start().await;
+    let admin = s.admin().await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("run.sh"), LONG_SCRIPT).unwrap();
+    let (p, tpl) = project(&admin, "long", repo.path()).await;
+    let (other_id, _) = s.user("other", false).await;
+    let mut ws = connect(s.addr, &[(cookie(&admin).0, &cookie(&admin).1)])
+        .await
+        .expect("connects");
+    let task = launch(&admin, p, tpl).await;
+    read_until(&mut ws, 30, |m| m["type"] == "log" && m["task_id"] == task).await;
+    let r = admin.delete(&format!("/api/users/{other_id}")).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Messages keep coming for more than the re-check interval.
+    let start = tokio::time::Instant::now();
+    let seen = read_until(&mut ws, 10, |_| start.elapsed() > Duration::from_secs(2)).await;
+    assert!(seen.len() > 5, "{seen:?}");
+    let r = admin
+        .raw("POST", &at(p, &format!("tasks/{task}/stop")), None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+}

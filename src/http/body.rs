@@ -77,6 +77,57 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
     res
 }
 
+/// A `200` JSON array streamed as it is read: `batches` gives the next elements, already
+/// serialized and joined by `,` (`None` at the end). The bytes are those [`json`] writes for
+/// the whole array (`[`, the elements joined by `,`, `]`, a newline), but no more than a few
+/// batches are ever held. A failing read ends the body early (the caller logs why).
+pub fn json_array(mut batches: impl FnMut() -> Option<Vec<u8>> + Send + 'static) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut chunk = b"[".to_vec();
+        let mut empty = true;
+        while let Some(batch) = batches() {
+            if batch.is_empty() {
+                continue;
+            }
+            if !empty {
+                chunk.push(b',');
+            }
+            empty = false;
+            chunk.extend_from_slice(&batch);
+            if tx
+                .send(Bytes::from(std::mem::take(&mut chunk)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        chunk.extend_from_slice(b"]\n");
+        let _ = tx.send(Bytes::from(chunk)).await;
+    });
+    let mut res = Response::new(stream(rx));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// `values` serialized and joined by `,`: one batch for [`json_array`].
+#[must_use]
+pub fn json_elements<T: Serialize>(values: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // As in `json`: Forge's own response types always serialize.
+        if serde_json::to_writer(&mut out, &v).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out
+}
+
 /// A plain-text response.
 #[must_use]
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -68,6 +68,18 @@ impl Req {
         })
     }
 
+    /// The client's address: the peer's, or the one a trusted proxy forwarded
+    /// (`--trusted-proxies`).
+    #[must_use]
+    pub fn client_ip(&self) -> std::net::IpAddr {
+        super::forwarded::client_ip(
+            self.peer.ip(),
+            &self.headers,
+            &self.app.config.trusted_proxies.0,
+            self.app.config.proxy_header,
+        )
+    }
+
     /// The authenticated caller.
     ///
     /// # Errors

@@ -6,8 +6,10 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod forwarded;
 pub mod handler;
 mod handlers;
+pub mod live;
 pub mod router;
 
 pub use handler::Req;

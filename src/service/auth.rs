@@ -83,11 +83,14 @@ impl Services {
         password: String,
         client: LoginClient,
     ) -> Result<String> {
-        let account_key = format!("user:{}", login.to_lowercase());
-        let ip_key = format!("ip:{}", client.ip);
-        let keys = [account_key.as_str(), ip_key.as_str()];
-        self.throttle
-            .check(&keys, self.now())
+        // Longer than any stored login or email: refused before it costs a hash or a
+        // throttle entry.
+        if login.len() > super::users::MAX_FIELD_LEN {
+            return Err(Error::Unauthorized);
+        }
+        let attempt = self
+            .throttle
+            .begin(&login.to_lowercase(), &client.ip, self.now())
             .map_err(|retry_after| Error::Throttled { retry_after })?;
 
         let user = self.store.user_by_login(login)?;
@@ -97,7 +100,7 @@ impl Services {
             .map(|u| u.password_hash.clone());
         let ok = self.hasher.verify(password, phc).await?;
         let Some(user) = user.filter(|_| ok) else {
-            self.throttle.fail(&keys, self.now());
+            attempt.failed();
             let event = NewEvent {
                 user_id: None,
                 project_id: None,
@@ -113,7 +116,7 @@ impl Services {
             blocking(move || Ok(store.record_event(now, event)?)).await?;
             return Err(Error::Unauthorized);
         };
-        self.throttle.clear(&account_key);
+        attempt.succeeded();
 
         let id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let now = self.now();
@@ -144,7 +147,9 @@ impl Services {
     pub async fn logout(&self, session_id: &str) -> Result<()> {
         let store = self.store.clone();
         let hash = secret_hash(session_id);
-        blocking(move || Ok(store.revoke_session(&hash).map(drop)?)).await
+        blocking(move || Ok(store.revoke_session(&hash).map(drop)?)).await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// The user a session id belongs to, with the session's hash; `None` for an unknown or
@@ -162,6 +167,7 @@ impl Services {
         if now - session.last_active > self.session_idle_secs {
             let store = self.store.clone();
             blocking(move || Ok(store.revoke_session(&hash).map(drop)?)).await?;
+            self.access_changed();
             return Ok(None);
         }
         let Some(user) = self.store.user(session.user_id)? else {
@@ -227,7 +233,9 @@ impl Services {
         } else {
             let handle = id.to_owned();
             blocking(move || Ok(store.expire_token_by_handle(user_id, &handle)?)).await
-        }
+        }?;
+        self.access_changed();
+        Ok(())
     }
 
     /// Deletes sessions idle for longer than the idle timeout; returns how many.
@@ -237,7 +245,39 @@ impl Services {
     pub async fn sweep_sessions(&self) -> Result<usize> {
         let store = self.store.clone();
         let before = self.now() - self.session_idle_secs;
-        blocking(move || Ok(store.sweep_sessions(before)?)).await
+        let gone = blocking(move || Ok(store.sweep_sessions(before)?)).await?;
+        if gone > 0 {
+            self.access_changed();
+        }
+        Ok(gone)
+    }
+
+    /// Tells long-lived responses that access may have been taken away (a session or token
+    /// revoked, a user changed or deleted, a membership changed): each re-checks its caller.
+    pub(crate) fn access_changed(&self) {
+        self.access_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes when access may have been taken away (see [`Services::access_changed`]).
+    #[must_use]
+    pub fn watch_access(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.access_changes.subscribe()
+    }
+
+    /// The user of session `session_id` now, without recording activity (for long-lived
+    /// responses re-checking their caller): `None` once it is revoked or idle-expired, or its
+    /// user is gone.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn session_user_now(&self, session_id: &str) -> Result<Option<User>> {
+        let Some(session) = self.store.session(&secret_hash(session_id))? else {
+            return Ok(None);
+        };
+        if self.now() - session.last_active > self.session_idle_secs {
+            return Ok(None);
+        }
+        Ok(self.store.user(session.user_id)?)
     }
 }
 

@@ -101,7 +101,7 @@ pub struct Services {
     store: Store,
     clock: ClockHandle,
     hasher: password::Hasher,
-    throttle: throttle::Throttle,
+    throttle: Arc<throttle::Throttle>,
     session_idle_secs: i64,
     non_admin_can_create_project: bool,
     cipher: secrets::Cipher,
@@ -109,7 +109,10 @@ pub struct Services {
     app_defaults: apps::Defaults,
     schedule_hub: resources::schedules::Hub,
     /// Failed webhook authentications per client address (`integrations`).
-    delivery_throttle: throttle::Throttle,
+    delivery_throttle: Arc<throttle::Throttle>,
+    /// Bumped whenever a session, token, user or membership changes in a way that may take
+    /// access away; long-lived responses (web sockets, followed output) re-check their caller.
+    access_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Services {
@@ -124,7 +127,10 @@ impl Services {
                 config.hash_threads,
                 config.hash_queue,
             ),
-            throttle: throttle::Throttle::new(config.login_max_failures, config.login_window_secs),
+            throttle: Arc::new(throttle::Throttle::new(
+                config.login_max_failures,
+                config.login_window_secs,
+            )),
             session_idle_secs: config.session_idle_secs,
             non_admin_can_create_project: config.non_admin_can_create_project,
             cipher,
@@ -133,10 +139,11 @@ impl Services {
                 &config.extra_apps,
             ),
             schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
-            delivery_throttle: throttle::Throttle::new(
+            delivery_throttle: Arc::new(throttle::Throttle::new(
                 integrations::MAX_FAILURES,
                 integrations::FAILURE_WINDOW,
-            ),
+            )),
+            access_changes: tokio::sync::watch::channel(0).0,
         })
     }
 

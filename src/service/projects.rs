@@ -204,7 +204,9 @@ impl Services {
             })?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// The members of a project with their users.
@@ -289,7 +291,9 @@ impl Services {
             ))?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// Removes a member.
@@ -310,7 +314,9 @@ impl Services {
             ))?;
             Ok(())
         })
-        .await
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// The caller leaves the project; owners (who are not system admins) cannot.
@@ -334,13 +340,28 @@ impl Services {
     /// # Errors
     /// Storage failures only.
     pub fn events(&self, caller: &User, limit: usize) -> Result<Vec<Event>> {
+        let page = self.events_before(caller, u64::MAX, limit)?;
+        Ok(page.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// One page of [`Services::events`]: ids below `before`, with their ids (the next page
+    /// starts below the last).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn events_before(
+        &self,
+        caller: &User,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>> {
         let view = self.store.view()?;
         if caller.admin {
-            return Ok(view.events(limit, |_| true)?);
+            return Ok(view.events_before(before, limit, |_| true)?);
         }
         let mine: std::collections::HashSet<ProjectId> =
             view.projects_of(caller.id)?.into_iter().collect();
-        Ok(view.events(limit, |e| match e.project_id {
+        Ok(view.events_before(before, limit, |e| match e.project_id {
             Some(p) => mine.contains(&p),
             None => e.user_id == Some(caller.id),
         })?)
@@ -355,6 +376,22 @@ impl Services {
             .store
             .view()?
             .project_events(access.project_id(), limit)?)
+    }
+
+    /// One page of [`Services::project_events`]: ids below `before`, with their ids.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn project_events_before(
+        &self,
+        access: &Access,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>> {
+        Ok(self
+            .store
+            .view()?
+            .project_events_before(access.project_id(), before, limit)?)
     }
 
     /// Names for an event list: project names and usernames by id.

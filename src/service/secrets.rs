@@ -4,7 +4,7 @@
 //! wrong or missing key stops the server instead of corrupting data.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine;
@@ -49,6 +49,10 @@ pub enum KeyError {
          sibling holds the new key)"
     )]
     Wrong,
+    /// The key file is readable by group or others, or owned by another user (the message
+    /// names the fix).
+    #[error("{0}")]
+    Exposed(String),
     /// Reading or writing the check value failed.
     #[error("{0}")]
     Store(#[from] crate::store::Error),
@@ -299,18 +303,48 @@ fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {
     bytes.try_into().map_err(|_| KeyError::Malformed)
 }
 
+/// Reads the key file, refusing one that others could read or replace: readable or writable
+/// by group or others, or owned by another user than the one Forge runs as. The checks use
+/// the metadata of the opened file, so a swap between check and read changes nothing.
 fn read_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let io = |source| KeyError::Io {
         path: path.display().to_string(),
         source,
     };
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "server key file is readable by others; chmod 600 it");
-    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    exposed(
+        path,
+        meta.mode(),
+        meta.uid(),
+        nix::unistd::geteuid().as_raw(),
+    )?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
     parse_key(&text)
+}
+
+/// [`KeyError::Exposed`] when a key file of `mode` owned by `owner` is not private to `me`.
+fn exposed(path: &Path, mode: u32, owner: u32, me: u32) -> Result<(), KeyError> {
+    let shown = path.display();
+    if owner != me {
+        return Err(KeyError::Exposed(format!(
+            "the server key file {shown} is owned by uid {owner}, not by uid {me} that Forge \
+             runs as, so another user could read or replace it; fix it with \
+             `chown {me} {shown} && chmod 600 {shown}`"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed(format!(
+            "the server key file {shown} has mode {:04o}: group or others can read it; fix it \
+             with `chmod 600 {shown}` (and rotate the key with `forge key rotate` if anyone \
+             else may have read it)",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 fn create_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
@@ -336,6 +370,7 @@ fn create_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn seal_open_round_trip_and_tamper() {
@@ -392,5 +427,24 @@ mod tests {
         let mut wrong = config.clone();
         wrong.secret_key = Some(crate::config::Secret("cd".repeat(32)));
         assert!(matches!(Cipher::load(&wrong, &store), Err(KeyError::Wrong)));
+    }
+
+    #[test]
+    fn an_exposed_key_file_is_refused_with_the_fix() {
+        let path = Path::new("/srv/forge.redb.key");
+        assert!(exposed(path, 0o100_600, 7, 7).is_ok());
+        assert!(exposed(path, 0o100_400, 7, 7).is_ok());
+        for mode in [0o100_640, 0o100_604, 0o100_620, 0o100_602, 0o100_644] {
+            let err = exposed(path, mode, 7, 7).unwrap_err().to_string();
+            assert!(
+                err.contains("chmod 600 /srv/forge.redb.key"),
+                "{mode:o}: {err}"
+            );
+        }
+        let err = exposed(path, 0o100_600, 65_534, 7).unwrap_err().to_string();
+        assert!(
+            err.contains("uid 65534") && err.contains("chown 7 /srv"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::model::{User, UserId};
 use crate::store::NewUser;
 
 /// Longest accepted name, username or email.
-const MAX_FIELD_LEN: usize = 255;
+pub(crate) const MAX_FIELD_LEN: usize = 255;
 
 /// The fields of a user to create.
 #[derive(Debug, Clone, Default)]
@@ -140,7 +140,16 @@ impl Services {
     /// [`Error::Unauthorized`] when `caller` is neither admin nor the target, or edits their own
     /// `admin` flag; [`Error::NotFound`]; [`Error::Invalid`] (bad fields, renaming an external
     /// user, taken username/email, demoting the last admin).
-    pub async fn update_user(&self, caller: &User, id: UserId, update: UserUpdate) -> Result<()> {
+    ///
+    /// A new password revokes every session of the user but `session` (the caller's own,
+    /// which survives its own change).
+    pub async fn update_user(
+        &self,
+        caller: &User,
+        id: UserId,
+        update: UserUpdate,
+        session: Option<&str>,
+    ) -> Result<()> {
         may_manage(caller, id)?;
         validate(&update.name, &update.username, &update.email)?;
         let new_hash = if update.password.is_empty() {
@@ -150,8 +159,9 @@ impl Services {
         };
         let store = self.store.clone();
         let caller_id = caller.id;
+        let keep = session.map(super::auth::secret_hash);
         blocking(move || {
-            store.update_user(id, move |user| {
+            store.update_user_keeping(id, keep, move |user| {
                 if caller_id == id && update.admin != user.admin {
                     return Err(Error::Unauthorized);
                 }
@@ -174,8 +184,9 @@ impl Services {
                 Ok(())
             })
         })
-        .await
-        .map(drop)
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// Deletes user `id` (with their sessions and tokens) on behalf of `caller`.
@@ -185,7 +196,9 @@ impl Services {
     pub async fn delete_user(&self, caller: &User, id: UserId) -> Result<()> {
         may_manage(caller, id)?;
         let store = self.store.clone();
-        blocking(move || Ok(store.delete_user(id)?)).await
+        blocking(move || Ok(store.delete_user(id)?)).await?;
+        self.access_changed();
+        Ok(())
     }
 
     /// Sets user `id`'s password on behalf of `caller`.
@@ -193,7 +206,15 @@ impl Services {
     /// # Errors
     /// [`Error::Unauthorized`]; [`Error::NotFound`]; [`Error::Invalid`] for an empty password
     /// or an external user.
-    pub async fn set_password(&self, caller: &User, id: UserId, password: String) -> Result<()> {
+    ///
+    /// Every session of the user but `session` (the caller's own) is revoked.
+    pub async fn set_password(
+        &self,
+        caller: &User,
+        id: UserId,
+        password: String,
+        session: Option<&str>,
+    ) -> Result<()> {
         may_manage(caller, id)?;
         let target = self.store.user(id)?.ok_or(Error::NotFound)?;
         if target.external {
@@ -204,8 +225,9 @@ impl Services {
         }
         let hash = self.hasher.hash(password).await?;
         let store = self.store.clone();
+        let keep = session.map(super::auth::secret_hash);
         blocking(move || {
-            store.update_user(id, move |user| {
+            store.update_user_keeping(id, keep, move |user| {
                 if user.external {
                     return Err(Error::Invalid("an external user has no password".into()));
                 }
@@ -213,7 +235,8 @@ impl Services {
                 Ok(())
             })
         })
-        .await
-        .map(drop)
+        .await?;
+        self.access_changed();
+        Ok(())
     }
 }

@@ -443,17 +443,38 @@ impl View {
     /// # Errors
     /// Storage failures only.
     pub fn project_events(&self, project: ProjectId, limit: usize) -> Result<Vec<Event>> {
+        Ok(without_ids(self.project_events_before(
+            project,
+            u64::MAX,
+            limit,
+        )?))
+    }
+
+    /// Newest-first events of `project` with ids below `before`, at most `limit`, with their
+    /// ids (the next page starts below the last one).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn project_events_before(
+        &self,
+        project: ProjectId,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>> {
         let index = self.tx.open_table(PROJECT_EVENTID)?;
         let events = self.tx.open_table(EVENTID_EVENT)?;
         let mut out = Vec::new();
+        if before == 0 {
+            return Ok(out);
+        }
         for row in index
-            .range((project, 0)..=(project, u64::MAX))?
+            .range((project, 0)..=(project, before - 1))?
             .rev()
             .take(limit)
         {
             let id = row?.0.value().1;
             if let Some(e) = decode_opt(events.get(id)?)? {
-                out.push(e);
+                out.push((id, e));
             }
         }
         Ok(out)
@@ -464,12 +485,30 @@ impl View {
     /// # Errors
     /// Storage failures only.
     pub fn events(&self, limit: usize, keep: impl Fn(&Event) -> bool) -> Result<Vec<Event>> {
+        Ok(without_ids(self.events_before(u64::MAX, limit, keep)?))
+    }
+
+    /// Newest-first events with ids below `before` that `keep` accepts, at most `limit`, with
+    /// their ids.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn events_before(
+        &self,
+        before: u64,
+        limit: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<(u64, Event)>> {
         let events = self.tx.open_table(EVENTID_EVENT)?;
         let mut out = Vec::new();
-        for row in events.iter()?.rev() {
-            let e: Event = codec::decode(row?.1.value())?;
+        if before == 0 || limit == 0 {
+            return Ok(out);
+        }
+        for row in events.range(..before)?.rev() {
+            let (id, bytes) = row?;
+            let e: Event = codec::decode(bytes.value())?;
             if keep(&e) {
-                out.push(e);
+                out.push((id.value(), e));
                 if out.len() >= limit {
                     break;
                 }
@@ -477,6 +516,10 @@ impl View {
         }
         Ok(out)
     }
+}
+
+fn without_ids(events: Vec<(u64, Event)>) -> Vec<Event> {
+    events.into_iter().map(|(_, e)| e).collect()
 }
 
 /// What lists a project's resources: a write transaction ([`Tx`]) or a read view ([`View`]).

@@ -1,10 +1,10 @@
 //! Login sessions, keyed by the SHA-256 of the session id.
 
-use redb::{Durability, ReadableTable};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::tables::{SESSIONHASH_SESSION, USERID_SESSIONHASH};
 use super::{NewEvent, Result, Store, codec};
-use crate::model::{SecretHash, Session};
+use crate::model::{SecretHash, Session, UserId};
 
 impl Store {
     /// Stores a new session durably, with the login's event in the same transaction.
@@ -114,6 +114,26 @@ impl Store {
             Ok(gone.len())
         })
     }
+}
+
+/// Deletes every session of `user` but `keep`, inside `tx`; returns how many.
+pub(super) fn revoke_user_sessions(
+    tx: &WriteTransaction,
+    user: UserId,
+    keep: Option<&SecretHash>,
+) -> Result<usize> {
+    let mut sessions = tx.open_table(SESSIONHASH_SESSION)?;
+    let mut gone = 0;
+    for row in tx
+        .open_table(USERID_SESSIONHASH)?
+        .extract_from_if((user, [0; 32])..=(user, [0xff; 32]), |(_, hash), ()| {
+            Some(&hash) != keep
+        })?
+    {
+        sessions.remove(row?.0.value().1)?;
+        gone += 1;
+    }
+    Ok(gone)
 }
 
 #[cfg(test)]

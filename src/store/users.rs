@@ -8,7 +8,7 @@ use super::tables::{
     USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
 };
 use super::{Error, Result, Store, codec, next_id};
-use crate::model::{User, UserId};
+use crate::model::{SecretHash, User, UserId};
 
 /// The fields of a user to be created; the store assigns `id`.
 #[derive(Debug, Clone)]
@@ -126,6 +126,20 @@ impl Store {
         id: UserId,
         change: impl Fn(&mut User) -> Result<(), E> + Send + 'static,
     ) -> Result<User, E> {
+        self.update_user_keeping(id, None, change)
+    }
+
+    /// [`Store::update_user`]; when the change sets a new password, every session of the user
+    /// but `keep` (the one making the change) is deleted in the same transaction.
+    ///
+    /// # Errors
+    /// As [`Store::update_user`].
+    pub fn update_user_keeping<E: From<Error> + Send + 'static>(
+        &self,
+        id: UserId,
+        keep: Option<SecretHash>,
+        change: impl Fn(&mut User) -> Result<(), E> + Send + 'static,
+    ) -> Result<User, E> {
         self.write(Durability::Immediate, move |tx| {
             let old = load(tx, id)?;
             let mut user = old.clone();
@@ -137,6 +151,9 @@ impl Store {
             remove_indexes(tx, &old)?;
             check_unique(tx, &user)?;
             put_user(tx, &user)?;
+            if user.password_hash != old.password_hash {
+                super::sessions::revoke_user_sessions(tx, id, keep.as_ref())?;
+            }
             Ok(user)
         })
     }

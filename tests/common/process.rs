@@ -37,6 +37,21 @@ pub fn forge_serve(db: &Path, envs: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Runs `forge ARGS --db DB` (an offline command: check, compact, key rotate, user) to its
+/// end, with no database or key from the test's environment and nothing on stdin.
+pub fn forge_offline(args: &[&str], db: &Path) -> std::process::Output {
+    Command::new(FORGE)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("FORGE_SECRET_KEY")
+        .env_remove("FORGE_SECRET_KEY_FILE")
+        .env_remove("FORGE_DB")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run forge")
+}
+
 /// A running `forge serve` child process.
 pub struct ServerProcess {
     /// The process.

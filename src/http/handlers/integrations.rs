@@ -272,7 +272,7 @@ pub async fn receive(req: Req) -> HandlerResult {
     let incoming = Incoming {
         headers,
         body: req.body.clone(),
-        source: req.peer.ip().to_string(),
+        source: req.client_ip().to_string(),
     };
     let (answer, launched) = req.app.services.receive(&alias, incoming).await?;
     for (task, line) in launched {

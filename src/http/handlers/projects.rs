@@ -1,5 +1,7 @@
 //! Projects, membership, roles and events.
 
+use std::sync::Arc;
+
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -225,11 +227,14 @@ fn render_events(events: &[Event], names: &EventNames) -> Vec<serde_json::Value>
         .collect()
 }
 
-/// `GET /api/events`: newest first, what the caller may see.
+/// `GET /api/events`: newest first, what the caller may see (upstream: no limit). Streamed
+/// page by page as it is read, so memory stays flat however long the log.
 pub async fn events(req: Req) -> HandlerResult {
-    let events = req.app.services.events(req.user()?, usize::MAX)?;
-    let names = req.app.services.event_names(&events)?;
-    Ok(body::json(StatusCode::OK, &render_events(&events, &names)))
+    let user = req.user()?.clone();
+    let services = Arc::clone(&req.app.services);
+    stream_events(&req, move |before| {
+        services.events_before(&user, before, EVENT_BATCH)
+    })
 }
 
 /// `GET /api/events/last`: the newest 200 of those.
@@ -239,11 +244,55 @@ pub async fn events_last(req: Req) -> HandlerResult {
     Ok(body::json(StatusCode::OK, &render_events(&events, &names)))
 }
 
-/// `GET /api/project/{project_id}/events`: the project's events, newest first.
+/// `GET /api/project/{project_id}/events`: the project's events, newest first (upstream: no
+/// limit), streamed page by page.
 pub async fn project_events(req: Req) -> HandlerResult {
-    let events = req.app.services.project_events(req.access()?, usize::MAX)?;
-    let names = req.app.services.event_names(&events)?;
-    Ok(body::json(StatusCode::OK, &render_events(&events, &names)))
+    let access = req.access()?.clone();
+    let services = Arc::clone(&req.app.services);
+    stream_events(&req, move |before| {
+        services.project_events_before(&access, before, EVENT_BATCH)
+    })
+}
+
+/// Events per read of a streamed event list.
+const EVENT_BATCH: usize = 1000;
+
+/// An event list read page by page through `page` (the events below an id): the first page
+/// is read here (a storage failure is still an error status); a list that fits in it goes out
+/// whole, a longer one is streamed with the same bytes.
+fn stream_events(
+    req: &Req,
+    mut page: impl FnMut(u64) -> crate::service::Result<Vec<(u64, Event)>> + Send + 'static,
+) -> HandlerResult {
+    let services = Arc::clone(&req.app.services);
+    let render = move |batch: &[(u64, Event)]| {
+        let events: Vec<Event> = batch.iter().map(|(_, e)| e.clone()).collect();
+        let names = services.event_names(&events)?;
+        Ok::<_, crate::service::Error>(render_events(&events, &names))
+    };
+    let first = page(u64::MAX)?;
+    if first.len() < EVENT_BATCH {
+        return Ok(body::json(StatusCode::OK, &render(&first)?));
+    }
+    let mut batch = Some(first);
+    Ok(body::json_array(move || {
+        let events = batch.take()?;
+        let rendered = match render(&events) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "event list cut short");
+                return None;
+            }
+        };
+        if let Some(&(last, _)) = events.last().filter(|_| events.len() == EVENT_BATCH) {
+            match page(last) {
+                Ok(more) if !more.is_empty() => batch = Some(more),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "event list cut short"),
+            }
+        }
+        Some(body::json_elements(rendered))
+    }))
 }
 
 /// `GET /api/project/{project_id}/events/last`: the newest 200 of them.

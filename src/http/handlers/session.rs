@@ -32,7 +32,7 @@ struct LoginBody {
 pub async fn login(req: Req) -> HandlerResult {
     let input: LoginBody = req.json()?;
     let client = LoginClient {
-        ip: req.peer.ip().to_string(),
+        ip: req.client_ip().to_string(),
         user_agent: req
             .headers
             .get(USER_AGENT)

@@ -15,7 +15,8 @@ use crate::http::body;
 use crate::http::error::ApiError;
 use crate::http::handler::HandlerResult;
 use crate::http::handler::Req;
-use crate::model::{Task, Template, User};
+use crate::http::live::{LiveCaller, Verdict};
+use crate::model::{Permissions, Task, Template, User};
 use crate::runner::{LiveEvent, Location};
 use crate::service::tasks::{LIST_LIMIT, StatsFilter, TaskInput, parse_day};
 
@@ -252,12 +253,34 @@ pub async fn output(req: Req) -> HandlerResult {
         .query_param("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(usize::MAX);
-    let lines = req.app.services.output(&task, offset, limit)?;
-    let views: Vec<Value> = lines
-        .iter()
-        .map(|(_, l)| json!({"task_id": task.id, "task": "", "time": rfc3339_us(l.time_us), "output": l.text}))
-        .collect();
-    Ok(body::json(StatusCode::OK, &views))
+    let view = move |(_, l): &(u64, crate::model::OutputLine)| json!({"task_id": task.id, "task": "", "time": rfc3339_us(l.time_us), "output": l.text});
+    // The first batch is read here, so a storage failure is still an error status; an answer
+    // that fits in it goes out whole, with its length.
+    let first = req
+        .app
+        .services
+        .output(&task, offset, limit.min(RAW_BATCH))?;
+    if first.len() < RAW_BATCH || limit <= RAW_BATCH {
+        let views: Vec<Value> = first.iter().map(view).collect();
+        return Ok(body::json(StatusCode::OK, &views));
+    }
+    // Longer ones are streamed batch by batch: memory stays flat whatever the output's size.
+    let services = Arc::clone(&req.app.services);
+    let mut batch = Some(first);
+    let mut left = limit;
+    Ok(body::json_array(move || {
+        let lines = batch.take()?;
+        left = left.saturating_sub(lines.len());
+        let next = lines.last().map_or(u64::MAX, |(n, _)| n + 1);
+        if lines.len() == RAW_BATCH && left > 0 {
+            match services.output(&task, next, left.min(RAW_BATCH)) {
+                Ok(more) if !more.is_empty() => batch = Some(more),
+                Ok(_) => {}
+                Err(e) => tracing::error!(task = task.id, error = %e, "output cut short"),
+            }
+        }
+        Some(body::json_elements(lines.iter().map(view)))
+    }))
 }
 
 /// Lines as text, one per line.
@@ -277,6 +300,7 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
     let services = Arc::clone(&req.app.services);
     let mut live = req.app.runner.subscribe();
     let access = req.access.clone();
+    let mut caller = LiveCaller::new(req, Some((task.project_id, Permissions::NONE)));
     tokio::spawn(async move {
         let Some(access) = access else { return };
         let mut next = offset;
@@ -290,7 +314,10 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                     break;
                 }
                 next = batch.last().map_or(next, |(n, _)| n + 1);
-                if tx.send(Bytes::from(text_chunk(&batch))).await.is_err() {
+                // The caller may have lost access since the last batch: then the stream ends.
+                if matches!(caller.check(&services), Verdict::Gone)
+                    || tx.send(Bytes::from(text_chunk(&batch))).await.is_err()
+                {
                     return;
                 }
             }
@@ -307,9 +334,19 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                 }
                 return;
             }
-            // Wait for anything about this task (or a lag, after which the store is re-read).
+            // Wait for anything about this task (or a lag, after which the store is re-read),
+            // or for a change that may end the caller's access.
             loop {
-                match live.recv().await {
+                let event = tokio::select! {
+                    event = live.recv() => event,
+                    () = caller.changed() => {
+                        if matches!(caller.recheck(&services), Verdict::Gone) {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match event {
                     Ok(LiveEvent::Log { task_id, .. } | LiveEvent::Update { task_id, .. })
                         if task_id == task.id =>
                     {

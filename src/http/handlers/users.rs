@@ -127,7 +127,7 @@ pub async fn update(req: Req) -> HandlerResult {
     };
     req.app
         .services
-        .update_user(req.user()?, id, update)
+        .update_user(req.user()?, id, update, own_session(&req).as_deref())
         .await?;
     Ok(body::status(StatusCode::NO_CONTENT))
 }
@@ -152,7 +152,21 @@ pub async fn set_password(req: Req) -> HandlerResult {
     let b: PasswordBody = req.json()?;
     req.app
         .services
-        .set_password(req.user()?, id, b.password.unwrap_or_default())
+        .set_password(
+            req.user()?,
+            id,
+            b.password.unwrap_or_default(),
+            own_session(&req).as_deref(),
+        )
         .await?;
     Ok(body::status(StatusCode::NO_CONTENT))
+}
+
+/// The session the request is authenticated by (none for a Bearer request): it survives a
+/// password change it makes, while every other session of that user is revoked.
+fn own_session(req: &Req) -> Option<String> {
+    match crate::http::auth::Credentials::from_headers(&req.headers) {
+        crate::http::auth::Credentials::Session(id) => Some(id),
+        _ => None,
+    }
 }

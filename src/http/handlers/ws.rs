@@ -24,13 +24,15 @@ use crate::http::body;
 use crate::http::error::ApiError;
 use crate::http::handler::HandlerResult;
 use crate::http::handler::Req;
+use crate::http::live::{LiveCaller, Verdict};
 use crate::model::{ProjectId, User};
 use crate::runner::LiveEvent;
 use crate::service::Services;
 
 /// How often the server pings.
 const PING_EVERY: Duration = Duration::from_secs(54);
-/// How often a connection re-reads the user's memberships.
+/// How often a connection re-reads its credentials and the user's memberships while no
+/// message goes out (idle expiry; announced changes are seen at once).
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 fn header<'a>(req: &'a Req, name: &hyper::header::HeaderName) -> Option<&'a str> {
@@ -73,6 +75,7 @@ pub async fn connect(mut req: Req) -> HandlerResult {
     };
     let services = Arc::clone(&req.app.services);
     let live = req.app.runner.subscribe();
+    let caller = LiveCaller::new(&req, None);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -83,7 +86,7 @@ pub async fn connect(mut req: Req) -> HandlerResult {
                     Some(config),
                 )
                 .await;
-                serve(ws, &services, &user, live).await;
+                serve(ws, &services, user, caller, live).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -112,44 +115,90 @@ fn readable(services: &Services, user: &User) -> Option<HashSet<ProjectId>> {
     Some(ids.into_iter().collect())
 }
 
+/// Sends the live events `user` may see until the client leaves or the caller loses access:
+/// the credentials are checked again before each message goes out (see `http::live`) and at
+/// once when a change is announced, so a revoked session, a deleted or demoted user or a
+/// removed member is disconnected within the second.
 async fn serve<S>(
     mut ws: WebSocketStream<S>,
     services: &Services,
-    user: &User,
+    user: User,
+    mut caller: LiveCaller,
     mut live: tokio::sync::broadcast::Receiver<LiveEvent>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut allowed = readable(services, user);
+    let mut allowed = readable(services, &user);
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
-        tokio::select! {
+        let verdict = tokio::select! {
             event = live.recv() => {
                 let event = match event {
                     Ok(e) => e,
                     // A consumer too slow for the stream is dropped, as upstream does.
                     Err(RecvError::Lagged(_) | RecvError::Closed) => break,
                 };
+                if !still_open(services, caller.check(services), &mut allowed) {
+                    break;
+                }
                 for text in messages(&event, allowed.as_ref()) {
                     if ws.send(Message::text(text)).await.is_err() {
                         return;
                     }
                 }
+                Verdict::Same
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => Verdict::Same,
             },
-            _ = refresh.tick() => allowed = readable(services, user),
+            () = caller.changed() => caller.recheck(services),
+            _ = refresh.tick() => caller.recheck(services),
             _ = ping.tick() => {
                 if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break;
                 }
+                Verdict::Same
             }
+        };
+        if !still_open(services, verdict, &mut allowed) {
+            break;
         }
     }
     let _ = ws.close(None).await;
+}
+
+/// Applies a check of the caller: `false` when the connection must close (access gone or
+/// narrowed), else `allowed` follows what the user may read now.
+fn still_open(
+    services: &Services,
+    verdict: Verdict,
+    allowed: &mut Option<HashSet<ProjectId>>,
+) -> bool {
+    match verdict {
+        Verdict::Gone => false,
+        Verdict::Same => true,
+        Verdict::Allowed(user) => {
+            let now = readable(services, &user);
+            if narrowed(allowed.as_ref(), now.as_ref()) {
+                return false;
+            }
+            *allowed = now;
+            true
+        }
+    }
+}
+
+/// Whether the readable projects shrank (`None` = all): an admin demoted, or a project left.
+/// The connection is then closed, as for a revoked session; the client reconnects with what
+/// it may see now.
+fn narrowed(before: Option<&HashSet<ProjectId>>, now: Option<&HashSet<ProjectId>>) -> bool {
+    match (before, now) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(before), Some(now)) => !before.is_subset(now),
+    }
 }
 
 /// Upstream's JSON messages for one event, if the user may see its project.

@@ -77,9 +77,13 @@ impl Services {
         d: Incoming,
     ) -> Result<(Answer, Vec<(Task, OutputLine)>)> {
         let now = self.now();
-        if let Err(retry_after) = self.delivery_throttle.check(&[&d.source], now) {
-            return Err(Error::Throttled { retry_after });
-        }
+        // Counted before anything is looked up (one step under the throttle's lock, so a
+        // burst gets no more through than the limit); given back unless it fails. The
+        // address is the account too: one address's failures block no other.
+        let attempt = self
+            .delivery_throttle
+            .begin(&d.source, &d.source, now)
+            .map_err(|retry_after| Error::Throttled { retry_after })?;
         // Looked up by hash: the time taken says nothing about a partly right guess.
         let view = self.store.view()?;
         let (project, id) = view
@@ -110,7 +114,9 @@ impl Services {
             .filter(|(_, v)| matches!(v, Verdict::BadSignature))
             .count();
         if refused > 0 {
-            self.delivery_throttle.fail(&[&d.source], now);
+            attempt.failed();
+        } else {
+            drop(attempt);
         }
         let answer = if refused > 0 && refused == verdicts.len() {
             Answer::Unauthenticated
