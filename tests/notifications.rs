@@ -873,62 +873,124 @@ async fn misconfigured_channels_stop_the_server_from_starting_with_the_flag_name
     }
 }
 
-/// An SMTP server behind implicit TLS (port-465 style) that accepts one message.
-async fn tls_smtp_sink(acceptor: tokio_rustls::TlsAcceptor) -> (SocketAddr, Arc<Mutex<String>>) {
+/// How the TLS SMTP sink starts its sessions.
+#[derive(Clone, Copy, PartialEq)]
+enum SmtpTls {
+    /// Port-465 style: TLS from the first byte.
+    Implicit,
+    /// Port-587 style: a plain greeting and EHLO offering STARTTLS, then TLS.
+    StartTls,
+}
+
+/// An SMTP server that speaks only over TLS (AUTH is offered inside TLS alone) and records
+/// the message lines it takes.
+async fn tls_smtp_sink(
+    acceptor: tokio_rustls::TlsAcceptor,
+    mode: SmtpTls,
+) -> (SocketAddr, Arc<Mutex<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let data = Arc::new(Mutex::new(String::new()));
     let keep = Arc::clone(&data);
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if mode == SmtpTls::StartTls && !plain_until_starttls(&mut stream).await {
+                continue;
+            }
             let Ok(stream) = acceptor.accept(stream).await else {
                 continue;
             };
-            let (read, mut write) = tokio::io::split(stream);
-            let mut lines = BufReader::new(read).lines();
-            let _ = write.write_all(b"220 tls-sink ESMTP\r\n").await;
-            let mut in_data = false;
-            while let Ok(Some(line)) = lines.next_line().await {
-                if in_data {
-                    if line == "." {
-                        in_data = false;
-                        let _ = write.write_all(b"250 queued\r\n").await;
-                    } else {
-                        keep.lock().unwrap().push_str(&line);
-                        keep.lock().unwrap().push('\n');
-                    }
-                    continue;
-                }
-                let upper = line.to_ascii_uppercase();
-                let reply: &[u8] = if upper.starts_with("EHLO") {
-                    b"250-tls-sink\r\n250 AUTH PLAIN LOGIN\r\n"
-                } else if upper.starts_with("AUTH PLAIN") {
-                    // The test's credentials, base64 of "\0mailer\0pw".
-                    if line.ends_with("AG1haWxlcgBwdw==") {
-                        b"235 ok\r\n"
-                    } else {
-                        b"535 bad credentials\r\n"
-                    }
-                } else if upper == "DATA" {
-                    in_data = true;
-                    b"354 go on\r\n"
-                } else if upper == "QUIT" {
-                    let _ = write.write_all(b"221 bye\r\n").await;
-                    break;
-                } else {
-                    b"250 ok\r\n"
-                };
-                let _ = write.write_all(reply).await;
-            }
+            smtp_dialogue(stream, mode == SmtpTls::Implicit, &keep).await;
         }
     });
     (addr, data)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn email_goes_over_implicit_tls_with_auth_trusting_the_alert_ca_file() {
+/// The plain part of a STARTTLS session: greeting, EHLO offering only STARTTLS, and the
+/// go-ahead; false when the client did anything else (nothing may be sent in the clear).
+async fn plain_until_starttls(stream: &mut tokio::net::TcpStream) -> bool {
+    let _ = stream.write_all(b"220 starttls-sink ESMTP\r\n").await;
+    // Byte by byte: the client's TLS handshake follows the go-ahead on the same socket.
+    let mut line = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        if tokio::io::AsyncReadExt::read(stream, &mut byte)
+            .await
+            .unwrap_or(0)
+            == 0
+        {
+            return false;
+        }
+        if byte[0] != b'\n' {
+            line.push(byte[0]);
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line)
+            .trim_end()
+            .to_ascii_uppercase();
+        line.clear();
+        let reply: &[u8] = if text.starts_with("EHLO") {
+            b"250-starttls-sink\r\n250 STARTTLS\r\n"
+        } else if text == "STARTTLS" {
+            let _ = stream.write_all(b"220 go ahead\r\n").await;
+            return true;
+        } else {
+            let _ = stream.write_all(b"530 STARTTLS first\r\n").await;
+            return false;
+        };
+        let _ = stream.write_all(reply).await;
+    }
+}
+
+/// The SMTP dialogue inside TLS: AUTH PLAIN with the test's credentials, one message taken.
+async fn smtp_dialogue<S>(stream: S, greet: bool, keep: &Mutex<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut lines = BufReader::new(read).lines();
+    if greet {
+        let _ = write.write_all(b"220 tls-sink ESMTP\r\n").await;
+    }
+    let mut in_data = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if in_data {
+            if line == "." {
+                in_data = false;
+                let _ = write.write_all(b"250 queued\r\n").await;
+            } else {
+                keep.lock().unwrap().push_str(&line);
+                keep.lock().unwrap().push('\n');
+            }
+            continue;
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-tls-sink\r\n250 AUTH PLAIN LOGIN\r\n"
+        } else if upper.starts_with("AUTH PLAIN") {
+            // The test's credentials, base64 of "\0mailer\0pw".
+            if line.ends_with("AG1haWxlcgBwdw==") {
+                b"235 ok\r\n"
+            } else {
+                b"535 bad credentials\r\n"
+            }
+        } else if upper == "DATA" {
+            in_data = true;
+            b"354 go on\r\n"
+        } else if upper == "QUIT" {
+            let _ = write.write_all(b"221 bye\r\n").await;
+            break;
+        } else {
+            b"250 ok\r\n"
+        };
+        let _ = write.write_all(reply).await;
+    }
+}
+
+/// A failing task's email over `security`, with AUTH, trusting the CA of `--alert-ca-file`.
+async fn email_over_tls(mode: SmtpTls, security: &str) {
     let (ca_pem, acceptor) = loopback_tls();
-    let (addr, data) = tls_smtp_sink(acceptor).await;
+    let (addr, data) = tls_smtp_sink(acceptor, mode).await;
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), &ca_pem).unwrap();
     let password = tempfile::NamedTempFile::new().unwrap();
@@ -937,7 +999,7 @@ async fn email_goes_over_implicit_tls_with_auth_trusting_the_alert_ca_file() {
         let a = &mut c.alerts;
         a.alert_smtp_host = Some("127.0.0.1".into());
         a.alert_smtp_port = Some(addr.port());
-        a.alert_smtp_security = "tls".into();
+        a.alert_smtp_security = security.into();
         a.alert_smtp_username = Some("mailer".into());
         a.alert_smtp_password_file = Some(password.path().to_owned());
         a.alert_ca_file = Some(ca_file.path().to_owned());
@@ -951,9 +1013,21 @@ async fn email_goes_over_implicit_tls_with_auth_trusting_the_alert_ca_file() {
     while !data.lock().unwrap().contains(&format!("task #{t} ")) {
         assert!(
             Instant::now() < deadline,
-            "no mail over TLS: {}",
+            "no mail over {security}: {}",
             data.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_goes_over_implicit_tls_with_auth_trusting_the_alert_ca_file() {
+    email_over_tls(SmtpTls::Implicit, "tls").await;
+}
+
+/// The default, `starttls`: the sink offers only STARTTLS in the clear and AUTH only inside
+/// TLS, so the mail arrives only if the client upgraded before authenticating.
+#[tokio::test(flavor = "multi_thread")]
+async fn email_goes_over_starttls_with_auth_trusting_the_alert_ca_file() {
+    email_over_tls(SmtpTls::StartTls, "starttls").await;
 }
