@@ -36,6 +36,9 @@ pub enum StartError {
     /// The administrator from the configuration could not be created.
     #[error("cannot create the administrator: {0}")]
     Admin(service::Error),
+    /// The metrics token (or its file) is unusable.
+    #[error("{0}")]
+    MetricsToken(String),
 }
 
 /// The runner's narrow view of the services: the clock, the cipher and the apps' commands,
@@ -76,6 +79,10 @@ pub struct App {
     ansible: OnceCell<String>,
     /// One backup at a time (each needs disk space the size of the database).
     pub backups: crate::backup::Gate,
+    /// Request counters, by route.
+    pub metrics: crate::metrics::Http,
+    /// The scraper's token for `/api/metrics`, when one is configured.
+    pub metrics_token: Option<crate::metrics::scrape::ScrapeToken>,
 }
 
 impl App {
@@ -86,6 +93,8 @@ impl App {
     /// administrator cannot be created.
     pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
         config.resolve_paths().map_err(StartError::Paths)?;
+        let metrics_token = crate::metrics::scrape::ScrapeToken::configured(&config)
+            .map_err(StartError::MetricsToken)?;
         let (path, faults) = (config.db.clone(), config.disk_faults.clone());
         let upgrade = store::migrate::Upgrade {
             backup: !config.no_upgrade_backup,
@@ -105,13 +114,22 @@ impl App {
         let host = Arc::new(RunnerHost(Arc::clone(&services)));
         let runner =
             Runner::start(host, services.store().clone(), &config).map_err(StartError::Runner)?;
+        let router = Router::new(routes());
+        let metrics = crate::metrics::Http::new(
+            router
+                .routes()
+                .iter()
+                .map(|r| (r.method.to_string(), r.path)),
+        );
         let app = Arc::new(Self {
             config,
             services,
-            router: Router::new(routes()),
+            router,
             runner,
             ansible: OnceCell::new(),
             backups: crate::backup::Gate::default(),
+            metrics,
+            metrics_token,
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
             tracing::info!(login = %user.username, "created administrator");

@@ -30,6 +30,8 @@
 //! - [`scheduler`]: the loop firing schedules, exactly once per occurrence (it sits beside the
 //!   server: it uses the services and queues on the runner); [`cron`]: when they fire (cron
 //!   expressions and time zones).
+//! - [`metrics`]: Prometheus counters and histograms (atomics each layer keeps where the
+//!   work happens) and the scrape that reads them all (`metrics::scrape`).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!
@@ -46,6 +48,7 @@ pub mod clock;
 pub mod config;
 pub mod cron;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod retention;
 pub mod runner;

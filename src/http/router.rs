@@ -7,8 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    apps, confirm, meta, options, project_backup, projects, resources as res, session, site, tasks,
-    tokens, users, ws,
+    apps, confirm, meta, metrics, options, project_backup, projects, resources as res, session,
+    site, tasks, tokens, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Inventory, Permissions, Repository, Schedule, Template, View,
@@ -25,6 +25,9 @@ pub struct Route {
     pub need: Need,
     /// The handler.
     pub handler: Handler,
+    /// Its position in the route table (set by [`Router::new`]): the index of its request
+    /// counters (`crate::metrics::Http`).
+    pub slot: usize,
 }
 
 macro_rules! route {
@@ -34,6 +37,7 @@ macro_rules! route {
             path: $path,
             need: Need::$need,
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+            slot: 0,
         }
     };
     ($method:ident $path:literal, Project($perm:ident), $handler:path) => {
@@ -42,6 +46,7 @@ macro_rules! route {
             path: $path,
             need: Need::Project(Permissions::$perm),
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
+            slot: 0,
         }
     };
 }
@@ -156,6 +161,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/apps/{app_id}/active", Admin, apps::set_active),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/confirm", Project(RUN_TASKS), confirm::confirm),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
+        route!(GET "/api/metrics", Metrics, metrics::scrape),
     ]
 }
 
@@ -184,9 +190,10 @@ impl Router {
     /// When two routes conflict: the table is static, so this is a programming error caught by
     /// every test that starts a server.
     #[must_use]
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(mut routes: Vec<Route>) -> Self {
         let mut by_method: HashMap<Method, matchit::Router<usize>> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.slot = i;
             by_method
                 .entry(r.method.clone())
                 .or_default()

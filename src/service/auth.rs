@@ -5,6 +5,8 @@
 //! the secret (the attacker does not control the hash), so no separate constant-time compare
 //! of the raw value is needed.
 
+use std::sync::atomic::Ordering;
+
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
@@ -86,9 +88,10 @@ impl Services {
         let account_key = format!("user:{}", login.to_lowercase());
         let ip_key = format!("ip:{}", client.ip);
         let keys = [account_key.as_str(), ip_key.as_str()];
-        self.throttle
-            .check(&keys, self.now())
-            .map_err(|retry_after| Error::Throttled { retry_after })?;
+        if let Err(retry_after) = self.throttle.check(&keys, self.now()) {
+            self.logins.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Throttled { retry_after });
+        }
 
         let user = self.store.user_by_login(login)?;
         let phc = user
@@ -97,6 +100,7 @@ impl Services {
             .map(|u| u.password_hash.clone());
         let ok = self.hasher.verify(password, phc).await?;
         let Some(user) = user.filter(|_| ok) else {
+            self.logins.failed.fetch_add(1, Ordering::Relaxed);
             self.throttle.fail(&keys, self.now());
             let event = NewEvent {
                 user_id: None,

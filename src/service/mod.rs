@@ -107,6 +107,17 @@ pub struct Services {
     /// Which apps are active by default (what `PATH` held at start).
     app_defaults: apps::Defaults,
     schedule_hub: resources::schedules::Hub,
+    /// Login outcomes counted for metrics.
+    logins: LoginStats,
+}
+
+/// Failed and throttled logins since start (for metrics).
+#[derive(Debug, Default)]
+pub struct LoginStats {
+    /// Logins refused for a wrong password, an unknown or an external user.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Logins refused by the throttle without checking the password.
+    pub throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Services {
@@ -130,6 +141,7 @@ impl Services {
                 &config.extra_apps,
             ),
             schedule_hub: resources::schedules::Hub::new(&config.schedule_timezone),
+            logins: LoginStats::default(),
         })
     }
 
@@ -143,6 +155,18 @@ impl Services {
     #[must_use]
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Failed and throttled logins since start.
+    #[must_use]
+    pub fn login_stats(&self) -> &LoginStats {
+        &self.logins
+    }
+
+    /// Password hashes waiting for a hashing thread.
+    #[must_use]
+    pub fn hash_queue_depth(&self) -> usize {
+        self.hasher.waiting()
     }
 
     /// Whether non-admin users may create projects (`can_create_project`).

@@ -5,6 +5,7 @@ pub mod apps;
 pub mod backup;
 pub mod confirm;
 pub mod meta;
+pub mod metrics;
 pub mod options;
 pub mod project_backup;
 pub mod projects;
