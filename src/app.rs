@@ -121,6 +121,11 @@ impl App {
                 .iter()
                 .map(|r| (r.method.to_string(), r.path)),
         );
+        tracing::debug!(
+            routes = router.routes().len(),
+            metrics_token = metrics_token.is_some(),
+            "route table and request counters ready"
+        );
         let app = Arc::new(Self {
             config,
             services,
