@@ -93,7 +93,9 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id` when it is 1 to [`MAX_REQUEST_ID`] characters of
 /// `[A-Za-z0-9._:/+=@-]` (safe in any log format); otherwise 128 random bits in hex.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+#[must_use]
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let sane = |v: &&HeaderValue| {
         let b = v.as_bytes();
         !b.is_empty()
@@ -104,8 +106,13 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(REQUEST_ID).filter(sane) {
         return id.clone();
     }
-    let id = crate::service::auth::hex(&rand::random::<[u8; 16]>());
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let random: [u8; 16] = rand::random();
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Logs a finished request once (target `forge::access`, level info): method, route
