@@ -11,6 +11,9 @@
 #   openapi-spec-validator, schemathesis
 #                    - tests/spec_tools.rs validates docs/openapi.json and fuzzes a live
 #                      server against it: PyPI, in the same venv
+#   prometheus-client
+#                    - tests/metrics.rs parses /api/metrics with the Prometheus project's own
+#                      text parser: PyPI, in the same venv
 #   chromium         - tests/browser.rs drives the web page in headless Chromium (Debian)
 #   newman, playwright-core, openapi-to-postmanv2
 #                    - npm packages pinned in tests/js/package.json (+ lock), installed into
@@ -51,7 +54,7 @@ echo "install-tools: curl $(curl --version | head -1 | cut -d' ' -f2)"
 # ansible-core, pinned to a major line, in a venv of our own.
 VENV=.ci/venv
 ANSIBLE_SPEC='ansible-core>=2.16,<2.19'
-PY_TOOLS=('openapi-spec-validator==0.9.0' 'schemathesis==4.32.5')
+PY_TOOLS=('openapi-spec-validator==0.9.0' 'schemathesis==4.32.5' 'prometheus-client==0.21.1')
 if ! "$VENV/bin/python" --version >/dev/null 2>&1; then
   rm -rf "$VENV"
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
@@ -63,7 +66,8 @@ if ! "$VENV/bin/python" --version >/dev/null 2>&1; then
 fi
 if ! "$VENV/bin/ansible-playbook" --version >/dev/null 2>&1 \
   || ! "$VENV/bin/st" --version >/dev/null 2>&1 \
-  || ! "$VENV/bin/openapi-spec-validator" --version >/dev/null 2>&1; then
+  || ! "$VENV/bin/openapi-spec-validator" --version >/dev/null 2>&1 \
+  || ! "$VENV/bin/python" -c 'import prometheus_client.parser' >/dev/null 2>&1; then
   echo "install-tools: installing $ANSIBLE_SPEC ${PY_TOOLS[*]} from PyPI into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$ANSIBLE_SPEC" "${PY_TOOLS[@]}"
 fi

@@ -39,6 +39,9 @@ pub enum StartError {
     /// The alert channels are misconfigured (the text names the flag).
     #[error("alerts: {0}")]
     Alerts(String),
+    /// The metrics token (or its file) is unusable.
+    #[error("{0}")]
+    MetricsToken(String),
 }
 
 /// The runner's narrow view of the services: the clock, the cipher and the apps' commands,
@@ -81,6 +84,10 @@ pub struct App {
     pub backups: crate::backup::Gate,
     /// The alert senders and channels.
     pub notifier: crate::notify::Notifier,
+    /// Request counters, by route.
+    pub metrics: crate::metrics::Http,
+    /// The scraper's token for `/api/metrics`, when one is configured.
+    pub metrics_token: Option<crate::metrics::scrape::ScrapeToken>,
 }
 
 impl App {
@@ -91,6 +98,8 @@ impl App {
     /// administrator cannot be created.
     pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
         config.resolve_paths().map_err(StartError::Paths)?;
+        let metrics_token = crate::metrics::scrape::ScrapeToken::configured(&config)
+            .map_err(StartError::MetricsToken)?;
         let (path, faults) = (config.db.clone(), config.disk_faults.clone());
         let upgrade = store::migrate::Upgrade {
             backup: !config.no_upgrade_backup,
@@ -128,14 +137,28 @@ impl App {
         let host = Arc::new(RunnerHost(Arc::clone(&services)));
         let runner =
             Runner::start(host, services.store().clone(), &config).map_err(StartError::Runner)?;
+        let router = Router::new(routes());
+        let metrics = crate::metrics::Http::new(
+            router
+                .routes()
+                .iter()
+                .map(|r| (r.method.to_string(), r.path)),
+        );
+        tracing::debug!(
+            routes = router.routes().len(),
+            metrics_token = metrics_token.is_some(),
+            "route table and request counters ready"
+        );
         let app = Arc::new(Self {
             config,
             services,
-            router: Router::new(routes()),
+            router,
             runner,
             ansible: OnceCell::new(),
             backups: crate::backup::Gate::default(),
             notifier,
+            metrics,
+            metrics_token,
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
             tracing::info!(login = %user.username, "created administrator");

@@ -191,6 +191,24 @@ pub struct Config {
     /// Task alerts: channels (Slack, Teams, Telegram, webhook, email) and delivery.
     #[command(flatten)]
     pub alerts: crate::notify::AlertConfig,
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers. Every request is logged once (target `forge::access`, level info).
+    #[arg(long, env = "FORGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Bearer token a Prometheus scraper sends for `GET /api/metrics` (at least 16
+    /// characters; it grants nothing else). Admins' sessions and tokens work without it.
+    #[arg(
+        long,
+        env = "FORGE_METRICS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "metrics_token_file"
+    )]
+    pub metrics_token: Option<Secret>,
+
+    /// File holding the metrics token (its first line), instead of `--metrics-token`.
+    #[arg(long, env = "FORGE_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 
     /// Time source; tests inject a manual clock.
     #[arg(skip)]
@@ -297,12 +315,24 @@ impl Config {
             prune_interval_secs: DEFAULT_PRUNE_INTERVAL_SECS,
             schedule_timezone: "UTC".into(),
             alerts: crate::notify::AlertConfig::default(),
+            log_format: LogFormat::Text,
+            metrics_token: None,
+            metrics_token_file: None,
             clock: ClockHandle::default(),
             disk_faults: None,
             trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
             proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
 }
 
 /// A retention count: a whole number, 0 or more.

@@ -33,6 +33,8 @@
 //!   expressions and time zones).
 //! - [`notify`]: task alerts (Slack, Teams, Telegram, webhook, email) drained from the
 //!   durable outbox the task writer fills (`store::outbox`), with retries and a give-up bound.
+//! - [`metrics`]: Prometheus counters and histograms (atomics each layer keeps where the
+//!   work happens) and the scrape that reads them all (`metrics::scrape`).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!
@@ -49,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod cron;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod retention;

@@ -48,6 +48,7 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/apps/{app_id}"),
     ("DELETE", "/api/apps/{app_id}"),
     ("POST", "/api/apps/{app_id}/active"),
+    ("GET", "/api/metrics"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -96,6 +97,8 @@ fn rows() -> Vec<Row> {
         row(U, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
         row(D, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
         row(P, "/api/apps/{app_id}/active",                                   [401, 403, 403, 403, 403, 403, 204]),
+        // Metrics (issue 17): administrators, or a scraper's --metrics-token (see below).
+        row(G, "/api/metrics",                                                [401, 403, 403, 403, 403, 403, 200]),
 
         row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
@@ -769,4 +772,57 @@ async fn write_routes_answer_every_caller_as_the_matrix_says() {
     let cells: usize = results.iter().map(|(_, n, _)| n).sum();
     let failures: Vec<String> = results.into_iter().flat_map(|(_, _, f)| f).collect();
     report(&format!("of {cells} write"), &failures);
+}
+
+/// The scraper's `--metrics-token` opens `/api/metrics` and nothing else; a wrong one is 401;
+/// administrators' tokens keep working beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_token_opens_the_metrics_and_nothing_else() {
+    const TOKEN: &str = "scrape-7c1e0f9a4b2d8e63";
+    let s = TestServer::start_with(|c| {
+        c.metrics_token = Some(forge::config::Secret(TOKEN.into()));
+    })
+    .await;
+    let scraper = s.client().with_bearer(TOKEN);
+    let r = scraper.get("/api/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("semaphore_tasks_running "),
+        "{}",
+        r.text()
+    );
+    let head = scraper.raw("HEAD", "/api/metrics", None, &[]).await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    for path in [
+        "/api/user",
+        "/api/projects",
+        "/api/options",
+        "/api/tasks",
+        "/api/users",
+    ] {
+        scraper.get(path).await.assert_error(401);
+    }
+    let r = scraper
+        .post("/api/projects", json!({"name": "by a scraper"}))
+        .await;
+    r.assert_error(401);
+    for wrong in [&TOKEN[..TOKEN.len() - 1], "scrape-7c1e0f9a4b2d8e64", "x"] {
+        s.client()
+            .with_bearer(wrong)
+            .get("/api/metrics")
+            .await
+            .assert_error(401);
+    }
+    s.client().get("/api/metrics").await.assert_error(401);
+    let (_, user) = s.user("plain", false).await;
+    user.get("/api/metrics").await.assert_error(403);
+    let admin = s.admin().await;
+    let admin_token = admin.new_token().await;
+    let r = s
+        .client()
+        .with_bearer(&admin_token)
+        .get("/api/metrics")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(admin.get("/api/metrics").await.status, 200);
 }

@@ -159,7 +159,7 @@ fn every_operation_states_its_parameters_security_and_responses() {
         if let Need::Project(_) = route.need {
             assert!(responses.contains_key("404"), "{at}: 404 undocumented");
         }
-        if route.need == Need::Admin {
+        if matches!(route.need, Need::Admin | Need::Metrics) {
             assert!(responses.contains_key("403"), "{at}: 403 undocumented");
         }
 

@@ -750,3 +750,101 @@ async fn malformed_secret_fields_are_not_echoed() {
         found.join("\n")
     );
 }
+
+/// The scraper's token in the JSON-log run: a secret like the others.
+const METRICS_TOKEN: &str = "MARK-metrics-token-0b5d9e";
+
+/// The same session with `--log-format json` (issue 17): every line is a JSON object, every
+/// request is logged exactly once with its route template (never the raw path), status,
+/// duration, user and request id, and no secret shows — neither the markers, nor the session
+/// cookie, the API token or the metrics token that were used.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_hold_every_request_once_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("forge.redb");
+    let server = start(
+        &db,
+        &[
+            ("FORGE_LOG_FORMAT", "json"),
+            ("FORGE_METRICS_TOKEN", METRICS_TOKEN),
+        ],
+    );
+    let recorded = exercise(&server).await;
+    // A session, an API token and the metrics token in use; a client's request id.
+    let mut c = server.client();
+    assert_eq!(c.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let session = c.cookie.clone().expect("session cookie");
+    let session = session.split_once('=').expect("name=value").1.to_owned();
+    let token = c.new_token().await;
+    let bearer = server.client().with_bearer(&token);
+    assert_eq!(bearer.get("/api/user").await.status, 200);
+    let scraper = server.client().with_bearer(METRICS_TOKEN);
+    assert_eq!(scraper.get("/api/metrics").await.status, 200);
+    let r = bearer
+        .raw("GET", "/api/info", None, &[("x-request-id", "trace-me-42")])
+        .await;
+    assert_eq!(r.header("x-request-id").as_deref(), Some("trace-me-42"));
+    let extra = 5; // login, new token, user, metrics, info
+    let log = server.stop();
+
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "TRACE" || l["level"] == "DEBUG"),
+        "the log was captured at its most verbose"
+    );
+    let requests: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "forge::access")
+        .collect();
+    assert_eq!(
+        requests.len(),
+        recorded.seen.len() + extra,
+        "one line per request"
+    );
+    let templates: std::collections::BTreeSet<&str> = forge::http::router::routes()
+        .iter()
+        .map(|r| r.path)
+        .chain(["(page)", "(unmatched)"])
+        .collect();
+    for line in &requests {
+        let route = line["route"].as_str().expect("route");
+        assert!(templates.contains(route), "not a route template: {line}");
+        assert!(line["method"].is_string(), "{line}");
+        assert!(line["status"].is_u64(), "{line}");
+        assert!(line["duration_ms"].is_f64(), "{line}");
+        let id = line["request_id"].as_str().expect("request_id");
+        assert!(!id.is_empty(), "{line}");
+    }
+    let traced: Vec<&&Value> = requests
+        .iter()
+        .filter(|l| l["request_id"] == "trace-me-42")
+        .collect();
+    assert_eq!(traced.len(), 1, "{traced:?}");
+    assert_eq!(traced[0]["route"], "/api/info");
+    assert!(traced[0]["user"].is_u64(), "{}", traced[0]);
+    // Project routes by template: the numeric path never shows.
+    assert!(
+        requests
+            .iter()
+            .any(|l| l["route"] == "/api/project/{project_id}/keys/{key_id}"),
+        "no keyed project route logged"
+    );
+
+    let mut found = leaks("the JSON log", &log);
+    for (what, secret) in [
+        ("the session id", session.as_str()),
+        ("the API token", token.as_str()),
+        ("the metrics token", METRICS_TOKEN),
+    ] {
+        if text.contains(secret) {
+            found.push(format!("{what} in the JSON log"));
+        }
+    }
+    assert!(found.is_empty(), "secrets leaked:\n{}", found.join("\n"));
+}

@@ -20,6 +20,9 @@ pub enum Need {
     User,
     /// A system administrator.
     Admin,
+    /// A system administrator, or a scraper with the `--metrics-token` (checked by the
+    /// pipeline before the credentials are resolved; the token grants nothing else).
+    Metrics,
     /// A user with these permissions in the route's `{project_id}` (members may always read;
     /// non-members get 404; system admins pass).
     Project(Permissions),
@@ -145,7 +148,7 @@ impl Need {
             (Need::Anonymous, Auth::User(u)) => Ok(Some(u)),
             (Need::Anonymous, _) => Ok(None),
             (_, Auth::Anonymous | Auth::Invalid) => Err(ApiError::Unauthorized),
-            (Need::Admin, Auth::User(u)) if !u.admin => Err(ApiError::Forbidden),
+            (Need::Admin | Need::Metrics, Auth::User(u)) if !u.admin => Err(ApiError::Forbidden),
             (_, Auth::User(u)) => Ok(Some(u)),
         }
     }

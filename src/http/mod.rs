@@ -34,12 +34,18 @@ use router::Lookup;
 
 /// The request pipeline, in order: normalise the path, route, authenticate, read the body
 /// (bounded in size and time), run the handler (isolated, so a panic becomes a 500), render
-/// errors, and finish the response (HEAD, headers). Each step may answer early.
+/// errors, and finish the response (HEAD, headers, request id). Each step may answer early.
+/// Every request is then counted (by route template) and logged once.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = normalize(req.uri().path()).to_owned();
-    let mut res = match dispatch(app, req, &path, peer).await {
+    let request_id = request_id(req.headers());
+    let mut seen = Seen {
+        slot: app.metrics.unmatched_slot(),
+        user: None,
+    };
+    let mut res = match dispatch(Arc::clone(&app), req, &path, peer, &mut seen).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     };
@@ -59,8 +65,79 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    tracing::debug!(%method, %path, status = res.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    headers.insert(REQUEST_ID, request_id.clone());
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    app.metrics.record(seen.slot, status, elapsed);
+    access_log(
+        &method,
+        app.metrics.route(seen.slot),
+        status,
+        elapsed,
+        seen.user,
+        &request_id,
+    );
     res
+}
+
+/// What the pipeline learnt of a request, for its metrics and log line.
+struct Seen {
+    /// The route's slot in the request counters.
+    slot: usize,
+    /// The authenticated caller's id.
+    user: Option<u64>,
+}
+
+/// The request id header, taken from the client when sane, else generated.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest client request id honoured.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` when it is 1 to [`MAX_REQUEST_ID`] characters of
+/// `[A-Za-z0-9._:/+=@-]` (safe in any log format); otherwise 128 random bits in hex.
+#[must_use]
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let sane = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:/+=@-".contains(c))
+    };
+    if let Some(id) = headers.get(REQUEST_ID).filter(sane) {
+        return id.clone();
+    }
+    let random: [u8; 16] = rand::random();
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Logs a finished request once (target `forge::access`, level info): method, route
+/// template (never the raw path, which may carry ids and query strings), status, duration,
+/// user id (when authenticated) and request id. No header, cookie or body is logged.
+fn access_log(
+    method: &Method,
+    route: &str,
+    status: u16,
+    elapsed: Duration,
+    user: Option<u64>,
+    request_id: &HeaderValue,
+) {
+    #[allow(clippy::cast_precision_loss)] // microseconds far below 2^52
+    let duration_ms = crate::metrics::micros(elapsed) as f64 / 1e3;
+    let request_id = request_id.to_str().unwrap_or("-");
+    if let Some(user) = user {
+        tracing::info!(target: "forge::access", method = method.as_str(), route, status,
+            duration_ms, user, request_id, "request");
+    } else {
+        tracing::info!(target: "forge::access", method = method.as_str(), route, status,
+            duration_ms, request_id, "request");
+    }
 }
 
 async fn dispatch(
@@ -68,11 +145,16 @@ async fn dispatch(
     req: Request<Incoming>,
     path: &str,
     peer: SocketAddr,
+    seen: &mut Seen,
 ) -> HandlerResult {
     let (need, handler, params) = match app.router.lookup(req.method(), path) {
-        Lookup::Found(route, params) => (route.need, route.handler, params),
+        Lookup::Found(route, params) => {
+            seen.slot = route.slot;
+            (route.need, route.handler, params)
+        }
         Lookup::MethodNotAllowed(allow) => return Err(ApiError::MethodNotAllowed(allow)),
         Lookup::NotFound if serves_page(req.method(), path) => {
+            seen.slot = app.metrics.page_slot();
             return Ok(handlers::site::page(req.uri().path(), req.headers()));
         }
         Lookup::NotFound => return Err(ApiError::NotFound),
@@ -83,12 +165,14 @@ async fn dispatch(
     let (mut parts, incoming) = req.into_parts();
     let caller = match need {
         auth::Need::Anonymous => None,
+        auth::Need::Metrics if scraper(&parts.headers, app.metrics_token.as_ref()) => None,
         need => need.admit(
             Credentials::from_headers(&parts.headers)
                 .resolve(&app.services)
                 .await?,
         )?,
     };
+    seen.user = caller.as_ref().map(|u| u.id);
     let access = match (need, &caller) {
         (auth::Need::Project(permission), Some(user)) => {
             let project = params
@@ -123,6 +207,18 @@ async fn dispatch(
         Ok(result) => result,
         Err(panic) => Err(ApiError::internal(&panic)),
     }
+}
+
+/// Whether the request carries the scraper's metrics token as its Bearer token.
+fn scraper(headers: &HeaderMap, token: Option<&crate::metrics::scrape::ScrapeToken>) -> bool {
+    let Some(token) = token else {
+        return false;
+    };
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| auth::parse_authorization(v.as_bytes()))
+        .and_then(Result::ok)
+        .is_some_and(|presented| token.matches(presented))
 }
 
 /// Whether a request the route table does not know gets the web page (or Swagger UI): any

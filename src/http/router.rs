@@ -7,8 +7,8 @@ use hyper::Method;
 use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
-    apps, confirm, integrations as int, meta, notifications, options, project_backup, projects,
-    resources as res, session, site, tasks, tokens, users, ws,
+    apps, confirm, integrations as int, meta, metrics, notifications, options, project_backup,
+    projects, resources as res, session, site, tasks, tokens, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Integration, IntegrationMatcher as Matcher, IntegrationValue as Value,
@@ -29,6 +29,9 @@ pub struct Route {
     /// A GET route whose handler acts (the integration receiver launches tasks): HEAD, which
     /// clients and proxies send as a harmless probe, must not reach it.
     pub acts: bool,
+    /// Its position in the route table (set by [`Router::new`]): the index of its request
+    /// counters (`crate::metrics::Http`).
+    pub slot: usize,
 }
 
 macro_rules! route {
@@ -39,6 +42,7 @@ macro_rules! route {
             need: Need::$need,
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
             acts: false,
+            slot: 0,
         }
     };
     (GET $path:literal, $need:ident, $handler:path, acts) => {
@@ -54,6 +58,7 @@ macro_rules! route {
             need: Need::Project(Permissions::$perm),
             handler: |req| -> HandlerFuture { Box::pin($handler(req)) },
             acts: false,
+            slot: 0,
         }
     };
 }
@@ -196,6 +201,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/integrations/{integration_alias}", Anonymous, int::receive),
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
         route!(POST "/api/project/{project_id}/notifications/test", Project(MANAGE_RESOURCES), notifications::test),
+        route!(GET "/api/metrics", Metrics, metrics::scrape),
     ]
 }
 
@@ -224,9 +230,10 @@ impl Router {
     /// When two routes conflict: the table is static, so this is a programming error caught by
     /// every test that starts a server.
     #[must_use]
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(mut routes: Vec<Route>) -> Self {
         let mut by_method: HashMap<Method, matchit::Router<usize>> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.slot = i;
             by_method
                 .entry(r.method.clone())
                 .or_default()

@@ -160,6 +160,79 @@ pub(crate) struct Inner {
     /// Bumped whenever an executor has ended (its task left `running`).
     ended: watch::Sender<()>,
     live: broadcast::Sender<LiveEvent>,
+    /// Counters for metrics.
+    stats: Stats,
+}
+
+/// What the runner has done since start, for metrics.
+#[derive(Debug)]
+pub struct Stats {
+    /// Tasks that ended, by status: `success`, `error`, `stopped` (see [`Stats::ENDINGS`]).
+    ended: [std::sync::atomic::AtomicU64; 3],
+    /// Durations (start to end) of the tasks that ran, in seconds, per project.
+    durations: Mutex<std::collections::BTreeMap<ProjectId, Arc<crate::metrics::Histogram>>>,
+    /// Task output lines stored.
+    pub output_lines: std::sync::atomic::AtomicU64,
+}
+
+/// Task duration buckets, in seconds: 1 s to a day.
+const DURATION_SECS: &[u64] = &[
+    1, 5, 10, 30, 60, 120, 300, 600, 1_800, 3_600, 7_200, 21_600, 86_400,
+];
+
+impl Stats {
+    /// The final statuses counted, in the order of `ended`.
+    pub const ENDINGS: [TaskStatus; 3] =
+        [TaskStatus::Success, TaskStatus::Error, TaskStatus::Stopped];
+
+    fn new() -> Self {
+        Self {
+            ended: Default::default(),
+            durations: Mutex::default(),
+            output_lines: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a task that just ended (with its duration, when it ran).
+    fn ended(&self, task: &Task) {
+        if let Some(i) = Self::ENDINGS.iter().position(|s| *s == task.status) {
+            self.ended[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let (Some(start), Some(end)) = (task.start, task.end) {
+            let histogram = Arc::clone(
+                self.durations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(task.project_id)
+                    .or_insert_with(|| {
+                        Arc::new(crate::metrics::Histogram::new(DURATION_SECS, 1.0))
+                    }),
+            );
+            histogram.observe(u64::try_from(end - start).unwrap_or(0));
+        }
+    }
+
+    /// Tasks ended with each status of [`Stats::ENDINGS`].
+    #[must_use]
+    pub fn ended_counts(&self) -> [(TaskStatus, u64); 3] {
+        let n = |i: usize| self.ended[i].load(std::sync::atomic::Ordering::Relaxed);
+        [
+            (Self::ENDINGS[0], n(0)),
+            (Self::ENDINGS[1], n(1)),
+            (Self::ENDINGS[2], n(2)),
+        ]
+    }
+
+    /// The duration histogram of each project with a task that ran.
+    #[must_use]
+    pub fn durations(&self) -> Vec<(ProjectId, Arc<crate::metrics::Histogram>)> {
+        self.durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(p, h)| (*p, Arc::clone(h)))
+            .collect()
+    }
 }
 
 /// A handle to the runner; cheap to clone.
@@ -206,6 +279,7 @@ impl Runner {
             wake: Notify::new(),
             ended: watch::Sender::new(()),
             live,
+            stats: Stats::new(),
         });
         inner.recover()?;
         // After recovery killed the leftover processes, which could still write there.
@@ -366,6 +440,19 @@ impl Runner {
         self.inner.publish_update(&task);
         sender.send_replace(decision);
         Ok(())
+    }
+
+    /// What the runner has done since start.
+    #[must_use]
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Tasks running (or being prepared) and tasks waiting in the queue, now.
+    #[must_use]
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.inner.lock();
+        (state.running.len(), state.queue.iter().count())
     }
 
     /// A receiver of every live event.
@@ -579,7 +666,12 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Tells followers of a task's new status (every change of a task's status goes through
+    /// here once, which is where ended tasks are counted).
     fn publish_update(&self, task: &Task) {
+        if task.status.is_finished() {
+            self.stats.ended(task);
+        }
         let _ = self.live.send(LiveEvent::Update {
             task_id: task.id,
             project_id: task.project_id,

@@ -145,6 +145,10 @@ async fn store(inner: &Arc<Inner>, task: &Task, first: u64, lines: Vec<OutputLin
     let stored = tokio::task::spawn_blocking(move || store.append_output(id, first, &batch)).await;
     match stored {
         Ok(Ok(())) => {
+            inner
+                .stats
+                .output_lines
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             inner.publish_lines(task, first, lines);
             n
         }

@@ -5,6 +5,8 @@
 //! the secret (the attacker does not control the hash), so no separate constant-time compare
 //! of the raw value is needed.
 
+use std::sync::atomic::Ordering;
+
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
@@ -91,7 +93,10 @@ impl Services {
         let attempt = self
             .throttle
             .begin(&login.to_lowercase(), &client.ip, self.now())
-            .map_err(|retry_after| Error::Throttled { retry_after })?;
+            .map_err(|retry_after| {
+                self.logins.throttled.fetch_add(1, Ordering::Relaxed);
+                Error::Throttled { retry_after }
+            })?;
 
         let user = self.store.user_by_login(login)?;
         let phc = user
@@ -100,6 +105,7 @@ impl Services {
             .map(|u| u.password_hash.clone());
         let ok = self.hasher.verify(password, phc).await?;
         let Some(user) = user.filter(|_| ok) else {
+            self.logins.failed.fetch_add(1, Ordering::Relaxed);
             attempt.failed();
             let event = NewEvent {
                 user_id: None,

@@ -113,6 +113,17 @@ pub struct Services {
     /// Bumped whenever a session, token, user or membership changes in a way that may take
     /// access away; long-lived responses (web sockets, followed output) re-check their caller.
     access_changes: tokio::sync::watch::Sender<u64>,
+    /// Login outcomes counted for metrics.
+    logins: LoginStats,
+}
+
+/// Failed and throttled logins since start (for metrics).
+#[derive(Debug, Default)]
+pub struct LoginStats {
+    /// Logins refused for a wrong password, an unknown or an external user.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Logins refused by the throttle without checking the password.
+    pub throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Services {
@@ -144,6 +155,7 @@ impl Services {
                 integrations::FAILURE_WINDOW,
             )),
             access_changes: tokio::sync::watch::channel(0).0,
+            logins: LoginStats::default(),
         })
     }
 
@@ -157,6 +169,18 @@ impl Services {
     #[must_use]
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Failed and throttled logins since start.
+    #[must_use]
+    pub fn login_stats(&self) -> &LoginStats {
+        &self.logins
+    }
+
+    /// Password hashes waiting for a hashing thread.
+    #[must_use]
+    pub fn hash_queue_depth(&self) -> usize {
+        self.hasher.waiting()
     }
 
     /// Whether non-admin users may create projects (`can_create_project`).

@@ -3,6 +3,7 @@
 //! refused at once (503) instead of piling up. Nothing else runs on these threads, so Bearer
 //! and cookie requests never wait behind logins.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,8 @@ pub struct Hasher {
     /// A hash of a random password with the current parameters, verified against when the
     /// login names no user, so that "no such user" costs what "wrong password" costs.
     dummy: OnceCell<String>,
+    /// Hashes queued that no thread has started yet (for metrics).
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The default number of hashing threads: one per core but one, at least one.
@@ -58,16 +61,25 @@ impl Hasher {
             params,
             jobs,
             dummy: OnceCell::new(),
+            waiting: Arc::default(),
         }
     }
 
     /// Runs `f` on the pool; [`Error::Busy`] at once when the queue is full.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let (tx, rx) = oneshot::channel();
+        let waiting = Arc::clone(&self.waiting);
         let job: Job = Box::new(move || {
+            waiting.fetch_sub(1, Ordering::Relaxed);
             let _ = tx.send(f());
         });
-        match self.jobs.try_send(job) {
+        // Counted before it is sent: a thread may take it at once.
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(Error::Busy { retry_after: 1 }),
             Err(TrySendError::Disconnected(_)) => {
@@ -76,6 +88,12 @@ impl Hasher {
         }
         rx.await
             .map_err(|_| Error::Internal("a password hashing thread failed".into()))
+    }
+
+    /// Hashes waiting for a thread (queued, not started).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The PHC string of `password`.

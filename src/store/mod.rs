@@ -255,6 +255,12 @@ impl Store {
         self.disk.healthy()
     }
 
+    /// The writer's commit counters and histograms, for metrics.
+    #[must_use]
+    pub fn writer_stats(&self) -> &writer::Stats {
+        self.writer.metrics()
+    }
+
     /// A receiver of health changes (see [`Store::healthy`]).
     #[must_use]
     pub fn watch_health(&self) -> tokio::sync::watch::Receiver<bool> {

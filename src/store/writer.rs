@@ -24,6 +24,7 @@ use redb::{Durability, WriteTransaction};
 
 use super::disk::{Disk, PROBE_EVERY};
 use super::{Error, Result, tables};
+use crate::metrics::Histogram;
 
 /// The `SETTINGS` entry the writer writes (and removes) to probe a failed disk.
 const STORAGE_PROBE: &str = "storage_probe";
@@ -144,12 +145,30 @@ pub struct Writer {
 }
 
 /// What the writer has done so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Transactions committed.
     pub commits: AtomicU64,
     /// Write requests answered with success.
     pub writes: AtomicU64,
+    /// Write requests per committed transaction.
+    pub batch_sizes: Histogram,
+    /// How long each commit took (the fsync, when durable), in microseconds.
+    pub commit_latency: Histogram,
+}
+
+/// Batch-size buckets: powers of two up to [`MAX_BATCH`].
+const BATCH_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            batch_sizes: Histogram::new(BATCH_BOUNDS, 1.0),
+            commit_latency: Histogram::new(crate::metrics::LATENCY_US, 1e6),
+        }
+    }
 }
 
 impl Writer {
@@ -170,6 +189,12 @@ impl Writer {
             thread: Some(thread),
             stats,
         })
+    }
+
+    /// What the writer has done so far, for metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Stats {
+        &self.stats
     }
 
     /// Counters of commits and writes (a batch is one commit of many writes).
@@ -389,6 +414,7 @@ fn commit(
             failed.answer(Ok(()));
             continue;
         }
+        let started = Instant::now();
         let (committed, io) = match tx.commit() {
             Ok(()) => (Ok(()), false),
             Err(e) => {
@@ -406,6 +432,10 @@ fn commit(
             stats
                 .writes
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.batch_sizes.observe(batch.len() as u64);
+            stats
+                .commit_latency
+                .observe(crate::metrics::micros(started.elapsed()));
         }
         for job in batch {
             job.answer(committed.clone());

@@ -82,7 +82,9 @@ pub fn capture(
             if let Some(found) = text.split("listening on http://").nth(1)
                 && let Some(tx) = addr.take()
             {
-                let _ = tx.send(found.trim().to_owned());
+                // Text logs end the line there; JSON logs close the string.
+                let addr = found.split(['"', ' ', '\n', '\r']).next().unwrap_or("");
+                let _ = tx.send(addr.to_owned());
             }
         }
     })

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod confirm;
 pub mod integrations;
 pub mod meta;
+pub mod metrics;
 pub mod notifications;
 pub mod options;
 pub mod project_backup;
