@@ -293,6 +293,39 @@ async fn upgrade_one(name: &str) {
     let before = output(&a, p, ok_task).await;
     assert!(before.contains(&env_line) && before.contains(&var_line));
 
+    // Tables newer than the fixture (integrations, their deliveries, the alert outbox) are
+    // made at start and take writes: a webhook launches the template on the upgraded file.
+    let r = a
+        .post(
+            &at(p, "integrations"),
+            json!({"name": "proof hook", "template_id": tpl, "auth_method": "none"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{name}: {}", r.text());
+    let hook = id_of(&r.json());
+    let r = a
+        .post(&at(p, &format!("integrations/{hook}/aliases")), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{name}: {}", r.text());
+    let alias = r.json()["alias"].as_str().unwrap().to_owned();
+    let r = a
+        .raw(
+            "POST",
+            &format!("/api/integrations/{alias}"),
+            Some(b"{}".to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{name}: {}", r.text());
+    let deliveries = a
+        .get(&at(p, &format!("integrations/{hook}/deliveries")))
+        .await
+        .json();
+    let launched = deliveries[0]["task_id"].as_u64().expect("a launched task");
+    let task = wait_finished(&a, p, launched).await;
+    assert_eq!(task["integration_id"], hook, "{name}: {task}");
+    assert_eq!(task["status"], "success", "{name}: {task}");
+
     let log = String::from_utf8_lossy(&server.stop()).into_owned();
     for secret in ["env_secret", "var_secret"] {
         assert!(
