@@ -8,6 +8,8 @@
 #   ansible-playbook - tests/ansible.rs runs a real playbook: ansible-core from PyPI, in the
 #                      venv .ci/venv (git-ignored); .ci/run puts .ci/venv/bin on PATH
 #   wrk, file        - benches/load.sh and the static-binary check in .ci/static-build.sh
+#   musl-tools       - musl-gcc: the static musl build compiles ring's C and assembly (rustls
+#                      for alerts) with it (.ci/static-build.sh)
 #   openapi-spec-validator, schemathesis
 #                    - tests/spec_tools.rs validates docs/openapi.json and fuzzes a live
 #                      server against it: PyPI, in the same venv
@@ -44,6 +46,7 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v file >/dev/null 2>&1 || need_apt+=(file)
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+# ring (rustls, for alerts over HTTPS and SMTP) compiles C and assembly for the target: musl-gcc
+# from Debian's musl-tools (.ci/install-tools.sh installs it).
+export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
 cargo build --release --target "$target" --quiet
 bin="target/$target/release/forge"
 

@@ -328,14 +328,7 @@ async fn console_project(a: &common::Client, repo: &Path) -> u64 {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // An integration whose one delivery was filtered out (no task), for the integrations list.
-    let r = a
-        .post(
-            &at(p, "integrations"),
-            json!({"name": "on-push", "template_id": quick, "auth_method": "none"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let hook = id_of(&r.json());
+    let (hook, alias) = common::open_webhook(a, p, "on-push", quick).await;
     let r = a
         .post(
             &at(p, &format!("integrations/{hook}/matchers")),
@@ -344,11 +337,6 @@ async fn console_project(a: &common::Client, repo: &Path) -> u64 {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = a
-        .post(&at(p, &format!("integrations/{hook}/aliases")), json!({}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let alias = r.json()["alias"].as_str().expect("alias").to_owned();
     let r = a
         .raw(
             "POST",

@@ -295,19 +295,7 @@ async fn upgrade_one(name: &str) {
 
     // Tables newer than the fixture (integrations, their deliveries, the alert outbox) are
     // made at start and take writes: a webhook launches the template on the upgraded file.
-    let r = a
-        .post(
-            &at(p, "integrations"),
-            json!({"name": "proof hook", "template_id": tpl, "auth_method": "none"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{name}: {}", r.text());
-    let hook = id_of(&r.json());
-    let r = a
-        .post(&at(p, &format!("integrations/{hook}/aliases")), json!({}))
-        .await;
-    assert_eq!(r.status, 201, "{name}: {}", r.text());
-    let alias = r.json()["alias"].as_str().unwrap().to_owned();
+    let (hook, alias) = common::open_webhook(&a, p, "proof hook", tpl).await;
     let r = a
         .raw(
             "POST",

@@ -66,6 +66,28 @@ pub async fn local_repository(a: &Client, p: u64, dir: &std::path::Path) -> u64 
         .map_or_else(|| panic!("no repository \"local\" in {list}"), id_of)
 }
 
+/// Adds an integration named `name` without authentication that launches `template` in
+/// project `p`, with one alias; returns the integration's id and the alias.
+pub async fn open_webhook(a: &Client, p: u64, name: &str, template: u64) -> (u64, String) {
+    let r = a
+        .post(
+            &at(p, "integrations"),
+            serde_json::json!({"name": name, "template_id": template, "auth_method": "none"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create integration: {}", r.text());
+    let hook = id_of(&r.json());
+    let r = a
+        .post(
+            &at(p, &format!("integrations/{hook}/aliases")),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create alias: {}", r.text());
+    let alias = r.json()["alias"].as_str().expect("alias").to_owned();
+    (hook, alias)
+}
+
 /// GET `path`, asserting 200, as JSON.
 pub async fn ok_json(c: &Client, path: &str) -> Value {
     let r = c.get(path).await;
