@@ -71,15 +71,20 @@ run() {
 echo "Forge load benchmark: $DURATION per scenario, wrk -t2, on $(nproc) cores (server and wrk share them)"
 run "GET /api/ping" 64 "$base/api/ping";                                   ping=$rps
 run "Bearer GET /api/user" 64 -H "$auth" "$base/api/user";                 user=$rps
-run "Bearer GET /api/project/1/tasks/last" 64 -H "$auth" "$base/api/project/1/tasks/last"
+run "Bearer GET /api/project/1/tasks/last" 64 -H "$auth" "$base/api/project/1/tasks/last"; last=$rps
 run "POST /api/auth/login (scrypt 17)" 16 -s "$work/login.lua" "$base/api/auth/login"
 wrk -t1 -c16 -d"$DURATION" -s "$work/login.lua" "$base/api/auth/login" >/dev/null &
 storm=$!
 sleep 0.5
 run "Bearer GET /api/user during login storm" 64 -H "$auth" "$base/api/user"; during=$rps
 wait $storm || true
-run "POST /api/project/1/tasks (durable)" 64 -s "$work/launch.lua" "$base/api/project/1/tasks"; launch=$rps
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+# The peak so far is the logins' (scrypt log_n 17 works in 128 MiB per hash); reset it (Linux
+# clear_refs 5) so that the launch scenario's own peak shows.
+echo 5 > "/proc/$server/clear_refs" 2>/dev/null || true
+pre_launch_rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
+run "POST /api/project/1/tasks (durable)" 64 -s "$work/launch.lua" "$base/api/project/1/tasks"; launch=$rps
+launch_rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
 kill $server 2>/dev/null || true
 wait $server 2>/dev/null || true
 
@@ -92,12 +97,14 @@ if [ -z "$SMOKE" ]; then
 fi
 
 echo
-awk -v p="$ping" -v u="$user" -v d="$during" -v l="$launch" -v c="$ceiling" 'BEGIN {
-  printf "Bearer GET /api/user / ping:                 %.2f (target >= 0.7)\n", u / p
+awk -v p="$ping" -v u="$user" -v t="$last" -v d="$during" -v l="$launch" -v c="$ceiling" 'BEGIN {
+  printf "Bearer GET /api/user / ping:                 %.2f (target >= 0.85)\n", u / p
+  printf "Bearer GET /api/project/1/tasks/last / ping: %.2f (target >= 0.6)\n", t / p
   printf "Bearer during login storm / without:         %.2f (target >= 0.4)\n", d / u
   if (c > 0)
     printf "durable launches/s / redb commit ceiling:    %.0f / %.0f = %.2f (target >= 2)\n", l, c, l / c
   else
     printf "durable launches/s at 64 connections:        %.0f (ceiling not measured in --smoke)\n", l
 }'
-echo "idle RSS: ${idle_rss} kB; peak RSS (VmHWM) after the run: ${peak_rss} kB"
+echo "idle RSS: ${idle_rss} kB; peak RSS (VmHWM) before the launches (logins): ${peak_rss} kB"
+echo "RSS before the launch scenario: ${pre_launch_rss} kB; peak (VmHWM) during it: ${launch_rss} kB"

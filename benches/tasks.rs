@@ -96,15 +96,21 @@ struct Server {
 const MAX_PARALLEL: usize = 2;
 
 fn server(rt: &Runtime) -> Server {
+    server_running(rt, "true\n", |_| {})
+}
+
+/// A server whose template runs `script`, with `configure` applied to its config.
+fn server_running(rt: &Runtime, script: &str, configure: impl FnOnce(&mut Config)) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = dir.path().join("repo");
     std::fs::create_dir(&repo).expect("repo dir");
-    std::fs::write(repo.join("run.sh"), "true\n").expect("script");
+    std::fs::write(repo.join("run.sh"), script).expect("script");
     let mut config = Config::with_db(dir.path().join("forge.redb"));
     config.scrypt_log_n = 4;
     config.admin = Some("admin".into());
     config.admin_password = Some(Secret("changeme".into()));
     config.max_parallel_tasks = MAX_PARALLEL;
+    configure(&mut config);
     rt.block_on(async {
         let app = forge::App::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -318,5 +324,84 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, launches, append);
+/// Lines the flooding task prints.
+const FLOOD_LINES: u64 = 1_000_000;
+
+// Question: how fast does one task's output flood go into the store, end to end? One task
+// prints 1 000 000 lines of ~60 bytes (every line stored: the cap is raised) as fast as bash
+// can; measured from the launch request to the task's `success` (which is stored only once
+// every line is durable). Throughput is in lines.
+fn flood(c: &mut Criterion) {
+    let rt = runtime();
+    let lines = if test_mode() { 1000 } else { FLOOD_LINES };
+    let script = format!(
+        "yes 'TASK [deploy : copy configuration] ********************* ok: [web-01]' | \
+         head -n {lines}\n"
+    );
+    let s = server_running(&rt, &script, |config| {
+        config.output_max_lines = FLOOD_LINES * 2;
+        config.output_max_bytes = 1 << 30;
+    });
+    let mut group = c.benchmark_group("output");
+    group
+        .throughput(Throughput::Elements(lines))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("one_task_1m_lines_launch_to_success", |b| {
+        let body = Bytes::from(json!({ "template_id": s.template }).to_string());
+        b.to_async(&rt).iter_custom(|iters| {
+            let (s, body) = (&s, &body);
+            async move {
+                let mut sender = connection(s.addr).await;
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    launch(&mut sender, s, body).await;
+                    wait_finished(s, lines).await;
+                    total += start.elapsed();
+                }
+                total
+            }
+        });
+    });
+    group.finish();
+}
+
+/// Waits until the newest task of `s` has ended `success`; asserts it has more than `lines`
+/// output lines.
+async fn wait_finished(s: &Server, lines: u64) {
+    let path = format!("/api/project/{}/tasks/last?limit=1", s.project);
+    loop {
+        let auth = Some(("authorization", format!("Bearer {}", s.token)));
+        let (_, _, newest) = call(s.addr, "GET", &path, auth, None).await;
+        match newest[0]["status"].as_str() {
+            Some("success") => break,
+            Some("error" | "stopped") => panic!("the flood task failed: {newest}"),
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let id = newest_id(s).await;
+    let path = format!(
+        "/api/project/{}/tasks/{id}/output?offset={lines}&limit=1",
+        s.project
+    );
+    let auth = Some(("authorization", format!("Bearer {}", s.token)));
+    let (status, _, tail) = call(s.addr, "GET", &path, auth, None).await;
+    assert_eq!(status, 200, "output: {tail}");
+    // Line `lines` exists: the server's own lines come before the app's.
+    assert!(
+        tail.as_array().is_some_and(|t| t.len() == 1),
+        "fewer than {lines} lines stored: {tail}"
+    );
+}
+
+async fn newest_id(s: &Server) -> u64 {
+    let path = format!("/api/project/{}/tasks/last?limit=1", s.project);
+    let auth = Some(("authorization", format!("Bearer {}", s.token)));
+    let (_, _, newest) = call(s.addr, "GET", &path, auth, None).await;
+    id_of(&newest[0])
+}
+
+criterion_group!(benches, launches, append, flood);
 criterion_main!(benches);

@@ -647,14 +647,13 @@ impl Inner {
         self.publish_lines(task, 0, Arc::from(vec![queued]));
         {
             let mut state = self.lock();
-            // A storage recovery scan may have queued it already (see `Inner::reconcile`).
-            if !state.queue.iter().any(|q| q.id == task.id) {
-                state.queue.push(Queued {
-                    id: task.id,
-                    project: task.project_id,
-                    template: task.template_id,
-                });
-            }
+            // A storage recovery scan may have queued it already (see `Inner::reconcile`):
+            // `push` keeps one entry.
+            state.queue.push(Queued {
+                id: task.id,
+                project: task.project_id,
+                template: task.template_id,
+            });
         }
         self.publish_update(task);
         self.wake.notify_one();
@@ -740,12 +739,15 @@ impl Inner {
         let mut interrupted = Vec::new();
         // Under the lock: a task moves between the queue and the running set only with it
         // held, and leaves the running set only once its final status is stored.
+        // Tasks are decoded one at a time and only their ids kept: a backlog of waiting tasks
+        // costs the queue's few bytes each, not a task each.
         let mut state = self.lock();
-        for task in self.store.active_tasks()? {
-            let known =
-                state.running.contains_key(&task.id) || state.queue.iter().any(|q| q.id == task.id);
+        let mut past_queue = Vec::new();
+        self.store.each_active_task(|task| {
+            let known = state.running.contains_key(&task.id)
+                || state.queue.contains(task.project_id, task.id);
             if known {
-                continue;
+                return;
             }
             if task.status == TaskStatus::Waiting {
                 state.queue.push(Queued {
@@ -753,18 +755,21 @@ impl Inner {
                     project: task.project_id,
                     template: task.template_id,
                 });
-                continue;
+                return;
             }
-            if let Some(pgid) = task.process_group
-                && process::kill_leftover_group(pgid, task.id)
+            past_queue.push((task.id, task.process_group));
+        })?;
+        for (id, process_group) in past_queue {
+            if let Some(pgid) = process_group
+                && process::kill_leftover_group(pgid, id)
             {
                 tracing::warn!(
-                    task = task.id,
+                    task = id,
                     pgid,
                     "killed leftover processes of an interrupted task"
                 );
             }
-            interrupted.push((task.id, self.store.output_len(task.id)?));
+            interrupted.push((id, self.store.output_len(id)?));
         }
         Ok(interrupted)
     }

@@ -12,19 +12,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use super::Inner;
-use super::process::Line;
+use super::process::{Chunk, Line};
 use crate::clock::now_us;
 use crate::model::{OutputLine, Task};
 
-/// Lines buffered between the readers and the writer; a full buffer slows the reader (and so
-/// the app's pipe) instead of growing memory.
-const CHANNEL: usize = 8192;
-/// Most lines per commit.
-const BATCH: usize = 8192;
+/// Chunks (one pipe read's lines each, at most 64 KiB of text) buffered between the readers
+/// and the writer; a full buffer slows the reader (and so the app's pipe) instead of growing
+/// memory.
+const CHANNEL: usize = 16;
+/// Most lines per commit. While one batch commits the next one gathers, so under a flood a
+/// batch holds what arrived during the previous commit, up to this.
+const BATCH: usize = 32_768;
 
 /// The output sink of one task run.
 pub(super) struct Sink {
-    tx: mpsc::Sender<Line>,
+    tx: mpsc::Sender<Chunk>,
     writer: tokio::task::JoinHandle<()>,
     /// Lines the store refused so far.
     lost: Arc<AtomicU64>,
@@ -45,19 +47,17 @@ impl Sink {
     }
 
     /// A sender for a reader of the app's output.
-    pub(super) fn sender(&self) -> mpsc::Sender<Line> {
+    pub(super) fn sender(&self) -> mpsc::Sender<Chunk> {
         self.tx.clone()
     }
 
     /// Adds a server line (`Started: 7`, `Cloning ...`).
     pub(super) async fn line(&self, text: impl Into<String>) {
-        let _ = self
-            .tx
-            .send(Line {
-                time_us: now_us(),
-                text: text.into(),
-            })
-            .await;
+        let line = Line {
+            time_us: now_us(),
+            text: text.into(),
+        };
+        let _ = self.tx.send(vec![line]).await;
     }
 
     /// Waits until every line sent so far (by anyone holding a sender) is stored.
@@ -67,48 +67,91 @@ impl Sink {
     }
 }
 
-async fn pump(
-    inner: Arc<Inner>,
-    task: Task,
-    mut rx: mpsc::Receiver<Line>,
-    first: u64,
-    lost: Arc<AtomicU64>,
-) {
-    let max_lines = inner.settings.output_max_lines;
-    let max_bytes = inner.settings.output_max_bytes;
-    // The cap counts every stored line of the task, including those before this run began.
-    let (mut next, mut lines, mut bytes, mut dropped) = (first, first, 0u64, 0u64);
-    let mut batch = Vec::with_capacity(64);
-    while let Some(line) = rx.recv().await {
-        batch.push(line);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(_) => break,
-            }
-        }
-        let mut keep = Vec::with_capacity(batch.len());
-        for l in batch.drain(..) {
+/// The per-task cap: it counts every stored line of the task, including those before this
+/// run began.
+struct Cap {
+    max_lines: u64,
+    max_bytes: u64,
+    lines: u64,
+    bytes: u64,
+    /// Lines over the cap, dropped.
+    dropped: u64,
+}
+
+impl Cap {
+    /// Moves the lines of `chunk` the cap allows into `keep`; counts the others.
+    fn admit(&mut self, chunk: Chunk, keep: &mut Vec<OutputLine>) {
+        for l in chunk {
             let len = l.text.len() as u64;
-            if lines < max_lines && bytes + len <= max_bytes {
-                lines += 1;
-                bytes += len;
+            if self.lines < self.max_lines && self.bytes + len <= self.max_bytes {
+                self.lines += 1;
+                self.bytes += len;
                 keep.push(OutputLine {
                     time_us: l.time_us,
                     text: l.text,
                 });
             } else {
-                dropped += 1;
+                self.dropped += 1;
             }
         }
-        if !keep.is_empty() {
-            let n = keep.len() as u64;
-            let stored = store(&inner, &task, next, keep).await;
-            next += stored;
-            lost.fetch_add(n - stored, Ordering::SeqCst);
+    }
+}
+
+/// Gathers lines into batches and stores them one batch at a time, in order; the next batch
+/// gathers while one commits.
+async fn pump(
+    inner: Arc<Inner>,
+    task: Task,
+    mut rx: mpsc::Receiver<Chunk>,
+    first: u64,
+    lost: Arc<AtomicU64>,
+) {
+    let mut cap = Cap {
+        max_lines: inner.settings.output_max_lines,
+        max_bytes: inner.settings.output_max_bytes,
+        lines: first,
+        bytes: 0,
+        dropped: 0,
+    };
+    let task = Arc::new(task);
+    let mut next = first;
+    let mut pending: Vec<OutputLine> = Vec::new();
+    // The batch being stored: its length and the store's answer (how many it stored).
+    let mut inflight: Option<(u64, tokio::task::JoinHandle<u64>)> = None;
+    let mut open = true;
+    loop {
+        if inflight.is_none() && !pending.is_empty() {
+            // Its line numbers follow what the previous batch really stored.
+            let batch = std::mem::take(&mut pending);
+            let n = batch.len() as u64;
+            let store = store(Arc::clone(&inner), Arc::clone(&task), next, batch);
+            inflight = Some((n, tokio::spawn(store)));
+        }
+        let Some((n, handle)) = inflight.as_mut() else {
+            if !open {
+                break;
+            }
+            match rx.recv().await {
+                Some(chunk) => cap.admit(chunk, &mut pending),
+                None => open = false,
+            }
+            continue;
+        };
+        tokio::select! {
+            chunk = rx.recv(), if open && pending.len() < BATCH => match chunk {
+                Some(chunk) => cap.admit(chunk, &mut pending),
+                None => open = false,
+            },
+            stored = handle => {
+                let stored = stored.unwrap_or(0);
+                next += stored;
+                lost.fetch_add(*n - stored, Ordering::SeqCst);
+                inflight = None;
+            }
         }
     }
     let mut markers = Vec::new();
+    let (max_lines, max_bytes, dropped) = (cap.max_lines, cap.max_bytes, cap.dropped);
     if dropped > 0 {
         markers.push(format!(
             "output truncated: {dropped} more lines were dropped (limits: {max_lines} lines, \
@@ -128,7 +171,8 @@ async fn pump(
                 time_us: now_us(),
                 text: text.clone(),
             };
-            if store(&inner, &task, next, vec![marker]).await == 1 {
+            let stored = store(Arc::clone(&inner), Arc::clone(&task), next, vec![marker]).await;
+            if stored == 1 {
                 next += 1;
                 break;
             }
@@ -138,26 +182,24 @@ async fn pump(
 }
 
 /// Stores lines durably, then publishes them; returns how many were stored (all or none).
-async fn store(inner: &Arc<Inner>, task: &Task, first: u64, lines: Vec<OutputLine>) -> u64 {
+async fn store(inner: Arc<Inner>, task: Arc<Task>, first: u64, lines: Vec<OutputLine>) -> u64 {
     let n = lines.len() as u64;
     let lines: Arc<[OutputLine]> = Arc::from(lines);
-    let (store, id, batch) = (inner.store.clone(), task.id, Arc::clone(&lines));
-    let stored = tokio::task::spawn_blocking(move || store.append_output(id, first, &batch)).await;
-    match stored {
-        Ok(Ok(())) => {
+    match inner
+        .store
+        .append_output_async(task.id, first, Arc::clone(&lines))
+        .await
+    {
+        Ok(()) => {
             inner
                 .stats
                 .output_lines
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            inner.publish_lines(task, first, lines);
+            inner.publish_lines(&task, first, lines);
             n
         }
-        Ok(Err(e)) if e.is_storage() => {
+        Err(e) if e.is_storage() => {
             tracing::warn!(task = task.id, lines = n, error = %e, "task output refused");
-            0
-        }
-        Ok(Err(e)) => {
-            tracing::error!(task = task.id, error = %e, "storing task output failed");
             0
         }
         Err(e) => {

@@ -25,15 +25,19 @@ pub struct Line {
     pub text: String,
 }
 
+/// Lines read together from the pipe, sent as one message (one channel operation per read,
+/// not per line: a task flooding its output costs a wake-up per pipe read).
+pub type Chunk = Vec<Line>;
+
 /// Spawns `cmd` in a new process group with empty stdin and both output streams on one pipe,
-/// whose lines are sent to `lines` by a reader thread until every holder of the pipe is gone.
-/// The receiver resolves once the reader has sent its last line.
+/// whose lines are sent to `lines` (in chunks, see [`Chunk`]) by a reader thread until every
+/// holder of the pipe is gone. The receiver resolves once the reader has sent its last line.
 ///
 /// # Errors
 /// When the pipe cannot be made or the program cannot start.
 pub fn spawn(
     mut cmd: Command,
-    lines: mpsc::Sender<Line>,
+    lines: mpsc::Sender<Chunk>,
 ) -> std::io::Result<(Child, oneshot::Receiver<()>)> {
     let (reader, writer) = std::io::pipe()?;
     cmd.stdin(Stdio::null())
@@ -56,17 +60,18 @@ pub fn spawn(
 }
 
 /// Splits a byte stream into lines (`\n`, with a trailing `\r` removed), cutting lines longer
-/// than [`MAX_LINE`]; stops when the stream ends or the receiver is gone.
-fn read_lines(mut reader: impl Read, lines: &mpsc::Sender<Line>) {
+/// than [`MAX_LINE`], and sends the lines of each read as one chunk; stops when the stream
+/// ends or the receiver is gone.
+fn read_lines(mut reader: impl Read, lines: &mpsc::Sender<Chunk>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut current: Vec<u8> = Vec::new();
-    let emit = |bytes: &[u8]| {
+    let mut chunk: Chunk = Vec::new();
+    let emit = |chunk: &mut Chunk, bytes: &[u8], time_us: i64| {
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        let line = Line {
-            time_us: now_us(),
+        chunk.push(Line {
+            time_us,
             text: String::from_utf8_lossy(bytes).into_owned(),
-        };
-        lines.blocking_send(line).is_ok()
+        });
     };
     loop {
         let n = match reader.read(&mut buf) {
@@ -75,26 +80,36 @@ fn read_lines(mut reader: impl Read, lines: &mpsc::Sender<Line>) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        // One read's lines arrived together: one time stamp.
+        let time_us = now_us();
         let mut rest = &buf[..n];
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            current.extend_from_slice(&rest[..pos]);
-            if !emit(&current) {
-                return;
+            if current.is_empty() {
+                emit(&mut chunk, &rest[..pos], time_us);
+            } else {
+                current.extend_from_slice(&rest[..pos]);
+                emit(&mut chunk, &current, time_us);
+                current.clear();
             }
-            current.clear();
             rest = &rest[pos + 1..];
         }
         current.extend_from_slice(rest);
         while current.len() >= MAX_LINE {
             let tail = current.split_off(MAX_LINE);
-            if !emit(&current) {
+            emit(&mut chunk, &current, time_us);
+            current = tail;
+        }
+        if !chunk.is_empty() {
+            let capacity = chunk.len();
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
+            if lines.blocking_send(full).is_err() {
                 return;
             }
-            current = tail;
         }
     }
     if !current.is_empty() {
-        emit(&current);
+        emit(&mut chunk, &current, now_us());
+        let _ = lines.blocking_send(chunk);
     }
 }
 
@@ -162,8 +177,8 @@ mod tests {
         read_lines(input, &tx);
         drop(tx);
         let mut out = Vec::new();
-        while let Ok(l) = rx.try_recv() {
-            out.push(l.text);
+        while let Ok(chunk) = rx.try_recv() {
+            out.extend(chunk.into_iter().map(|l| l.text));
         }
         out
     }

@@ -2,6 +2,11 @@
 //! project's oldest waiting task can start (once it is blocked, its later tasks wait too), so
 //! the dispatcher looks at one head per project instead of scanning every waiting task: a
 //! backlog of a million tasks costs it nothing.
+//!
+//! It holds ids, not tasks (24 bytes a waiting task): the executor loads its task from the
+//! store when the task starts. Each project's tasks are kept in id order (ids are given in
+//! creation order, and two launches may reach the queue in the other order), so finding a
+//! task of a known project is a binary search.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,15 +27,34 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    /// Adds a task behind its project's others.
-    pub fn push(&mut self, q: Queued) {
-        self.by_project.entry(q.project).or_default().push_back(q);
+    /// Adds a task among its project's others, in id order (nearly always at the back);
+    /// whether it was not queued yet.
+    pub fn push(&mut self, q: Queued) -> bool {
+        let tasks = self.by_project.entry(q.project).or_default();
+        if tasks.back().is_none_or(|last| last.id < q.id) {
+            tasks.push_back(q);
+            return true;
+        }
+        match tasks.binary_search_by_key(&q.id, |t| t.id) {
+            Ok(_) => false,
+            Err(pos) => {
+                tasks.insert(pos, q);
+                true
+            }
+        }
+    }
+
+    /// Whether task `id` of `project` waits here.
+    pub fn contains(&self, project: ProjectId, id: TaskId) -> bool {
+        self.by_project
+            .get(&project)
+            .is_some_and(|tasks| tasks.binary_search_by_key(&id, |t| t.id).is_ok())
     }
 
     /// Removes task `id` wherever it waits; whether it was there.
     pub fn remove(&mut self, id: TaskId) -> bool {
         let found = self.by_project.iter_mut().find_map(|(project, tasks)| {
-            let pos = tasks.iter().position(|q| q.id == id)?;
+            let pos = tasks.binary_search_by_key(&id, |q| q.id).ok()?;
             tasks.remove(pos);
             Some((*project, tasks.is_empty()))
         });
@@ -112,6 +136,21 @@ mod tests {
         assert_eq!(queue.pop(7), None);
         assert!(queue.by_project.is_empty());
         assert_eq!(queue.oldest_head(|_| true), None);
+    }
+
+    #[test]
+    fn a_late_arrival_takes_its_place_in_id_order_and_is_queued_once() {
+        let mut queue = Queue::default();
+        for id in [1, 3, 4] {
+            assert!(queue.push(q(id, 7)));
+        }
+        assert!(queue.push(q(2, 7)));
+        assert!(!queue.push(q(3, 7)));
+        assert!(queue.contains(7, 2));
+        assert!(!queue.contains(8, 2));
+        assert!(!queue.contains(7, 5));
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop(7)).map(|q| q.id).collect();
+        assert_eq!(order, [1, 2, 3, 4]);
     }
 
     #[test]

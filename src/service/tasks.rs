@@ -216,16 +216,6 @@ impl Services {
             .ok_or(Error::NotFound)
     }
 
-    /// The newest tasks of the project (of one template if given), newest first.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub fn tasks(&self, access: &Access, template: Option<u64>, limit: usize) -> Result<Vec<Task>> {
-        Ok(self
-            .store
-            .recent_tasks(access.project_id(), template, limit)?)
-    }
-
     /// Deletes a finished task and its output (system admins only, as upstream).
     ///
     /// # Errors
@@ -276,6 +266,62 @@ impl Services {
             }
         }
         Ok(out)
+    }
+}
+
+/// A page of a project's task list with what each element shows besides the task, all read
+/// in one view: the tasks' templates, starters and build tasks, by id.
+#[derive(Debug, Default)]
+pub struct TaskPage {
+    /// Newest first.
+    pub tasks: Vec<Task>,
+    /// The templates of those tasks.
+    pub templates: std::collections::HashMap<u64, Template>,
+    /// The users who started them.
+    pub users: std::collections::HashMap<u64, User>,
+    /// The build tasks deploy tasks among them deploy (gone ones are absent).
+    pub builds: std::collections::HashMap<u64, Task>,
+}
+
+impl Services {
+    /// The newest tasks of the project (optionally of one template), at most `limit`, with
+    /// their templates, starters and build tasks (see [`TaskPage`]).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn task_page(
+        &self,
+        access: &Access,
+        template: Option<u64>,
+        limit: usize,
+    ) -> Result<TaskPage> {
+        use std::collections::hash_map::Entry;
+        let project = access.project_id();
+        let view = self.store.view()?;
+        let mut page = TaskPage {
+            tasks: view.recent_tasks(project, template, limit)?,
+            ..TaskPage::default()
+        };
+        for t in &page.tasks {
+            if let Entry::Vacant(v) = page.templates.entry(t.template_id)
+                && let Some(tpl) = view.get::<Template>(project, t.template_id)?
+            {
+                v.insert(tpl);
+            }
+            if let Some(u) = t.user_id
+                && let Entry::Vacant(v) = page.users.entry(u)
+                && let Some(user) = view.user(u)?
+            {
+                v.insert(user);
+            }
+            if let Some(b) = t.build_task_id
+                && let Entry::Vacant(v) = page.builds.entry(b)
+                && let Some(build) = view.get::<Task>(project, b)?
+            {
+                v.insert(build);
+            }
+        }
+        Ok(page)
     }
 }
 

@@ -22,11 +22,21 @@ pub struct CodecError(String);
 /// Never for Forge's model types: bincode's serde encoder only fails on types it cannot
 /// represent (unsized sequences), which the model does not contain.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_V1];
-    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("model types are always bincode-encodable");
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    encode_into(value, &mut out);
     out
+}
+
+/// Encodes a record into `out` (cleared first), reusing its allocation: the same bytes as
+/// [`encode`], for loops that encode many records.
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(FORMAT_V1);
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .expect("model types are always bincode-encodable");
 }
 
 /// Decodes a record written by [`encode`].

@@ -36,6 +36,12 @@ use tokio::sync::watch;
 
 use super::{Error, Result};
 
+/// redb's page cache (reads and the write buffer). redb's default, 1 GiB, lets the cache grow
+/// with the file: a flood of task output or a backlog of launches kept every written page in
+/// memory (hundreds of MB). The hot pages (users, tokens, projects, the newest tasks) fit in
+/// far less; a larger write is flushed to the file before its commit instead of buffered.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How often an unhealthy disk is tried with a real write.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -82,7 +88,9 @@ impl Opener {
             faults: self.faults.clone(),
             saw_full: Arc::clone(&self.saw_full),
         };
-        Ok(Database::builder().create_with_backend(backend)?)
+        Ok(Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)?)
     }
 }
 

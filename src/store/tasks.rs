@@ -1,8 +1,10 @@
 //! Tasks, the index of unfinished tasks, and task output lines.
 
+use std::sync::Arc;
+
 use redb::{Durability, ReadableTable, WriteTransaction};
 
-use super::projects::{Resource, Tx};
+use super::projects::{Resource, Tx, View};
 use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK};
 use super::{Error, Result, Store, codec};
 use crate::model::{OutputLine, ProjectId, Task, TaskId};
@@ -26,6 +28,22 @@ fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
         }
     } else {
         active.insert(task.id, ())?;
+    }
+    Ok(())
+}
+
+/// Inserts output lines `first..` of task `id`, encoding each into one reused buffer.
+fn insert_output(
+    tx: &WriteTransaction,
+    id: TaskId,
+    first: u64,
+    lines: &[OutputLine],
+) -> Result<()> {
+    let mut output = tx.open_table(TASK_OUTPUT)?;
+    let mut buf = Vec::with_capacity(128);
+    for (n, line) in (first..).zip(lines) {
+        codec::encode_into(line, &mut buf);
+        output.insert((id, n), buf.as_slice())?;
     }
     Ok(())
 }
@@ -109,11 +127,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
-        let mut output = self.raw().open_table(TASK_OUTPUT)?;
-        for (n, line) in (first..).zip(lines) {
-            output.insert((id, n), codec::encode(line).as_slice())?;
-        }
-        Ok(())
+        insert_output(self.raw(), id, first, lines)
     }
 }
 
@@ -138,58 +152,31 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn active_tasks(&self) -> Result<Vec<Task>> {
+        let mut out = Vec::new();
+        self.each_active_task(|t| out.push(t))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each unfinished task, oldest first, one decoded at a time (a backlog of
+    /// waiting tasks is never all in memory at once).
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn each_active_task(&self, mut f: impl FnMut(Task)) -> Result<()> {
         let tx = self.read()?;
         let active = tx.open_table(ACTIVE_TASK)?;
         let index = tx.open_table(TASKID_PROJECT)?;
         let tasks = tx.open_table(PROJECT_TASK)?;
-        let mut out = Vec::new();
         for row in active.iter()? {
             let id = row?.0.value();
             let Some(project) = index.get(id)?.map(|p| p.value()) else {
                 continue;
             };
             if let Some(bytes) = tasks.get((project, id))? {
-                out.push(codec::decode(bytes.value())?);
+                f(codec::decode(bytes.value())?);
             }
         }
-        Ok(out)
-    }
-
-    /// The newest tasks of `project` (optionally of one template), newest first, at most `limit`.
-    ///
-    /// # Errors
-    /// Storage failures only.
-    pub fn recent_tasks(
-        &self,
-        project: ProjectId,
-        template: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Task>> {
-        let tx = self.read()?;
-        let tasks = tx.open_table(PROJECT_TASK)?;
-        let mut out = Vec::new();
-        let Some(template) = template else {
-            for row in tasks
-                .range((project, 0)..=(project, u64::MAX))?
-                .rev()
-                .take(limit)
-            {
-                out.push(codec::decode(row?.1.value())?);
-            }
-            return Ok(out);
-        };
-        let index = tx.open_table(TEMPLATE_TASK)?;
-        for row in index
-            .range((project, template, 0)..=(project, template, u64::MAX))?
-            .rev()
-            .take(limit)
-        {
-            let id = row?.0.value().2;
-            if let Some(bytes) = tasks.get((project, id))? {
-                out.push(codec::decode(bytes.value())?);
-            }
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Calls `f` with each task of template `template`, oldest first, one decoded at a time.
@@ -245,14 +232,27 @@ impl Store {
     /// # Errors
     /// Storage failures only.
     pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
-        let lines = lines.to_vec();
+        let lines: Arc<[OutputLine]> = Arc::from(lines);
         self.write(Durability::Immediate, move |tx| {
-            let mut output = tx.open_table(TASK_OUTPUT)?;
-            for (n, line) in (first..).zip(&lines) {
-                output.insert((id, n), codec::encode(line).as_slice())?;
-            }
-            Ok(())
+            insert_output(tx, id, first, &lines)
         })
+    }
+
+    /// [`Store::append_output`] for async callers, taking lines the caller shares (the task
+    /// runner publishes the same lines once they are stored): nothing is copied.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub async fn append_output_async(
+        &self,
+        id: TaskId,
+        first: u64,
+        lines: Arc<[OutputLine]>,
+    ) -> Result<()> {
+        self.write_async(Durability::Immediate, move |tx| {
+            insert_output(tx, id, first, &lines)
+        })
+        .await
     }
 
     /// Output lines `offset..offset+limit` of task `id`, with their line numbers.
@@ -284,5 +284,44 @@ impl Store {
             .next_back()
             .transpose()?;
         Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
+    }
+}
+
+impl View {
+    /// The newest tasks of `project` (optionally of one template), newest first, at most
+    /// `limit`: a reverse range read of `limit` rows, never a scan of the project's tasks.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn recent_tasks(
+        &self,
+        project: ProjectId,
+        template: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>> {
+        let tasks = self.raw().open_table(PROJECT_TASK)?;
+        let mut out = Vec::with_capacity(limit.min(256));
+        let Some(template) = template else {
+            for row in tasks
+                .range((project, 0)..=(project, u64::MAX))?
+                .rev()
+                .take(limit)
+            {
+                out.push(codec::decode(row?.1.value())?);
+            }
+            return Ok(out);
+        };
+        let index = self.raw().open_table(TEMPLATE_TASK)?;
+        for row in index
+            .range((project, template, 0)..=(project, template, u64::MAX))?
+            .rev()
+            .take(limit)
+        {
+            let id = row?.0.value().2;
+            if let Some(bytes) = tasks.get((project, id))? {
+                out.push(codec::decode(bytes.value())?);
+            }
+        }
+        Ok(out)
     }
 }

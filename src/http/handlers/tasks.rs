@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -18,7 +18,7 @@ use crate::http::handler::Req;
 use crate::http::live::{LiveCaller, Verdict};
 use crate::model::{Permissions, Task, Template, User};
 use crate::runner::{LiveEvent, Location};
-use crate::service::tasks::{LIST_LIMIT, StatsFilter, TaskInput, parse_day};
+use crate::service::tasks::{LIST_LIMIT, StatsFilter, TaskInput, TaskPage, parse_day};
 
 /// Formats Unix microseconds as RFC 3339 with microseconds.
 fn rfc3339_us(us: i64) -> String {
@@ -29,64 +29,123 @@ fn rfc3339_us(us: i64) -> String {
 }
 
 /// A task as the API shows it (§7.1); `secret` is never returned. `params` (a terraform or
-/// tofu task's options, as upstream) only where the task has them.
-pub fn task_view(t: &Task, secret: &str) -> Value {
-    let mut v = json!({
-        "id": t.id,
-        "template_id": t.template_id,
-        "project_id": t.project_id,
-        "status": t.status.as_str(),
-        "debug": t.debug,
-        "dry_run": t.dry_run,
-        "diff": t.diff,
-        "playbook": t.playbook,
-        "environment": t.environment,
-        "limit": t.limit,
-        "secret": secret,
-        "arguments": t.arguments,
-        "git_branch": t.git_branch,
-        "user_id": t.user_id,
-        "integration_id": t.integration_id,
-        "schedule_id": t.schedule_id,
-        "created": rfc3339(t.created),
-        "start": t.start.map(rfc3339),
-        "end": t.end.map(rfc3339),
-        "message": t.message,
-        "commit_hash": t.commit_hash,
-        "commit_message": t.commit_message,
-        "build_task_id": t.build_task_id,
-        "version": t.version,
-        "inventory_id": t.inventory_id,
-    });
-    if let Ok(params @ Value::Object(_)) = serde_json::from_str::<Value>(&t.params) {
-        v["params"] = params;
+/// tofu task's options, as upstream) only where the task has them. Serialized straight from
+/// the task's fields (no intermediate JSON tree: task lists are a hot read).
+#[derive(Serialize)]
+pub struct TaskJson<'a> {
+    id: u64,
+    template_id: u64,
+    project_id: u64,
+    status: &'static str,
+    debug: bool,
+    dry_run: bool,
+    diff: bool,
+    playbook: &'a str,
+    environment: &'a str,
+    limit: &'a str,
+    secret: &'a str,
+    arguments: Option<&'a str>,
+    git_branch: Option<&'a str>,
+    user_id: Option<u64>,
+    integration_id: Option<u64>,
+    schedule_id: Option<u64>,
+    created: String,
+    start: Option<String>,
+    end: Option<String>,
+    message: &'a str,
+    commit_hash: Option<&'a str>,
+    commit_message: &'a str,
+    build_task_id: Option<u64>,
+    version: Option<&'a str>,
+    inventory_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Value>,
+}
+
+impl<'a> TaskJson<'a> {
+    /// Task `t` as shown, with `secret` as its `secret` field.
+    #[must_use]
+    pub fn new(t: &'a Task, secret: &'a str) -> Self {
+        // Most tasks have no options: skip the parse.
+        let params = if t.params.is_empty() {
+            None
+        } else {
+            serde_json::from_str::<Value>(&t.params)
+                .ok()
+                .filter(Value::is_object)
+        };
+        Self {
+            id: t.id,
+            template_id: t.template_id,
+            project_id: t.project_id,
+            status: t.status.as_str(),
+            debug: t.debug,
+            dry_run: t.dry_run,
+            diff: t.diff,
+            playbook: &t.playbook,
+            environment: &t.environment,
+            limit: &t.limit,
+            secret,
+            arguments: t.arguments.as_deref(),
+            git_branch: t.git_branch.as_deref(),
+            user_id: t.user_id,
+            integration_id: t.integration_id,
+            schedule_id: t.schedule_id,
+            created: rfc3339(t.created),
+            start: t.start.map(rfc3339),
+            end: t.end.map(rfc3339),
+            message: &t.message,
+            commit_hash: t.commit_hash.as_deref(),
+            commit_message: &t.commit_message,
+            build_task_id: t.build_task_id,
+            version: t.version.as_deref(),
+            inventory_id: t.inventory_id,
+            params,
+        }
     }
-    v
+}
+
+/// A task as the API shows it, as a JSON value (see [`TaskJson`]).
+#[must_use]
+pub fn task_view(t: &Task, secret: &str) -> Value {
+    serde_json::to_value(TaskJson::new(t, secret)).unwrap_or(Value::Null)
 }
 
 /// A list element (§7.2): the task plus its template's fields and the starter's name.
-fn task_with_tpl(
-    t: &Task,
-    templates: &HashMap<u64, Template>,
-    users: &HashMap<u64, User>,
-    builds: &HashMap<u64, Task>,
-) -> Value {
-    let mut v = task_view(t, "");
+#[derive(Serialize)]
+struct ListedTask<'a> {
+    #[serde(flatten)]
+    task: TaskJson<'a>,
+    tpl_playbook: &'a str,
+    tpl_alias: &'a str,
+    tpl_type: &'a str,
+    tpl_app: &'a str,
+    user_name: Option<&'a str>,
+    build_task: Option<TaskJson<'a>>,
+}
+
+fn task_with_tpl<'a>(
+    t: &'a Task,
+    templates: &'a HashMap<u64, Template>,
+    users: &'a HashMap<u64, User>,
+    builds: &'a HashMap<u64, Task>,
+) -> ListedTask<'a> {
     let tpl = templates.get(&t.template_id);
-    v["tpl_playbook"] = json!(tpl.map(|t| t.playbook.as_str()).unwrap_or_default());
-    v["tpl_alias"] = json!(tpl.map(|t| t.name.as_str()).unwrap_or_default());
-    v["tpl_type"] = json!(tpl.map(|t| t.kind.as_str()).unwrap_or_default());
-    v["tpl_app"] = json!(tpl.map(|t| t.app.as_str()).unwrap_or_default());
-    v["user_name"] = json!(
-        t.user_id
+    ListedTask {
+        task: TaskJson::new(t, ""),
+        tpl_playbook: tpl.map_or("", |t| t.playbook.as_str()),
+        tpl_alias: tpl.map_or("", |t| t.name.as_str()),
+        tpl_type: tpl.map_or("", |t| t.kind.as_str()),
+        tpl_app: tpl.map_or("", |t| t.app.as_str()),
+        user_name: t
+            .user_id
             .and_then(|u| users.get(&u))
-            .map(|u| u.name.as_str())
-    );
-    v["build_task"] = t
-        .build_task_id
-        .and_then(|b| builds.get(&b))
-        .map_or(Value::Null, |b| task_view(b, ""));
-    v
+            .map(|u| u.name.as_str()),
+        build_task: t
+            .build_task_id
+            .and_then(|b| builds.get(&b))
+            .map(|b| TaskJson::new(b, "")),
+    }
 }
 
 /// The build task `id` a deploy task deploys; `None` once it is deleted or pruned.
@@ -109,32 +168,14 @@ pub fn build_task_view(req: &Req, t: &Task) -> Result<Value, ApiError> {
     })
 }
 
-fn render_list(req: &Req, tasks: &[Task]) -> HandlerResult {
-    let access = req.access()?;
-    let templates: HashMap<u64, Template> = req
-        .app
-        .services
-        .resources::<Template>(access)?
-        .into_iter()
-        .map(|t| (t.id, t))
-        .collect();
-    let users = req
-        .app
-        .services
-        .users_by_id(tasks.iter().filter_map(|t| t.user_id))?;
-    let mut builds = HashMap::new();
-    for b in tasks.iter().filter_map(|t| t.build_task_id) {
-        if let std::collections::hash_map::Entry::Vacant(v) = builds.entry(b)
-            && let Some(build) = build_task(req, b)?
-        {
-            v.insert(build);
-        }
-    }
-    let views: Vec<Value> = tasks
+/// A page of tasks as a list (§7.2), serialized straight from the page.
+fn render_list(page: &TaskPage) -> hyper::Response<body::Body> {
+    let views: Vec<ListedTask<'_>> = page
+        .tasks
         .iter()
-        .map(|t| task_with_tpl(t, &templates, &users, &builds))
+        .map(|t| task_with_tpl(t, &page.templates, &page.users, &page.builds))
         .collect();
-    Ok(body::json(StatusCode::OK, &views))
+    body::json(StatusCode::OK, &views)
 }
 
 fn last_limit(req: &Req) -> usize {
@@ -150,44 +191,49 @@ pub async fn create(req: Req) -> HandlerResult {
     let input: TaskInput = req.json()?;
     let (task, queued) = req.app.services.create_task(req.access()?, input).await?;
     req.app.runner.enqueue(&task, queued);
-    Ok(body::json(StatusCode::CREATED, &task_view(&task, "{}")))
+    Ok(body::json(StatusCode::CREATED, &TaskJson::new(&task, "{}")))
 }
 
 /// `GET /api/project/{project_id}/tasks`: the 1000 newest, newest first.
 pub async fn list(req: Req) -> HandlerResult {
-    let tasks = req.app.services.tasks(req.access()?, None, LIST_LIMIT)?;
-    render_list(&req, &tasks)
+    Ok(render_list(&req.app.services.task_page(
+        req.access()?,
+        None,
+        LIST_LIMIT,
+    )?))
 }
 
 /// `GET /api/project/{project_id}/tasks/last?limit=N` (1..200, default 200).
 pub async fn last(req: Req) -> HandlerResult {
-    let tasks = req
-        .app
-        .services
-        .tasks(req.access()?, None, last_limit(&req))?;
-    render_list(&req, &tasks)
+    let limit = last_limit(&req);
+    Ok(render_list(&req.app.services.task_page(
+        req.access()?,
+        None,
+        limit,
+    )?))
 }
 
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks`.
 pub async fn template_tasks(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
     req.app.services.resource::<Template>(req.access()?, tpl)?;
-    let tasks = req
-        .app
-        .services
-        .tasks(req.access()?, Some(tpl), LIST_LIMIT)?;
-    render_list(&req, &tasks)
+    Ok(render_list(&req.app.services.task_page(
+        req.access()?,
+        Some(tpl),
+        LIST_LIMIT,
+    )?))
 }
 
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks/last?limit=N`.
 pub async fn template_tasks_last(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
     req.app.services.resource::<Template>(req.access()?, tpl)?;
-    let tasks = req
-        .app
-        .services
-        .tasks(req.access()?, Some(tpl), last_limit(&req))?;
-    render_list(&req, &tasks)
+    let limit = last_limit(&req);
+    Ok(render_list(&req.app.services.task_page(
+        req.access()?,
+        Some(tpl),
+        limit,
+    )?))
 }
 
 /// The route's task; upstream answers 400 (not 404) for a task outside the project.
@@ -205,7 +251,7 @@ fn task(req: &Req) -> Result<Task, ApiError> {
 
 /// `GET /api/project/{project_id}/tasks/{task_id}`.
 pub async fn get(req: Req) -> HandlerResult {
-    Ok(body::json(StatusCode::OK, &task_view(&task(&req)?, "")))
+    Ok(body::json(StatusCode::OK, &TaskJson::new(&task(&req)?, "")))
 }
 
 #[derive(Debug, Default, Deserialize)]
