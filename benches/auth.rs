@@ -114,9 +114,11 @@ fn bearer_fixture(rt: &Runtime) -> BearerFixture {
 }
 
 // Question: what does Bearer authentication cost per request? Every API request with
-// `Authorization: Bearer` pays one SHA-256 and one redb read transaction (token, then user), and
-// no write. `header_to_user` adds the header parsing the middleware does around it; `unknown`
-// is a well-formed token that is not stored, as a guessing client sends.
+// `Authorization: Bearer` pays one SHA-256, then the token's user as remembered since the last
+// access change (`token_user`), or, the first time after such a change, one redb read
+// transaction (token, then user: `token_user_uncached`), and no write. `header_to_user` adds
+// the header parsing the middleware does around it; `unknown` is a well-formed token that is
+// not stored, as a guessing client sends (never remembered).
 fn bearer(c: &mut Criterion) {
     let rt = runtime();
     let fixture = OnceCell::new();
@@ -127,6 +129,16 @@ fn bearer(c: &mut Criterion) {
         let f = setup();
         b.iter(|| {
             let user = f.fx.services.token_user(black_box(&f.token));
+            assert!(matches!(user, Ok(Some(_))), "the benched token resolves");
+            user
+        });
+    });
+    group.bench_function("token_user_uncached", |b| {
+        let f = setup();
+        let store = f.fx.services.store();
+        b.iter(|| {
+            let hash = forge::service::auth::secret_hash(black_box(&f.token));
+            let user = store.token_user(&hash);
             assert!(matches!(user, Ok(Some(_))), "the benched token resolves");
             user
         });

@@ -88,6 +88,8 @@ pub struct App {
     pub metrics: crate::metrics::Http,
     /// The scraper's token for `/api/metrics`, when one is configured.
     pub metrics_token: Option<crate::metrics::scrape::ScrapeToken>,
+    /// Hot JSON answers kept rendered until the store changes.
+    pub rendered: crate::http::rendered::Rendered,
 }
 
 impl App {
@@ -159,6 +161,7 @@ impl App {
             notifier,
             metrics,
             metrics_token,
+            rendered: crate::http::rendered::Rendered::default(),
         });
         if let Some(user) = app.bootstrap_admin().await.map_err(StartError::Admin)? {
             tracing::info!(login = %user.username, "created administrator");

@@ -214,13 +214,15 @@ fn report(what: &str, result: store::Result<Pruned>) {
 /// batch under way is one transaction, so it commits whole or not at all).
 pub async fn run(
     retention: Arc<Retention>,
-    mut live: tokio::sync::broadcast::Receiver<LiveEvent>,
+    live: tokio::sync::broadcast::Receiver<LiveEvent>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Finishing tasks matter only with a cap.
-    let mut listening = retention.policy.max_tasks_per_template > 0;
+    // Finishing tasks matter only with a cap. Without one the receiver is dropped at once: a
+    // receiver that is never read keeps the channel's last 4096 events (output batches
+    // included) alive.
+    let mut live = (retention.policy.max_tasks_per_template > 0).then_some(live);
     let mut finished: BTreeSet<(ProjectId, u64)> = BTreeSet::new();
     let mut due: Option<tokio::time::Instant> = None;
     loop {
@@ -241,7 +243,12 @@ pub async fn run(
                 due = None;
                 report("finished tasks", retention.prune_templates(templates).await);
             }
-            event = live.recv(), if listening => match event {
+            event = async {
+                match live.as_mut() {
+                    Some(live) => live.recv().await,
+                    None => Err(RecvError::Closed),
+                }
+            }, if live.is_some() => match event {
                 Ok(LiveEvent::Update { project_id, template_id, status, .. })
                     if status.is_finished() =>
                 {
@@ -253,7 +260,7 @@ pub async fn run(
                 Err(RecvError::Lagged(_)) => {
                     tick.reset_immediately();
                 }
-                Err(RecvError::Closed) => listening = false,
+                Err(RecvError::Closed) => live = None,
             },
         }
     }

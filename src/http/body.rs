@@ -77,6 +77,15 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
     res
 }
 
+/// A `200` JSON answer from bytes [`json`] rendered earlier (kept by `http::rendered`).
+#[must_use]
+pub fn json_rendered(bytes: Bytes) -> Response<Body> {
+    let mut res = Response::new(full(bytes));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
 /// A `200` JSON array streamed as it is read: `batches` gives the next elements, already
 /// serialized and joined by `,` (`None` at the end). The bytes are those [`json`] writes for
 /// the whole array (`[`, the elements joined by `,`, `]`, a newline), but no more than a few

@@ -10,6 +10,7 @@ pub mod forwarded;
 pub mod handler;
 mod handlers;
 pub mod live;
+pub mod rendered;
 pub mod router;
 
 pub use handler::Req;

@@ -98,10 +98,7 @@ pub(super) async fn run(
         sink.line(line).await;
     }
     // Output a grandchild still holds open must not keep the task from finishing.
-    if tokio::time::timeout(DRAIN_OUTPUT, sink.finish())
-        .await
-        .is_err()
-    {
+    if !sink.finish_within(DRAIN_OUTPUT).await {
         tracing::warn!(
             task = id,
             "task output still open after the app ended; finishing anyway"

@@ -28,6 +28,10 @@ const BATCH: usize = 32_768;
 pub(super) struct Sink {
     tx: mpsc::Sender<Chunk>,
     writer: tokio::task::JoinHandle<()>,
+    /// Turns `true` once every sender is gone (the last line has been taken).
+    closed: tokio::sync::watch::Receiver<bool>,
+    /// Lines stored so far by this run (moves while a backlog is being stored).
+    stored: Arc<AtomicU64>,
     /// Lines the store refused so far.
     lost: Arc<AtomicU64>,
 }
@@ -37,11 +41,23 @@ impl Sink {
     pub(super) fn start(inner: Arc<Inner>, task: Task, first: u64) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let lost = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(pump(inner, task, rx, first, Arc::clone(&lost)));
-        Self { tx, writer, lost }
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        let stored = Arc::new(AtomicU64::new(0));
+        let progress = Progress {
+            closed: closed_tx,
+            stored: Arc::clone(&stored),
+        };
+        let writer = tokio::spawn(pump(inner, task, rx, first, Arc::clone(&lost), progress));
+        Self {
+            tx,
+            writer,
+            closed,
+            stored,
+            lost,
+        }
     }
 
-    /// A counter of the lines the store refused (read it after [`Sink::finish`]).
+    /// A counter of the lines the store refused (read it after [`Sink::finish_within`]).
     pub(super) fn lost(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.lost)
     }
@@ -60,11 +76,57 @@ impl Sink {
         let _ = self.tx.send(vec![line]).await;
     }
 
-    /// Waits until every line sent so far (by anyone holding a sender) is stored.
-    pub(super) async fn finish(self) {
+    /// Waits for every other sender to go, then until every line sent is stored, for as
+    /// long as storing makes progress within each `wait`: a reader whose pipe a grandchild
+    /// holds open silently, or a full disk, gets `wait`; a reader held back only by the
+    /// storing of a backlog (a slow machine) gets the time the backlog takes, up to
+    /// [`MAX_OPEN_WAITS`] `wait`s while senders are still open (a grandchild that writes
+    /// forever). `false` when it gave up: the rest is stored in the background.
+    pub(super) async fn finish_within(self, wait: std::time::Duration) -> bool {
         drop(self.tx);
-        let _ = self.writer.await;
+        let mut closed = self.closed;
+        // An error means the writer has ended, so nothing is open either.
+        let gone = async move {
+            let _ = closed.wait_for(|c| *c).await;
+        };
+        let open_until = tokio::time::Instant::now() + wait * MAX_OPEN_WAITS;
+        if !while_storing(gone, wait, &self.stored, Some(open_until)).await {
+            return false;
+        }
+        while_storing(self.writer, wait, &self.stored, None).await
     }
+}
+
+/// How many `wait`s [`Sink::finish_within`] gives senders that keep sending after the app.
+const MAX_OPEN_WAITS: u32 = 12;
+
+/// Awaits `done` while `stored` moves within each `wait` (and before `until`); whether it
+/// completed.
+async fn while_storing(
+    done: impl std::future::Future,
+    wait: std::time::Duration,
+    stored: &AtomicU64,
+    until: Option<tokio::time::Instant>,
+) -> bool {
+    tokio::pin!(done);
+    let mut seen = stored.load(Ordering::SeqCst);
+    loop {
+        if tokio::time::timeout(wait, &mut done).await.is_ok() {
+            return true;
+        }
+        let now = stored.load(Ordering::SeqCst);
+        if now == seen || until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            return false;
+        }
+        seen = now;
+    }
+}
+
+/// What the writer tells [`Sink::finish_within`]: that the senders are gone, and how many
+/// lines it has stored.
+struct Progress {
+    closed: tokio::sync::watch::Sender<bool>,
+    stored: Arc<AtomicU64>,
 }
 
 /// The per-task cap: it counts every stored line of the task, including those before this
@@ -105,6 +167,7 @@ async fn pump(
     mut rx: mpsc::Receiver<Chunk>,
     first: u64,
     lost: Arc<AtomicU64>,
+    progress: Progress,
 ) {
     let mut cap = Cap {
         max_lines: inner.settings.output_max_lines,
@@ -131,20 +194,27 @@ async fn pump(
             if !open {
                 break;
             }
-            match rx.recv().await {
-                Some(chunk) => cap.admit(chunk, &mut pending),
-                None => open = false,
+            if let Some(chunk) = rx.recv().await {
+                cap.admit(chunk, &mut pending);
+            } else {
+                open = false;
+                progress.closed.send_replace(true);
             }
             continue;
         };
         tokio::select! {
-            chunk = rx.recv(), if open && pending.len() < BATCH => match chunk {
-                Some(chunk) => cap.admit(chunk, &mut pending),
-                None => open = false,
-            },
+            chunk = rx.recv(), if open && pending.len() < BATCH => {
+                if let Some(chunk) = chunk {
+                    cap.admit(chunk, &mut pending);
+                } else {
+                    open = false;
+                    progress.closed.send_replace(true);
+                }
+            }
             stored = handle => {
                 let stored = stored.unwrap_or(0);
                 next += stored;
+                progress.stored.fetch_add(stored, Ordering::SeqCst);
                 lost.fetch_add(*n - stored, Ordering::SeqCst);
                 inflight = None;
             }

@@ -190,13 +190,24 @@ impl Services {
         Ok(Some((user, hash)))
     }
 
-    /// The user an API token belongs to; `None` for an unknown or expired token. One hash and
-    /// one read transaction, no write.
+    /// The user an API token belongs to; `None` for an unknown or expired token. One hash,
+    /// then the answer remembered since the last access change (see `access_cache`), or one
+    /// read transaction; no write.
     ///
     /// # Errors
     /// Storage failures only.
     pub fn token_user(&self, token: &str) -> Result<Option<User>> {
-        Ok(self.store.token_user(&secret_hash(token))?)
+        let hash = secret_hash(token);
+        // Read before the store (see `store::writer::Generation`).
+        let generation = self.store.writer_stats().access.current();
+        if let Some(user) = self.access_cache.token_user(&hash, generation) {
+            return Ok(Some(user));
+        }
+        let user = self.store.token_user(&hash)?;
+        if let Some(user) = &user {
+            self.access_cache.keep_token_user(hash, generation, user);
+        }
+        Ok(user)
     }
 
     /// Creates an API token for `user`; returns the token itself (shown once) and its record.

@@ -2,6 +2,7 @@
 //! projects, tasks, and the project resources (`resources`: one module each over one generic
 //! CRUD). Services sit between the HTTP layer and the store and know nothing of HTTP.
 
+mod access_cache;
 pub mod apps;
 pub mod auth;
 mod builds;
@@ -115,6 +116,8 @@ pub struct Services {
     access_changes: tokio::sync::watch::Sender<u64>,
     /// Login outcomes counted for metrics.
     logins: LoginStats,
+    /// Token users and memberships remembered with exact invalidation (Bearer hot path).
+    access_cache: access_cache::AccessCache,
 }
 
 /// Failed and throttled logins since start (for metrics).
@@ -156,6 +159,7 @@ impl Services {
             )),
             access_changes: tokio::sync::watch::channel(0).0,
             logins: LoginStats::default(),
+            access_cache: access_cache::AccessCache::default(),
         })
     }
 

@@ -87,9 +87,19 @@ impl Services {
     /// # Errors
     /// [`Error::NotFound`] or [`Error::Forbidden`].
     pub fn access(&self, caller: &User, project: ProjectId, need: Permissions) -> Result<Access> {
-        let view = self.store.view()?;
-        let project = view.project(project)?.ok_or(Error::NotFound)?;
-        let role = view.role(project.id, caller.id)?;
+        // Read before the store (see `store::writer::Generation`).
+        let generation = self.store.writer_stats().access.current();
+        let known = self.access_cache.membership(caller.id, project, generation);
+        let (project, role) = if let Some(known) = known {
+            known
+        } else {
+            let view = self.store.view()?;
+            let project = view.project(project)?.ok_or(Error::NotFound)?;
+            let role = view.role(project.id, caller.id)?;
+            self.access_cache
+                .keep_membership(caller.id, generation, &project, role);
+            (project, role)
+        };
         let permissions = match (caller.admin, role) {
             (true, _) => Permissions::ALL,
             (false, Some(role)) => role.permissions(),

@@ -203,6 +203,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn put_project(&self, p: &Project) -> Result<()> {
+        super::writer::access_written();
         self.tx
             .open_table(PROJECTID_PROJECT)?
             .insert(p.id, codec::encode(p).as_slice())?;
@@ -215,6 +216,7 @@ impl Tx<'_> {
     /// # Errors
     /// [`Error::NotFound`]; storage failures.
     pub fn delete_project(&self, id: ProjectId) -> Result<()> {
+        super::writer::access_written();
         if self.tx.open_table(PROJECTID_PROJECT)?.remove(id)?.is_none() {
             return Err(Error::NotFound);
         }
@@ -263,6 +265,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn set_role(&self, project: ProjectId, user: UserId, role: Role) -> Result<()> {
+        super::writer::access_written();
         self.tx
             .open_table(PROJECTUSER_ROLE)?
             .insert((project, user), role.to_u8())?;
@@ -277,6 +280,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn remove_member(&self, project: ProjectId, user: UserId) -> Result<bool> {
+        super::writer::access_written();
         self.tx.open_table(USERPROJECT)?.remove((user, project))?;
         Ok(self
             .tx

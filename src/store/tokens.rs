@@ -118,6 +118,7 @@ fn expire(tx: &WriteTransaction, user_id: UserId, hash: &SecretHash) -> Result<(
         return Err(Error::NotFound);
     }
     if !token.expired {
+        super::writer::access_written();
         let expired = ApiToken {
             expired: true,
             ..token

@@ -206,6 +206,7 @@ fn load(tx: &WriteTransaction, id: UserId) -> Result<User> {
 }
 
 fn put_user(tx: &WriteTransaction, user: &User) -> Result<()> {
+    super::writer::access_written();
     tx.open_table(USERID_USER)?
         .insert(user.id, codec::encode(user).as_slice())?;
     tx.open_table(USERNAME_USERID)?
@@ -219,6 +220,7 @@ fn put_user(tx: &WriteTransaction, user: &User) -> Result<()> {
 }
 
 fn remove_indexes(tx: &WriteTransaction, user: &User) -> Result<()> {
+    super::writer::access_written();
     tx.open_table(USERNAME_USERID)?
         .remove(user.username.to_lowercase().as_str())?;
     tx.open_table(EMAIL_USERID)?

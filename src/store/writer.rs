@@ -13,6 +13,7 @@
 //! [`Error::Unavailable`]; the writer then reopens the database and refuses writes until a
 //! probe commits again (see [`super::disk`]).
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,6 +156,43 @@ pub struct Stats {
     pub batch_sizes: Histogram,
     /// How long each commit took (the fsync, when durable), in microseconds.
     pub commit_latency: Histogram,
+    /// Bumped after every commit, before any of its writes is answered (see [`Generation`]).
+    pub data: Generation,
+    /// Bumped after every commit that changed who may do what (a user, token, membership
+    /// or project; see [`access_written`]), before any of its writes is answered.
+    pub access: Generation,
+}
+
+/// A counter of committed changes, for caches of values derived from the store: read it
+/// BEFORE reading the store, and keep the derived value only while the counter still shows
+/// that number. The writer bumps it after the commit and before answering, so a reader that
+/// sees the new number reads the new data, and a value read from older data carries an older
+/// number — exact invalidation, whichever way a read and a write interleave.
+#[derive(Debug, Default)]
+pub struct Generation(AtomicU64);
+
+impl Generation {
+    /// The current number.
+    #[must_use]
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    /// Set by a write that changes access (on the writer thread, inside its transaction).
+    static ACCESS_WRITTEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the running write as changing access (a user, an API token, a membership or a
+/// project): once it commits, [`Stats::access`] moves before the write is answered. Store
+/// functions call it next to the table writes themselves, so no caller can forget it.
+pub(crate) fn access_written() {
+    ACCESS_WRITTEN.set(true);
 }
 
 /// Batch-size buckets: powers of two up to [`MAX_BATCH`].
@@ -167,6 +205,8 @@ impl Default for Stats {
             writes: AtomicU64::new(0),
             batch_sizes: Histogram::new(BATCH_BOUNDS, 1.0),
             commit_latency: Histogram::new(crate::metrics::LATENCY_US, 1e6),
+            data: Generation::default(),
+            access: Generation::default(),
         }
     }
 }
@@ -393,6 +433,7 @@ fn commit(
                 return failed.map_or(Ok(()), Err);
             }
         };
+        ACCESS_WRITTEN.set(false);
         if let Some(failed) = batch.iter_mut().position(|job| !job.run(&tx)) {
             drop(tx.abort());
             let failed = batch.remove(failed);
@@ -427,6 +468,12 @@ fn commit(
             Err(failure) if io => Some(fail(disk, failure.clone())),
             _ => None,
         };
+        // Before anyone hears of the commit (see `Generation`); after a failed one too, in
+        // case the file kept it.
+        stats.data.bump();
+        if ACCESS_WRITTEN.take() {
+            stats.access.bump();
+        }
         if committed.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats

@@ -170,12 +170,33 @@ pub fn build_task_view(req: &Req, t: &Task) -> Result<Value, ApiError> {
 
 /// A page of tasks as a list (§7.2), serialized straight from the page.
 fn render_list(page: &TaskPage) -> hyper::Response<body::Body> {
+    body::json_rendered(list_json(page))
+}
+
+/// The JSON [`render_list`] answers with (the bytes `body::json` writes).
+fn list_json(page: &TaskPage) -> Bytes {
     let views: Vec<ListedTask<'_>> = page
         .tasks
         .iter()
         .map(|t| task_with_tpl(t, &page.templates, &page.users, &page.builds))
         .collect();
-    body::json(StatusCode::OK, &views)
+    let mut bytes = serde_json::to_vec(&views).unwrap_or_else(|_| b"null".to_vec());
+    bytes.push(b'\n');
+    bytes.into()
+}
+
+/// The newest `limit` tasks (of template `tpl`, when given) as [`render_list`] renders them,
+/// rendered again only when the store has changed since (see `http::rendered`).
+fn render_last(req: &Req, tpl: Option<u64>, limit: usize) -> HandlerResult {
+    let access = req.access()?;
+    let services = &req.app.services;
+    // Read before the store (see `store::writer::Generation`).
+    let generation = services.store().writer_stats().data.current();
+    let key = (access.project.id, tpl, limit);
+    let bytes = req.app.rendered.page(key, generation, || {
+        Ok(list_json(&services.task_page(access, tpl, limit)?))
+    })?;
+    Ok(body::json_rendered(bytes))
 }
 
 fn last_limit(req: &Req) -> usize {
@@ -205,12 +226,7 @@ pub async fn list(req: Req) -> HandlerResult {
 
 /// `GET /api/project/{project_id}/tasks/last?limit=N` (1..200, default 200).
 pub async fn last(req: Req) -> HandlerResult {
-    let limit = last_limit(&req);
-    Ok(render_list(&req.app.services.task_page(
-        req.access()?,
-        None,
-        limit,
-    )?))
+    render_last(&req, None, last_limit(&req))
 }
 
 /// `GET /api/project/{project_id}/templates/{template_id}/tasks`.
@@ -228,12 +244,7 @@ pub async fn template_tasks(req: Req) -> HandlerResult {
 pub async fn template_tasks_last(req: Req) -> HandlerResult {
     let tpl = req.id("template_id", "template")?;
     req.app.services.resource::<Template>(req.access()?, tpl)?;
-    let limit = last_limit(&req);
-    Ok(render_list(&req.app.services.task_page(
-        req.access()?,
-        Some(tpl),
-        limit,
-    )?))
+    render_last(&req, Some(tpl), last_limit(&req))
 }
 
 /// The route's task; upstream answers 400 (not 404) for a task outside the project.
