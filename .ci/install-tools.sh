@@ -17,6 +17,8 @@
 #                    - tests/metrics.rs parses /api/metrics with the Prometheus project's own
 #                      text parser: PyPI, in the same venv
 #   chromium         - tests/browser.rs drives the web page in headless Chromium (Debian)
+#   openssh-server   - tests/secrets_linger.rs starts a throwaway sshd on a loopback port to
+#                      check SSH host key pinning (Debian; the service itself is not used)
 #   newman, playwright-core, openapi-to-postmanv2
 #                    - npm packages pinned in tests/js/package.json (+ lock), installed into
 #                      tests/js/node_modules (git-ignored): newman runs the Postman walk-through,
@@ -48,6 +50,7 @@ command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v file >/dev/null 2>&1 || need_apt+=(file)
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_install "${need_apt[@]}"

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod host_keys;
 mod integrations;
+pub use host_keys::HostKey;
 pub use integrations::{
     Delivery, DeliveryOutcome, Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue,
 };

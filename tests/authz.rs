@@ -162,6 +162,11 @@ fn rows() -> Vec<Row> {
         row(U, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
         row(D, "/api/project/{project_id}/views/{view_id}",                   [401, 404, 403, 403, 204, 204, 204]),
         row(G, "/api/project/{project_id}/views/{view_id}/templates",         [401, 404, 200, 200, 200, 200, 200]),
+        // No key is pinned in the fixture (pinning needs an SSH server: tests/secrets_linger.rs
+        // reads and forgets a real one), so an allowed caller gets 404 for one key.
+        row(G, "/api/project/{project_id}/host_keys",                         [401, 404, 200, 200, 200, 200, 200]),
+        row(G, "/api/project/{project_id}/host_keys/{host_key_id}",           [401, 404, 404, 404, 404, 404, 404]),
+        row(D, "/api/project/{project_id}/host_keys/{host_key_id}",           [401, 404, 403, 403, 404, 404, 404]),
         // Schedules (issue 13): reads for members, writes and validate for ManageResources.
         row(G, "/api/project/{project_id}/schedules",                         [401, 404, 200, 200, 200, 200, 200]),
         row(P, "/api/project/{project_id}/schedules",                         [401, 404, 403, 403, 201, 201, 201]),
@@ -274,6 +279,8 @@ impl Fixture {
             "value_id" => self.value,
             "alias_id" => self.alias,
             "user_id" => self.member,
+            // Never pinned: see the host key rows.
+            "host_key_id" => 1,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
         }
     }

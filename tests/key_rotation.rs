@@ -32,6 +32,7 @@ const TASK_SECRET: &str = "rotate-task-secret-0bd";
 /// writes the secret itself to the output).
 const SCRIPT: &str = "#!/usr/bin/env bash\n\
     echo \"env=$(printf %s \"$API_TOKEN\" | rev)\"\n\
+    echo \"var=$(printf %s \"$db_password\" | rev)\"\n\
     for a in \"$@\"; do echo \"arg=$(printf %s \"$a\" | rev)\"; done\n";
 
 fn rev(s: &str) -> String {

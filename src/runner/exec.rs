@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::output::Sink;
-use super::{Decision, Inner, Stop, process, terraform};
+use super::{Decision, Inner, Stop, hostkeys, process, secrets, terraform};
 use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
     Template,
@@ -75,6 +75,8 @@ pub(super) async fn run(
     let first = inner.store.output_len(id).unwrap_or(0);
     let sink = Sink::start(Arc::clone(&inner), task.clone(), first);
     let task_dir = inner.settings.work_dir.join("tasks").join(id.to_string());
+    // Removes the task's secrets on every way out, a panic included.
+    let _secrets = secrets::TaskDir::guard(task_dir.clone());
     let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir, &decision).await;
     let lost = sink.lost();
     let (mut status, line) = match &outcome {
@@ -105,12 +107,7 @@ pub(super) async fn run(
         );
     }
     // Keys, passwords and extra vars go on every path (a crash is swept at the next start).
-    if let Err(e) = std::fs::remove_dir_all(&task_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::error!(task = id, dir = %task_dir.display(), error = %e,
-            "cannot remove the task's workspace");
-    }
+    secrets::remove(&task_dir);
     if matches!(outcome, Outcome::NotStarted) {
         return;
     }
@@ -479,7 +476,7 @@ fn private_dir(path: &Path) -> Result<(), String> {
 }
 
 /// Writes a file only we can read (keys, passwords, extra vars).
-fn private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
+pub(super) fn private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -646,11 +643,40 @@ async fn prepare_repository(
         .join(format!("repository_{}_{}", repo.id, template.id));
     let mut env = base_env(task, task_dir, &dir);
     env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
-    env.extend(git_credentials(
+    // Submodules get no credentials: a `.gitmodules` URL must not collect the repository's.
+    let mut submodule_env = env.clone();
+    submodule_env.push((
+        "GIT_SSH_COMMAND".into(),
+        hostkeys::ssh_command(None, task_dir),
+    ));
+    let credentials = git_credentials(
         m.secret(inner, Some(repo.ssh_key_id))?,
         task_dir,
-    )?);
-    checkout(&repo.git_url, &branch, &dir, &env, sink).await?;
+        &repo.git_url,
+    )?;
+    if !credentials.iter().any(|(k, _)| k == "GIT_SSH_COMMAND") {
+        env.push((
+            "GIT_SSH_COMMAND".into(),
+            hostkeys::ssh_command(None, task_dir),
+        ));
+    }
+    env.extend(credentials);
+    let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
+    let checked_out = checkout(&repo.git_url, &branch, &dir, &env, &submodule_env, sink).await;
+    let (ssh_lines, changed) = pins.explain();
+    for line in ssh_lines {
+        sink.line(line).await;
+    }
+    for host in pins.learn(inner).await {
+        sink.line(format!(
+            "Pinned the SSH host key of {host} for this project"
+        ))
+        .await;
+    }
+    if let Some(line) = changed {
+        return Err(line);
+    }
+    checked_out?;
     if let Some(hash) = &task.commit_hash {
         sink.line(format!("Checking out commit {hash}")).await;
         git(
@@ -670,36 +696,22 @@ async fn prepare_repository(
 pub(super) fn git_credentials(
     secret: Option<(KeyKind, KeySecret)>,
     dir: &Path,
+    url: &str,
 ) -> Result<Vec<(String, String)>, String> {
     let mut env = Vec::new();
     match secret {
         Some((KeyKind::Ssh, s)) => {
             let key = key_file(dir, "git_ssh_key", &s)?;
-            let known_hosts = dir.join("known_hosts");
             env.push((
                 "GIT_SSH_COMMAND".into(),
-                format!(
-                    "ssh -i '{}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new \
-                     -o UserKnownHostsFile='{}'",
-                    key.display(),
-                    known_hosts.display()
-                ),
+                hostkeys::ssh_command(Some(&key), dir),
             ));
         }
+        // Credentials reach git through a helper reading the child's environment, never
+        // through the URL (which would show in `ps` and in .git/config), and only for the
+        // repository's own host.
         Some((KeyKind::LoginPassword, s)) => {
-            // Credentials reach git through a helper reading the child's environment, never
-            // through the URL (which would show in `ps` and in .git/config).
-            env.extend([
-                ("GIT_CONFIG_COUNT".into(), "1".into()),
-                ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
-                (
-                    "GIT_CONFIG_VALUE_0".into(),
-                    "!f() { echo \"username=$FORGE_GIT_USER\"; echo \"password=$FORGE_GIT_PASSWORD\"; }; f"
-                        .into(),
-                ),
-                ("FORGE_GIT_USER".into(), s.login),
-                ("FORGE_GIT_PASSWORD".into(), s.password),
-            ]);
+            env.extend(secrets::credential_env(url, s.login, s.password));
         }
         _ => {}
     }
@@ -795,8 +807,9 @@ pub(super) fn arguments(template: &Template, task: &Task) -> (Vec<String>, Vec<S
     (parse(template.arguments.as_deref()), task_args)
 }
 
-/// `bash|python3 <script> [NAME=secret ...] [template args] [KEY=extra var ...] [task args]`
-/// (upstream's order; extra vars sorted by key).
+/// `bash|python3 <script> [template args] [KEY=extra var ...] [task args]` (upstream's order;
+/// extra vars sorted by key); `var` secrets are `NAME=secret` in the environment (upstream
+/// puts them on the command line, where `ps` shows them).
 fn shell(
     template: &Template,
     task: &Task,
@@ -811,7 +824,6 @@ fn shell(
     };
     let (template_args, task_args) = arguments(template, task);
     let mut args = vec![template.playbook.clone()];
-    args.extend(vars.var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
     args.extend(template_args);
     for (k, v) in &vars.extra {
         let value = match v {
@@ -821,19 +833,23 @@ fn shell(
         args.push(format!("{k}={value}"));
     }
     args.extend(task_args);
+    // Secrets go through the environment, never argv (which anyone on the host can read).
+    let mut env = vars.env;
+    env.extend(vars.var_secrets);
     Ok(Prepared {
         cwd,
         program,
         prefix: Vec::new(),
         args,
-        env: vars.env,
+        env,
         flow: None,
     })
 }
 
 /// `ansible-playbook -i <inventory> [key options] [-vvvv] [--diff] [--check]
-/// --extra-vars=@<file> [template args] [task args] [--limit=X] <playbook>`. Every secret
-/// goes through 0600 files, never the command line.
+/// --extra-vars=@<file> [template args] [task args] [--limit=X] <playbook>`. No secret is on
+/// the command line: keys are 0600 files in the task's private dir, extra vars and vault
+/// passwords [`secrets::handoff`]s.
 fn ansible(
     inner: &Inner,
     task: &Task,
@@ -888,8 +904,7 @@ fn ansible(
     }
     for (i, vault) in template.vaults.iter().enumerate() {
         if let Some((_, s)) = m.secret(inner, Some(vault.vault_key_id))? {
-            let file = task_dir.join(format!("vault_{i}"));
-            private_file(&file, s.password.as_bytes())?;
+            let file = secrets::handoff(task_dir, &format!("vault_{i}"), s.password.into_bytes())?;
             let name = vault.name.clone().unwrap_or_else(|| "default".into());
             args.push(format!("--vault-id={name}@{}", file.display()));
         }
@@ -916,12 +931,13 @@ fn ansible(
         "semaphore_vars".into(),
         serde_json::json!({"task_details": {"id": task.id, "message": task.message}}),
     );
-    let vars_file = task_dir.join("extra_vars.json");
-    private_file(
-        &vars_file,
+    // Read once by ansible through a FIFO removed as soon as it opens it: never on disk.
+    let vars_file = secrets::handoff(
+        task_dir,
+        "extra_vars.json",
         serde_json::Value::Object(std::mem::take(extra))
             .to_string()
-            .as_bytes(),
+            .into_bytes(),
     )?;
     args.push(format!("--extra-vars=@{}", vars_file.display()));
     let (template_args, task_args) = arguments(template, task);
@@ -948,12 +964,13 @@ fn ansible(
 }
 
 /// Clones `url` at `branch` into `dir`, or brings an existing clone up to date (re-cloning
-/// when that fails).
+/// when that fails); submodules with `submodule_env`.
 async fn checkout(
     url: &str,
     branch: &str,
     dir: &Path,
     env: &[(String, String)],
+    submodule_env: &[(String, String)],
     sink: &Sink,
 ) -> Result<(), String> {
     if dir.join(".git").is_dir() {
@@ -977,13 +994,7 @@ async fn checkout(
             )
             .await?;
             git(&["clean", "-ffdx"], dir, env, sink).await?;
-            git(
-                &["submodule", "update", "--init", "--recursive"],
-                dir,
-                env,
-                sink,
-            )
-            .await
+            submodules(dir, submodule_env, sink).await
         }
         .await;
         if updated.is_ok() {
@@ -998,16 +1009,20 @@ async fn checkout(
     }
     let target = dir.display().to_string();
     let parent = dir.parent().unwrap_or(dir);
-    let args = [
-        "clone",
-        "--recursive",
-        "--branch",
-        branch,
-        "--",
-        url,
-        target.as_str(),
-    ];
-    git(&args, parent, env, sink).await
+    let args = ["clone", "--branch", branch, "--", url, target.as_str()];
+    git(&args, parent, env, sink).await?;
+    submodules(dir, submodule_env, sink).await
+}
+
+/// Checks out the submodules of the clone in `dir`, with `env` (which holds no credentials).
+async fn submodules(dir: &Path, env: &[(String, String)], sink: &Sink) -> Result<(), String> {
+    git(
+        &["submodule", "update", "--init", "--recursive"],
+        dir,
+        env,
+        sink,
+    )
+    .await
 }
 
 /// Stores on the task the hash and subject of the commit checked out in `cwd` (`commit_hash`,

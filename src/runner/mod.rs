@@ -7,10 +7,12 @@
 //! to the store first, so a crash loses nothing that was acknowledged.
 
 mod exec;
+mod hostkeys;
 mod output;
 pub mod process;
 mod queue;
 pub mod remote;
+mod secrets;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};

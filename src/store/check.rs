@@ -505,6 +505,14 @@ fn check_scoped(
     scoped::<View>(tx, report, PROJECT_VIEW, "views", projects, |v| {
         (v.project_id, v.id)
     })?;
+    scoped::<crate::model::HostKey>(
+        tx,
+        report,
+        crate::store::tables::PROJECT_HOSTKEY,
+        "host_keys",
+        projects,
+        |k| (k.project_id, k.id),
+    )?;
     let schedules = scoped::<crate::model::Schedule>(
         tx,
         report,
@@ -802,6 +810,7 @@ fn check_counters(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         (PROJECT_TASK, "next_task_id"),
         (PROJECT_VIEW, "next_view_id"),
         (crate::store::tables::PROJECT_SCHEDULE, "next_schedule_id"),
+        (crate::store::tables::PROJECT_HOSTKEY, "next_host_key_id"),
         (
             crate::store::tables::PROJECT_INTEGRATION,
             "next_integration_id",

@@ -62,6 +62,11 @@ resource!(Template, PROJECT_TEMPLATE, "next_template_id");
 resource!(Task, PROJECT_TASK, "next_task_id");
 resource!(crate::model::View, PROJECT_VIEW, "next_view_id");
 resource!(
+    crate::model::HostKey,
+    super::tables::PROJECT_HOSTKEY,
+    "next_host_key_id"
+);
+resource!(
     crate::model::Schedule,
     super::tables::PROJECT_SCHEDULE,
     "next_schedule_id"

@@ -124,6 +124,11 @@ pub const INTEGRATION_DELIVERY: TableDefinition<(ProjectId, u64, u64), &[u8]> =
 /// order per channel (see `store::outbox`); ids come from the `next_alert_id` counter.
 pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("alert_outbox");
 
+/// (project id, host key id) → encoded [`crate::model::HostKey`]: SSH host keys pinned for a
+/// project on first use.
+pub const PROJECT_HOSTKEY: TableDefinition<(ProjectId, u64), &[u8]> =
+    TableDefinition::new("host_keys");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
@@ -140,4 +145,5 @@ pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
     PROJECT_INTEGRATION_MATCHER,
     PROJECT_INTEGRATION_VALUE,
     PROJECT_INTEGRATION_ALIAS,
+    PROJECT_HOSTKEY,
 ];

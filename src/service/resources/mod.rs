@@ -13,6 +13,7 @@
 //! implementing [`ProjectResource`], and its routes (`http::handlers::resources`).
 
 mod environments;
+mod host_keys;
 mod inventories;
 mod keys;
 mod repositories;
@@ -21,6 +22,7 @@ mod templates;
 mod views;
 
 pub use environments::{EnvironmentInput, SecretInfo, SecretInput, secret_kind_name};
+pub use host_keys::HostKeyInput;
 pub use inventories::{INVENTORY_TYPES, InventoryInput};
 pub use keys::{KeyFields, KeyInput, LoginPasswordInput, SshInput, needs_secret, restored_key};
 pub use repositories::RepositoryInput;

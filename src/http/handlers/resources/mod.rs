@@ -8,6 +8,7 @@
 //! (204; 400 `inUse` while something uses it), `GET .../refs` says what uses it.
 
 mod environments;
+mod host_keys;
 mod inventories;
 mod keys;
 mod repositories;

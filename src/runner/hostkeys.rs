@@ -1,0 +1,205 @@
+//! SSH host keys pinned per project on first use.
+//!
+//! Before a task's git runs, the project's pinned keys are written to the task's own
+//! `known_hosts` and ssh runs with `StrictHostKeyChecking=accept-new`: a pinned host must show
+//! its pinned key (ssh refuses any other), and a host not pinned yet is accepted and added to
+//! the file. After git, the keys the file gained are stored for the project
+//! ([`Pins::learn`]). ssh logs into the task's dir (`-E`), so a changed key is recognised and
+//! the task fails with a line that says so ([`Pins::explain`]); the other log lines are
+//! copied into the task's output.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::Inner;
+use crate::model::{HostKey, ProjectId, TaskId};
+
+/// The file ssh reads and extends, in the task's private dir.
+const KNOWN_HOSTS: &str = "known_hosts";
+/// Where ssh logs (`-E`), in the task's private dir.
+const SSH_LOG: &str = "ssh.log";
+
+/// What ssh says when a host shows another key than the one known for it.
+const CHANGED: &str = "REMOTE HOST IDENTIFICATION HAS CHANGED";
+
+/// The ssh command git runs (`GIT_SSH_COMMAND`), with `key` as the only identity when given,
+/// the known hosts and log of `dir`, and never a prompt.
+pub(super) fn ssh_command(key: Option<&Path>, dir: &Path) -> String {
+    let identity = key.map_or_else(
+        // No key of ours, and none of the (per-task) home's either.
+        || "-o IdentityFile=none".to_owned(),
+        |k| format!("-i '{}'", k.display()),
+    );
+    format!(
+        "ssh {identity} -o IdentitiesOnly=yes -o BatchMode=yes \
+         -o StrictHostKeyChecking=accept-new -o HashKnownHosts=no \
+         -o UserKnownHostsFile='{}' -o GlobalKnownHostsFile=/dev/null -E '{}'",
+        dir.join(KNOWN_HOSTS).display(),
+        dir.join(SSH_LOG).display()
+    )
+}
+
+/// One `known_hosts` entry: (host, key type, key).
+type Entry = (String, String, String);
+
+/// The `known_hosts` lines Forge writes and reads: `host[,host...] type key [comment]`;
+/// hashed hosts, markers and malformed lines are skipped.
+fn parse(text: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(hosts), Some(kind), Some(key)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if hosts.starts_with(['#', '|', '@']) {
+            continue;
+        }
+        for host in hosts.split(',').filter(|h| !h.is_empty()) {
+            out.push((host.to_owned(), kind.to_owned(), key.to_owned()));
+        }
+    }
+    out
+}
+
+/// A project's pinned keys, as written for one task.
+pub(super) struct Pins {
+    project: ProjectId,
+    task: TaskId,
+    known: BTreeSet<Entry>,
+    dir: PathBuf,
+}
+
+impl Pins {
+    /// Writes the pinned keys of `project` into `dir/known_hosts` (`0600`).
+    pub(super) fn write(
+        inner: &Inner,
+        project: ProjectId,
+        task: TaskId,
+        dir: &Path,
+    ) -> Result<Self, String> {
+        let keys: Vec<HostKey> = inner
+            .store
+            .view()
+            .and_then(|v| v.list(project))
+            .map_err(|e| format!("cannot read the project's host keys: {e}"))?;
+        let known: BTreeSet<Entry> = keys
+            .into_iter()
+            .map(|k| (k.host, k.key_type, k.key))
+            .collect();
+        let text = known
+            .iter()
+            .map(|(host, kind, key)| [host.as_str(), kind, key].join(" ") + "\n")
+            .collect::<String>();
+        super::exec::private_file(&dir.join(KNOWN_HOSTS), text.as_bytes())?;
+        Ok(Self {
+            project,
+            task,
+            known,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Stores every key ssh added to the task's `known_hosts` (hosts met for the first time);
+    /// returns the hosts it pinned.
+    pub(super) async fn learn(&self, inner: &Inner) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(self.dir.join(KNOWN_HOSTS)) else {
+            return Vec::new();
+        };
+        let new: Vec<Entry> = parse(&text)
+            .into_iter()
+            .filter(|e| !self.known.contains(e))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if new.is_empty() {
+            return Vec::new();
+        }
+        let (project, task) = (self.project, self.task);
+        let hosts = new.iter().map(|(h, _, _)| h.clone()).collect();
+        let result = inner
+            .store
+            .transact_async(inner.host.now(), move |tx| {
+                let pinned: Vec<HostKey> = tx.list(project)?;
+                for (host, key_type, key) in &new {
+                    // Another task of the project may have pinned it meanwhile.
+                    if pinned
+                        .iter()
+                        .any(|k| &k.host == host && &k.key_type == key_type)
+                    {
+                        continue;
+                    }
+                    let mut k = HostKey {
+                        id: 0,
+                        project_id: project,
+                        host: host.clone(),
+                        key_type: key_type.clone(),
+                        key: key.clone(),
+                        created: tx.now(),
+                        task_id: task,
+                    };
+                    tx.insert(&mut k)?;
+                }
+                Ok::<_, crate::store::Error>(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(task, error = %e, "cannot store learned host keys");
+            return Vec::new();
+        }
+        hosts
+    }
+
+    /// ssh's log lines of the run so far (then the log is emptied), and the line that says
+    /// why the task fails when a host showed another key than its pinned one.
+    pub(super) fn explain(&self) -> (Vec<String>, Option<String>) {
+        let path = self.dir.join(SSH_LOG);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("ssh: {l}"))
+            .collect();
+        let changed = text.contains(CHANGED).then(|| {
+            let host = text
+                .lines()
+                .find_map(|l| {
+                    l.split_once("Host key for ")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "an SSH host".into());
+            format!(
+                "SSH host key changed: {host} did not show the key pinned for this project, \
+                 so the task was stopped (if the change is expected, forget the old key: \
+                 DELETE /api/project/{}/host_keys/{{id}})",
+                self.project
+            )
+        });
+        (lines, changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn known_hosts_lines_give_host_type_and_key() {
+        let text = "[127.0.0.1]:2222 ssh-ed25519 AAAAC3 comment\n\
+                    a.example,b.example ecdsa-sha2-nistp256 AAAAE2\n\
+                    |1|hashed= ssh-rsa AAAAB3\n\
+                    @revoked x ssh-rsa AAAA\n\
+                    # comment\n\
+                    short line\n\n";
+        let got = parse(text);
+        let want = [
+            ("[127.0.0.1]:2222", "ssh-ed25519", "AAAAC3"),
+            ("a.example", "ecdsa-sha2-nistp256", "AAAAE2"),
+            ("b.example", "ecdsa-sha2-nistp256", "AAAAE2"),
+        ]
+        .map(|(h, t, k)| (h.to_owned(), t.to_owned(), k.to_owned()));
+        assert_eq!(got, want);
+    }
+}
