@@ -332,7 +332,7 @@ pub(super) async fn run_command(
     )
     .await;
     // Every line the app wrote comes before the line saying how it ended.
-    let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
+    sink.drained(output_done, DRAIN_OUTPUT).await;
     outcome
 }
 

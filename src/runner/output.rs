@@ -97,6 +97,16 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Awaits `done` (the app's pipes closed) the way [`Sink::finish_within`] waits for its
+    /// senders: as long as storing makes progress within each `wait`, so that on a slow
+    /// machine the line saying how the app ended still comes after all of its output.
+    pub(super) async fn drained(&self, done: impl std::future::Future, wait: std::time::Duration) {
+        let until = tokio::time::Instant::now() + wait * MAX_OPEN_WAITS;
+        while_storing(done, wait, &self.stored, Some(until)).await;
+    }
+}
+
 /// How many `wait`s [`Sink::finish_within`] gives senders that keep sending after the app.
 const MAX_OPEN_WAITS: u32 = 12;
 
