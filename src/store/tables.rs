@@ -124,6 +124,12 @@ pub const INTEGRATION_DELIVERY: TableDefinition<(ProjectId, u64, u64), &[u8]> =
 /// order per channel (see `store::outbox`); ids come from the `next_alert_id` counter.
 pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("alert_outbox");
 
+/// Remote runners by id (encoded [`crate::model::RemoteRunner`]).
+pub const RUNNERID_RUNNER: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
+/// Runner token hash → runner id: the `X-Runner-Token` lookup.
+pub const TOKENHASH_RUNNERID: TableDefinition<SecretHash, u64> =
+    TableDefinition::new("runners_by_token");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[

@@ -1,0 +1,3 @@
+//! `forge runner`: a remote runner agent (see docs/runners.md).
+
+pub mod protocol;
