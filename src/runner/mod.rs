@@ -13,6 +13,7 @@ pub mod process;
 mod queue;
 pub mod remote;
 mod remote_exec;
+pub mod seam;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};
