@@ -152,6 +152,8 @@ async fn steps(
         .and_then(|p| i32::try_from(p).ok())
         .unwrap_or(0);
     let _group = GroupGuard(pgid);
+    // Read by the next start of the runner if this one is killed (see `sweep_leftovers`).
+    let _ = std::fs::write(task_dir.join("pgid"), pgid.to_string());
     let grace = Duration::from_secs(job.stop_grace_secs);
     let mut stopped = false;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -398,5 +400,27 @@ async fn asked(stop: &mut watch::Receiver<bool>) {
     let asked = stop.wait_for(|s| *s).await.is_ok();
     if !asked {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Kills what jobs of a killed runner left running (their process groups, when a member still
+/// carries the task's `FORGE_TASK_ID`) and removes their task directories; runs at start.
+pub fn sweep_leftovers(work: &Path) {
+    let Ok(entries) = std::fs::read_dir(work.join("tasks")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let pgid = std::fs::read_to_string(entry.path().join("pgid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pgid) = pgid
+            && process::kill_leftover_group(pgid, id)
+        {
+            tracing::warn!(task = id, pgid, "killed leftover processes of an interrupted job");
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }

@@ -238,6 +238,7 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
         .mode(0o700)
         .create(cfg.work_dir.join("spool"))
         .map_err(|e| format!("cannot create {}: {e}", cfg.work_dir.display()))?;
+    job::sweep_leftovers(&cfg.work_dir);
     let agent = Arc::new(Agent {
         api: Api::new(&cfg.server, &cfg.token)?,
         work: cfg.work_dir.clone(),

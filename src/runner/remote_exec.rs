@@ -48,11 +48,12 @@ async fn steps(
         // It stays `waiting` and queues again at the next start.
         return;
     }
-    let claimed = exec::update(inner, id, |t| {
+    let claimed = exec::update(inner, id, move |t| {
         if t.status != TaskStatus::Waiting {
             return false;
         }
         t.status = TaskStatus::Starting;
+        t.runner_id = Some(runner);
         true
     })
     .await;
@@ -492,8 +493,13 @@ pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
 impl Inner {
     /// The runner tag of template `template` of `project`, if it has one.
     pub(super) fn runner_tag(&self, project: crate::model::ProjectId, template: u64) -> Option<String> {
-        let _ = (project, template);
-        None
+        self.store
+            .view()
+            .ok()?
+            .get::<Template>(project, template)
+            .ok()
+            .flatten()?
+            .runner_tag
     }
 }
 
