@@ -281,7 +281,10 @@ impl Config {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let line = text.lines().next().unwrap_or_default().trim();
         if line.is_empty() {
-            return Err(format!("{}: the runner registration token is empty", path.display()));
+            return Err(format!(
+                "{}: the runner registration token is empty",
+                path.display()
+            ));
         }
         Ok(Some(Secret(line.to_owned())))
     }

@@ -65,10 +65,10 @@ impl Api {
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
             .map_err(|e| format!("invalid URL: {e}"))?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(USER_AGENT, concat!("forge-runner/", env!("CARGO_PKG_VERSION")));
+        let mut req = Request::builder().method(method).uri(uri).header(
+            USER_AGENT,
+            concat!("forge-runner/", env!("CARGO_PKG_VERSION")),
+        );
         if !self.token.is_empty() {
             req = req.header(TOKEN_HEADER, &self.token);
         }

@@ -147,10 +147,7 @@ async fn steps(
             ));
         }
     };
-    let pgid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .unwrap_or(0);
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let _group = GroupGuard(pgid);
     // Read by the next start of the runner if this one is killed (see `sweep_leftovers`).
     let _ = std::fs::write(task_dir.join("pgid"), pgid.to_string());
@@ -227,10 +224,9 @@ async fn prepare(
         }
         path
     } else {
-        let dir = work.join("repos").join(format!(
-            "repository_{}_{}",
-            job.project_id, job.template_id
-        ));
+        let dir = work
+            .join("repos")
+            .join(format!("repository_{}_{}", job.project_id, job.template_id));
         let mut env = base_env(job, task_dir, &dir);
         env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
         env.extend(crate::runner::seam::credentials_env(
@@ -380,8 +376,7 @@ async fn git(
         .envs(env.iter().cloned());
     let (tx, rx) = mpsc::channel::<Chunk>(16);
     let pump = tokio::spawn(pump(rx, Arc::clone(handle)));
-    let (mut child, _done) =
-        process::spawn(cmd, tx).map_err(|e| format!("cannot run git: {e}"))?;
+    let (mut child, _done) = process::spawn(cmd, tx).map_err(|e| format!("cannot run git: {e}"))?;
     let _group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
     let status = child.wait().await.map_err(|e| format!("git failed: {e}"))?;
     let _ = tokio::time::timeout(DRAIN, pump).await;
@@ -410,7 +405,11 @@ pub fn sweep_leftovers(work: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         let pgid = std::fs::read_to_string(entry.path().join("pgid"))
@@ -419,7 +418,11 @@ pub fn sweep_leftovers(work: &Path) {
         if let Some(pgid) = pgid
             && process::kill_leftover_group(pgid, id)
         {
-            tracing::warn!(task = id, pgid, "killed leftover processes of an interrupted job");
+            tracing::warn!(
+                task = id,
+                pgid,
+                "killed leftover processes of an interrupted job"
+            );
         }
         let _ = std::fs::remove_dir_all(entry.path());
     }

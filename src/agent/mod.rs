@@ -133,8 +133,8 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
                     client::error_text(&answer)
                 ));
             }
-            let r: Registered = serde_json::from_slice(&answer)
-                .map_err(|e| format!("unexpected answer: {e}"))?;
+            let r: Registered =
+                serde_json::from_slice(&answer).map_err(|e| format!("unexpected answer: {e}"))?;
             let work_dir = match work_dir {
                 Some(w) => std::path::absolute(w).map_err(|e| e.to_string())?,
                 None => {
@@ -152,7 +152,11 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
                 work_dir,
             };
             write_config(&config, &cfg)?;
-            println!("registered as runner {}; config in {}", r.id, config.display());
+            println!(
+                "registered as runner {}; config in {}",
+                r.id,
+                config.display()
+            );
             Ok(())
         }
         RunnerCommand::Start { config } => start(read_config(&config)?).await,
@@ -200,8 +204,7 @@ fn write_config(path: &Path, cfg: &RunnerConfig) -> Result<(), String> {
 }
 
 fn read_config(path: &Path) -> Result<RunnerConfig, String> {
-    let text =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -253,12 +256,9 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
     let mut wait = 0;
     let result = loop {
         let path = format!("/api/internal/runners?wait={wait}");
-        let call = agent.api.call(
-            Method::GET,
-            &path,
-            None,
-            Duration::from_secs(wait + 15),
-        );
+        let call = agent
+            .api
+            .call(Method::GET, &path, None, Duration::from_secs(wait + 15));
         let answer = tokio::select! {
             a = call => a,
             _ = sigterm.recv() => break Ok(()),
@@ -298,7 +298,9 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
                 }
             }
             Ok((StatusCode::UNAUTHORIZED, _)) => {
-                break Err("the server refused this runner's token (deactivated or deleted)".into());
+                break Err(
+                    "the server refused this runner's token (deactivated or deleted)".into(),
+                );
             }
             Ok((status, body)) => {
                 tracing::warn!(status = status.as_u16(), error = %client::error_text(&body), "poll failed");
@@ -371,7 +373,10 @@ async fn report_loop(agent: Arc<Agent>) {
                 commit: s.commit.clone(),
             });
         }
-        let quiet = report.jobs.iter().all(|j| j.log.is_empty() && j.status == "running" && j.commit.is_none());
+        let quiet = report
+            .jobs
+            .iter()
+            .all(|j| j.log.is_empty() && j.status == "running" && j.commit.is_none());
         if quiet && last.elapsed() < HEARTBEAT {
             continue;
         }
@@ -384,7 +389,12 @@ async fn report_loop(agent: Arc<Agent>) {
         };
         let answer = agent
             .api
-            .call(Method::PUT, "/api/internal/runners", Some(body), Duration::from_secs(60))
+            .call(
+                Method::PUT,
+                "/api/internal/runners",
+                Some(body),
+                Duration::from_secs(60),
+            )
             .await;
         match answer {
             Ok((StatusCode::OK, body)) => {

@@ -230,7 +230,11 @@ impl Fleet {
         f: impl FnOnce(&mut Assigned) -> T,
     ) -> Option<T> {
         let mut state = self.lock();
-        state.jobs.get_mut(&id).filter(|a| a.runner == runner).map(f)
+        state
+            .jobs
+            .get_mut(&id)
+            .filter(|a| a.runner == runner)
+            .map(f)
     }
 
     /// Adds `ids` to the stops of `runner`.

@@ -848,7 +848,11 @@ impl Inner {
         let mut blocked: HashSet<ProjectId> = state.closing.keys().copied().collect();
         let mut limits: HashMap<ProjectId, u32> = HashMap::new();
         loop {
-            let local = state.running.values().filter(|r| r.remote.is_none()).count();
+            let local = state
+                .running
+                .values()
+                .filter(|r| r.remote.is_none())
+                .count();
             let local_free = self.settings.max_parallel == 0 || local < self.settings.max_parallel;
             let Some(Queued {
                 id,
@@ -878,7 +882,9 @@ impl Inner {
                 blocked.insert(project);
                 continue;
             }
-            let place = self.fleet.place(self.runner_tag(project, template).as_deref(), local_free);
+            let place = self
+                .fleet
+                .place(self.runner_tag(project, template).as_deref(), local_free);
             let remote = match place {
                 fleet::Place::Local => None,
                 fleet::Place::Remote(id) => Some(id),
@@ -909,7 +915,8 @@ impl Inner {
             tokio::spawn(async move {
                 match remote {
                     Some((runner, out, ending)) => {
-                        let run = remote_exec::run(Arc::clone(&inner), id, runner, stop_rx, out, ending);
+                        let run =
+                            remote_exec::run(Arc::clone(&inner), id, runner, stop_rx, out, ending);
                         run.await;
                     }
                     None => exec::run(Arc::clone(&inner), id, stop_rx, decision).await,

@@ -12,9 +12,7 @@ use tokio::sync::watch;
 
 use super::fleet::{Ending, Output};
 use super::{Inner, Stop, exec, terraform};
-use crate::agent::protocol::{
-    Credentials, Job, JobRepository, Poll, Report, ReportAnswer,
-};
+use crate::agent::protocol::{Credentials, Job, JobRepository, Poll, Report, ReportAnswer};
 use crate::model::{KeyKind, OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
 
 /// Variables of the base environment the runner sets itself (its own paths and `PATH`).
@@ -329,10 +327,8 @@ pub(super) async fn poll(inner: &Arc<Inner>, record: &RemoteRunner, wait_secs: u
         inner.wake.notify_one();
     }
     let timeout = inner.fleet.timeout();
-    let wait = std::time::Duration::from_secs(
-        wait_secs.min(crate::agent::protocol::MAX_WAIT_SECS),
-    )
-    .min(timeout / 2);
+    let wait = std::time::Duration::from_secs(wait_secs.min(crate::agent::protocol::MAX_WAIT_SECS))
+        .min(timeout / 2);
     let deadline = tokio::time::Instant::now() + wait;
     let mut handout = loop {
         let (handout, wake) = inner.fleet.take_handout(record.id);
@@ -436,7 +432,9 @@ pub(super) async fn report(
             .collect();
         if !fresh.is_empty() {
             append(inner, &task, &out, fresh).await;
-            inner.fleet.with_job(record.id, id, |a| a.seen = a.seen.max(total));
+            inner
+                .fleet
+                .with_job(record.id, id, |a| a.seen = a.seen.max(total));
         }
         if let Some(commit) = j.commit {
             exec::update(inner, id, move |t| {
@@ -492,7 +490,11 @@ pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
 
 impl Inner {
     /// The runner tag of template `template` of `project`, if it has one.
-    pub(super) fn runner_tag(&self, project: crate::model::ProjectId, template: u64) -> Option<String> {
+    pub(super) fn runner_tag(
+        &self,
+        project: crate::model::ProjectId,
+        template: u64,
+    ) -> Option<String> {
         self.store
             .view()
             .ok()?

@@ -67,7 +67,11 @@ impl Store {
     /// Storage failures only.
     pub fn runner_by_token(&self, hash: &SecretHash) -> Result<Option<RemoteRunner>> {
         let tx = self.read()?;
-        let Some(id) = tx.open_table(TOKENHASH_RUNNERID)?.get(hash)?.map(|v| v.value()) else {
+        let Some(id) = tx
+            .open_table(TOKENHASH_RUNNERID)?
+            .get(hash)?
+            .map(|v| v.value())
+        else {
             return Ok(None);
         };
         match tx.open_table(RUNNERID_RUNNER)?.get(id)? {
@@ -157,10 +161,7 @@ pub(super) fn check(tx: &WriteTransaction, report: &mut Report) -> Result<()> {
         }
     }
     report.counts.push(("runners_by_token", indexed));
-    let next = tx
-        .open_table(META)?
-        .get(COUNTER)?
-        .map_or(1, |v| v.value());
+    let next = tx.open_table(META)?.get(COUNTER)?.map_or(1, |v| v.value());
     if n > 0 && largest >= next {
         report.problems.push(format!(
             "meta: {COUNTER} is {next} but runners holds id {largest}"
