@@ -135,15 +135,14 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
             }
             let r: Registered =
                 serde_json::from_slice(&answer).map_err(|e| format!("unexpected answer: {e}"))?;
-            let work_dir = match work_dir {
-                Some(w) => std::path::absolute(w).map_err(|e| e.to_string())?,
-                None => {
-                    let mut name = std::path::absolute(&config)
-                        .map_err(|e| e.to_string())?
-                        .into_os_string();
-                    name.push(".work");
-                    PathBuf::from(name)
-                }
+            let work_dir = if let Some(w) = work_dir {
+                std::path::absolute(w).map_err(|e| e.to_string())?
+            } else {
+                let mut name = std::path::absolute(&config)
+                    .map_err(|e| e.to_string())?
+                    .into_os_string();
+                name.push(".work");
+                PathBuf::from(name)
             };
             let cfg = RunnerConfig {
                 server,

@@ -69,7 +69,9 @@ impl Spool {
                 }
             }
         }
-        let spill = self.spill.as_mut().expect("opened above");
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
         let mut line = serde_json::to_vec(&rec).unwrap_or_default();
         line.push(b'\n');
         if spill.writer.write_all(&line).is_ok() {

@@ -150,7 +150,7 @@ impl Fleet {
                     return None;
                 }
                 // Least loaded first (as a share of its limit), then fewest tasks, then id.
-                let share = if max > 0 { n * 1_000_000 / max } else { 0 };
+                let share = (n * 1_000_000).checked_div(max).unwrap_or(0);
                 Some(((share, n, o.record.id), o.record.id))
             })
             .min()
@@ -249,26 +249,23 @@ impl Fleet {
     /// whether it just came online.
     pub(super) fn touch(&self, record: &RemoteRunner, now: i64) -> bool {
         let mut state = self.lock();
-        match state.online.get_mut(&record.id) {
-            Some(o) => {
-                o.seen = Instant::now();
-                o.touched = now;
-                o.record = record.clone();
-                false
-            }
-            None => {
-                state.online.insert(
-                    record.id,
-                    Online {
-                        record: record.clone(),
-                        seen: Instant::now(),
-                        touched: now,
-                        stops: BTreeSet::new(),
-                        wake: Arc::new(Notify::new()),
-                    },
-                );
-                true
-            }
+        if let Some(o) = state.online.get_mut(&record.id) {
+            o.seen = Instant::now();
+            o.touched = now;
+            o.record = record.clone();
+            false
+        } else {
+            state.online.insert(
+                record.id,
+                Online {
+                    record: record.clone(),
+                    seen: Instant::now(),
+                    touched: now,
+                    stops: BTreeSet::new(),
+                    wake: Arc::new(Notify::new()),
+                },
+            );
+            true
         }
     }
 

@@ -1,4 +1,4 @@
-//! What `forge runner` (crate::agent) shares with the local executor without a store: the
+//! What `forge runner` (`crate::agent`) shares with the local executor without a store: the
 //! same git credential handling and the same time limit.
 
 use std::path::Path;

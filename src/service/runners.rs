@@ -68,7 +68,7 @@ fn check_text(field: &str, value: &str) -> Result<()> {
 fn apply(r: &mut RemoteRunner, input: RunnerInput) -> Result<()> {
     if let Some(name) = input.name {
         check_text("name", &name)?;
-        r.name = name.trim().to_owned();
+        name.trim().clone_into(&mut r.name);
     }
     if let Some(webhook) = input.webhook {
         check_text("webhook", &webhook)?;
