@@ -123,13 +123,22 @@ impl Fleet {
         self.registered.store(n, Ordering::Relaxed);
     }
 
-    /// Where a task of a template with `tag` goes. `local_free`: this server has a slot.
-    pub(super) fn place(&self, tag: Option<&str>, local_free: bool) -> Place {
+    /// Where a task of a template with `tag` goes. `local_free`: this server has a slot;
+    /// `here`: its app runs only on the server (unless it names a runner tag, when it waits for
+    /// a runner and fails there, saying why).
+    pub(super) fn place(&self, tag: Option<&str>, local_free: bool, here: bool) -> Place {
         let local_allowed = match self.local {
             LocalRunner::On => true,
             LocalRunner::Off => false,
             LocalRunner::Auto => self.registered.load(Ordering::Relaxed) == 0,
         };
+        if here && tag.is_none() {
+            return if local_free {
+                Place::Local
+            } else {
+                Place::Wait
+            };
+        }
         if tag.is_none() && local_allowed && local_free {
             return Place::Local;
         }

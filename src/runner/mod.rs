@@ -882,9 +882,8 @@ impl Inner {
                 blocked.insert(project);
                 continue;
             }
-            let place = self
-                .fleet
-                .place(self.runner_tag(project, template).as_deref(), local_free);
+            let (tag, here) = self.placement(project, template);
+            let place = self.fleet.place(tag.as_deref(), local_free, here);
             let remote = match place {
                 fleet::Place::Local => None,
                 fleet::Place::Remote(id) => Some(id),

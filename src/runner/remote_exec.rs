@@ -489,19 +489,25 @@ pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    /// The runner tag of template `template` of `project`, if it has one.
-    pub(super) fn runner_tag(
+    /// The runner tag of template `template` of `project`, and whether it runs only here
+    /// (its app keeps its files on the server: ansible, terraform, tofu).
+    pub(super) fn placement(
         &self,
         project: crate::model::ProjectId,
         template: u64,
-    ) -> Option<String> {
-        self.store
+    ) -> (Option<String>, bool) {
+        let t = self
+            .store
             .view()
-            .ok()?
-            .get::<Template>(project, template)
             .ok()
-            .flatten()?
-            .runner_tag
+            .and_then(|v| v.get::<Template>(project, template).ok().flatten());
+        match t {
+            Some(t) => {
+                let here = t.app == "ansible" || terraform::handles(&t.app);
+                (t.runner_tag, here)
+            }
+            None => (None, false),
+        }
     }
 }
 
