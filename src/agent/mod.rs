@@ -28,6 +28,8 @@ use crate::model::TaskId;
 
 /// Most output records of one job in one report.
 const BATCH: usize = 20_000;
+/// About the most output bytes in one report (the server's default body limit is 1 MiB).
+const BATCH_BYTES: usize = 512 * 1024;
 /// A job is reported at least this often (the server learns which jobs the runner holds).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Pause between reports while output flows (gathers a batch).
@@ -357,9 +359,11 @@ async fn report_loop(agent: Arc<Agent>) {
         }
         let mut sent = Vec::with_capacity(handles.len());
         let mut report = Report::default();
+        let mut budget = BATCH_BYTES;
         for (id, h) in &handles {
             let mut s = h.lock();
-            let (offset, log) = s.spool.peek(BATCH);
+            let (offset, log) = s.spool.peek(if budget > 0 { BATCH } else { 0 }, budget);
+            budget = budget.saturating_sub(log.iter().map(|r| r.message.len() + 32).sum());
             // The final status goes only with the last of the output.
             let done = s.status != "running" && log.len() as u64 == s.spool.len();
             let status = if done { s.status } else { "running" };

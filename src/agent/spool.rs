@@ -94,12 +94,25 @@ impl Spool {
         })
     }
 
-    /// Up to `max` unsent records from the oldest, with the number of the first.
-    pub fn peek(&mut self, max: usize) -> (u64, Vec<LogRecord>) {
+    /// Up to `max` unsent records from the oldest (and at most about `max_bytes` of text,
+    /// at least one record), with the number of the first.
+    pub fn peek(&mut self, max: usize, max_bytes: usize) -> (u64, Vec<LogRecord>) {
         if self.mem.len() < max {
             self.refill(max - self.mem.len());
         }
-        (self.first, self.mem.iter().take(max).cloned().collect())
+        let mut bytes = 0;
+        let batch = self
+            .mem
+            .iter()
+            .take(max)
+            .take_while(|r| {
+                let first = bytes == 0;
+                bytes += r.message.len() + 32;
+                first || bytes <= max_bytes
+            })
+            .cloned()
+            .collect();
+        (self.first, batch)
     }
 
     /// Reads up to `n` spilled records back into memory (only once memory holds nothing
@@ -189,10 +202,10 @@ mod tests {
         assert!(dir.path().join("spill").exists());
         let mut got = Vec::new();
         while !s.is_empty() {
-            let (first, batch) = s.peek(7);
+            let (first, batch) = s.peek(7, 1 << 20);
             assert_eq!(first, got.len() as u64);
             // A batch peeked again (its answer lost) is the same batch.
-            assert_eq!(s.peek(7).1.len(), batch.len());
+            assert_eq!(s.peek(7, 1 << 20).1.len(), batch.len());
             got.extend(batch.iter().map(|r| r.message.clone()));
             s.ack(batch.len());
             // New output keeps coming while the old drains.
