@@ -360,3 +360,69 @@ impl Fleet {
         self.lock().online.contains_key(&runner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, tags: &[&str], max: u32) -> RemoteRunner {
+        RemoteRunner {
+            id,
+            name: format!("r{id}"),
+            webhook: String::new(),
+            max_parallel_tasks: max,
+            active: true,
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            token_hash: [0; 32],
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn placement_follows_tags_limits_and_the_local_mode() {
+        let fleet = Fleet::new(Duration::from_secs(60), LocalRunner::Auto, 0);
+        // No runner registered: untagged tasks run here, tagged ones wait.
+        assert_eq!(fleet.place(None, true, false), Place::Local);
+        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
+        fleet.set_registered(2);
+        assert_eq!(fleet.place(None, true, false), Place::Wait);
+        // Ansible and terraform stay here whatever the mode.
+        assert_eq!(fleet.place(None, true, true), Place::Local);
+        assert_eq!(fleet.place(None, false, true), Place::Wait);
+        fleet.touch(&record(1, &["a"], 1), 0);
+        fleet.touch(&record(2, &[], 2), 0);
+        assert_eq!(fleet.place(Some("a"), true, false), Place::Remote(1));
+        assert_eq!(fleet.place(Some("b"), true, false), Place::Wait);
+        let _ = fleet.assign(10, 1, 0);
+        // Runner 1 is full: tag a waits; untagged goes to the least loaded (runner 2).
+        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
+        assert_eq!(fleet.place(None, true, false), Place::Remote(2));
+        let _ = fleet.assign(11, 2, 0);
+        let _ = fleet.assign(12, 2, 0);
+        assert_eq!(fleet.place(None, true, false), Place::Wait);
+        // A deactivated runner is gone at once; its task is lost.
+        let (_, mut ending) = fleet.assign(13, 1, 0);
+        assert_eq!(fleet.sweep(Some((1, "was deactivated"))), 2);
+        assert!(
+            matches!(&*ending.borrow_and_update(), Ending::Lost(why) if why.contains("was deactivated"))
+        );
+        assert!(!fleet.is_online(1));
+        fleet.forget(10);
+        fleet.forget(13);
+        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
+    }
+
+    #[test]
+    fn stops_reach_the_runner_once() {
+        let fleet = Fleet::new(Duration::from_secs(60), LocalRunner::Off, 1);
+        fleet.touch(&record(1, &[], 0), 0);
+        let _ = fleet.assign(5, 1, 0);
+        fleet.hand_out(5, Job::default());
+        assert_eq!(fleet.take_handout(1).0.jobs.len(), 1);
+        assert!(fleet.stop(5));
+        let (h, _) = fleet.take_handout(1);
+        assert!(h.jobs.is_empty());
+        assert_eq!(h.stop, [5]);
+        assert!(fleet.take_handout(1).0.stop.is_empty());
+    }
+}
