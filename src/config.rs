@@ -227,6 +227,67 @@ pub struct Config {
     #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
           default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
     pub proxy_header: crate::http::forwarded::ProxyHeader,
+
+    /// The token `forge runner register` presents to register a remote runner (none: remote
+    /// runners register only through an administrator's `POST /api/runners`).
+    #[arg(
+        long,
+        env = "FORGE_RUNNER_REGISTRATION_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "runner_registration_token_file"
+    )]
+    pub runner_registration_token: Option<Secret>,
+
+    /// File holding the runner registration token (its first line).
+    #[arg(long, env = "FORGE_RUNNER_REGISTRATION_TOKEN_FILE")]
+    pub runner_registration_token_file: Option<PathBuf>,
+
+    /// A remote runner silent for this many seconds is offline: it gets no job, and the tasks
+    /// it ran end `error`.
+    #[arg(long, env = "FORGE_RUNNER_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub runner_timeout: u64,
+
+    /// Whether tasks run on this server: `on`, `off` (only remote runners run them), or
+    /// `auto` (on while no remote runner is registered).
+    #[arg(long, env = "FORGE_LOCAL_RUNNER", value_enum, default_value_t = LocalRunner::Auto)]
+    pub local_runner: LocalRunner,
+}
+
+/// Where tasks without a runner tag may run (`--local-runner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocalRunner {
+    /// On this server while no remote runner is registered, else on remote runners.
+    Auto,
+    /// On this server (and on remote runners once it is full).
+    On,
+    /// Only on remote runners.
+    Off,
+}
+
+impl Config {
+    /// The runner registration token: the flag, or the first line of its file.
+    ///
+    /// # Errors
+    /// An unreadable or empty file.
+    pub fn runner_registration_token(&self) -> Result<Option<Secret>, String> {
+        if let Some(token) = &self.runner_registration_token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &self.runner_registration_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let line = text.lines().next().unwrap_or_default().trim();
+        if line.is_empty() {
+            return Err(format!(
+                "{}: the runner registration token is empty",
+                path.display()
+            ));
+        }
+        Ok(Some(Secret(line.to_owned())))
+    }
 }
 
 impl Config {
@@ -322,6 +383,10 @@ impl Config {
             disk_faults: None,
             trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
             proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
+            runner_registration_token: None,
+            runner_registration_token_file: None,
+            runner_timeout: 60,
+            local_runner: LocalRunner::Auto,
         }
     }
 }

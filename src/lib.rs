@@ -45,6 +45,7 @@
 // Linear step sequences (a task run, a body's field rules) read best whole.
 #![allow(clippy::too_many_lines)]
 
+pub mod agent;
 pub mod app;
 pub mod backup;
 pub mod clock;

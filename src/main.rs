@@ -1,5 +1,5 @@
 //! The `forge` binary: `forge serve`, `forge user add|list`, `forge key rotate`, `forge check`,
-//! `forge compact`, `forge backup`.
+//! `forge compact`, `forge backup`, `forge runner`.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::pedantic)]
@@ -43,6 +43,9 @@ enum Command {
     /// Write a backup of the database: from a running server (--url), or of a stopped server's
     /// file (--db).
     Backup(forge::backup::BackupArgs),
+    /// A remote runner: register with a server, run its jobs, unregister.
+    #[command(subcommand)]
+    Runner(forge::agent::RunnerCommand),
 }
 
 #[derive(Subcommand)]
@@ -147,6 +150,13 @@ fn main() -> ExitCode {
             Command::Check(args) => check(args),
             Command::Compact { db } => compact(&db),
             Command::Backup(args) => forge::backup::command(args).await,
+            Command::Runner(cmd) => match forge::agent::command(cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("forge runner: {e}");
+                    ExitCode::from(1)
+                }
+            },
         }
     })
 }

@@ -8,6 +8,8 @@ pub use host_keys::HostKey;
 pub use integrations::{
     Delivery, DeliveryOutcome, Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue,
 };
+mod runners;
+pub use runners::RemoteRunner;
 
 /// A user id (JSON integer, increasing from 1).
 pub type UserId = u64;

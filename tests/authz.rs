@@ -49,6 +49,12 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/apps/{app_id}"),
     ("POST", "/api/apps/{app_id}/active"),
     ("GET", "/api/metrics"),
+    ("GET", "/api/runners"),
+    ("POST", "/api/runners"),
+    ("GET", "/api/runners/{runner_id}"),
+    ("PUT", "/api/runners/{runner_id}"),
+    ("DELETE", "/api/runners/{runner_id}"),
+    ("POST", "/api/runners/{runner_id}/active"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -97,6 +103,13 @@ fn rows() -> Vec<Row> {
         row(U, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
         row(D, "/api/apps/{app_id}",                                          [401, 403, 403, 403, 403, 403, 204]),
         row(P, "/api/apps/{app_id}/active",                                   [401, 403, 403, 403, 403, 403, 204]),
+        // Remote runners (issue 15): system administrators only.
+        row(G, "/api/runners",                                                [401, 403, 403, 403, 403, 403, 200]),
+        row(P, "/api/runners",                                                [401, 403, 403, 403, 403, 403, 201]),
+        row(G, "/api/runners/{runner_id}",                                    [401, 403, 403, 403, 403, 403, 200]),
+        row(U, "/api/runners/{runner_id}",                                    [401, 403, 403, 403, 403, 403, 204]),
+        row(D, "/api/runners/{runner_id}",                                    [401, 403, 403, 403, 403, 403, 204]),
+        row(P, "/api/runners/{runner_id}/active",                             [401, 403, 403, 403, 403, 403, 204]),
         // Metrics (issue 17): administrators, or a scraper's --metrics-token (see below).
         row(G, "/api/metrics",                                                [401, 403, 403, 403, 403, 403, 200]),
 
@@ -260,6 +273,8 @@ struct Fixture {
     member: u64,
     /// A user in no project: who `POST .../users` adds.
     candidate: u64,
+    /// A remote runner (global; a fresh one for each write cell).
+    runner: u64,
 }
 
 impl Fixture {
@@ -281,6 +296,7 @@ impl Fixture {
             "user_id" => self.member,
             // Never pinned: see the host key rows.
             "host_key_id" => 1,
+            "runner_id" => self.runner,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
         }
     }
@@ -312,6 +328,7 @@ impl Fixture {
             ("POST", None) if pattern == "/api/projects/restore" => {
                 json!({"meta": {"name": "restored in a cell"}})
             }
+            ("POST", None) if pattern == "/api/runners" => json!({"name": "made in a cell"}),
             ("POST", None) if pattern == "/api/options" => {
                 json!({"key": "matrix.option", "value": "set in a cell"})
             }
@@ -460,6 +477,7 @@ impl World {
             project: p,
             member: self.member,
             candidate: self.candidate,
+            runner: self.runner().await,
             ..Fixture::default()
         };
         if wants("keys") {
@@ -569,6 +587,16 @@ impl World {
         fx
     }
 
+    /// A new remote runner.
+    async fn runner(&self) -> u64 {
+        let r = self
+            .creator
+            .post("/api/runners", json!({"name": "matrix runner"}))
+            .await;
+        assert_eq!(r.status, 201, "create runner: {}", r.text());
+        r.json()["id"].as_u64().expect("runner id")
+    }
+
     /// What a write cell on `pattern` needs: a project of its own with the objects of the
     /// pattern's resource (none for routes outside a project).
     async fn fixture_for(&self, pattern: &str) -> Fixture {
@@ -579,6 +607,7 @@ impl World {
             return Fixture {
                 member: self.member,
                 candidate: self.candidate,
+                runner: self.runner().await,
                 ..Fixture::default()
             };
         }

@@ -8,7 +8,7 @@ use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
     apps, confirm, integrations as int, meta, metrics, notifications, options, project_backup,
-    projects, resources as res, session, site, tasks, tokens, users, ws,
+    projects, resources as res, runners, session, site, tasks, tokens, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Integration, IntegrationMatcher as Matcher, IntegrationValue as Value,
@@ -205,6 +205,16 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/api/project/{project_id}/tasks/{task_id}/reject", Project(RUN_TASKS), confirm::reject),
         route!(POST "/api/project/{project_id}/notifications/test", Project(MANAGE_RESOURCES), notifications::test),
         route!(GET "/api/metrics", Metrics, metrics::scrape),
+        route!(POST "/api/internal/runners", Anonymous, runners::register),
+        route!(GET "/api/internal/runners", Anonymous, runners::poll, acts),
+        route!(PUT "/api/internal/runners", Anonymous, runners::report),
+        route!(DELETE "/api/internal/runners", Anonymous, runners::unregister),
+        route!(GET "/api/runners", Admin, runners::list),
+        route!(POST "/api/runners", Admin, runners::create),
+        route!(GET "/api/runners/{runner_id}", Admin, runners::get),
+        route!(PUT "/api/runners/{runner_id}", Admin, runners::update),
+        route!(DELETE "/api/runners/{runner_id}", Admin, runners::delete),
+        route!(POST "/api/runners/{runner_id}/active", Admin, runners::set_active),
     ]
 }
 

@@ -35,7 +35,7 @@ pub(super) enum Outcome {
 }
 
 /// The last output line of a task the server stopped on shutdown.
-const SHUT_DOWN_LINE: &str = "stopped: server shut down";
+pub(super) const SHUT_DOWN_LINE: &str = "stopped: server shut down";
 
 /// How long the output of an app that has ended may take to drain (a process that left its
 /// group can hold the pipe open for ever).
@@ -403,7 +403,7 @@ pub(super) async fn update(
 
 /// [`update`], then `then` with the updated task in the same transaction (only when it
 /// changed); returns what `then` made with the task.
-async fn update_then<T: Send + 'static>(
+pub(super) async fn update_then<T: Send + 'static>(
     inner: &Arc<Inner>,
     id: TaskId,
     change: impl Fn(&mut Task) -> bool + Send + Sync + 'static,
@@ -454,7 +454,7 @@ async fn update_then<T: Send + 'static>(
     }
 }
 
-async fn record(inner: &Arc<Inner>, task: &Task, description: String) {
+pub(super) async fn record(inner: &Arc<Inner>, task: &Task, description: String) {
     let event = NewEvent {
         user_id: task.user_id,
         project_id: Some(task.project_id),
@@ -520,15 +520,15 @@ fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
 }
 
 /// What a run draws on, read in one view at the start.
-struct Materials {
-    repo: Repository,
+pub(super) struct Materials {
+    pub(super) repo: Repository,
     environment: Option<Environment>,
     inventory: Option<Inventory>,
     keys: Vec<AccessKey>,
 }
 
 impl Materials {
-    fn load(inner: &Inner, task: &Task, template: &Template) -> Result<Self, String> {
+    pub(super) fn load(inner: &Inner, task: &Task, template: &Template) -> Result<Self, String> {
         let p = task.project_id;
         let err = |e: crate::store::Error| e.to_string();
         let view = inner.store.view().map_err(err)?;
@@ -560,7 +560,7 @@ impl Materials {
     }
 
     /// The opened secret of key `id`, if it exists.
-    fn secret(
+    pub(super) fn secret(
         &self,
         inner: &Inner,
         id: Option<u64>,
@@ -727,7 +727,7 @@ pub(super) struct Variables {
 }
 
 impl Variables {
-    fn collect(
+    pub(super) fn collect(
         inner: &Inner,
         task: &Task,
         m: &Materials,
@@ -780,7 +780,7 @@ impl Variables {
 /// Upstream's variables for build and deploy tasks: `SEMAPHORE_TASK_TYPE`, and the version a
 /// build makes (`SEMAPHORE_TASK_TARGET_VERSION`) or a deploy receives
 /// (`SEMAPHORE_TASK_INCOMING_VERSION`).
-fn build_env(template: &Template, task: &Task) -> Vec<(String, String)> {
+pub(super) fn build_env(template: &Template, task: &Task) -> Vec<(String, String)> {
     let version = match template.kind.as_str() {
         "build" => "SEMAPHORE_TASK_TARGET_VERSION",
         "deploy" => "SEMAPHORE_TASK_INCOMING_VERSION",

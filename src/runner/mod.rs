@@ -7,11 +7,14 @@
 //! to the store first, so a crash loses nothing that was acknowledged.
 
 mod exec;
+mod fleet;
 mod hostkeys;
 mod output;
 pub mod process;
 mod queue;
 pub mod remote;
+mod remote_exec;
+pub mod seam;
 mod secrets;
 pub mod terraform;
 
@@ -126,6 +129,8 @@ struct Running {
     stop: watch::Sender<Option<Stop>>,
     /// The plan approval, shared with the executor.
     decision: Arc<watch::Sender<Decision>>,
+    /// The remote runner it runs on (`None`: here).
+    remote: Option<u64>,
 }
 
 impl Running {
@@ -164,6 +169,8 @@ pub(crate) struct Inner {
     live: broadcast::Sender<LiveEvent>,
     /// Counters for metrics.
     stats: Stats,
+    /// The remote runners.
+    fleet: fleet::Fleet,
 }
 
 /// What the runner has done since start, for metrics.
@@ -266,6 +273,7 @@ impl Runner {
         config: &Config,
     ) -> crate::service::Result<Self> {
         let (live, _) = broadcast::channel(4096);
+        let store_for_fleet = store.clone();
         let inner = Arc::new(Inner {
             store,
             host,
@@ -282,11 +290,17 @@ impl Runner {
             ended: watch::Sender::new(()),
             live,
             stats: Stats::new(),
+            fleet: fleet::Fleet::new(
+                Duration::from_secs(config.runner_timeout),
+                config.local_runner,
+                remote_exec::active_runners(&store_for_fleet)?,
+            ),
         });
         inner.recover()?;
         // After recovery killed the leftover processes, which could still write there.
         sweep_task_dirs(&inner.settings.work_dir);
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch_loop());
+        tokio::spawn(remote_exec::sweep_runners(Arc::downgrade(&inner)));
         Ok(Self {
             inner,
             dispatcher: Arc::new(Mutex::new(Some(dispatcher))),
@@ -502,7 +516,8 @@ impl Runner {
             // gets there later ends then; see `terraform::Run::confirmation`).
             state.shutting_down = true;
             for r in state.running.values() {
-                if *r.decision.borrow() == Decision::Awaiting {
+                // Remote runners cannot report once the server stops serving: end them now.
+                if *r.decision.borrow() == Decision::Awaiting || r.remote.is_some() {
                     r.ask(Stop::Shutdown);
                 }
             }
@@ -835,9 +850,12 @@ impl Inner {
         let mut blocked: HashSet<ProjectId> = state.closing.keys().copied().collect();
         let mut limits: HashMap<ProjectId, u32> = HashMap::new();
         loop {
-            if self.settings.max_parallel > 0 && state.running.len() >= self.settings.max_parallel {
-                break;
-            }
+            let local = state
+                .running
+                .values()
+                .filter(|r| r.remote.is_none())
+                .count();
+            let local_free = self.settings.max_parallel == 0 || local < self.settings.max_parallel;
             let Some(Queued {
                 id,
                 project,
@@ -866,6 +884,16 @@ impl Inner {
                 blocked.insert(project);
                 continue;
             }
+            let (tag, here) = self.placement(project, template);
+            let place = self.fleet.place(tag.as_deref(), local_free, here);
+            let remote = match place {
+                fleet::Place::Local => None,
+                fleet::Place::Remote(id) => Some(id),
+                fleet::Place::Wait => {
+                    blocked.insert(project);
+                    continue;
+                }
+            };
             state.queue.pop(project);
             let (stop, stop_rx) = watch::channel(None);
             let decision = Arc::new(watch::Sender::new(Decision::None));
@@ -876,11 +904,24 @@ impl Inner {
                     template,
                     stop,
                     decision: Arc::clone(&decision),
+                    remote,
                 },
             );
             let inner = Arc::clone(self);
+            let remote = remote.map(|runner| {
+                let first = self.store.output_len(id).unwrap_or(0);
+                let (out, ending) = self.fleet.assign(id, runner, first);
+                (runner, out, ending)
+            });
             tokio::spawn(async move {
-                exec::run(Arc::clone(&inner), id, stop_rx, decision).await;
+                match remote {
+                    Some((runner, out, ending)) => {
+                        let run =
+                            remote_exec::run(Arc::clone(&inner), id, runner, stop_rx, out, ending);
+                        run.await;
+                    }
+                    None => exec::run(Arc::clone(&inner), id, stop_rx, decision).await,
+                }
                 inner.lock().running.remove(&id);
                 inner.ended.send_replace(());
                 inner.wake.notify_one();

@@ -13,6 +13,7 @@ mod password;
 pub mod project_backup;
 pub mod projects;
 pub mod resources;
+pub mod runners;
 pub mod secrets;
 pub mod tasks;
 mod throttle;

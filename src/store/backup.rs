@@ -186,6 +186,8 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::ALIASHASH_ALIAS)?;
     c.table(tables::INTEGRATION_DELIVERY)?;
     c.table(tables::CHANNEL_ALERT)?;
+    c.table(tables::RUNNERID_RUNNER)?;
+    c.table(tables::TOKENHASH_RUNNERID)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

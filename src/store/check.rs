@@ -244,6 +244,7 @@ pub(crate) fn check_tx(
     check_tasks(tx, report, &projects, &mut sealed)?;
     check_counters(tx, report)?;
     check_outbox(tx, report)?;
+    super::runners::check(tx, report)?;
     check_secrets(tx, report, key, &sealed)?;
     Ok(())
 }

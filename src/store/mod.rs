@@ -35,6 +35,7 @@ pub mod outbox;
 pub mod projects;
 pub mod reseal;
 pub mod retention;
+mod runners;
 mod sessions;
 pub mod tables;
 pub mod tasks;
@@ -204,6 +205,8 @@ impl Store {
             tx.open_table(tables::ALIASHASH_ALIAS)?;
             tx.open_table(tables::INTEGRATION_DELIVERY)?;
             tx.open_table(tables::CHANNEL_ALERT)?;
+            tx.open_table(tables::RUNNERID_RUNNER)?;
+            tx.open_table(tables::TOKENHASH_RUNNERID)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

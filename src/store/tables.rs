@@ -128,6 +128,11 @@ pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::ne
 /// project on first use.
 pub const PROJECT_HOSTKEY: TableDefinition<(ProjectId, u64), &[u8]> =
     TableDefinition::new("host_keys");
+/// Remote runners by id (encoded [`crate::model::RemoteRunner`]).
+pub const RUNNERID_RUNNER: TableDefinition<u64, &[u8]> = TableDefinition::new("runners");
+/// Runner token hash → runner id: the `X-Runner-Token` lookup.
+pub const TOKENHASH_RUNNERID: TableDefinition<SecretHash, u64> =
+    TableDefinition::new("runners_by_token");
 
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.

@@ -12,6 +12,7 @@ pub mod options;
 pub mod project_backup;
 pub mod projects;
 pub mod resources;
+pub mod runners;
 pub mod session;
 pub mod site;
 pub mod tasks;

@@ -60,6 +60,9 @@ pub struct TaskJson<'a> {
     inventory_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     params: Option<Value>,
+    /// The remote runner it was given to (shown only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runner_id: Option<u64>,
 }
 
 impl<'a> TaskJson<'a> {
@@ -101,6 +104,7 @@ impl<'a> TaskJson<'a> {
             version: t.version.as_deref(),
             inventory_id: t.inventory_id,
             params,
+            runner_id: t.runner_id,
         }
     }
 }

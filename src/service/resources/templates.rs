@@ -110,6 +110,8 @@ pub struct TemplateInput {
     pub app: Option<String>,
     /// Longest run in seconds (Forge extension; 0 = the server default).
     pub max_duration_secs: Option<u64>,
+    /// Only remote runners with this tag run its tasks (empty or null: any).
+    pub runner_tag: Option<String>,
 }
 
 impl Services {
@@ -224,7 +226,15 @@ impl Services {
             suppress_success_alerts: input.suppress_success_alerts.unwrap_or_default(),
             app,
             max_duration_secs: input.max_duration_secs.unwrap_or_default(),
-            runner_tag: None,
+            runner_tag: match input.runner_tag.filter(|t| !t.is_empty()) {
+                Some(t) if !crate::service::runners::valid_tag(&t) => {
+                    return invalid(format!(
+                        "runner_tag: {t:?} is not a tag (1 to {} letters, digits, '-', '_', '.')",
+                        crate::service::runners::MAX_TAG_LEN
+                    ));
+                }
+                tag => tag,
+            },
             allow_ansible_vars_in_task: false,
         })
     }

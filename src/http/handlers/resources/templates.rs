@@ -104,5 +104,8 @@ fn template_view(req: &Req, t: &Template) -> Result<Value, ApiError> {
     if t.max_duration_secs != 0 {
         view["max_duration_secs"] = json!(t.max_duration_secs);
     }
+    if let Some(tag) = &t.runner_tag {
+        view["runner_tag"] = json!(tag);
+    }
     Ok(view)
 }

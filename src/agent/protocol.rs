@@ -1,0 +1,167 @@
+//! The JSON bodies of the runner protocol (`/api/internal/runners`), shared by the server and
+//! `forge runner`. docs/runners.md describes each one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::TaskId;
+
+/// The header a runner authenticates with.
+pub const TOKEN_HEADER: &str = "x-runner-token";
+
+/// Longest long-poll a runner may ask for (`?wait=`), in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// `POST /api/internal/runners`: register with the registration token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Register {
+    /// The server's `--runner-registration-token`.
+    pub registration_token: String,
+    /// Display name (default: `runner-<id>`).
+    pub name: String,
+    /// A URL to reach the runner at (kept, shown; never called).
+    pub webhook: String,
+    /// Most tasks it runs at once (0 = no limit).
+    pub max_parallel_tasks: u32,
+    /// Tags templates choose it by.
+    pub tags: Vec<String>,
+    /// Upstream's RSA key for encrypted polls: accepted and ignored (use HTTPS).
+    pub public_key: Option<String>,
+}
+
+/// The answer to a registration: the runner's id and its token (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    /// The runner's id.
+    pub id: u64,
+    /// The token to send as `X-Runner-Token`.
+    pub token: String,
+}
+
+/// `GET /api/internal/runners`: what the runner must do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Poll {
+    /// Jobs to start (a job already running is sent again until its first report).
+    pub jobs: Vec<Job>,
+    /// Tasks to kill.
+    pub stop: Vec<TaskId>,
+    /// The server's `--runner-timeout`: poll (or report) at least this often.
+    pub timeout_secs: u64,
+}
+
+/// One task to run, resolved by the server: the runner needs nothing else.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Job {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its project.
+    pub project_id: u64,
+    /// Its template.
+    pub template_id: u64,
+    /// The template's name (for log lines).
+    pub template_name: String,
+    /// The app (`bash`, `python`, ...).
+    pub app: String,
+    /// The executable.
+    pub program: String,
+    /// Arguments before `args` (an administrator's `apps.<id>.args`).
+    pub prefix: Vec<String>,
+    /// The arguments.
+    pub args: Vec<String>,
+    /// Environment variables on top of the runner's base environment (`PATH`, `LANG`,
+    /// `HOME`, `TMPDIR`, `PWD`, `FORGE_TASK_ID`); secrets of `env` type included.
+    pub env: BTreeMap<String, String>,
+    /// The repository to run in.
+    pub repository: JobRepository,
+    /// The script, relative to the checkout (must resolve inside it).
+    pub script: String,
+    /// Time limit in seconds (0 = none).
+    pub max_duration_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL on a stop.
+    pub stop_grace_secs: u64,
+}
+
+/// Where a job's files come from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobRepository {
+    /// A git URL, or an absolute path on the runner used in place.
+    pub url: String,
+    /// The branch to check out.
+    pub branch: String,
+    /// A commit to check out after the branch.
+    pub commit: Option<String>,
+    /// The repository's credentials, when it has some.
+    pub credentials: Option<Credentials>,
+}
+
+/// An access key's secret, opened for one job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Credentials {
+    /// `ssh` or `login_password`.
+    pub kind: String,
+    /// Login (user name).
+    pub login: String,
+    /// Password.
+    pub password: String,
+    /// SSH private key (PEM).
+    pub private_key: String,
+}
+
+/// `PUT /api/internal/runners`: the state of the runner's jobs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Report {
+    /// One entry per job the runner holds (every job at least once a poll interval).
+    pub jobs: Vec<JobReport>,
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobReport {
+    /// The task.
+    pub task_id: TaskId,
+    /// `running`, or how it ended: `success`, `error`, `stopped`.
+    pub status: String,
+    /// The number (from 0) of the first record of `log` among all the job's records: a
+    /// batch sent again after a lost answer is stored once.
+    pub log_offset: u64,
+    /// New output records.
+    pub log: Vec<LogRecord>,
+    /// The commit checked out.
+    pub commit: Option<Commit>,
+}
+
+/// One output line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogRecord {
+    /// When it was written, Unix microseconds.
+    pub time: i64,
+    /// The line.
+    pub message: String,
+}
+
+/// A checked-out commit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Commit {
+    /// Full hash.
+    pub hash: String,
+    /// Subject line.
+    pub message: String,
+}
+
+/// The answer to a report: reported jobs the runner must kill (not its, or finished here).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportAnswer {
+    /// Tasks to kill.
+    pub stop: Vec<TaskId>,
+}

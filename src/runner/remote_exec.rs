@@ -1,0 +1,559 @@
+//! Running a task on a remote runner: the server claims it, resolves everything the runner
+//! needs into one job (argv, environment, repository and its credentials, opened here and
+//! sent only to that runner), hands it out with the runner's next poll, stores what the
+//! runner reports, and ends it `error` if the runner is lost. Its output numbering and final
+//! status go through the same store paths as a local run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::fleet::{Ending, Output};
+use super::{Inner, Stop, exec, terraform};
+use crate::agent::protocol::{Credentials, Job, JobRepository, Poll, Report, ReportAnswer};
+use crate::model::{KeyKind, OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
+
+/// Variables of the base environment the runner sets itself (its own paths and `PATH`).
+const RUNNER_SETS: [&str; 5] = ["PATH", "LANG", "HOME", "TMPDIR", "PWD"];
+
+/// Runs task `id` on `runner` to its end (see the module docs).
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    id: TaskId,
+    runner: u64,
+    mut stop: watch::Receiver<Option<Stop>>,
+    out: Arc<tokio::sync::Mutex<Output>>,
+    mut ending: watch::Receiver<Ending>,
+) {
+    steps(&inner, id, runner, &mut stop, &out, &mut ending).await;
+    inner.fleet.forget(id);
+}
+
+async fn steps(
+    inner: &Arc<Inner>,
+    id: TaskId,
+    runner: u64,
+    stop: &mut watch::Receiver<Option<Stop>>,
+    out: &tokio::sync::Mutex<Output>,
+    ending: &mut watch::Receiver<Ending>,
+) {
+    let Ok(Some(task)) = inner.store.task(id) else {
+        return;
+    };
+    if *stop.borrow() == Some(Stop::Shutdown) {
+        // It stays `waiting` and queues again at the next start.
+        return;
+    }
+    let claimed = exec::update(inner, id, move |t| {
+        if t.status != TaskStatus::Waiting {
+            return false;
+        }
+        t.status = TaskStatus::Starting;
+        t.runner_id = Some(runner);
+        true
+    })
+    .await;
+    if claimed.is_none() {
+        return;
+    }
+    let Some(template) = inner.store.view().ok().and_then(|v| {
+        v.get::<Template>(task.project_id, task.template_id)
+            .ok()
+            .flatten()
+    }) else {
+        let why = "the task's template no longer exists";
+        return finish(inner, &task, out, TaskStatus::Error, Some(why.into())).await;
+    };
+    exec::record(
+        inner,
+        &task,
+        format!("Task ID {id} ({}) is running", template.name),
+    )
+    .await;
+    let name = inner
+        .store
+        .runner(runner)
+        .ok()
+        .flatten()
+        .map(|r| r.name)
+        .unwrap_or_default();
+    let lines = [
+        format!("Started: {id}"),
+        format!("Run TaskRunner with template: {}", template.name),
+        format!("Assigned to runner {runner} ({name})"),
+    ];
+    append(inner, &task, out, lines.map(line).to_vec()).await;
+    let job = match resolve(inner, &task, &template) {
+        Ok(job) => job,
+        Err(why) => return finish(inner, &task, out, TaskStatus::Error, Some(why)).await,
+    };
+    inner.fleet.hand_out(id, job);
+    let mut asked = false;
+    loop {
+        let event = tokio::select! {
+            changed = ending.changed() => {
+                let now = ending.borrow_and_update().clone();
+                match now {
+                    Ending::Open if changed.is_ok() => continue,
+                    other => Ok(other),
+                }
+            }
+            why = stop.wait_for(Option::is_some), if !asked => {
+                Err(why.ok().and_then(|w| *w).unwrap_or(Stop::Kill))
+            }
+        };
+        match event {
+            Ok(Ending::Lost(why)) => {
+                return finish(inner, &task, out, TaskStatus::Error, Some(why)).await;
+            }
+            Ok(_) => return,
+            Err(why) => {
+                asked = true;
+                let may_run = inner.fleet.stop(id);
+                if why == Stop::Shutdown {
+                    let line = exec::SHUT_DOWN_LINE.to_owned();
+                    return finish(inner, &task, out, TaskStatus::Error, Some(line)).await;
+                }
+                if !may_run {
+                    let line = "Task stopped".to_owned();
+                    return finish(inner, &task, out, TaskStatus::Stopped, Some(line)).await;
+                }
+                // The runner kills it and reports `stopped` (or it is lost).
+            }
+        }
+    }
+}
+
+fn line(text: String) -> OutputLine {
+    OutputLine {
+        time_us: crate::clock::now_us(),
+        text,
+    }
+}
+
+/// Stores `lines` as the task's next output lines (within the output limit), then publishes
+/// them. A write the store refuses is tried again once the store takes writes.
+async fn append(
+    inner: &Arc<Inner>,
+    task: &Task,
+    out: &tokio::sync::Mutex<Output>,
+    mut lines: Vec<OutputLine>,
+) {
+    let mut o = out.lock().await;
+    let room = inner.settings.output_max_lines.saturating_sub(o.next);
+    let keep = usize::try_from(room).unwrap_or(usize::MAX).min(lines.len());
+    o.dropped += (lines.len() - keep) as u64;
+    lines.truncate(keep);
+    if lines.is_empty() {
+        return;
+    }
+    let n = lines.len() as u64;
+    let lines: Arc<[OutputLine]> = Arc::from(lines);
+    loop {
+        match inner
+            .store
+            .append_output_async(task.id, o.next, Arc::clone(&lines))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if e.is_storage() => inner.storage_back().await,
+            Err(e) => {
+                tracing::error!(task = task.id, error = %e, "storing remote task output failed");
+                return;
+            }
+        }
+    }
+    let first = o.next;
+    o.next += n;
+    drop(o);
+    inner
+        .stats
+        .output_lines
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    inner.publish_lines(task, first, lines);
+}
+
+/// Ends the task with `status` (unless it ended already) after `why` as its last line.
+async fn finish(
+    inner: &Arc<Inner>,
+    task: &Task,
+    out: &tokio::sync::Mutex<Output>,
+    status: TaskStatus,
+    why: Option<String>,
+) {
+    let mut last = Vec::new();
+    let dropped = out.lock().await.dropped;
+    if dropped > 0 {
+        last.push(line(format!(
+            "output truncated: {dropped} more lines were dropped (limit: {} lines per task)",
+            inner.settings.output_max_lines
+        )));
+    }
+    last.extend(why.map(line));
+    if !last.is_empty() {
+        // Past the limit: the reason must still be read.
+        let mut o = out.lock().await;
+        let first = o.next;
+        let n = last.len() as u64;
+        let lines: Arc<[OutputLine]> = Arc::from(last);
+        if inner
+            .store
+            .append_output_async(task.id, first, Arc::clone(&lines))
+            .await
+            .is_ok()
+        {
+            o.next += n;
+            inner.publish_lines(task, first, lines);
+        }
+    }
+    let now = inner.host.now();
+    let time_us = crate::clock::now_us();
+    let finished = exec::update_then(
+        inner,
+        task.id,
+        move |t| {
+            if t.status.is_finished() {
+                return false;
+            }
+            t.status = status;
+            t.end = Some(now);
+            true
+        },
+        move |tx, t| tx.task_ended(t, time_us),
+    )
+    .await;
+    if let Some((t, deploys)) = finished {
+        let outcome = status.as_str().to_uppercase();
+        exec::record(inner, &t, format!("Task ID {} finished - {outcome}", t.id)).await;
+        for (deploy, queued) in deploys {
+            inner.enqueue(&deploy, queued);
+        }
+    }
+}
+
+/// The job a runner runs for `task`: what the local executor would start, with paths left to
+/// the runner. Ansible and Terraform/OpenTofu templates (their inventories, key files and
+/// plans live on the server's disk) run locally only.
+fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, String> {
+    if template.app == "ansible" || terraform::handles(&template.app) {
+        return Err(format!(
+            "app {} does not run on remote runners: give its template no runner tag and run \
+             it on the server (--local-runner)",
+            template.app
+        ));
+    }
+    let m = exec::Materials::load(inner, task, template)?;
+    let nowhere = Path::new("/");
+    let vars = exec::Variables::collect(inner, task, &m, nowhere, nowhere)?;
+    let mut env: BTreeMap<String, String> = vars
+        .env
+        .iter()
+        .filter(|(k, _)| !RUNNER_SETS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    env.extend(exec::build_env(template, task));
+    let (template_args, task_args) = exec::arguments(template, task);
+    let mut args = vec![template.playbook.clone()];
+    args.extend(vars.var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend(template_args);
+    for (k, v) in &vars.extra {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        args.push(format!("{k}={value}"));
+    }
+    args.extend(task_args);
+    let (path, prefix) = inner.host.app_command(&template.app);
+    let program = path.unwrap_or_else(|| match template.app.as_str() {
+        "bash" => "bash".to_owned(),
+        "python" => "python3".to_owned(),
+        other => other.to_owned(),
+    });
+    let repo = &m.repo;
+    let credentials = m
+        .secret(inner, Some(repo.ssh_key_id))?
+        .and_then(|(kind, s)| {
+            let kind = match kind {
+                KeyKind::Ssh => "ssh",
+                KeyKind::LoginPassword => "login_password",
+                _ => return None,
+            };
+            Some(Credentials {
+                kind: kind.into(),
+                login: s.login,
+                password: s.password,
+                private_key: s.private_key,
+            })
+        });
+    let max_duration_secs = if template.max_duration_secs > 0 {
+        template.max_duration_secs
+    } else {
+        inner.settings.max_duration_secs
+    };
+    Ok(Job {
+        task_id: task.id,
+        project_id: task.project_id,
+        template_id: template.id,
+        template_name: template.name.clone(),
+        app: template.app.clone(),
+        program,
+        prefix,
+        args,
+        env,
+        repository: JobRepository {
+            url: repo.git_url.clone(),
+            branch: task
+                .git_branch
+                .clone()
+                .or_else(|| template.git_branch.clone())
+                .unwrap_or_else(|| repo.git_branch.clone()),
+            commit: task.commit_hash.clone(),
+            credentials,
+        },
+        script: template.playbook.clone(),
+        max_duration_secs,
+        stop_grace_secs: inner.settings.stop_grace.as_secs(),
+    })
+}
+
+/// A poll of `record`'s runner: answers at once when it has jobs or stops, else waits up to
+/// `wait_secs` (bounded so that a waiting runner is never taken for a lost one).
+pub(super) async fn poll(inner: &Arc<Inner>, record: &RemoteRunner, wait_secs: u64) -> Poll {
+    if inner.fleet.touch(record, inner.host.now()) {
+        tracing::info!(runner = record.id, name = %record.name, "runner online");
+        inner.wake.notify_one();
+    }
+    let timeout = inner.fleet.timeout();
+    let wait = std::time::Duration::from_secs(wait_secs.min(crate::agent::protocol::MAX_WAIT_SECS))
+        .min(timeout / 2);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut handout = loop {
+        let (handout, wake) = inner.fleet.take_handout(record.id);
+        if !handout.jobs.is_empty() || !handout.stop.is_empty() {
+            break handout;
+        }
+        let Some(wake) = wake else {
+            break handout;
+        };
+        if tokio::time::timeout_at(deadline, wake.notified())
+            .await
+            .is_err()
+        {
+            break inner.fleet.take_handout(record.id).0;
+        }
+    };
+    inner.fleet.touch(record, inner.host.now());
+    Poll {
+        jobs: handout.jobs.drain(..).map(|j| (*j).clone()).collect(),
+        stop: handout.stop,
+        timeout_secs: timeout.as_secs(),
+    }
+}
+
+/// Stores what `record`'s runner reports: the first report of a job moves its task to
+/// `running`; log records are stored once each (by their number); a final status ends the
+/// task. Jobs that are not this runner's (any more) come back in `stop`.
+///
+/// # Errors
+/// [`crate::service::Error::Invalid`] for an unknown status or a gap in the log numbering
+/// (nothing of the report is stored then).
+pub(super) async fn report(
+    inner: &Arc<Inner>,
+    record: &RemoteRunner,
+    report: Report,
+) -> crate::service::Result<ReportAnswer> {
+    inner.fleet.touch(record, inner.host.now());
+    let mut finals = Vec::with_capacity(report.jobs.len());
+    for j in &report.jobs {
+        let status = match j.status.as_str() {
+            "running" => None,
+            "success" => Some(TaskStatus::Success),
+            "error" => Some(TaskStatus::Error),
+            "stopped" => Some(TaskStatus::Stopped),
+            other => {
+                return Err(crate::service::Error::Invalid(format!(
+                    "jobs: task {}: unknown status {other:?} (running, success, error, stopped)",
+                    j.task_id
+                )));
+            }
+        };
+        finals.push(status);
+    }
+    let mut stop = Vec::new();
+    for (j, status) in report.jobs.into_iter().zip(finals) {
+        let id = j.task_id;
+        let Some((acked, seen, out)) = inner.fleet.with_job(record.id, id, |a| {
+            let was = a.acked;
+            a.acked = true;
+            (was, a.seen, Arc::clone(&a.out))
+        }) else {
+            stop.push(id);
+            continue;
+        };
+        let Some(task) = inner.store.task(id)? else {
+            stop.push(id);
+            continue;
+        };
+        if task.status.is_finished() {
+            stop.push(id);
+            continue;
+        }
+        if j.log_offset > seen {
+            return Err(crate::service::Error::Invalid(format!(
+                "jobs: task {id}: log_offset {} skips records (stored so far: {seen})",
+                j.log_offset
+            )));
+        }
+        if !acked {
+            let now = inner.host.now();
+            exec::update(inner, id, move |t| {
+                if t.status != TaskStatus::Starting {
+                    return false;
+                }
+                t.status = TaskStatus::Running;
+                t.start = Some(now);
+                true
+            })
+            .await;
+        }
+        let total = j.log_offset + j.log.len() as u64;
+        let skip = usize::try_from(seen - j.log_offset).unwrap_or(usize::MAX);
+        let fresh: Vec<OutputLine> = j
+            .log
+            .into_iter()
+            .skip(skip)
+            .map(|r| OutputLine {
+                time_us: r.time,
+                text: r.message,
+            })
+            .collect();
+        if !fresh.is_empty() {
+            append(inner, &task, &out, fresh).await;
+            inner
+                .fleet
+                .with_job(record.id, id, |a| a.seen = a.seen.max(total));
+        }
+        if let Some(commit) = j.commit {
+            exec::update(inner, id, move |t| {
+                if t.commit_hash.as_deref() == Some(commit.hash.as_str()) {
+                    return false;
+                }
+                t.commit_hash = Some(commit.hash.clone());
+                t.commit_message.clone_from(&commit.message);
+                true
+            })
+            .await;
+        }
+        if let Some(status) = status {
+            finish(inner, &task, &out, status, None).await;
+            inner.fleet.with_job(record.id, id, |a| {
+                a.ending.send_replace(Ending::Reported);
+            });
+        }
+    }
+    inner.fleet.add_stops(record.id, &stop);
+    Ok(ReportAnswer { stop })
+}
+
+/// Active runner records in the store.
+pub(super) fn active_runners(store: &crate::store::Store) -> crate::service::Result<usize> {
+    Ok(store.runners()?.iter().filter(|r| r.active).count())
+}
+
+/// Takes silent runners offline every quarter of the timeout (at least every second), until
+/// the runner is gone.
+pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
+    let every = {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        (inner.fleet.timeout() / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(1),
+        )
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let lost = inner.fleet.sweep(None);
+        if lost > 0 {
+            tracing::warn!(tasks = lost, "tasks lost their remote runner");
+            inner.wake.notify_one();
+        }
+    }
+}
+
+impl Inner {
+    /// The runner tag of template `template` of `project`, and whether it runs only here
+    /// (its app keeps its files on the server: ansible, terraform, tofu).
+    pub(super) fn placement(
+        &self,
+        project: crate::model::ProjectId,
+        template: u64,
+    ) -> (Option<String>, bool) {
+        let t = self
+            .store
+            .view()
+            .ok()
+            .and_then(|v| v.get::<Template>(project, template).ok().flatten());
+        match t {
+            Some(t) => {
+                let here = t.app == "ansible" || terraform::handles(&t.app);
+                (t.runner_tag, here)
+            }
+            None => (None, false),
+        }
+    }
+}
+
+impl super::Runner {
+    /// A poll of runner `record` (authenticated and active): see [`Poll`].
+    pub async fn runner_poll(&self, record: &RemoteRunner, wait_secs: u64) -> Poll {
+        poll(&self.inner, record, wait_secs).await
+    }
+
+    /// A report of runner `record`: see [`Report`].
+    ///
+    /// # Errors
+    /// [`crate::service::Error::Invalid`] for a malformed report; storage failures.
+    pub async fn runner_report(
+        &self,
+        record: &RemoteRunner,
+        body: Report,
+    ) -> crate::service::Result<ReportAnswer> {
+        report(&self.inner, record, body).await
+    }
+
+    /// Runner `id` was deactivated, deleted or unregistered (`why`): it is offline at once,
+    /// and its tasks end `error`. `active` is the number of active runners left.
+    pub fn runner_gone(&self, id: u64, why: &str, active: usize) {
+        self.inner.fleet.set_registered(active);
+        if self.inner.fleet.sweep(Some((id, why))) > 0 {
+            tracing::warn!(runner = id, "{why}: its tasks end");
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// The number of active runners changed (one registered or was activated).
+    pub fn runners_changed(&self, active: usize) {
+        self.inner.fleet.set_registered(active);
+        self.inner.wake.notify_one();
+    }
+
+    /// Last contact of each online runner, Unix seconds.
+    #[must_use]
+    pub fn runners_touched(&self) -> std::collections::HashMap<u64, i64> {
+        self.inner.fleet.touched()
+    }
+
+    /// Whether runner `id` polled within the timeout.
+    #[must_use]
+    pub fn runner_online(&self, id: u64) -> bool {
+        self.inner.fleet.is_online(id)
+    }
+}

@@ -1,0 +1,670 @@
+//! Remote runners (issue 15) through real processes on loopback: a `forge serve` and
+//! `forge runner` agents started from the built binary. Jobs spread over the runners within
+//! their tags and limits; a runner killed with SIGKILL loses its task (`error`, with a line
+//! saying so) while the others finish; a stop reaches a remote task; a restarted runner
+//! cleans up after itself and runs again; a server restarted while runners hold jobs ends
+//! those tasks as its crash recovery does, and the runners kill them and go on. Bad input on
+//! every runner route gets a JSON error.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::{FORGE, ServerProcess};
+use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, ok_json};
+use serde_json::{Value, json};
+
+const REGISTRATION: &str = "test-registration-token";
+
+/// A `forge runner start` process (killed on drop).
+struct Agent {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Self {
+        let log = config.with_extension("log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("runner log");
+        let child = Command::new(FORGE)
+            .args(["runner", "start", "--config"])
+            .arg(config)
+            .env("FORGE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn forge runner");
+        Self {
+            child,
+            config: config.to_owned(),
+            log,
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM first: the agent stops its jobs' process groups.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_9();
+    }
+}
+
+/// `forge runner register` against `server`; returns the config path and the runner's id.
+fn register(server: SocketAddr, dir: &Path, name: &str, tags: &str, max: u32) -> (PathBuf, u64) {
+    let config = dir.join(format!("{name}.json"));
+    let mut cmd = Command::new(FORGE);
+    cmd.args(["runner", "register", "--server"])
+        .arg(format!("http://{server}"))
+        .args(["--registration-token-stdin", "--name", name])
+        .args(["--max-parallel-tasks", &max.to_string()])
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !tags.is_empty() {
+        cmd.args(["--tags", tags]);
+    }
+    let mut child = cmd.spawn().expect("spawn register");
+    writeln!(child.stdin.take().expect("stdin"), "{REGISTRATION}").expect("token");
+    let out = child.wait_with_output().expect("register");
+    assert!(
+        out.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config)
+        .expect("config")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the config holds the token");
+    let cfg: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    (config, cfg["id"].as_u64().expect("id"))
+}
+
+/// A free loopback port (so a restarted server listens where its runners look).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `forge serve` on `db` at `port` with the registration token and a short runner timeout.
+fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
+    let mut cmd = Command::new(FORGE);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FORGE_DB", db)
+        .env("FORGE_ADMIN", ADMIN)
+        .env("FORGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("FORGE_SCRYPT_LOG_N", "4")
+        .env("FORGE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("FORGE_RUNNER_REGISTRATION_TOKEN", REGISTRATION)
+        .env("FORGE_RUNNER_TIMEOUT", timeout)
+        .env("FORGE_STOP_GRACE_SECS", "2")
+        .env("FORGE_SHUTDOWN_GRACE_SECS", "1")
+        .env_remove("FORGE_SECRET_KEY")
+        .env_remove("FORGE_SECRET_KEY_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ServerProcess::spawn(cmd)
+}
+
+/// A project with a local repository holding `scripts`; returns the project and repository.
+async fn project(admin: &Client, repo: &Path, scripts: &[(&str, &str)]) -> (u64, u64) {
+    for (name, text) in scripts {
+        std::fs::write(repo.join(name), text).unwrap();
+    }
+    let p = common::new_project(admin, "remote").await;
+    let r = common::local_repository(admin, p, repo).await;
+    (p, r)
+}
+
+async fn template(admin: &Client, p: u64, repo: u64, name: &str, script: &str, tag: &str) -> u64 {
+    let mut body = json!({"name": name, "project_id": p, "app": "bash", "playbook": script,
+                          "repository_id": repo});
+    if !tag.is_empty() {
+        body["runner_tag"] = json!(tag);
+    }
+    let r = admin.post(&at(p, "templates"), body).await;
+    assert_eq!(r.status, 201, "POST templates: {}", r.text());
+    let t = r.json();
+    assert_eq!(t["runner_tag"].as_str().unwrap_or(""), tag);
+    id_of(&t)
+}
+
+async fn launch(admin: &Client, p: u64, template: u64) -> u64 {
+    let r = admin
+        .post(&at(p, "tasks"), json!({"template_id": template}))
+        .await;
+    assert_eq!(r.status, 201, "launch: {}", r.text());
+    id_of(&r.json())
+}
+
+async fn output(c: &Client, p: u64, task: u64) -> Vec<Value> {
+    ok_json(c, &at(p, &format!("tasks/{task}/output")))
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn texts(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["output"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Polls task `task` until its status is one of `want` (panics after `secs`).
+async fn wait_status(c: &Client, p: u64, task: u64, want: &[&str], secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let t = ok_json(c, &at(p, &format!("tasks/{task}"))).await;
+        if want.contains(&t["status"].as_str().unwrap_or_default()) {
+            return t;
+        }
+        if Instant::now() > deadline {
+            let out = texts(&output(c, p, task).await);
+            panic!("task {task} not {want:?} within {secs} s: {t}\noutput: {out:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until runner `id` shows online in `/api/runners/{id}`.
+async fn wait_online(admin: &Client, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let r = ok_json(admin, &format!("/api/runners/{id}")).await;
+        if r["online"] == true {
+            assert!(r["touched"].is_string(), "{r}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("runner {id} did not come online");
+}
+
+/// The number after `prefix` in the task's output.
+fn number_after(lines: &[String], prefix: &str) -> Option<i32> {
+    lines
+        .iter()
+        .find_map(|t| t.strip_prefix(prefix).and_then(|n| n.trim().parse().ok()))
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned();
+        state != "Z" && state != "X"
+    })
+}
+
+async fn wait_dead(pid: i32, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn microseconds(line: &Value) -> i128 {
+    let t = line["time"].as_str().expect("time");
+    let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("time {t}: {e}"));
+    t.unix_timestamp_nanos() / 1000
+}
+
+const WORK: &str =
+    "#!/usr/bin/env bash\necho \"work $FORGE_TASK_ID on $(hostname)\"\nsleep 0.3\necho done\n";
+const SLEEPY: &str = "#!/usr/bin/env bash\necho \"pid $$\"\nsleep 60\n";
+const SHORT: &str = "#!/usr/bin/env bash\necho \"pid $$\"\nsleep 3\necho finished\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_tasks_spread_over_three_runners_within_tags_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("forge.redb"), free_port(), "5");
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (c1, r1) = register(server.addr, dir.path(), "one", "a", 2);
+    let (c2, r2) = register(server.addr, dir.path(), "two", "a,b", 2);
+    let (c3, r3) = register(server.addr, dir.path(), "three", "", 3);
+    let max: HashMap<u64, usize> = [(r1, 2), (r2, 2), (r3, 3)].into();
+    let _agents = [Agent::start(&c1), Agent::start(&c2), Agent::start(&c3)];
+    for id in [r1, r2, r3] {
+        wait_online(&admin, id).await;
+    }
+    let (p, repo_id) = project(&admin, repo.path(), &[("work.sh", WORK)]).await;
+    // Two templates per tag ("b": runner two only; "a": one or two; none: any): a template
+    // runs one task at a time, so six templates keep up to six tasks going.
+    let mut templates = Vec::new();
+    for (i, tag) in ["b", "b", "a", "a", "", ""].iter().enumerate() {
+        let t = template(&admin, p, repo_id, &format!("t{i}"), "work.sh", tag).await;
+        templates.push((t, *tag));
+    }
+    let mut tasks = Vec::new();
+    for round in 0..10 {
+        for &(t, tag) in &templates {
+            let _ = round;
+            tasks.push((launch(&admin, p, t).await, tag));
+        }
+    }
+    assert_eq!(tasks.len(), 60);
+    let mut intervals: BTreeMap<u64, Vec<(i128, i128)>> = BTreeMap::new();
+    for &(task, tag) in &tasks {
+        let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 120).await;
+        let lines = output(&admin, p, task).await;
+        assert_eq!(t["status"], "success", "{t}: {:#?}", texts(&lines));
+        let runner = t["runner_id"].as_u64().expect("a runner ran it");
+        match tag {
+            "b" => assert_eq!(runner, r2, "tag b runs on runner two only"),
+            "a" => assert!(runner == r1 || runner == r2, "tag a: {runner}"),
+            _ => {}
+        }
+        let text = texts(&lines);
+        assert!(
+            text.iter()
+                .any(|l| l.starts_with(&format!("work {task} on"))),
+            "{text:#?}"
+        );
+        assert_eq!(text.last().map(String::as_str), Some("done"), "{text:#?}");
+        let prepared = lines
+            .iter()
+            .find(|l| l["output"] == format!("Preparing: {task}"))
+            .expect("the runner's first line");
+        intervals
+            .entry(runner)
+            .or_default()
+            .push((microseconds(prepared), microseconds(lines.last().unwrap())));
+    }
+    assert_eq!(
+        intervals.len(),
+        3,
+        "every runner took jobs: {:?}",
+        intervals.keys()
+    );
+    for (runner, spans) in &intervals {
+        // The most jobs a runner ever ran at once (from its own timestamps).
+        let mut edges: Vec<(i128, i32)> =
+            spans.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
+        edges.sort_unstable();
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in edges {
+            now += d;
+            most = most.max(now);
+        }
+        assert!(
+            usize::try_from(most).unwrap() <= max[runner],
+            "runner {runner} ran {most} at once (limit {})",
+            max[runner]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_runner_loses_its_task_the_others_finish_and_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("forge.redb"), free_port(), "2");
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (c1, r1) = register(server.addr, dir.path(), "one", "", 1);
+    let (c2, r2) = register(server.addr, dir.path(), "two", "", 1);
+    let mut agents: HashMap<u64, Agent> = [(r1, Agent::start(&c1)), (r2, Agent::start(&c2))].into();
+    wait_online(&admin, r1).await;
+    wait_online(&admin, r2).await;
+    let (p, repo_id) = project(
+        &admin,
+        repo.path(),
+        &[("sleepy.sh", SLEEPY), ("short.sh", SHORT)],
+    )
+    .await;
+    let sleepy = template(&admin, p, repo_id, "sleepy", "sleepy.sh", "").await;
+    let short = template(&admin, p, repo_id, "short", "short.sh", "").await;
+    let doomed = launch(&admin, p, sleepy).await;
+    let t = wait_status(&admin, p, doomed, &["running"], 20).await;
+    let victim = t["runner_id"].as_u64().expect("runner");
+    let other = launch(&admin, p, short).await;
+    let t = wait_status(&admin, p, other, &["running"], 20).await;
+    assert_ne!(t["runner_id"].as_u64(), Some(victim), "one task per runner");
+    let pid = loop {
+        if let Some(pid) = number_after(&texts(&output(&admin, p, doomed).await), "pid ") {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let killed_at = Instant::now();
+    agents.get_mut(&victim).unwrap().kill_9();
+    let t = wait_status(&admin, p, doomed, &["error"], 15).await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(8),
+        "ended after {:?}",
+        killed_at.elapsed()
+    );
+    assert!(t["end"].is_string(), "{t}");
+    let text = texts(&output(&admin, p, doomed).await);
+    assert!(
+        text.iter()
+            .any(|l| l.contains("was lost: no contact for 2 s")),
+        "{text:#?}"
+    );
+    let t = wait_status(&admin, p, other, &["success"], 20).await;
+    assert_ne!(t["runner_id"].as_u64(), Some(victim));
+    let r = ok_json(&admin, &format!("/api/runners/{victim}")).await;
+    assert_eq!(r["online"], false, "{r}");
+
+    // Back again: it kills what its killed predecessor left running, and takes jobs.
+    assert!(alive(pid), "the orphaned script still runs");
+    let config = agents[&victim].config.clone();
+    agents.insert(victim, Agent::start(&config));
+    wait_online(&admin, victim).await;
+    wait_dead(pid, 10).await;
+    // Two jobs, one runner each (limit 1): the restarted one takes one of them.
+    let busy = launch(&admin, p, sleepy).await;
+    let again = launch(&admin, p, short).await;
+    let b = wait_status(&admin, p, busy, &["running"], 20).await;
+    let a = wait_status(&admin, p, again, &["success"], 30).await;
+    let mut used = [b["runner_id"].as_u64(), a["runner_id"].as_u64()];
+    used.sort_unstable();
+    let mut both = [Some(r1), Some(r2)];
+    both.sort_unstable();
+    assert_eq!(used, both, "{}", agents[&victim].log());
+    let r = admin
+        .post(&at(p, &format!("tasks/{busy}/stop")), json!({}))
+        .await;
+    assert_eq!(r.status, 204);
+    wait_status(&admin, p, busy, &["stopped"], 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_reaches_a_remote_task_and_kills_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("forge.redb"), free_port(), "10");
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (c1, r1) = register(server.addr, dir.path(), "one", "", 0);
+    let _agent = Agent::start(&c1);
+    wait_online(&admin, r1).await;
+    let (p, repo_id) = project(&admin, repo.path(), &[("sleepy.sh", SLEEPY)]).await;
+    let sleepy = template(&admin, p, repo_id, "sleepy", "sleepy.sh", "").await;
+    let task = launch(&admin, p, sleepy).await;
+    wait_status(&admin, p, task, &["running"], 20).await;
+    let pid = loop {
+        if let Some(pid) = number_after(&texts(&output(&admin, p, task).await), "pid ") {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = admin
+        .post(&at(p, &format!("tasks/{task}/stop")), json!({}))
+        .await;
+    assert_eq!(r.status, 204);
+    let t = wait_status(&admin, p, task, &["stopped"], 10).await;
+    assert!(t["end"].is_string());
+    wait_dead(pid, 5).await;
+    let text = texts(&output(&admin, p, task).await);
+    assert_eq!(
+        text.last().map(String::as_str),
+        Some("Task stopped"),
+        "{text:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_restart_ends_remote_tasks_and_runners_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let db = dir.path().join("forge.redb");
+    let port = free_port();
+    let server = serve(&db, port, "10");
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let token = admin.new_token().await;
+    let (c1, r1) = register(server.addr, dir.path(), "one", "", 0);
+    let agent = Agent::start(&c1);
+    wait_online(&admin, r1).await;
+    let (p, repo_id) = project(
+        &admin,
+        repo.path(),
+        &[("sleepy.sh", SLEEPY), ("short.sh", SHORT)],
+    )
+    .await;
+    let sleepy = template(&admin, p, repo_id, "sleepy", "sleepy.sh", "").await;
+    let short = template(&admin, p, repo_id, "short", "short.sh", "").await;
+    let task = launch(&admin, p, sleepy).await;
+    wait_status(&admin, p, task, &["running"], 20).await;
+    let pid = loop {
+        if let Some(pid) = number_after(&texts(&output(&admin, p, task).await), "pid ") {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    server.kill_9();
+    // The runner keeps the job while the server is away, then learns it is over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alive(pid));
+    let server = serve(&db, port, "10");
+    let admin = server.client().with_bearer(&token);
+    let t = wait_status(&admin, p, task, &["error"], 5).await;
+    let text = texts(&output(&admin, p, task).await);
+    assert_eq!(
+        text.last().map(String::as_str),
+        Some("interrupted: server restarted"),
+        "{text:#?}"
+    );
+    assert_eq!(t["runner_id"].as_u64(), Some(r1));
+    wait_dead(pid, 15).await;
+    let next = launch(&admin, p, short).await;
+    let t = wait_status(&admin, p, next, &["success"], 30).await;
+    assert_eq!(t["runner_id"].as_u64(), Some(r1), "{}", agent.log());
+}
+
+/// Runner routes on an in-process server: every refusal is a JSON error.
+#[tokio::test]
+async fn runner_routes_refuse_bad_input() {
+    let server = TestServer::start_with(|c| {
+        c.runner_registration_token = Some(forge::config::Secret(REGISTRATION.into()));
+    })
+    .await;
+    let admin = server.admin().await;
+    let anon = server.client();
+    let (_, user) = server.user("plain", false).await;
+    let internal = "/api/internal/runners";
+    // Registration.
+    let r = anon
+        .post(
+            internal,
+            json!({"registration_token": "wrong", "name": "x"}),
+        )
+        .await;
+    r.assert_error(401);
+    let r = anon
+        .raw("POST", internal, Some(b"{nope".to_vec()), &[])
+        .await;
+    r.assert_error(400);
+    let r = anon
+        .post(
+            internal,
+            json!({"registration_token": REGISTRATION, "tags": ["a b"]}),
+        )
+        .await;
+    r.assert_error(400);
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let r = anon.raw("POST", internal, Some(big.clone()), &[]).await;
+    r.assert_error(413);
+    let r = anon
+        .post(
+            internal,
+            json!({"registration_token": REGISTRATION, "name": "x", "tags": ["a"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let id = id_of(&r.json());
+    let header = [("x-runner-token", token.as_str())];
+    // Polls and reports.
+    anon.get(internal).await.assert_error(401);
+    anon.raw("GET", internal, None, &[("x-runner-token", "nope")])
+        .await
+        .assert_error(401);
+    let r = anon.raw("GET", internal, None, &header).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"jobs": [], "stop": [], "timeout_secs": 60})
+    );
+    anon.raw("GET", &format!("{internal}?wait=soon"), None, &header)
+        .await
+        .assert_error(400);
+    anon.raw("PUT", internal, Some(b"[1,".to_vec()), &header)
+        .await
+        .assert_error(400);
+    anon.raw("PUT", internal, Some(big.clone()), &header)
+        .await
+        .assert_error(413);
+    let body = json!({"jobs": [{"task_id": 5, "status": "flying"}]}).to_string();
+    anon.raw("PUT", internal, Some(body.into_bytes()), &header)
+        .await
+        .assert_error(400);
+    // A job the runner does not hold comes back as one to stop.
+    let body = json!({"jobs": [{"task_id": 5, "status": "running"}]}).to_string();
+    let r = anon
+        .raw("PUT", internal, Some(body.into_bytes()), &header)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"stop": [5]}));
+    // Admin routes.
+    anon.get("/api/runners").await.assert_error(401);
+    user.get("/api/runners").await.assert_error(403);
+    user.post("/api/runners", json!({})).await.assert_error(403);
+    admin.get("/api/runners/999").await.assert_error(404);
+    admin.get("/api/runners/abc").await.assert_error(400);
+    admin
+        .put("/api/runners/999", json!({}))
+        .await
+        .assert_error(404);
+    admin.delete("/api/runners/999").await.assert_error(404);
+    admin
+        .post("/api/runners/999/active", json!({"active": false}))
+        .await
+        .assert_error(404);
+    admin
+        .raw("POST", "/api/runners", Some(b"{".to_vec()), &[])
+        .await
+        .assert_error(400);
+    admin
+        .raw("POST", "/api/runners", Some(big), &[])
+        .await
+        .assert_error(413);
+    admin
+        .post(&format!("/api/runners/{id}/active"), json!({}))
+        .await
+        .assert_error(400);
+    admin
+        .put(
+            &format!("/api/runners/{id}"),
+            json!({"max_parallel_tasks": 1_000_000}),
+        )
+        .await
+        .assert_error(400);
+    let list = ok_json(&admin, "/api/runners").await;
+    assert_eq!(list[0]["name"], "x");
+    assert_eq!(list[0]["tags"], json!(["a"]));
+    assert!(list[0].get("token").is_none());
+    // Deactivated: refused at once; active again: accepted; deleted: refused.
+    let r = admin
+        .post(
+            &format!("/api/runners/{id}/active"),
+            json!({"active": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    anon.raw("GET", internal, None, &header)
+        .await
+        .assert_error(401);
+    let r = admin
+        .put(
+            &format!("/api/runners/{id}"),
+            json!({"active": true, "name": "y"}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(anon.raw("GET", internal, None, &header).await.status, 200);
+    assert_eq!(
+        ok_json(&admin, &format!("/api/runners/{id}")).await["name"],
+        "y"
+    );
+    let r = admin
+        .post("/api/runners", json!({"name": "made", "tags": ["z"]}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let made = r.json();
+    assert!(made["token"].as_str().is_some_and(|t| t.len() == 44));
+    assert_eq!(
+        admin.delete(&format!("/api/runners/{id}")).await.status,
+        204
+    );
+    anon.raw("GET", internal, None, &header)
+        .await
+        .assert_error(401);
+    // Unregister with the second runner's token.
+    let made_token = made["token"].as_str().unwrap();
+    let h = [("x-runner-token", made_token)];
+    assert_eq!(anon.raw("DELETE", internal, None, &h).await.status, 204);
+    anon.raw("DELETE", internal, None, &h)
+        .await
+        .assert_error(401);
+    // A template's runner tag is checked.
+    let p = common::new_project(&admin, "tags").await;
+    let repo = tempfile::tempdir().unwrap();
+    let repo_id = common::local_repository(&admin, p, repo.path()).await;
+    let r = admin
+        .post(
+            &at(p, "templates"),
+            json!({"name": "t", "project_id": p, "app": "bash", "playbook": "x.sh",
+                   "repository_id": repo_id, "runner_tag": "no spaces"}),
+        )
+        .await;
+    r.assert_error(400);
+}
