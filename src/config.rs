@@ -227,6 +227,31 @@ pub struct Config {
     #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
           default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
     pub proxy_header: crate::http::forwarded::ProxyHeader,
+
+    /// How tasks are confined: `landlock` (read-write only in their own workspace and
+    /// private dir; the default, with a warning at start where the kernel lacks it) or `off`.
+    #[arg(long, env = "FORGE_SANDBOX", value_enum, default_value_t = crate::sandbox::Mode::Landlock)]
+    pub sandbox: crate::sandbox::Mode,
+
+    /// Run tasks as this user (the server must run as root); their directories are given to
+    /// that user.
+    #[arg(long, env = "FORGE_TASK_USER")]
+    pub task_user: Option<String>,
+
+    /// Folders (comma-separated) under which local-path repositories are allowed; none by
+    /// default, so every repository is a git URL cloned into the task's workspace.
+    #[arg(long, env = "FORGE_LOCAL_REPO_ROOTS", value_delimiter = ',')]
+    pub local_repo_roots: Vec<PathBuf>,
+
+    /// More folders (comma-separated) tasks may read and execute from under the sandbox, for
+    /// tool chains outside the system paths and `PATH`.
+    #[arg(long, env = "FORGE_SANDBOX_READ_ONLY", value_delimiter = ',')]
+    pub sandbox_read_only: Vec<PathBuf>,
+
+    /// The forge binary that wraps task processes in the sandbox (default: this one); tests
+    /// running the server in-process point it at the built binary.
+    #[arg(skip)]
+    pub sandbox_exe: Option<PathBuf>,
 }
 
 impl Config {
@@ -322,6 +347,11 @@ impl Config {
             disk_faults: None,
             trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
             proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
+            sandbox: crate::sandbox::Mode::Landlock,
+            task_user: None,
+            local_repo_roots: Vec::new(),
+            sandbox_read_only: Vec::new(),
+            sandbox_exe: None,
         }
     }
 }

@@ -43,6 +43,10 @@ enum Command {
     /// Write a backup of the database: from a running server (--url), or of a stopped server's
     /// file (--db).
     Backup(forge::backup::BackupArgs),
+    /// The task sandbox's wrapper: restrict this process with Landlock and `no_new_privs`,
+    /// then exec the program (started by the server for every task process).
+    #[command(name = forge::sandbox::SUBCOMMAND, hide = true)]
+    SandboxExec(forge::sandbox::ExecArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +112,10 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread, log or runtime: the wrapper execs the task's program at once.
+    if let Command::SandboxExec(args) = &cli.command {
+        return forge::sandbox::exec(args);
+    }
     let format = match &cli.command {
         Command::Serve(config) => config.log_format,
         _ => LogFormat::Text,
@@ -147,6 +155,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check(args),
             Command::Compact { db } => compact(&db),
             Command::Backup(args) => forge::backup::command(args).await,
+            Command::SandboxExec(args) => forge::sandbox::exec(&args),
         }
     })
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::output::Sink;
@@ -303,7 +302,7 @@ pub(super) async fn run_command(
     sink: &Sink,
     max_secs: u64,
 ) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
-    let mut cmd = Command::new(&prepared.program);
+    let mut cmd = sink.jail().command(&prepared.program, &prepared.cwd);
     cmd.args(&prepared.prefix)
         .args(args)
         .current_dir(&prepared.cwd)
@@ -522,6 +521,9 @@ fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
         ("TMPDIR".into(), home.join("tmp").display().to_string()),
         ("PWD".into(), cwd.display().to_string()),
         ("FORGE_TASK_ID".into(), task.id.to_string()),
+        // Expanded by the target's shell: the task's home on localhost (the only place the
+        // sandbox lets it write), the login's home elsewhere, as upstream's `~` default.
+        ("ANSIBLE_REMOTE_TEMP".into(), "$HOME/.ansible/tmp".into()),
     ]
 }
 
@@ -631,12 +633,13 @@ async fn prepare_repository(
 ) -> Result<PathBuf, String> {
     let repo = &m.repo;
     if repo.git_url.starts_with('/') {
-        let path = PathBuf::from(&repo.git_url);
+        let path = inner.local_repository(&repo.git_url)?;
         if !path.is_dir() {
             return Err(format!("repository path {} does not exist", repo.git_url));
         }
         return Ok(path);
     }
+    inner.check_clone_source(&repo.git_url)?;
     let branch = task
         .git_branch
         .clone()
@@ -996,21 +999,10 @@ async fn checkout(
         let _ = std::fs::remove_dir_all(dir);
     }
     sink.line(format!("Cloning Repository {url}")).await;
-    if let Some(parent) = dir.parent() {
-        private_dir(parent)?;
-    }
-    let target = dir.display().to_string();
-    let parent = dir.parent().unwrap_or(dir);
-    let args = [
-        "clone",
-        "--recursive",
-        "--branch",
-        branch,
-        "--",
-        url,
-        target.as_str(),
-    ];
-    git(&args, parent, env, sink).await
+    // Into the workspace made first: the sandbox lets git write there and nowhere else.
+    private_dir(dir)?;
+    let args = ["clone", "--recursive", "--branch", branch, "--", url, "."];
+    git(&args, dir, env, sink).await
 }
 
 /// Stores on the task the hash and subject of the commit checked out in `cwd` (`commit_hash`,
@@ -1022,7 +1014,8 @@ async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &P
         return;
     }
     let safe = format!("safe.directory={}", cwd.display());
-    let out = Command::new("git")
+    let out = inner
+        .task_command(task, "git", cwd)
         .args(["-c", safe.as_str(), "log", "-1", "--format=%H%n%s"])
         .current_dir(cwd)
         .env_clear()
@@ -1062,7 +1055,7 @@ async fn git(
     env: &[(String, String)],
     sink: &Sink,
 ) -> Result<(), String> {
-    let mut cmd = Command::new("git");
+    let mut cmd = sink.jail().command("git", cwd);
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()

@@ -11,6 +11,7 @@ mod output;
 pub mod process;
 mod queue;
 pub mod remote;
+mod sandbox;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,10 @@ pub(crate) struct Settings {
     output_max_lines: u64,
     output_max_bytes: u64,
     work_dir: PathBuf,
+    /// How task processes are confined.
+    jail: Arc<crate::sandbox::Jail>,
+    /// Which local-path repositories may run.
+    local_repos: crate::sandbox::LocalRepos,
 }
 
 /// Why a running task is asked to end.
@@ -262,6 +267,7 @@ impl Runner {
         host: Arc<dyn Host>,
         store: Store,
         config: &Config,
+        jail: Arc<crate::sandbox::Jail>,
     ) -> crate::service::Result<Self> {
         let (live, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
@@ -274,6 +280,8 @@ impl Runner {
                 output_max_lines: config.output_max_lines.max(1),
                 output_max_bytes: config.output_max_bytes.max(1),
                 work_dir: config.work_dir(),
+                jail,
+                local_repos: crate::sandbox::LocalRepos::new(config),
             },
             state: Mutex::new(State::default()),
             wake: Notify::new(),

@@ -30,6 +30,8 @@ pub(super) struct Sink {
     writer: tokio::task::JoinHandle<()>,
     /// Lines the store refused so far.
     lost: Arc<AtomicU64>,
+    /// How the task's commands are confined.
+    jail: super::sandbox::TaskJail,
 }
 
 impl Sink {
@@ -37,8 +39,19 @@ impl Sink {
     pub(super) fn start(inner: Arc<Inner>, task: Task, first: u64) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let lost = Arc::new(AtomicU64::new(0));
+        let jail = super::sandbox::TaskJail::new(&inner, &task);
         let writer = tokio::spawn(pump(inner, task, rx, first, Arc::clone(&lost)));
-        Self { tx, writer, lost }
+        Self {
+            tx,
+            writer,
+            lost,
+            jail,
+        }
+    }
+
+    /// The task's sandbox, for the commands it runs.
+    pub(super) fn jail(&self) -> &super::sandbox::TaskJail {
+        &self.jail
     }
 
     /// A counter of the lines the store refused (read it after [`Sink::finish`]).

@@ -115,6 +115,8 @@ pub struct Services {
     access_changes: tokio::sync::watch::Sender<u64>,
     /// Login outcomes counted for metrics.
     logins: LoginStats,
+    /// Which local-path repositories may be saved (`--local-repo-roots`).
+    local_repos: crate::sandbox::LocalRepos,
 }
 
 /// Failed and throttled logins since start (for metrics).
@@ -156,6 +158,7 @@ impl Services {
             )),
             access_changes: tokio::sync::watch::channel(0).0,
             logins: LoginStats::default(),
+            local_repos: crate::sandbox::LocalRepos::new(config),
         })
     }
 
@@ -181,6 +184,12 @@ impl Services {
     #[must_use]
     pub fn hash_queue_depth(&self) -> usize {
         self.hasher.waiting()
+    }
+
+    /// Which local-path repositories may be saved and run.
+    #[must_use]
+    pub fn local_repos(&self) -> &crate::sandbox::LocalRepos {
+        &self.local_repos
     }
 
     /// Whether non-admin users may create projects (`can_create_project`).
