@@ -34,6 +34,8 @@ fn template(project: u64) -> Template {
         suppress_success_alerts: false,
         app: "bash".into(),
         max_duration_secs: 0,
+        runner_tag: None,
+        allow_ansible_vars_in_task: false,
     }
 }
 

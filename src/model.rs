@@ -349,6 +349,8 @@ pub struct TemplateVault {
 }
 
 /// A task template: what to run, from where, with what.
+// Its flags are upstream's independent wire fields, not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     /// Server-assigned id.
@@ -393,6 +395,12 @@ pub struct Template {
     pub app: String,
     /// Longest a task of this template may run, in seconds (Forge extension; 0 = default).
     pub max_duration_secs: u64,
+    /// Only runners carrying this tag run its tasks; `None` = any runner (or the local one).
+    /// Added in format version 4.
+    pub runner_tag: Option<String>,
+    /// A task's own variables may set ansible's connection variables (`ansible_*`); off by
+    /// default (Forge extension). Added in format version 4.
+    pub allow_ansible_vars_in_task: bool,
 }
 
 /// A view: a named tab of a project's templates list, in `position` order.
@@ -586,6 +594,9 @@ pub struct Task {
     /// App options as a JSON object in text (terraform: `plan`, `destroy`, `auto_approve`,
     /// `upgrade`, `reconfigure`); empty = none. Added in format version 3.
     pub params: String,
+    /// The remote runner it was given to; `None` = run (or to be run) by the server itself.
+    /// Added in format version 4.
+    pub runner_id: Option<u64>,
 }
 
 impl Task {
@@ -621,6 +632,7 @@ impl Task {
             process_group: None,
             sealed_secret: Vec::new(),
             params: String::new(),
+            runner_id: None,
         }
     }
 }

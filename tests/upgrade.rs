@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 
 /// Every fixture directory under `tests/fixtures/`, oldest first.
 const FIXTURES: &[&str] = &["v1", "v2", "v3"];
-/// The fixture written by a release of the current format: it needs no migration, only the
-/// tables added since that release (made at start).
-const CURRENT_FORMAT_FIXTURE: &str = "v3";
+/// The fixture written by a release of the current format, once there is one: it needs no
+/// migration, only the tables added since that release (made at start). Format 4 (templates'
+/// runner tags, tasks' runners) has no release yet, so every fixture migrates.
+const CURRENT_FORMAT_FIXTURE: Option<&str> = None;
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,7 +146,7 @@ async fn upgrade_one(name: &str) {
 
     let server = ServerProcess::start(&db, &[]);
     let log = String::from_utf8_lossy(&server.log()).into_owned();
-    let migrates = name != CURRENT_FORMAT_FIXTURE;
+    let migrates = Some(name) != CURRENT_FORMAT_FIXTURE;
     if !migrates {
         assert!(!log.contains("upgraded the database"), "{name}: {log}");
         assert!(

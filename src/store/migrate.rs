@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::{Error, Result, codec, tables};
 
 /// The format version this binary writes, and the newest it can open.
-pub const CURRENT: u64 = 3;
+pub const CURRENT: u64 = 4;
 
 /// The `META` key holding the format version.
 pub const VERSION_KEY: &str = "schema_version";
@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "clear templates' view_id where it names no view of the project; tasks gain params",
         apply: v3::apply,
     },
+    Migration {
+        to: 4,
+        name: "templates gain runner_tag and allow_ansible_vars_in_task; tasks gain runner_id",
+        apply: v4::apply,
+    },
 ];
 
 /// Version 2 → 3.
@@ -70,60 +75,61 @@ mod v3 {
 
     use serde::{Deserialize, Serialize};
 
+    use super::v4::TaskV3;
     use super::{ReadableTable, Result, WriteTransaction, rewrite, tables};
-    use crate::model::{Task, TaskStatus};
+    use crate::model::TaskStatus;
 
     /// A template as versions 1 to 3 write it (frozen: never change it).
     #[derive(Serialize, Deserialize)]
     pub(super) struct TemplateV2 {
-        id: u64,
-        project_id: u64,
-        inventory_id: Option<u64>,
-        repository_id: u64,
-        environment_id: Option<u64>,
+        pub(super) id: u64,
+        pub(super) project_id: u64,
+        pub(super) inventory_id: Option<u64>,
+        pub(super) repository_id: u64,
+        pub(super) environment_id: Option<u64>,
         pub(super) view_id: Option<u64>,
-        name: String,
-        playbook: String,
-        arguments: Option<String>,
-        allow_override_args_in_task: bool,
-        description: Option<String>,
-        kind: String,
-        start_version: Option<String>,
-        build_template_id: Option<u64>,
-        autorun: bool,
-        git_branch: Option<String>,
-        survey_vars: Vec<SurveyVarV2>,
-        vaults: Vec<TemplateVaultV2>,
-        suppress_success_alerts: bool,
-        app: String,
-        max_duration_secs: u64,
+        pub(super) name: String,
+        pub(super) playbook: String,
+        pub(super) arguments: Option<String>,
+        pub(super) allow_override_args_in_task: bool,
+        pub(super) description: Option<String>,
+        pub(super) kind: String,
+        pub(super) start_version: Option<String>,
+        pub(super) build_template_id: Option<u64>,
+        pub(super) autorun: bool,
+        pub(super) git_branch: Option<String>,
+        pub(super) survey_vars: Vec<SurveyVarV2>,
+        pub(super) vaults: Vec<TemplateVaultV2>,
+        pub(super) suppress_success_alerts: bool,
+        pub(super) app: String,
+        pub(super) max_duration_secs: u64,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct SurveyVarV2 {
-        name: String,
-        title: String,
-        description: String,
-        kind: String,
-        required: bool,
-        values: Vec<SurveyValueV2>,
+    pub(super) struct SurveyVarV2 {
+        pub(super) name: String,
+        pub(super) title: String,
+        pub(super) description: String,
+        pub(super) kind: String,
+        pub(super) required: bool,
+        pub(super) values: Vec<SurveyValueV2>,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct SurveyValueV2 {
-        name: String,
-        value: String,
+    pub(super) struct SurveyValueV2 {
+        pub(super) name: String,
+        pub(super) value: String,
     }
 
     #[derive(Serialize, Deserialize)]
-    struct TemplateVaultV2 {
-        id: u64,
-        vault_key_id: u64,
-        name: Option<String>,
+    pub(super) struct TemplateVaultV2 {
+        pub(super) id: u64,
+        pub(super) vault_key_id: u64,
+        pub(super) name: Option<String>,
     }
 
     /// A task as versions 1 and 2 wrote it (frozen: never change it). It converts to the
-    /// current [`Task`]: when that changes again, freeze the version-3 shape here first.
+    /// version-3 shape, which migration 4 converts on.
     #[derive(Serialize, Deserialize)]
     pub(super) struct TaskV2 {
         pub(super) id: u64,
@@ -154,9 +160,9 @@ mod v3 {
         sealed_secret: Vec<u8>,
     }
 
-    impl From<TaskV2> for Task {
+    impl From<TaskV2> for TaskV3 {
         fn from(t: TaskV2) -> Self {
-            Task {
+            TaskV3 {
                 id: t.id,
                 project_id: t.project_id,
                 template_id: t.template_id,
@@ -201,8 +207,157 @@ mod v3 {
             }
             t
         })?;
-        rewrite(tx, tables::PROJECT_TASK, |t: TaskV2| Task::from(t))?;
+        rewrite(tx, tables::PROJECT_TASK, |t: TaskV2| TaskV3::from(t))?;
         Ok(())
+    }
+}
+
+/// Version 3 → 4, for remote runners and the task sandbox.
+/// - Templates gain `runner_tag` (none: any runner) and `allow_ansible_vars_in_task` (off: a
+///   task's own variables may no longer set ansible's connection variables, which version 3
+///   allowed; a template that needs it opts in).
+/// - Tasks gain `runner_id` (none: the server runs them, as every version-3 task was).
+mod v4 {
+    use serde::{Deserialize, Serialize};
+
+    use super::v3::{SurveyVarV2, TemplateV2, TemplateVaultV2};
+    use super::{Result, WriteTransaction, rewrite, tables};
+    use crate::model::{SurveyValue, SurveyVar, Task, TaskStatus, Template, TemplateVault};
+
+    /// A task as version 3 writes it (frozen: never change it). It converts to the current
+    /// [`Task`]: when that changes again, freeze the version-4 shape in the next step first.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct TaskV3 {
+        pub(super) id: u64,
+        pub(super) project_id: u64,
+        pub(super) template_id: u64,
+        pub(super) status: TaskStatus,
+        pub(super) debug: bool,
+        pub(super) dry_run: bool,
+        pub(super) diff: bool,
+        pub(super) playbook: String,
+        pub(super) environment: String,
+        pub(super) limit: String,
+        pub(super) arguments: Option<String>,
+        pub(super) git_branch: Option<String>,
+        pub(super) user_id: Option<u64>,
+        pub(super) integration_id: Option<u64>,
+        pub(super) schedule_id: Option<u64>,
+        pub(super) created: i64,
+        pub(super) start: Option<i64>,
+        pub(super) end: Option<i64>,
+        pub(super) message: String,
+        pub(super) commit_hash: Option<String>,
+        pub(super) commit_message: String,
+        pub(super) build_task_id: Option<u64>,
+        pub(super) version: Option<String>,
+        pub(super) inventory_id: Option<u64>,
+        pub(super) process_group: Option<i32>,
+        pub(super) sealed_secret: Vec<u8>,
+        pub(super) params: String,
+    }
+
+    impl From<TaskV3> for Task {
+        fn from(t: TaskV3) -> Self {
+            Task {
+                id: t.id,
+                project_id: t.project_id,
+                template_id: t.template_id,
+                status: t.status,
+                debug: t.debug,
+                dry_run: t.dry_run,
+                diff: t.diff,
+                playbook: t.playbook,
+                environment: t.environment,
+                limit: t.limit,
+                arguments: t.arguments,
+                git_branch: t.git_branch,
+                user_id: t.user_id,
+                integration_id: t.integration_id,
+                schedule_id: t.schedule_id,
+                created: t.created,
+                start: t.start,
+                end: t.end,
+                message: t.message,
+                commit_hash: t.commit_hash,
+                commit_message: t.commit_message,
+                build_task_id: t.build_task_id,
+                version: t.version,
+                inventory_id: t.inventory_id,
+                process_group: t.process_group,
+                sealed_secret: t.sealed_secret,
+                params: t.params,
+                runner_id: None,
+            }
+        }
+    }
+
+    pub(super) fn apply(tx: &WriteTransaction) -> Result<()> {
+        rewrite(tx, tables::PROJECT_TEMPLATE, |t: TemplateV2| {
+            Template::from(t)
+        })?;
+        rewrite(tx, tables::PROJECT_TASK, |t: TaskV3| Task::from(t))?;
+        Ok(())
+    }
+
+    impl From<SurveyVarV2> for SurveyVar {
+        fn from(v: SurveyVarV2) -> Self {
+            SurveyVar {
+                name: v.name,
+                title: v.title,
+                description: v.description,
+                kind: v.kind,
+                required: v.required,
+                values: v
+                    .values
+                    .into_iter()
+                    .map(|c| SurveyValue {
+                        name: c.name,
+                        value: c.value,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<TemplateVaultV2> for TemplateVault {
+        fn from(v: TemplateVaultV2) -> Self {
+            TemplateVault {
+                id: v.id,
+                vault_key_id: v.vault_key_id,
+                name: v.name,
+            }
+        }
+    }
+
+    impl From<TemplateV2> for Template {
+        fn from(t: TemplateV2) -> Self {
+            Template {
+                id: t.id,
+                project_id: t.project_id,
+                inventory_id: t.inventory_id,
+                repository_id: t.repository_id,
+                environment_id: t.environment_id,
+                view_id: t.view_id,
+                name: t.name,
+                playbook: t.playbook,
+                arguments: t.arguments,
+                allow_override_args_in_task: t.allow_override_args_in_task,
+                description: t.description,
+                kind: t.kind,
+                start_version: t.start_version,
+                build_template_id: t.build_template_id,
+                autorun: t.autorun,
+                git_branch: t.git_branch,
+                survey_vars: t.survey_vars.into_iter().map(Into::into).collect(),
+                vaults: t.vaults.into_iter().map(Into::into).collect(),
+                suppress_success_alerts: t.suppress_success_alerts,
+                app: t.app,
+                max_duration_secs: t.max_duration_secs,
+                runner_tag: None,
+                allow_ansible_vars_in_task: false,
+            }
+        }
     }
 }
 
@@ -482,11 +637,12 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    /// The frozen version-2 template is the shape the model still has, field for field: a
-    /// template written now decodes as one. Migration 3 clears a `view_id` naming no view of
-    /// the project, keeps one that does, and gives every task empty `params`.
+    /// A version-2 file upgraded to the current format: migration 3 clears a `view_id` naming
+    /// no view of the project, keeps one that does, and gives every task empty `params`;
+    /// migration 4 gives templates no runner tag and no `ansible_*` override, and tasks no
+    /// runner. Every other field comes through unchanged.
     #[test]
-    fn version_3_clears_dangling_view_ids_and_gives_tasks_params() {
+    fn versions_3_and_4_upgrade_templates_and_tasks_field_for_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v2.redb");
         let template = |id: u64, view_id: Option<u64>| crate::model::Template {
@@ -515,6 +671,12 @@ mod tests {
             suppress_success_alerts: true,
             app: "ansible".into(),
             max_duration_secs: 60,
+            runner_tag: None,
+            allow_ansible_vars_in_task: false,
+        };
+        // The shape version 2 wrote: the current one without the fields added since.
+        let v2 = |t: &crate::model::Template| -> v3::TemplateV2 {
+            serde_json::from_value(serde_json::to_value(t).unwrap()).unwrap()
         };
         let task: v3::TaskV2 = serde_json::from_value(serde_json::json!({
             "id": 8, "project_id": 2, "template_id": 4, "status": "Success", "debug": true,
@@ -547,7 +709,7 @@ mod tests {
             let mut templates = tx.open_table(tables::PROJECT_TEMPLATE).unwrap();
             for t in [template(4, Some(9)), template(5, Some(7))] {
                 templates
-                    .insert((2, t.id), codec::encode(&t).as_slice())
+                    .insert((2, t.id), codec::encode(&v2(&t)).as_slice())
                     .unwrap();
             }
             drop(templates);
@@ -568,7 +730,7 @@ mod tests {
         let stored = tx.open_table(tables::PROJECT_TASK).unwrap();
         let got: crate::model::Task =
             codec::decode(stored.get((2, 8)).unwrap().unwrap().value()).unwrap();
-        assert_eq!(got.params, "");
+        assert_eq!((got.params.as_str(), got.runner_id), ("", None));
         assert_eq!(
             (got.id, got.debug, got.version.as_deref(), got.sealed_secret),
             (8, true, Some("1.2"), vec![1, 2])

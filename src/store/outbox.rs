@@ -253,6 +253,8 @@ mod tests {
                     suppress_success_alerts: suppress,
                     app: "bash".into(),
                     max_duration_secs: 0,
+                    runner_tag: None,
+                    allow_ansible_vars_in_task: false,
                 };
                 raw.open_table(PROJECT_TEMPLATE)?
                     .insert((1, 7), codec::encode(&template).as_slice())?;

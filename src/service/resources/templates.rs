@@ -224,6 +224,8 @@ impl Services {
             suppress_success_alerts: input.suppress_success_alerts.unwrap_or_default(),
             app,
             max_duration_secs: input.max_duration_secs.unwrap_or_default(),
+            runner_tag: None,
+            allow_ansible_vars_in_task: false,
         })
     }
 
