@@ -191,10 +191,14 @@ impl Jail {
         for path in wanted {
             grant(&path, &protected, &mut read_only);
         }
-        read_only.dedup();
+        // A path inside another one adds nothing.
+        let covered = read_only.clone();
+        read_only.retain(|p| !covered.iter().any(|c| c != p && p.starts_with(c)));
         if landlock {
+            let shown: Vec<String> = read_only.iter().map(|p| p.display().to_string()).collect();
             tracing::info!(
                 user = user.as_ref().map_or("(server's)", |u| u.name.as_str()),
+                read_only = shown.join(","),
                 "task sandbox: Landlock; tasks read-write only in their own directories"
             );
         }
@@ -286,10 +290,11 @@ fn chown_tree(path: &Path, user: &TaskUser) {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
-    if meta.uid() != user.uid || meta.gid() != user.gid {
-        if let Err(e) = std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot give a task file to the task user");
-        }
+    if (meta.uid() != user.uid || meta.gid() != user.gid)
+        && let Err(e) = std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+    {
+        tracing::warn!(path = %path.display(), error = %e,
+            "cannot give a task file to the task user");
     }
     if meta.is_dir()
         && let Ok(entries) = std::fs::read_dir(path)
@@ -475,6 +480,32 @@ pub fn local_path(url: &str) -> Option<&str> {
     }
     let (scheme, rest) = url.split_once("://")?;
     scheme.eq_ignore_ascii_case("file").then_some(rest)
+}
+
+/// Refuses a task `environment` (a JSON object of extra variables) that sets one of ansible's
+/// own variables (`ansible_*`: connection, user, SSH arguments, interpreter...) unless
+/// `template` allows it: otherwise anyone who may run a task could point the connection
+/// elsewhere or run commands through `ansible_ssh_common_args`.
+///
+/// # Errors
+/// The message names the variable.
+pub fn check_task_vars(template: &crate::model::Template, environment: &str) -> Result<(), String> {
+    if template.allow_ansible_vars_in_task {
+        return Ok(());
+    }
+    let Ok(serde_json::Value::Object(vars)) = serde_json::from_str(environment) else {
+        return Ok(());
+    };
+    match vars
+        .keys()
+        .find(|k| k.trim().to_ascii_lowercase().starts_with("ansible_"))
+    {
+        Some(key) => Err(format!(
+            "environment: {key} is an ansible variable, which a task may set only when its \
+             template allows it (allow_ansible_vars_in_task)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Which local-path repositories may be used (`--local-repo-roots`): only paths under one of

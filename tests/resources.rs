@@ -358,6 +358,7 @@ const TEMPLATE_FIELDS: &[(&str, Ty)] = &[
     ("playbook", Ty::Str),
     ("arguments", Ty::OptStr),
     ("allow_override_args_in_task", Ty::Bool),
+    ("allow_ansible_vars_in_task", Ty::Bool),
     ("description", Ty::OptStr),
     ("type", Ty::Str),
     ("start_version", Ty::OptStr),

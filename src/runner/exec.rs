@@ -599,6 +599,7 @@ async fn prepare(
     sink: &Sink,
     task_dir: &Path,
 ) -> Result<Prepared, String> {
+    crate::sandbox::check_task_vars(template, &task.environment)?;
     let m = Materials::load(inner, task, template)?;
     private_dir(&task_dir.join("tmp"))?;
     let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;

@@ -85,6 +85,8 @@ pub struct TemplateInput {
     pub arguments: Option<String>,
     /// Tasks may add arguments.
     pub allow_override_args_in_task: Option<bool>,
+    /// Tasks may set ansible's own variables (`ansible_*`) in their `environment`.
+    pub allow_ansible_vars_in_task: Option<bool>,
     /// Free text.
     pub description: Option<String>,
     /// `""`, `build`, `deploy`.
@@ -225,7 +227,7 @@ impl Services {
             app,
             max_duration_secs: input.max_duration_secs.unwrap_or_default(),
             runner_tag: None,
-            allow_ansible_vars_in_task: false,
+            allow_ansible_vars_in_task: input.allow_ansible_vars_in_task.unwrap_or_default(),
         })
     }
 
