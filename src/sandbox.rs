@@ -115,8 +115,9 @@ pub struct Jail {
     exe: PathBuf,
     /// Read-only (and executable) paths, after leaving out every protected one.
     read_only: Vec<PathBuf>,
-    /// Paths no rule may cover: the database's and the key's directories, the work dir, the
-    /// metrics token file and the backup dir.
+    /// Paths no rule may cover (each with the siblings named after it, see [`shields`]): the
+    /// database, the key file, the work dir, the metrics token file, the alert secret files
+    /// and the backup dir.
     protected: Vec<PathBuf>,
     /// Where tasks' directories live (made traversable for the task user).
     work_dir: PathBuf,
@@ -170,14 +171,21 @@ impl Jail {
                 .map_err(|e| format!("cannot find the forge binary for the sandbox: {e}"))?,
         };
         let work_dir = config.work_dir();
-        let mut protected = vec![work_dir.clone()];
-        for file in [config.db.clone(), config.key_file()] {
-            if let Some(dir) = file.parent() {
-                protected.push(dir.to_path_buf());
-            }
-            protected.push(file);
-        }
+        let mut protected = vec![work_dir.clone(), config.db.clone(), config.key_file()];
         protected.extend(config.metrics_token_file.iter().cloned());
+        let alerts = &config.alerts;
+        protected.extend(
+            [
+                &alerts.alert_slack_url_file,
+                &alerts.alert_teams_url_file,
+                &alerts.alert_telegram_token_file,
+                &alerts.alert_webhook_secret_file,
+                &alerts.alert_smtp_password_file,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
         protected.extend(config.backup_dir.iter().cloned());
         let protected: Vec<PathBuf> = protected.iter().map(|p| canonical(p)).collect();
         let mut wanted: Vec<PathBuf> = SYSTEM
@@ -355,16 +363,38 @@ fn tool_dirs(path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
     dirs
 }
 
-/// Adds `path` to `out` unless it is or lies inside a protected path; when it holds one, adds
-/// its other entries instead (recursively), so no rule ever covers a protected path.
+/// Whether protected path `p` shields `path`: `path` is `p`, a sibling named after it (the
+/// database's `<db>.key`, `<db>.work`, `<db>.pre-v4-*.bak`; the key's `<key>.old`), or lies
+/// inside one of those.
+fn shields(p: &Path, path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+        return path.starts_with(p);
+    };
+    match path
+        .strip_prefix(dir)
+        .ok()
+        .and_then(|r| r.components().next())
+    {
+        Some(Component::Normal(first)) => first
+            .as_encoded_bytes()
+            .starts_with(name.as_encoded_bytes()),
+        _ => false,
+    }
+}
+
+/// Adds `path` to `out` unless a protected path shields it; when it holds one, adds its other
+/// entries instead (recursively), so no rule ever covers a protected path.
 fn grant(path: &Path, protected: &[PathBuf], out: &mut Vec<PathBuf>) {
     let Ok(path) = path.canonicalize() else {
         return;
     };
-    if protected.iter().any(|p| path.starts_with(p)) {
+    if protected.iter().any(|p| shields(p, &path)) {
         return;
     }
-    if !protected.iter().any(|p| p.starts_with(&path)) {
+    if !protected
+        .iter()
+        .any(|p| p.parent().is_some_and(|dir| dir.starts_with(&path)))
+    {
         if !out.contains(&path) {
             out.push(path);
         }
@@ -558,7 +588,7 @@ impl LocalRepos {
         if self
             .protected
             .iter()
-            .any(|p| p.starts_with(&resolved) || resolved.starts_with(p))
+            .any(|p| p.starts_with(&resolved) || shields(p, &resolved))
         {
             return Err(format!(
                 "local-path repository {path} refused: it holds (or lies inside) Forge's own \
@@ -584,7 +614,12 @@ mod tests {
     fn a_grant_never_covers_a_protected_path() {
         let top = tempfile::tempdir().unwrap();
         let root = top.path().canonicalize().unwrap();
-        for dir in ["tools/bin", "tools/share", "data/forge.work", "data/other"] {
+        for dir in [
+            "tools/bin",
+            "tools/share",
+            "data/forge.redb.work",
+            "data/other",
+        ] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::write(root.join("tools/x"), "").unwrap();
@@ -609,6 +644,13 @@ mod tests {
                 root.join("tools/x")
             ]
         );
+        // A database: its directory's other entries are granted, never what is named after it.
+        std::fs::write(root.join("data/forge.redb"), "").unwrap();
+        std::fs::write(root.join("data/forge.redb.pre-v4-1.bak"), "").unwrap();
+        let protected = vec![root.join("data/forge.redb")];
+        let mut out = Vec::new();
+        grant(&root.join("data"), &protected, &mut out);
+        assert_eq!(out, [root.join("data/other")]);
     }
 
     #[test]

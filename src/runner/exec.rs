@@ -521,9 +521,6 @@ fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
         ("TMPDIR".into(), home.join("tmp").display().to_string()),
         ("PWD".into(), cwd.display().to_string()),
         ("FORGE_TASK_ID".into(), task.id.to_string()),
-        // Expanded by the target's shell: the task's home on localhost (the only place the
-        // sandbox lets it write), the login's home elsewhere, as upstream's `~` default.
-        ("ANSIBLE_REMOTE_TEMP".into(), "$HOME/.ansible/tmp".into()),
     ]
 }
 
@@ -607,7 +604,7 @@ async fn prepare(
     let mut vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
     vars.env.extend(build_env(template, task));
     if template.app == "ansible" {
-        ansible(inner, task, template, &m, vars, cwd, task_dir)
+        ansible(inner, task, template, &m, vars, cwd, task_dir).map(super::sandbox::ansible_temp)
     } else if terraform::handles(&template.app) {
         let inputs = terraform::Inputs {
             inner,

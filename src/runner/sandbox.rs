@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use super::Inner;
+use super::exec::Prepared;
 use crate::model::{Repository, Task, TaskId, Template};
 use crate::sandbox::Jail;
 
@@ -77,4 +78,15 @@ impl Inner {
             None => Ok(()),
         }
     }
+}
+
+/// Points ansible's remote temp dir at `$HOME/.ansible/tmp`, expanded by the target's shell:
+/// the task's home on `localhost` (the only place the sandbox lets a local-connection play
+/// write; upstream's `~` default names the login's home from the user database), the
+/// login's home elsewhere, as before.
+pub(super) fn ansible_temp(mut prepared: Prepared) -> Prepared {
+    prepared
+        .env
+        .push(("ANSIBLE_REMOTE_TEMP".into(), "$HOME/.ansible/tmp".into()));
+    prepared
 }
