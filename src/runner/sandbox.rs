@@ -20,14 +20,18 @@ pub(super) struct TaskJail {
     task_dir: PathBuf,
     /// The folder of a `file://` repository, which git reads.
     source: Option<PathBuf>,
+    /// The whole checkout the task runs in (its app may run in a folder of it).
+    checkout: Option<PathBuf>,
 }
 
 impl TaskJail {
     pub(super) fn new(inner: &Inner, task: &Task) -> Self {
+        let (source, checkout) = places(inner, task).unwrap_or_default();
         Self {
             jail: Arc::clone(&inner.settings.jail),
             task_dir: task_dir(inner, task.id),
-            source: clone_source(inner, task),
+            source,
+            checkout,
         }
     }
 
@@ -35,21 +39,34 @@ impl TaskJail {
     /// the task's private directory only (and read access to a `file://` repository).
     pub(super) fn command(&self, program: &str, workspace: &Path) -> Command {
         let read = self.source.as_deref().into_iter().collect::<Vec<_>>();
+        // The whole checkout when the app runs in a folder of it (terraform's module dir).
+        let workspace = match &self.checkout {
+            Some(checkout) if workspace.starts_with(checkout) => checkout.as_path(),
+            _ => workspace,
+        };
         self.jail
             .command(program, &[workspace, self.task_dir.as_path()], &read)
     }
 }
 
-/// The folder of the task's repository when it is cloned from a `file://` URL that
-/// `--local-repo-roots` allows: git reads it.
-fn clone_source(inner: &Inner, task: &Task) -> Option<PathBuf> {
+/// Where the task's repository is read from (a `file://` folder `--local-repo-roots`
+/// allows: git reads it) and its checkout (the local path, or the clone in the work dir, as
+/// `exec::prepare_repository` names it).
+type Places = (Option<PathBuf>, Option<PathBuf>);
+
+fn places(inner: &Inner, task: &Task) -> Option<Places> {
     let view = inner.store.view().ok()?;
     let template: Template = view.get(task.project_id, task.template_id).ok()??;
     let repo: Repository = view.get(task.project_id, template.repository_id).ok()??;
     if repo.git_url.starts_with('/') {
-        return None;
+        return Some((None, inner.local_repository(&repo.git_url).ok()));
     }
-    inner.local_repository(&repo.git_url).ok()
+    let clone = inner
+        .settings
+        .work_dir
+        .join("repos")
+        .join(format!("repository_{}_{}", repo.id, template.id));
+    Some((inner.local_repository(&repo.git_url).ok(), Some(clone)))
 }
 
 /// Where task `id`'s private directory is.
