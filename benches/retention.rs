@@ -306,6 +306,9 @@ async fn launch(sizes: &Sizes) {
     config.admin = Some("admin".into());
     config.admin_password = Some(Secret("changeme".into()));
     config.max_parallel_tasks = 2;
+    // The repository is a local folder; tasks run in the sandbox through the built binary.
+    config.local_repo_roots = vec![repo.clone()];
+    config.sandbox_exe = Some(env!("CARGO_BIN_EXE_forge").into());
     // The server's own pruner has nothing to do; the bench drives one by hand.
     let app = forge::App::start(config).await.expect("server starts");
     let store = app.services.store().clone();

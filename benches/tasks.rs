@@ -110,6 +110,9 @@ fn server_running(rt: &Runtime, script: &str, configure: impl FnOnce(&mut Config
     config.admin = Some("admin".into());
     config.admin_password = Some(Secret("changeme".into()));
     config.max_parallel_tasks = MAX_PARALLEL;
+    // The repository is a local folder; tasks run in the sandbox through the built binary.
+    config.local_repo_roots = vec![repo.clone()];
+    config.sandbox_exe = Some(env!("CARGO_BIN_EXE_forge").into());
     configure(&mut config);
     rt.block_on(async {
         let app = forge::App::start(config).await.expect("server starts");

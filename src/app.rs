@@ -39,6 +39,9 @@ pub enum StartError {
     /// The alert channels are misconfigured (the text names the flag).
     #[error("alerts: {0}")]
     Alerts(String),
+    /// The task sandbox cannot be set up (an unknown `--task-user`, or one without root).
+    #[error("{0}")]
+    Sandbox(String),
     /// The metrics token (or its file) is unusable.
     #[error("{0}")]
     MetricsToken(String),
@@ -100,6 +103,7 @@ impl App {
     /// administrator cannot be created.
     pub async fn start(mut config: Config) -> Result<Arc<Self>, StartError> {
         config.resolve_paths().map_err(StartError::Paths)?;
+        let jail = Arc::new(crate::sandbox::Jail::new(&config).map_err(StartError::Sandbox)?);
         let metrics_token = crate::metrics::scrape::ScrapeToken::configured(&config)
             .map_err(StartError::MetricsToken)?;
         let (path, faults) = (config.db.clone(), config.disk_faults.clone());
@@ -137,8 +141,8 @@ impl App {
         );
         let services = Services::new(store, cipher, &config);
         let host = Arc::new(RunnerHost(Arc::clone(&services)));
-        let runner =
-            Runner::start(host, services.store().clone(), &config).map_err(StartError::Runner)?;
+        let runner = Runner::start(host, services.store().clone(), &config, jail)
+            .map_err(StartError::Runner)?;
         let router = Router::new(routes());
         let metrics = crate::metrics::Http::new(
             router

@@ -228,6 +228,31 @@ pub struct Config {
           default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
     pub proxy_header: crate::http::forwarded::ProxyHeader,
 
+    /// How tasks are confined: `landlock` (read-write only in their own workspace and
+    /// private dir; the default, with a warning at start where the kernel lacks it) or `off`.
+    #[arg(long, env = "FORGE_SANDBOX", value_enum, default_value_t = crate::sandbox::Mode::Landlock)]
+    pub sandbox: crate::sandbox::Mode,
+
+    /// Run tasks as this user (the server must run as root); their directories are given to
+    /// that user.
+    #[arg(long, env = "FORGE_TASK_USER")]
+    pub task_user: Option<String>,
+
+    /// Folders (comma-separated) under which local-path repositories are allowed; none by
+    /// default, so every repository is a git URL cloned into the task's workspace.
+    #[arg(long, env = "FORGE_LOCAL_REPO_ROOTS", value_delimiter = ',')]
+    pub local_repo_roots: Vec<PathBuf>,
+
+    /// More folders (comma-separated) tasks may read and execute from under the sandbox, for
+    /// tool chains outside the system paths and `PATH`.
+    #[arg(long, env = "FORGE_SANDBOX_READ_ONLY", value_delimiter = ',')]
+    pub sandbox_read_only: Vec<PathBuf>,
+
+    /// The forge binary that wraps task processes in the sandbox (default: this one); tests
+    /// running the server in-process point it at the built binary.
+    #[arg(skip)]
+    pub sandbox_exe: Option<PathBuf>,
+
     /// The token `forge runner register` presents to register a remote runner (none: remote
     /// runners register only through an administrator's `POST /api/runners`).
     #[arg(
@@ -387,6 +412,11 @@ impl Config {
             runner_registration_token_file: None,
             runner_timeout: 60,
             local_runner: LocalRunner::Auto,
+            sandbox: crate::sandbox::Mode::Landlock,
+            task_user: None,
+            local_repo_roots: Vec::new(),
+            sandbox_read_only: Vec::new(),
+            sandbox_exe: None,
         }
     }
 }

@@ -35,6 +35,8 @@
 //!   durable outbox the task writer fills (`store::outbox`), with retries and a give-up bound.
 //! - [`metrics`]: Prometheus counters and histograms (atomics each layer keeps where the
 //!   work happens) and the scrape that reads them all (`metrics::scrape`).
+//! - [`sandbox`]: the task sandbox (Landlock through the `forge sandbox-exec` wrapper, the task
+//!   user, allowed local-path repositories).
 //! - [`model`]: the plain stored types. [`clock`]: injectable time, and `now_us` for output
 //!   time stamps.
 //!
@@ -57,6 +59,7 @@ pub mod model;
 pub mod notify;
 pub mod retention;
 pub mod runner;
+pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod service;

@@ -46,6 +46,10 @@ enum Command {
     /// A remote runner: register with a server, run its jobs, unregister.
     #[command(subcommand)]
     Runner(forge::agent::RunnerCommand),
+    /// The task sandbox's wrapper: restrict this process with Landlock and `no_new_privs`,
+    /// then exec the program (started by the server for every task process).
+    #[command(name = forge::sandbox::SUBCOMMAND, hide = true)]
+    SandboxExec(forge::sandbox::ExecArgs),
 }
 
 #[derive(Subcommand)]
@@ -111,6 +115,10 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread, log or runtime: the wrapper execs the task's program at once.
+    if let Command::SandboxExec(args) = &cli.command {
+        return forge::sandbox::exec(args);
+    }
     let format = match &cli.command {
         Command::Serve(config) => config.log_format,
         _ => LogFormat::Text,
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            Command::SandboxExec(args) => forge::sandbox::exec(&args),
         }
     })
 }

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
 /// A data dir and a `bin` dir that is the server's whole `PATH`: `bash` (a link to the real
-/// one), a stand-in `terraform`, and `recorder`, which writes its argv to `argv.txt`.
+/// one), a stand-in `terraform`, and `recorder`, which writes its argv to `argv.txt` in the
+/// repository (the task sandbox lets a task write in its workspace only, and run nothing from
+/// the data dir).
 struct Lab {
     dir: tempfile::TempDir,
 }
@@ -24,13 +26,13 @@ impl Lab {
         let lab = Self {
             dir: tempfile::tempdir().expect("temp dir"),
         };
-        for d in ["bin", "repo"] {
+        for d in ["bin", "repo", "data"] {
             std::fs::create_dir_all(lab.path(d)).expect("mkdir");
         }
         std::os::unix::fs::symlink("/bin/bash", lab.path("bin/bash")).expect("link bash");
         let recorder = format!(
             "#!/bin/bash\nprintf '%s\\n' \"$@\" > '{}'\n",
-            lab.path("argv.txt").display()
+            lab.path("repo/argv.txt").display()
         );
         for (name, body) in [
             ("terraform", "#!/bin/bash\nexit 0\n"),
@@ -52,7 +54,7 @@ impl Lab {
     fn serve(&self) -> ServerProcess {
         let bin = self.path("bin").display().to_string();
         ServerProcess::start(
-            &self.path("forge.redb"),
+            &self.path("data/forge.redb"),
             &[
                 ("PATH", bin.as_str()),
                 // Not the harness's: every app's state here comes from PATH.
@@ -249,7 +251,7 @@ async fn templates_and_launches_need_an_active_app() {
     assert_eq!(r.status, 201, "{}", r.text());
     let task = finished(&a, p, id_of(&r.json())).await;
     assert_eq!(task["status"], "success", "{task}");
-    let argv = std::fs::read_to_string(lab.path("argv.txt")).expect("recorded argv");
+    let argv = std::fs::read_to_string(lab.path("repo/argv.txt")).expect("recorded argv");
     assert_eq!(argv, "-e\ntwo words\nrun.sh\n");
     server.stop();
 }

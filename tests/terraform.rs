@@ -46,7 +46,8 @@ case "$cmd" in
 esac
 "#;
 
-/// A data dir, the stand-in's directories, and a terraform configuration to run in.
+/// A data dir, and a repository holding a terraform configuration to run in and the stand-in's
+/// directories (the task sandbox lets the stand-in write only in its workspace).
 struct Lab {
     dir: tempfile::TempDir,
 }
@@ -55,7 +56,7 @@ impl Lab {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let lab = Self { dir };
-        for d in ["bin", "calls", "ctl", "repo/infra"] {
+        for d in ["bin", "repo/calls", "repo/ctl", "repo/infra"] {
             std::fs::create_dir_all(lab.path(d)).expect("mkdir");
         }
         std::fs::write(
@@ -64,8 +65,8 @@ impl Lab {
         )
         .expect("main.tf");
         let script = STAND_IN
-            .replace("@CALLS@", lab.path("calls").to_str().expect("utf-8"))
-            .replace("@CTL@", lab.path("ctl").to_str().expect("utf-8"));
+            .replace("@CALLS@", lab.path("repo/calls").to_str().expect("utf-8"))
+            .replace("@CTL@", lab.path("repo/ctl").to_str().expect("utf-8"));
         for name in ["terraform", "tofu", "tofu-custom"] {
             let file = lab.path("bin").join(name);
             std::fs::write(&file, &script).expect("stand-in");
@@ -108,7 +109,7 @@ impl Lab {
 
     /// Makes the next plans report no changes / fail (or not).
     fn control(&self, name: &str, on: bool) {
-        let file = self.path("ctl").join(name);
+        let file = self.path("repo/ctl").join(name);
         if on {
             std::fs::write(file, "").expect("control file");
         } else {
@@ -119,7 +120,7 @@ impl Lab {
     /// The calls recorded so far, oldest first (each: program name, then the arguments),
     /// and forgets them.
     fn take_calls(&self) -> Vec<Vec<String>> {
-        let dir = self.path("calls");
+        let dir = self.path("repo/calls");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .expect("calls")
             .map(|e| e.expect("entry").path())
@@ -140,7 +141,7 @@ impl Lab {
 
     /// The environment of the last call recorded (before [`Lab::take_calls`]).
     fn last_env(&self) -> String {
-        let dir = self.path("calls");
+        let dir = self.path("repo/calls");
         let mut envs: Vec<PathBuf> = std::fs::read_dir(&dir)
             .expect("calls")
             .map(|e| e.expect("entry").path())

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::output::Sink;
@@ -297,7 +296,7 @@ pub(super) async fn run_command(
     sink: &Sink,
     max_secs: u64,
 ) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
-    let mut cmd = Command::new(&prepared.program);
+    let mut cmd = sink.jail().command(&prepared.program, &prepared.cwd);
     cmd.args(&prepared.prefix)
         .args(args)
         .current_dir(&prepared.cwd)
@@ -591,6 +590,7 @@ async fn prepare(
     sink: &Sink,
     task_dir: &Path,
 ) -> Result<Prepared, String> {
+    crate::sandbox::check_task_vars(template, &task.environment)?;
     let m = Materials::load(inner, task, template)?;
     private_dir(&task_dir.join("tmp"))?;
     let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;
@@ -598,7 +598,7 @@ async fn prepare(
     let mut vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
     vars.env.extend(build_env(template, task));
     if template.app == "ansible" {
-        ansible(inner, task, template, &m, vars, cwd, task_dir)
+        ansible(inner, task, template, &m, vars, cwd, task_dir).map(super::sandbox::ansible_temp)
     } else if terraform::handles(&template.app) {
         let inputs = terraform::Inputs {
             inner,
@@ -625,12 +625,13 @@ async fn prepare_repository(
 ) -> Result<PathBuf, String> {
     let repo = &m.repo;
     if repo.git_url.starts_with('/') {
-        let path = PathBuf::from(&repo.git_url);
+        let path = inner.local_repository(&repo.git_url)?;
         if !path.is_dir() {
             return Err(format!("repository path {} does not exist", repo.git_url));
         }
         return Ok(path);
     }
+    inner.check_clone_source(&repo.git_url)?;
     let branch = task
         .git_branch
         .clone()
@@ -1004,13 +1005,10 @@ async fn checkout(
         let _ = std::fs::remove_dir_all(dir);
     }
     sink.line(format!("Cloning Repository {url}")).await;
-    if let Some(parent) = dir.parent() {
-        private_dir(parent)?;
-    }
-    let target = dir.display().to_string();
-    let parent = dir.parent().unwrap_or(dir);
-    let args = ["clone", "--branch", branch, "--", url, target.as_str()];
-    git(&args, parent, env, sink).await?;
+    // Into the workspace made first: the sandbox lets git write there and nowhere else.
+    private_dir(dir)?;
+    let args = ["clone", "--branch", branch, "--", url, "."];
+    git(&args, dir, env, sink).await?;
     submodules(dir, submodule_env, sink).await
 }
 
@@ -1034,7 +1032,8 @@ async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &P
         return;
     }
     let safe = format!("safe.directory={}", cwd.display());
-    let out = Command::new("git")
+    let out = inner
+        .task_command(task, "git", cwd)
         .args(["-c", safe.as_str(), "log", "-1", "--format=%H%n%s"])
         .current_dir(cwd)
         .env_clear()
@@ -1074,7 +1073,7 @@ async fn git(
     env: &[(String, String)],
     sink: &Sink,
 ) -> Result<(), String> {
-    let mut cmd = Command::new("git");
+    let mut cmd = sink.jail().command("git", cwd);
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()

@@ -14,6 +14,7 @@ pub mod process;
 mod queue;
 pub mod remote;
 mod remote_exec;
+mod sandbox;
 pub mod seam;
 mod secrets;
 pub mod terraform;
@@ -90,6 +91,10 @@ pub(crate) struct Settings {
     output_max_lines: u64,
     output_max_bytes: u64,
     work_dir: PathBuf,
+    /// How task processes are confined.
+    jail: Arc<crate::sandbox::Jail>,
+    /// Which local-path repositories may run.
+    local_repos: crate::sandbox::LocalRepos,
 }
 
 /// Why a running task is asked to end.
@@ -271,6 +276,7 @@ impl Runner {
         host: Arc<dyn Host>,
         store: Store,
         config: &Config,
+        jail: Arc<crate::sandbox::Jail>,
     ) -> crate::service::Result<Self> {
         let (live, _) = broadcast::channel(4096);
         let store_for_fleet = store.clone();
@@ -284,6 +290,8 @@ impl Runner {
                 output_max_lines: config.output_max_lines.max(1),
                 output_max_bytes: config.output_max_bytes.max(1),
                 work_dir: config.work_dir(),
+                jail,
+                local_repos: crate::sandbox::LocalRepos::new(config),
             },
             state: Mutex::new(State::default()),
             wake: Notify::new(),

@@ -34,6 +34,8 @@ pub(super) struct Sink {
     stored: Arc<AtomicU64>,
     /// Lines the store refused so far.
     lost: Arc<AtomicU64>,
+    /// How the task's commands are confined.
+    jail: super::sandbox::TaskJail,
 }
 
 impl Sink {
@@ -47,6 +49,7 @@ impl Sink {
             closed: closed_tx,
             stored: Arc::clone(&stored),
         };
+        let jail = super::sandbox::TaskJail::new(&inner, &task);
         let writer = tokio::spawn(pump(inner, task, rx, first, Arc::clone(&lost), progress));
         Self {
             tx,
@@ -54,7 +57,13 @@ impl Sink {
             closed,
             stored,
             lost,
+            jail,
         }
+    }
+
+    /// The task's sandbox, for the commands it runs.
+    pub(super) fn jail(&self) -> &super::sandbox::TaskJail {
+        &self.jail
     }
 
     /// A counter of the lines the store refused (read it after [`Sink::finish_within`]).

@@ -119,6 +119,8 @@ pub struct Services {
     logins: LoginStats,
     /// Token users and memberships remembered with exact invalidation (Bearer hot path).
     access_cache: access_cache::AccessCache,
+    /// Which local-path repositories may be saved (`--local-repo-roots`).
+    local_repos: crate::sandbox::LocalRepos,
 }
 
 /// Failed and throttled logins since start (for metrics).
@@ -161,6 +163,7 @@ impl Services {
             access_changes: tokio::sync::watch::channel(0).0,
             logins: LoginStats::default(),
             access_cache: access_cache::AccessCache::default(),
+            local_repos: crate::sandbox::LocalRepos::new(config),
         })
     }
 
@@ -186,6 +189,12 @@ impl Services {
     #[must_use]
     pub fn hash_queue_depth(&self) -> usize {
         self.hasher.waiting()
+    }
+
+    /// Which local-path repositories may be saved and run.
+    #[must_use]
+    pub fn local_repos(&self) -> &crate::sandbox::LocalRepos {
+        &self.local_repos
     }
 
     /// Whether non-admin users may create projects (`can_create_project`).

@@ -171,6 +171,7 @@ impl Services {
             if !active_apps.contains(&template.app) {
                 return Err(super::apps::inactive(&template.app));
             }
+            crate::sandbox::check_task_vars(&template, &environment).map_err(Error::Invalid)?;
             if let Some(i) = inventory_id {
                 tx.get::<Inventory>(p, i)?.ok_or_else(|| {
                     Error::Invalid(format!(

@@ -27,6 +27,13 @@ pub const ADMIN_PASSWORD: &str = "changeme";
 /// The manual clock's starting time (2025-05-21T02:35:12Z).
 pub const T0: i64 = 1_747_794_912;
 
+/// Folders test servers allow local-path repositories under (`--local-repo-roots`): the temp
+/// dir the tests' repositories are made in, and the made-up paths that are only ever saved.
+#[must_use]
+pub fn local_repo_roots() -> Vec<PathBuf> {
+    vec![std::env::temp_dir(), "/srv".into(), "/nonexistent".into()]
+}
+
 /// `/api/project/{p}/{rest}`.
 pub fn at(p: u64, rest: &str) -> String {
     format!("/api/project/{p}/{rest}")
@@ -132,6 +139,9 @@ impl TestServer {
         // Templates may use ansible whether or not it is installed here (no test runs it
         // without checking that it is).
         config.extra_apps = vec!["ansible".into()];
+        config.local_repo_roots = local_repo_roots();
+        // Tasks run in the sandbox through the built binary (this process is the test's).
+        config.sandbox_exe = Some(process::FORGE.into());
         tweak(&mut config);
         let app = forge::App::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

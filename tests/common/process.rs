@@ -26,6 +26,14 @@ pub fn forge_serve(db: &Path, envs: &[(&str, &str)]) -> Command {
         .env("NO_COLOR", "1")
         // Templates may use ansible whether or not it is installed here.
         .env("FORGE_EXTRA_APPS", "ansible")
+        .env(
+            "FORGE_LOCAL_REPO_ROOTS",
+            super::local_repo_roots()
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .env_remove("FORGE_SECRET_KEY")
         .env_remove("FORGE_SECRET_KEY_FILE")
         .stdin(Stdio::null())

@@ -347,9 +347,13 @@ fn launch(
         _ => Map::new(),
     };
     environment.extend(env.clone());
+    let environment = Value::Object(environment).to_string();
+    if let Err(why) = crate::sandbox::check_task_vars(&template, &environment) {
+        return Ok(Err(why));
+    }
     let mut task = Task {
         integration_id: Some(i.id),
-        environment: Value::Object(environment).to_string(),
+        environment,
         message: params.message.unwrap_or_default(),
         git_branch: params.git_branch.filter(|b| !b.trim().is_empty()),
         limit: params.limit.unwrap_or_default(),

@@ -66,8 +66,13 @@ impl ProjectResource for Repository {
     type Fields = Repository;
     const NAMES: Names = Names::new("repository", "Repository");
 
-    fn fields(_: &Services, input: RepositoryInput, to: Target) -> Result<Repository> {
-        repository_from(&input, to.id.unwrap_or_default(), to.project)
+    fn fields(services: &Services, input: RepositoryInput, to: Target) -> Result<Repository> {
+        let repo = repository_from(&input, to.id.unwrap_or_default(), to.project)?;
+        // Only under `--local-repo-roots`, never over Forge's own files.
+        if let Some(path) = crate::sandbox::local_path(&repo.git_url) {
+            services.local_repos().check(path).map_err(Error::Invalid)?;
+        }
+        Ok(repo)
     }
 
     fn record(tx: &Tx<'_>, repo: &Repository, _current: Option<Self>) -> Result<Self> {

@@ -85,6 +85,8 @@ pub struct TemplateInput {
     pub arguments: Option<String>,
     /// Tasks may add arguments.
     pub allow_override_args_in_task: Option<bool>,
+    /// Tasks may set ansible's own variables (`ansible_*`) in their `environment`.
+    pub allow_ansible_vars_in_task: Option<bool>,
     /// Free text.
     pub description: Option<String>,
     /// `""`, `build`, `deploy`.
@@ -235,7 +237,7 @@ impl Services {
                 }
                 tag => tag,
             },
-            allow_ansible_vars_in_task: false,
+            allow_ansible_vars_in_task: input.allow_ansible_vars_in_task.unwrap_or_default(),
         })
     }
 

@@ -73,6 +73,7 @@ fn template_view(req: &Req, t: &Template) -> Result<Value, ApiError> {
         "playbook": t.playbook,
         "arguments": t.arguments,
         "allow_override_args_in_task": t.allow_override_args_in_task,
+        "allow_ansible_vars_in_task": t.allow_ansible_vars_in_task,
         "description": t.description,
         "type": t.kind,
         "start_version": t.start_version,
