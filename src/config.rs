@@ -227,6 +227,11 @@ pub struct Config {
     #[arg(long, env = "FORGE_PROXY_HEADER", value_enum,
           default_value_t = crate::http::forwarded::ProxyHeader::XForwardedFor)]
     pub proxy_header: crate::http::forwarded::ProxyHeader,
+
+    /// Two-factor login (TOTP): `on` lets users enrol, and an enrolled user's login then
+    /// needs a code; `off` turns both off (enrolments are kept and apply again once on).
+    #[arg(long, env = "FORGE_TOTP", value_enum, default_value_t = Switch::On)]
+    pub totp: Switch,
 }
 
 impl Config {
@@ -322,6 +327,7 @@ impl Config {
             disk_faults: None,
             trusted_proxies: crate::http::forwarded::TrustedProxies::default(),
             proxy_header: crate::http::forwarded::ProxyHeader::XForwardedFor,
+            totp: Switch::On,
         }
     }
 }
@@ -367,6 +373,15 @@ impl std::str::FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_owned()))
     }
+}
+
+/// A feature switch (`--totp on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// A known IANA time zone name (from the embedded database).

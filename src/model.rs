@@ -3,9 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 mod integrations;
+mod totp;
 pub use integrations::{
     Delivery, DeliveryOutcome, Integration, IntegrationAlias, IntegrationMatcher, IntegrationValue,
 };
+pub use totp::UserTotp;
 
 /// A user id (JSON integer, increasing from 1).
 pub type UserId = u64;

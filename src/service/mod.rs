@@ -15,6 +15,7 @@ pub mod resources;
 pub mod secrets;
 pub mod tasks;
 mod throttle;
+pub mod totp;
 pub mod users;
 pub mod validate;
 
@@ -115,6 +116,10 @@ pub struct Services {
     access_changes: tokio::sync::watch::Sender<u64>,
     /// Login outcomes counted for metrics.
     logins: LoginStats,
+    /// `--totp on`: enrolled users verify a code after their password.
+    totp_on: bool,
+    /// Failed second-factor codes per (user, address) (`totp`).
+    totp_throttle: Arc<throttle::Throttle>,
 }
 
 /// Failed and throttled logins since start (for metrics).
@@ -156,6 +161,11 @@ impl Services {
             )),
             access_changes: tokio::sync::watch::channel(0).0,
             logins: LoginStats::default(),
+            totp_on: config.totp == crate::config::Switch::On,
+            totp_throttle: Arc::new(throttle::Throttle::new(
+                config.login_max_failures,
+                config.login_window_secs,
+            )),
         })
     }
 

@@ -186,6 +186,8 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::ALIASHASH_ALIAS)?;
     c.table(tables::INTEGRATION_DELIVERY)?;
     c.table(tables::CHANNEL_ALERT)?;
+    c.table(tables::USERID_TOTP)?;
+    c.table(tables::SESSIONHASH_PENDING)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

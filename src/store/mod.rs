@@ -39,6 +39,7 @@ mod sessions;
 pub mod tables;
 pub mod tasks;
 mod tokens;
+pub mod totp;
 mod users;
 pub mod writer;
 
@@ -204,6 +205,8 @@ impl Store {
             tx.open_table(tables::ALIASHASH_ALIAS)?;
             tx.open_table(tables::INTEGRATION_DELIVERY)?;
             tx.open_table(tables::CHANNEL_ALERT)?;
+            tx.open_table(tables::USERID_TOTP)?;
+            tx.open_table(tables::SESSIONHASH_PENDING)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

@@ -87,6 +87,7 @@ impl Store {
             let session: Session = codec::decode(bytes.value())?;
             tx.open_table(USERID_SESSIONHASH)?
                 .remove((session.user_id, hash))?;
+            super::totp::forget_pending(tx, &[hash])?;
             Ok(true)
         })
     }
@@ -111,6 +112,8 @@ impl Store {
             for key in &gone {
                 by_user.remove(key)?;
             }
+            let hashes: Vec<SecretHash> = gone.iter().map(|(_, h)| *h).collect();
+            super::totp::forget_pending(tx, &hashes)?;
             Ok(gone.len())
         })
     }
@@ -130,7 +133,9 @@ pub(super) fn revoke_user_sessions(
             Some(&hash) != keep
         })?
     {
-        sessions.remove(row?.0.value().1)?;
+        let hash = row?.0.value().1;
+        sessions.remove(hash)?;
+        super::totp::forget_pending(tx, &[hash])?;
         gone += 1;
     }
     Ok(gone)

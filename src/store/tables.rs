@@ -124,6 +124,13 @@ pub const INTEGRATION_DELIVERY: TableDefinition<(ProjectId, u64, u64), &[u8]> =
 /// order per channel (see `store::outbox`); ids come from the `next_alert_id` counter.
 pub const CHANNEL_ALERT: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("alert_outbox");
 
+/// User id → encoded [`crate::model::UserTotp`]: a user's two-factor (TOTP) enrolment.
+pub const USERID_TOTP: TableDefinition<UserId, &[u8]> = TableDefinition::new("user_totp");
+/// SHA-256(session id) → user id: sessions that still await their second factor (the session
+/// itself is in `SESSIONHASH_SESSION`; a row here limits it to the verify routes).
+pub const SESSIONHASH_PENDING: TableDefinition<SecretHash, UserId> =
+    TableDefinition::new("sessions_pending_totp");
+
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.
 pub const PROJECT_SCOPED: &[TableDefinition<(ProjectId, u64), &[u8]>] = &[
