@@ -49,6 +49,11 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/apps/{app_id}"),
     ("POST", "/api/apps/{app_id}/active"),
     ("GET", "/api/metrics"),
+    ("POST", "/api/auth/verify"),
+    ("POST", "/api/auth/recovery"),
+    ("POST", "/api/users/{user_id}/2fas/totp"),
+    ("GET", "/api/users/{user_id}/2fas/totp/{totp_id}/qr"),
+    ("DELETE", "/api/users/{user_id}/2fas/totp/{totp_id}"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -99,6 +104,15 @@ fn rows() -> Vec<Row> {
         row(P, "/api/apps/{app_id}/active",                                   [401, 403, 403, 403, 403, 403, 204]),
         // Metrics (issue 17): administrators, or a scraper's --metrics-token (see below).
         row(G, "/api/metrics",                                                [401, 403, 403, 403, 403, 403, 200]),
+        // Two-factor login (issue 16), on the guest `member`, who has enabled it: only they
+        // may enable it or see its QR code (admins included: the secret is theirs alone); an
+        // admin may disable it for them. Verify/recovery: every caller gets there, and none
+        // of them has enabled it (400).
+        row(P, "/api/users/{user_id}/2fas/totp",                              [401, 403, 403, 403, 403, 403, 403]),
+        row(G, "/api/users/{user_id}/2fas/totp/{totp_id}/qr",                 [401, 403, 403, 403, 403, 403, 403]),
+        row(D, "/api/users/{user_id}/2fas/totp/{totp_id}",                    [401, 403, 403, 403, 403, 403, 204]),
+        row(P, "/api/auth/verify",                                            [401, 400, 400, 400, 400, 400, 400]),
+        row(P, "/api/auth/recovery",                                          [401, 400, 400, 400, 400, 400, 400]),
 
         row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
@@ -255,6 +269,8 @@ struct Fixture {
     member: u64,
     /// A user in no project: who `POST .../users` adds.
     candidate: u64,
+    /// `member`'s TOTP enrolment.
+    totp: u64,
 }
 
 impl Fixture {
@@ -274,6 +290,7 @@ impl Fixture {
             "value_id" => self.value,
             "alias_id" => self.alias,
             "user_id" => self.member,
+            "totp_id" => self.totp,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
         }
     }
@@ -304,6 +321,10 @@ impl Fixture {
             ("POST", None) if pattern == "/api/projects" => json!({"name": "made in a cell"}),
             ("POST", None) if pattern == "/api/projects/restore" => {
                 json!({"meta": {"name": "restored in a cell"}})
+            }
+            ("POST", None) if pattern == "/api/auth/verify" => json!({"passcode": "123456"}),
+            ("POST", None) if pattern == "/api/auth/recovery" => {
+                json!({"recovery_code": "aaaa-bbbb-cccc-dddd"})
             }
             ("POST", None) if pattern == "/api/options" => {
                 json!({"key": "matrix.option", "value": "set in a cell"})
@@ -391,6 +412,8 @@ struct World {
     roles: [(u64, &'static str); 4],
     member: u64,
     candidate: u64,
+    /// `member`'s TOTP enrolment.
+    totp: u64,
 }
 
 impl World {
@@ -405,7 +428,12 @@ impl World {
         let (manager_id, manager) = server.user("manager", false).await;
         let (owner_id, owner) = server.user("owner", false).await;
         let (_, root) = server.user("root", true).await;
-        let (member, _) = server.user("member", false).await;
+        let (member, member_client) = server.user("member", false).await;
+        let r = member_client
+            .post(&format!("/api/users/{member}/2fas/totp"), json!({}))
+            .await;
+        assert_eq!(r.status, 201, "enable TOTP: {}", r.text());
+        let totp = r.json()["id"].as_u64().expect("TOTP id");
         let (candidate, _) = server.user("candidate", false).await;
         let callers = vec![
             server.client(),
@@ -428,6 +456,7 @@ impl World {
             ],
             member,
             candidate,
+            totp,
         }
     }
 
@@ -453,6 +482,7 @@ impl World {
             project: p,
             member: self.member,
             candidate: self.candidate,
+            totp: self.totp,
             ..Fixture::default()
         };
         if wants("keys") {
@@ -572,6 +602,7 @@ impl World {
             return Fixture {
                 member: self.member,
                 candidate: self.candidate,
+                totp: self.totp,
                 ..Fixture::default()
             };
         }
