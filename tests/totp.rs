@@ -147,8 +147,16 @@ async fn enable_verify_and_then_every_login_needs_a_code() {
         .get(&format!("{base}/{totp_id}/qr"))
         .await
         .assert_error(409);
-    // The session that enabled it is not affected.
-    assert_eq!(e.client.get("/api/user").await.status, 200);
+    // The session that enabled it is not affected; it lists the enrolment, never the secret.
+    let me = e.client.get("/api/user").await;
+    assert_eq!(me.status, 200);
+    let listed = &me.json()["totp"];
+    assert_eq!(listed["id"], totp_id);
+    assert_eq!(
+        listed.as_object().map(serde_json::Map::len),
+        Some(3),
+        "{listed}"
+    );
 
     // A new login can only verify; a wrong code is refused; the right one lets it in.
     s.clock.advance(30);
@@ -309,6 +317,7 @@ async fn disabling_ends_the_second_step() {
     let r = e.client.delete(&path).await;
     assert_eq!(r.status, 204, "{}", r.text());
     e.client.delete(&path).await.assert_error(404);
+    assert!(e.client.get("/api/user").await.json().get("totp").is_none());
     let mut c = s.client();
     assert_eq!(c.login("eve", "pw-of-user").await.status, 204);
     assert_eq!(c.get("/api/user").await.status, 200);

@@ -340,7 +340,7 @@ mod tests {
         );
         assert!(s.session_pending(&[8; 32], 1).unwrap());
         assert_eq!(
-            s.accept_totp_step(2, 11, None).unwrap(),
+            s.accept_totp_step(3, 11, None).unwrap(),
             Outcome::NotEnrolled
         );
     }
