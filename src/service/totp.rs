@@ -299,18 +299,8 @@ impl Services {
         };
         let store = self.store.clone();
         let user_id = user.id;
-        match blocking(move || Ok(store.accept_totp_step(user_id, step, session)?)).await? {
-            Outcome::Accepted => {
-                attempt.succeeded();
-                self.access_changed();
-                Ok(())
-            }
-            Outcome::Refused => {
-                attempt.failed();
-                Err(Error::Unauthorized)
-            }
-            Outcome::NotEnrolled => Err(not_enrolled()),
-        }
+        let outcome = blocking(move || Ok(store.accept_totp_step(user_id, step, session)?)).await?;
+        self.settle(outcome, attempt)
     }
 
     /// Uses one recovery code of `user` (it then no longer works); otherwise as
@@ -336,18 +326,28 @@ impl Services {
         }
         let attempt = self.second_factor_attempt(user, ip)?;
         let (store, user_id, hash) = (self.store.clone(), user.id, secret_hash(&code));
-        match blocking(move || Ok(store.use_recovery_code(user_id, hash, session)?)).await? {
+        let outcome =
+            blocking(move || Ok(store.use_recovery_code(user_id, hash, session)?)).await?;
+        if outcome == Outcome::Accepted {
+            let event = NewEvent {
+                user_id: Some(user_id),
+                project_id: None,
+                object_id: Some(user_id),
+                object_type: "user",
+                description: format!("User {} used a recovery code", user.username),
+            };
+            let (store, now) = (self.store.clone(), self.now());
+            blocking(move || Ok(store.record_event(now, event)?)).await?;
+        }
+        self.settle(outcome, attempt)
+    }
+
+    /// Settles a checked second factor: the throttle learns the verdict; an accepted one may
+    /// have lifted a session's restriction, which long-lived responses re-check.
+    fn settle(&self, outcome: Outcome, attempt: throttle::Attempt) -> Result<()> {
+        match outcome {
             Outcome::Accepted => {
                 attempt.succeeded();
-                let event = NewEvent {
-                    user_id: Some(user_id),
-                    project_id: None,
-                    object_id: Some(user_id),
-                    object_type: "user",
-                    description: format!("User {} used a recovery code", user.username),
-                };
-                let (store, now) = (self.store.clone(), self.now());
-                blocking(move || Ok(store.record_event(now, event)?)).await?;
                 self.access_changed();
                 Ok(())
             }

@@ -24,10 +24,7 @@ impl Store {
             session.created,
         );
         self.write(Durability::Immediate, move |tx| {
-            tx.open_table(SESSIONHASH_SESSION)?
-                .insert(&hash, encoded.as_slice())?;
-            tx.open_table(USERID_SESSIONHASH)?
-                .insert((user_id, hash), ())?;
+            insert(tx, &hash, &encoded, user_id)?;
             if let Some(e) = &event {
                 super::projects::record(tx, created, e.clone())?;
             }
@@ -117,6 +114,19 @@ impl Store {
             Ok(gone.len())
         })
     }
+}
+
+/// Stores session `hash` of `user` (its encoded record) with its per-user index, inside `tx`.
+pub(super) fn insert(
+    tx: &WriteTransaction,
+    hash: &SecretHash,
+    encoded: &[u8],
+    user: UserId,
+) -> Result<()> {
+    tx.open_table(SESSIONHASH_SESSION)?.insert(hash, encoded)?;
+    tx.open_table(USERID_SESSIONHASH)?
+        .insert((user, *hash), ())?;
+    Ok(())
 }
 
 /// Deletes every session of `user` but `keep`, inside `tx`; returns how many.

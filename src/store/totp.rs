@@ -8,7 +8,7 @@
 use redb::{Durability, ReadableTable, WriteTransaction};
 use subtle::ConstantTimeEq;
 
-use super::tables::{SESSIONHASH_PENDING, SESSIONHASH_SESSION, USERID_SESSIONHASH, USERID_TOTP};
+use super::tables::{SESSIONHASH_PENDING, USERID_TOTP};
 use super::{NewEvent, Result, Store, codec, next_id};
 use crate::model::{SecretHash, Session, UserId, UserTotp};
 
@@ -120,10 +120,7 @@ impl Store {
             session.created,
         );
         self.write(Durability::Immediate, move |tx| {
-            tx.open_table(SESSIONHASH_SESSION)?
-                .insert(&hash, encoded.as_slice())?;
-            tx.open_table(USERID_SESSIONHASH)?
-                .insert((user_id, hash), ())?;
+            super::sessions::insert(tx, &hash, &encoded, user_id)?;
             tx.open_table(SESSIONHASH_PENDING)?.insert(&hash, user_id)?;
             super::projects::record(tx, created, event.clone())?;
             Ok(())
