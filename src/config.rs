@@ -253,6 +253,11 @@ pub struct Config {
     #[arg(skip)]
     pub sandbox_exe: Option<PathBuf>,
 
+    /// Two-factor login (TOTP): `on` lets users enrol, and an enrolled user's login then
+    /// needs a code; `off` turns both off (enrolments are kept and apply again once on).
+    #[arg(long, env = "FORGE_TOTP", value_enum, default_value_t = Switch::On)]
+    pub totp: Switch,
+
     /// The token `forge runner register` presents to register a remote runner (none: remote
     /// runners register only through an administrator's `POST /api/runners`).
     #[arg(
@@ -417,6 +422,7 @@ impl Config {
             local_repo_roots: Vec::new(),
             sandbox_read_only: Vec::new(),
             sandbox_exe: None,
+            totp: Switch::On,
         }
     }
 }
@@ -462,6 +468,15 @@ impl std::str::FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_owned()))
     }
+}
+
+/// A feature switch (`--totp on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// A known IANA time zone name (from the embedded database).

@@ -12,8 +12,8 @@
 //!   tasks, build/deploy rules (`service::builds`), sealed secrets, apps (`service::apps`),
 //!   the project resources: one module each over one generic CRUD (`service::resources`,
 //!   schedules included), project backups in upstream's format
-//!   (`service::project_backup`), and integrations: incoming webhooks that launch templates
-//!   (`service::integrations`).
+//!   (`service::project_backup`), integrations: incoming webhooks that launch templates
+//!   (`service::integrations`), and two-factor login with TOTP (`service::totp`).
 //! - [`runner`]: the task queue, child processes, stop/kill and live output, and the
 //!   terraform/tofu plan → confirm → apply flow (`runner::terraform`); `git ls-remote` for
 //!   repository-triggered schedules (`runner::remote`). It sees the services

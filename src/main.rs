@@ -288,11 +288,12 @@ fn key(cmd: KeyCommand) -> ExitCode {
     match forge::service::secrets::rotate(&config, &store) {
         Ok(done) => {
             println!(
-                "re-sealed {} access keys, {} environment passwords and {} task secrets \
-                 under a new key in {}",
+                "re-sealed {} access keys, {} environment passwords, {} task secrets and {} \
+                 two-factor secrets under a new key in {}",
                 done.resealed.keys,
                 done.resealed.environments,
                 done.resealed.tasks,
+                done.resealed.totp,
                 done.key_file.display()
             );
             println!(

@@ -10,6 +10,8 @@ pub use integrations::{
 };
 mod runners;
 pub use runners::RemoteRunner;
+mod totp;
+pub use totp::UserTotp;
 
 /// A user id (JSON integer, increasing from 1).
 pub type UserId = u64;

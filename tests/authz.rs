@@ -55,6 +55,11 @@ const GLOBAL_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/runners/{runner_id}"),
     ("DELETE", "/api/runners/{runner_id}"),
     ("POST", "/api/runners/{runner_id}/active"),
+    ("POST", "/api/auth/verify"),
+    ("POST", "/api/auth/recovery"),
+    ("POST", "/api/users/{user_id}/2fas/totp"),
+    ("GET", "/api/users/{user_id}/2fas/totp/{totp_id}/qr"),
+    ("DELETE", "/api/users/{user_id}/2fas/totp/{totp_id}"),
 ];
 
 /// One row of the matrix: a route and the status each caller gets, in [`CALLERS`] order.
@@ -112,6 +117,15 @@ fn rows() -> Vec<Row> {
         row(P, "/api/runners/{runner_id}/active",                             [401, 403, 403, 403, 403, 403, 204]),
         // Metrics (issue 17): administrators, or a scraper's --metrics-token (see below).
         row(G, "/api/metrics",                                                [401, 403, 403, 403, 403, 403, 200]),
+        // Two-factor login (issue 16), on the guest `member`, who has enabled it: only they
+        // may enable it or see its QR code (admins included: the secret is theirs alone); an
+        // admin may disable it for them. Verify/recovery: every caller gets there, and none
+        // of them has enabled it (400).
+        row(P, "/api/users/{user_id}/2fas/totp",                              [401, 403, 403, 403, 403, 403, 403]),
+        row(G, "/api/users/{user_id}/2fas/totp/{totp_id}/qr",                 [401, 403, 403, 403, 403, 403, 403]),
+        row(D, "/api/users/{user_id}/2fas/totp/{totp_id}",                    [401, 403, 403, 403, 403, 403, 204]),
+        row(P, "/api/auth/verify",                                            [401, 400, 400, 400, 400, 400, 400]),
+        row(P, "/api/auth/recovery",                                          [401, 400, 400, 400, 400, 400, 400]),
 
         row(G, "/api/project/{project_id}",                                   [401, 404, 200, 200, 200, 200, 200]),
         row(U, "/api/project/{project_id}",                                   [401, 404, 403, 403, 403, 204, 204]),
@@ -275,6 +289,8 @@ struct Fixture {
     candidate: u64,
     /// A remote runner (global; a fresh one for each write cell).
     runner: u64,
+    /// `member`'s TOTP enrolment.
+    totp: u64,
 }
 
 impl Fixture {
@@ -297,6 +313,7 @@ impl Fixture {
             // Never pinned: see the host key rows.
             "host_key_id" => 1,
             "runner_id" => self.runner,
+            "totp_id" => self.totp,
             other => panic!("the fixture has no object for path parameter {{{other}}}"),
         }
     }
@@ -329,6 +346,10 @@ impl Fixture {
                 json!({"meta": {"name": "restored in a cell"}})
             }
             ("POST", None) if pattern == "/api/runners" => json!({"name": "made in a cell"}),
+            ("POST", None) if pattern == "/api/auth/verify" => json!({"passcode": "123456"}),
+            ("POST", None) if pattern == "/api/auth/recovery" => {
+                json!({"recovery_code": "aaaa-bbbb-cccc-dddd"})
+            }
             ("POST", None) if pattern == "/api/options" => {
                 json!({"key": "matrix.option", "value": "set in a cell"})
             }
@@ -415,6 +436,8 @@ struct World {
     roles: [(u64, &'static str); 4],
     member: u64,
     candidate: u64,
+    /// `member`'s TOTP enrolment.
+    totp: u64,
 }
 
 impl World {
@@ -429,7 +452,12 @@ impl World {
         let (manager_id, manager) = server.user("manager", false).await;
         let (owner_id, owner) = server.user("owner", false).await;
         let (_, root) = server.user("root", true).await;
-        let (member, _) = server.user("member", false).await;
+        let (member, member_client) = server.user("member", false).await;
+        let r = member_client
+            .post(&format!("/api/users/{member}/2fas/totp"), json!({}))
+            .await;
+        assert_eq!(r.status, 201, "enable TOTP: {}", r.text());
+        let totp = r.json()["id"].as_u64().expect("TOTP id");
         let (candidate, _) = server.user("candidate", false).await;
         let callers = vec![
             server.client(),
@@ -452,6 +480,7 @@ impl World {
             ],
             member,
             candidate,
+            totp,
         }
     }
 
@@ -478,6 +507,7 @@ impl World {
             member: self.member,
             candidate: self.candidate,
             runner: self.runner().await,
+            totp: self.totp,
             ..Fixture::default()
         };
         if wants("keys") {
@@ -608,6 +638,7 @@ impl World {
                 member: self.member,
                 candidate: self.candidate,
                 runner: self.runner().await,
+                totp: self.totp,
                 ..Fixture::default()
             };
         }

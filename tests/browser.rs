@@ -443,3 +443,41 @@ async fn console_runs_watches_and_stops_tasks() {
     }
     server.stop();
 }
+
+/// The two-factor login on the page (`tests/js/totp.mjs`, issue 16): enabling with the QR code,
+/// the recovery codes shown once, and the verify step of the next logins. The server then
+/// confirms that the user's password alone no longer opens a full session.
+#[tokio::test(flavor = "multi_thread")]
+async fn web_page_enables_two_factor_login_and_asks_for_a_code() {
+    if !tools::ready("the two-factor browser test", &tools::missing_for_browser()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("forge.redb"), &[]);
+    let base = format!("http://{}", server.addr);
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let r = admin
+        .post(
+            "/api/users",
+            serde_json::json!({"name": "Ada", "username": "ada", "email": "ada@example.com",
+                               "password": "pw-of-ada", "admin": false}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create user: {}", r.text());
+    let screenshot = root().join("target/test-artifacts/browser-totp.png");
+    let args: Vec<OsString> = [base.as_str(), "ada", "pw-of-ada"]
+        .into_iter()
+        .map(OsString::from)
+        .chain([screenshot.into_os_string()])
+        .collect();
+    let script = Script::run("tests/js/totp.mjs", &args, RUN_TIMEOUT);
+    let log = script.finish();
+    eprintln!("{log}");
+
+    let mut c = server.client();
+    assert_eq!(c.login("ada", "pw-of-ada").await.status, 204);
+    let r = c.get("/api/user").await;
+    r.assert_error(401);
+    assert_eq!(r.json()["verify"], "totp");
+}

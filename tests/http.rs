@@ -79,7 +79,7 @@ async fn every_route_refuses_anonymous_callers_unless_public() {
         match route.need {
             // Public routes answer on their own terms (login with `{}` is a failed login).
             Need::Anonymous => assert!(r.status < 500, "{} {path}: {}", route.method, r.status),
-            Need::User | Need::Admin | Need::Metrics | Need::Project(_) => {
+            Need::User | Need::Admin | Need::Metrics | Need::Project(_) | Need::SecondFactor => {
                 r.assert_error(401);
             }
         }

@@ -240,7 +240,9 @@ async fn rotation_reseals_every_secret_and_retires_the_old_key() {
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(
-        report.contains("re-sealed 4 access keys, 1 environment passwords and 1 task secrets"),
+        report.contains(
+            "re-sealed 4 access keys, 1 environment passwords, 1 task secrets and 0 two-factor secrets"
+        ),
         "{report}"
     );
     let new_key = std::fs::read_to_string(&key_file).unwrap();

@@ -279,6 +279,8 @@ enum Scope {
     Integrations,
     /// The alert test route (issue 14).
     Alerts,
+    /// Two-factor login (issue 16): enable, QR code, disable, verify and recovery.
+    Totp,
 }
 
 /// The paths of the issue-12 operations, as a schemathesis path regex.
@@ -293,6 +295,8 @@ const INTEGRATION_PATHS: &str =
     r"^/api/(integrations/\{integration_alias\}|project/\{project_id\}/integrations.*)$";
 /// The alert operations (issue 14).
 const ALERT_PATHS: &str = r"^/api/project/\{project_id\}/notifications/test$";
+/// The two-factor login operations (issue 16).
+const TOTP_PATHS: &str = r"^/api/(auth/(verify|recovery)|users/\{user_id\}/2fas/totp.*)$";
 
 /// Runs `st run` against the server's own `/api/openapi.json` as the holder of `token` over
 /// the operations of `scope`,
@@ -326,6 +330,7 @@ fn run_schemathesis(
         Scope::Schedules => cmd.args(["--include-path-regex", SCHEDULE_PATHS]),
         Scope::Integrations => cmd.args(["--include-path-regex", INTEGRATION_PATHS]),
         Scope::Alerts => cmd.args(["--include-path-regex", ALERT_PATHS]),
+        Scope::Totp => cmd.args(["--include-path-regex", TOTP_PATHS]),
     };
     let out = cmd
         .args(["--checks", CHECKS])
@@ -456,6 +461,13 @@ async fn schemathesis_over_the_integration_operations() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_over_the_alert_operations() {
     every_method_of("schemathesis-alerts", Scope::Alerts).await;
+}
+
+/// Issue 16's two-factor operations with every method (disabling too), on a server of their
+/// own.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_over_the_totp_operations() {
+    every_method_of("schemathesis-totp", Scope::Totp).await;
 }
 
 /// Every method of the operations of `scope`, on a fixture server of their own, with every

@@ -1,4 +1,5 @@
-// Forge web page: sign in, see who you are, manage your API tokens. The console (console.js)
+// Forge web page: sign in (with a second factor where enabled), see who you are, manage your
+// API tokens and two-factor login. The console (console.js)
 // uses this file's session: `window.forge` (API helper, status line, the user) and a
 // `forge:session` event on sign-in and sign-out.
 // Plain DOM code: every value from the server is set with textContent, never as HTML.
@@ -31,14 +32,35 @@
     tokensBody: $('tokens-body'),
     tokensEmpty: $('tokens-empty'),
     status: $('status'),
+    verifyView: $('verify-view'),
+    verifyForm: $('verify-form'),
+    verifyCode: $('verify-code'),
+    verifyError: $('verify-error'),
+    verifySubmit: $('verify-submit'),
+    verifyCancel: $('verify-cancel'),
+    totpView: $('totp-view'),
+    totpEnable: $('totp-enable'),
+    totpDisable: $('totp-disable'),
+    totpState: $('totp-state'),
+    totpSetup: $('totp-setup'),
+    totpQr: $('totp-qr'),
+    totpConfirmForm: $('totp-confirm-form'),
+    totpConfirmCode: $('totp-confirm-code'),
+    totpError: $('totp-error'),
+    totpCancel: $('totp-cancel'),
+    totpCodes: $('totp-codes'),
+    totpCodesList: $('totp-codes-list'),
+    totpDone: $('totp-done'),
   };
 
   /** An answer other than 2xx, carrying the server's `{"error": ...}` message. */
   class ApiError extends Error {
-    constructor(status, message, retryAfter) {
+    constructor(status, message, retryAfter, data) {
       super(message);
       this.status = status;
       this.retryAfter = retryAfter;
+      // `"totp"` on the 401 of a session that still awaits its second factor.
+      this.verify = data && data.verify;
     }
   }
 
@@ -88,7 +110,7 @@
         data && typeof data.error === 'string' && data.error
           ? data.error
           : FALLBACK[res.status] || `HTTP ${res.status}`;
-      throw new ApiError(res.status, message, res.headers.get('Retry-After'));
+      throw new ApiError(res.status, message, res.headers.get('Retry-After'), data);
     }
     return data;
   }
@@ -137,6 +159,9 @@
     show(el.loading, false);
     show(el.accountBar, false);
     show(el.tokensView, false);
+    show(el.verifyView, false);
+    resetTotp();
+    show(el.totpView, false);
     show(el.newToken, false);
     el.newTokenValue.value = '';
     el.newTokenHandle.textContent = '';
@@ -156,12 +181,40 @@
   function showAccount(user) {
     show(el.loading, false);
     show(el.loginView, false);
+    show(el.verifyView, false);
+    setVerifyError('');
     setLoginError('');
     const name = user.name || user.username;
     el.signedIn.textContent = `Signed in as ${name} (${user.username})`;
     show(el.accountBar, true);
     show(el.tokensView, true);
+    renderTotp(user);
+    show(el.totpView, true);
     announce(user);
+  }
+
+  /** The second step of a login: the session can do nothing else until a code is verified. */
+  function showVerify(message) {
+    announce(null);
+    show(el.loading, false);
+    show(el.loginView, false);
+    show(el.accountBar, false);
+    show(el.tokensView, false);
+    show(el.totpView, false);
+    el.verifyCode.value = '';
+    setVerifyError(message);
+    show(el.verifyView, true);
+    el.verifyCode.focus();
+  }
+
+  function setVerifyError(message) {
+    el.verifyError.textContent = message || '';
+    show(el.verifyError, Boolean(message));
+  }
+
+  /** Whether a failed call says the session awaits its second factor. */
+  function needsCode(e) {
+    return e instanceof ApiError && e.status === 401 && e.verify === 'totp';
   }
 
   /** A call made while signed in: a 401 means the session ended, back to the login form. */
@@ -169,7 +222,10 @@
     try {
       return await api(method, path, body);
     } catch (e) {
-      if (e instanceof ApiError && e.status === 401) {
+      if (needsCode(e)) {
+        setStatus('');
+        showVerify('');
+      } else if (e instanceof ApiError && e.status === 401) {
         setStatus('');
         showLogin('Your session has ended. Please sign in again.');
       }
@@ -356,10 +412,16 @@
       await api('POST', '/api/auth/login', { auth, password });
       el.loginPassword.value = '';
       highlight = null;
-      showAccount(await authed('GET', '/api/user'));
-      await loadTokens();
-      setStatus('Signed in.', 'ok');
-      el.createToken.focus();
+      let user;
+      try {
+        user = await api('GET', '/api/user');
+      } catch (e) {
+        if (!needsCode(e)) throw e;
+        setStatus('');
+        showVerify('');
+        return;
+      }
+      await enter(user);
     } catch (e) {
       setStatus('');
       el.loginPassword.value = '';
@@ -370,6 +432,140 @@
     } finally {
       el.loginSubmit.disabled = false;
     }
+  }
+
+  /** Shows the signed-in page for `user`, with their tokens. */
+  async function enter(user) {
+    showAccount(user);
+    await loadTokens();
+    setStatus('Signed in.', 'ok');
+    el.createToken.focus();
+  }
+
+  /** A code as typed: 6 digits (spaces allowed) go to verify, anything else is a recovery code. */
+  function secondFactor(code) {
+    return /^[0-9 ]+$/.test(code)
+      ? ['/api/auth/verify', { passcode: code }]
+      : ['/api/auth/recovery', { recovery_code: code }];
+  }
+
+  async function verify(event) {
+    event.preventDefault();
+    const code = el.verifyCode.value.trim();
+    if (!code) {
+      setVerifyError('Enter the code from your authenticator app or a recovery code.');
+      return;
+    }
+    el.verifySubmit.disabled = true;
+    setVerifyError('');
+    setStatus('Verifying…');
+    try {
+      const [path, body] = secondFactor(code);
+      await api('POST', path, body);
+      await enter(await authed('GET', '/api/user'));
+    } catch (e) {
+      setStatus('');
+      el.verifyCode.value = '';
+      if (e instanceof ApiError && e.status === 401 && !e.verify) {
+        setVerifyError('That code is not right (or was already used). Try the next one.');
+      } else {
+        setVerifyError(`Verification failed: ${describe(e)}.`);
+      }
+      el.verifyCode.focus();
+    } finally {
+      el.verifySubmit.disabled = false;
+    }
+  }
+
+  // ---- two-factor settings -----------------------------------------------------------------
+
+  let totp = null; // { user, id } while enabled or being set up
+
+  function resetTotp() {
+    totp = null;
+    show(el.totpSetup, false);
+    show(el.totpCodes, false);
+    el.totpCodesList.replaceChildren();
+    el.totpQr.removeAttribute('src');
+    el.totpConfirmCode.value = '';
+    el.totpError.textContent = '';
+    show(el.totpError, false);
+  }
+
+  /** The two-factor card for `user` (`user.totp` is present while it is on). */
+  function renderTotp(user) {
+    resetTotp();
+    const on = Boolean(user.totp);
+    if (on) totp = { user: user.id, id: user.totp.id };
+    el.totpState.textContent = on
+      ? 'On: signing in asks for a code from your authenticator app.'
+      : 'Off: signing in needs only your password.';
+    show(el.totpEnable, !on);
+    show(el.totpDisable, on);
+  }
+
+  async function enableTotp() {
+    const user = window.forge.user;
+    el.totpEnable.disabled = true;
+    try {
+      const r = await authed('POST', `/api/users/${user.id}/2fas/totp`, {});
+      totp = { user: user.id, id: r.id, codes: r.recovery_codes || [r.recovery_code] };
+      el.totpQr.src = `/api/users/${user.id}/2fas/totp/${r.id}/qr`;
+      show(el.totpEnable, false);
+      show(el.totpSetup, true);
+      el.totpState.textContent = 'Almost on: confirm with a code.';
+      el.totpConfirmCode.focus();
+    } catch (e) {
+      setStatus(`Could not enable two-factor login: ${describe(e)}`, 'error');
+    } finally {
+      el.totpEnable.disabled = false;
+    }
+  }
+
+  async function confirmTotp(event) {
+    event.preventDefault();
+    const passcode = el.totpConfirmCode.value.trim();
+    try {
+      // Not `authed`: a wrong code answers 401 without ending the session.
+      await api('POST', '/api/auth/verify', { passcode });
+      show(el.totpSetup, false);
+      el.totpQr.removeAttribute('src');
+      el.totpCodesList.replaceChildren(
+        ...totp.codes.map((code) => {
+          const li = document.createElement('li');
+          li.textContent = code;
+          return li;
+        }),
+      );
+      show(el.totpCodes, true);
+      show(el.totpDisable, true);
+      el.totpState.textContent = 'On: signing in asks for a code from your authenticator app.';
+      setStatus('Two-factor login is on.', 'ok');
+      el.totpDone.focus();
+    } catch (e) {
+      el.totpError.textContent = `That code did not work: ${describe(e)}.`;
+      show(el.totpError, true);
+      el.totpConfirmCode.value = '';
+      el.totpConfirmCode.focus();
+    }
+  }
+
+  async function disableTotp(confirmFirst) {
+    if (!totp) return;
+    if (confirmFirst && !window.confirm('Turn two-factor login off?')) return;
+    try {
+      await authed('DELETE', `/api/users/${totp.user}/2fas/totp/${totp.id}`);
+      renderTotp({ id: totp.user });
+      setStatus('Two-factor login is off.', 'ok');
+    } catch (e) {
+      setStatus(`Could not disable two-factor login: ${describe(e)}`, 'error');
+    }
+  }
+
+  function totpDone() {
+    el.totpCodesList.replaceChildren();
+    show(el.totpCodes, false);
+    if (totp) delete totp.codes;
   }
 
   async function logout() {
@@ -393,10 +589,21 @@
     el.logout.addEventListener('click', logout);
     el.createToken.addEventListener('click', createToken);
     el.copyToken.addEventListener('click', copyToken);
+    el.verifyForm.addEventListener('submit', verify);
+    el.verifyCancel.addEventListener('click', logout);
+    el.totpEnable.addEventListener('click', enableTotp);
+    el.totpDisable.addEventListener('click', () => disableTotp(true));
+    el.totpCancel.addEventListener('click', () => disableTotp(false));
+    el.totpConfirmForm.addEventListener('submit', confirmTotp);
+    el.totpDone.addEventListener('click', totpDone);
     let user;
     try {
       user = await api('GET', '/api/user');
     } catch (e) {
+      if (needsCode(e)) {
+        showVerify('');
+        return;
+      }
       showLogin('');
       if (!(e instanceof ApiError && e.status === 401)) {
         setStatus(`Could not load your account: ${describe(e)}`, 'error');

@@ -26,6 +26,9 @@ pub enum Need {
     /// A user with these permissions in the route's `{project_id}` (members may always read;
     /// non-members get 404; system admins pass).
     Project(Permissions),
+    /// Any authenticated user, including a session that still awaits its second factor (the
+    /// two-factor verify routes; every other route refuses such a session).
+    SecondFactor,
 }
 
 /// The credentials a request carries, before they are checked.
@@ -50,6 +53,9 @@ pub enum Auth {
     Invalid,
     /// An authenticated user.
     User(User),
+    /// A password login of a user enrolled in two-factor login that has not verified a code
+    /// yet: only [`Need::SecondFactor`] routes admit it.
+    Pending(User),
 }
 
 /// Parses an `Authorization` value: `Some(Ok(token))` for `Bearer <token>` (scheme in any case,
@@ -121,7 +127,12 @@ impl Credentials {
             Credentials::Missing => return Ok(Auth::Anonymous),
             Credentials::Invalid => None,
             Credentials::Bearer(token) => services.token_user(&token)?,
-            Credentials::Session(id) => services.session_user(&id).await?.map(|(u, _)| u),
+            Credentials::Session(id) => match services.session_user(&id).await? {
+                Some((u, hash)) if services.session_awaits_totp(&hash, u.id)? => {
+                    return Ok(Auth::Pending(u));
+                }
+                other => other.map(|(u, _)| u),
+            },
         };
         Ok(user.map_or(Auth::Invalid, Auth::User))
     }
@@ -142,12 +153,16 @@ impl Need {
     /// Matches the caller against the requirement: the user for authenticated routes.
     ///
     /// # Errors
-    /// 401 when credentials are missing or invalid, 403 when an admin is needed.
+    /// 401 when credentials are missing or invalid, or name a session awaiting its second
+    /// factor (outside the verify routes); 403 when an admin is needed.
     pub fn admit(self, auth: Auth) -> Result<Option<User>, ApiError> {
         match (self, auth) {
-            (Need::Anonymous, Auth::User(u)) => Ok(Some(u)),
+            (Need::Anonymous, Auth::User(u)) | (Need::SecondFactor, Auth::Pending(u)) => {
+                Ok(Some(u))
+            }
             (Need::Anonymous, _) => Ok(None),
             (_, Auth::Anonymous | Auth::Invalid) => Err(ApiError::Unauthorized),
+            (_, Auth::Pending(_)) => Err(ApiError::SecondFactorRequired),
             (Need::Admin | Need::Metrics, Auth::User(u)) if !u.admin => Err(ApiError::Forbidden),
             (_, Auth::User(u)) => Ok(Some(u)),
         }
@@ -237,6 +252,37 @@ mod tests {
         assert!(matches!(
             Need::Admin.admit(Auth::User(user(true))),
             Ok(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_pending_session_only_reaches_the_verify_routes() {
+        for need in [
+            Need::User,
+            Need::Admin,
+            Need::Metrics,
+            Need::Project(Permissions::NONE),
+        ] {
+            assert!(matches!(
+                need.admit(Auth::Pending(user(true))),
+                Err(ApiError::SecondFactorRequired)
+            ));
+        }
+        assert!(matches!(
+            Need::SecondFactor.admit(Auth::Pending(user(false))),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            Need::SecondFactor.admit(Auth::User(user(false))),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            Need::SecondFactor.admit(Auth::Anonymous),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            Need::Anonymous.admit(Auth::Pending(user(false))),
+            Ok(None)
         ));
     }
 

@@ -13,6 +13,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: missing, invalid or expired credentials (and upstream's user-route denials).
     Unauthorized,
+    /// 401: a session that awaits its second factor, outside the verify routes.
+    SecondFactorRequired,
     /// 403: authenticated but not allowed.
     Forbidden,
     /// 403: a cookie-authenticated (or anonymous) state-changing request from another origin.
@@ -57,6 +59,16 @@ impl ApiError {
         let (status, message) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication required".into()),
+            ApiError::SecondFactorRequired => {
+                return body::json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({
+                        "error": "two-factor verification required: POST /api/auth/verify \
+                                  {\"passcode\"} (or /api/auth/recovery {\"recovery_code\"})",
+                        "verify": "totp",
+                    }),
+                );
+            }
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "permission denied".into()),
             ApiError::CrossOrigin => (
                 StatusCode::FORBIDDEN,

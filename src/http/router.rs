@@ -8,7 +8,7 @@ use super::auth::Need;
 use super::handler::{Handler, HandlerFuture};
 use super::handlers::{
     apps, confirm, integrations as int, meta, metrics, notifications, options, project_backup,
-    projects, resources as res, runners, session, site, tasks, tokens, users, ws,
+    projects, resources as res, runners, session, site, tasks, tokens, totp, users, ws,
 };
 use crate::model::{
     AccessKey, Environment, Integration, IntegrationMatcher as Matcher, IntegrationValue as Value,
@@ -215,6 +215,11 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/runners/{runner_id}", Admin, runners::update),
         route!(DELETE "/api/runners/{runner_id}", Admin, runners::delete),
         route!(POST "/api/runners/{runner_id}/active", Admin, runners::set_active),
+        route!(POST "/api/auth/verify", SecondFactor, totp::verify),
+        route!(POST "/api/auth/recovery", SecondFactor, totp::recovery),
+        route!(POST "/api/users/{user_id}/2fas/totp", User, totp::enable),
+        route!(GET "/api/users/{user_id}/2fas/totp/{totp_id}/qr", User, totp::qr),
+        route!(DELETE "/api/users/{user_id}/2fas/totp/{totp_id}", User, totp::disable),
     ]
 }
 

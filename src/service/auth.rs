@@ -74,7 +74,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl Services {
-    /// Checks a login and opens a session; returns the session id for the cookie.
+    /// Checks a login and opens a session; returns the session id for the cookie. The session
+    /// of a user enrolled in two-factor login awaits a code (`service::totp`).
     ///
     /// # Errors
     /// [`Error::Throttled`] after too many failures for the account or the address;
@@ -142,7 +143,12 @@ impl Services {
         };
         let store = self.store.clone();
         let hash = secret_hash(&id);
-        blocking(move || Ok(store.create_session(&hash, &session, Some(event))?)).await?;
+        // An enrolled user's session can do nothing but verify a code until it has.
+        if self.needs_second_factor(user.id)? {
+            blocking(move || Ok(store.create_pending_session(&hash, &session, event)?)).await?;
+        } else {
+            blocking(move || Ok(store.create_session(&hash, &session, Some(event))?)).await?;
+        }
         Ok(id)
     }
 

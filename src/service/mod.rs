@@ -17,6 +17,7 @@ pub mod runners;
 pub mod secrets;
 pub mod tasks;
 mod throttle;
+pub mod totp;
 pub mod users;
 pub mod validate;
 
@@ -121,6 +122,10 @@ pub struct Services {
     access_cache: access_cache::AccessCache,
     /// Which local-path repositories may be saved (`--local-repo-roots`).
     local_repos: crate::sandbox::LocalRepos,
+    /// `--totp on`: enrolled users verify a code after their password.
+    totp_on: bool,
+    /// Failed second-factor codes per (user, address) (`totp`).
+    totp_throttle: Arc<throttle::Throttle>,
 }
 
 /// Failed and throttled logins since start (for metrics).
@@ -164,6 +169,11 @@ impl Services {
             logins: LoginStats::default(),
             access_cache: access_cache::AccessCache::default(),
             local_repos: crate::sandbox::LocalRepos::new(config),
+            totp_on: config.totp == crate::config::Switch::On,
+            totp_throttle: Arc::new(throttle::Throttle::new(
+                config.login_max_failures,
+                config.login_window_secs,
+            )),
         })
     }
 

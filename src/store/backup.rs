@@ -188,6 +188,8 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::CHANNEL_ALERT)?;
     c.table(tables::RUNNERID_RUNNER)?;
     c.table(tables::TOKENHASH_RUNNERID)?;
+    c.table(tables::USERID_TOTP)?;
+    c.table(tables::SESSIONHASH_PENDING)?;
     for table in tables::PROJECT_SCOPED {
         c.table(*table)?;
     }

@@ -237,6 +237,7 @@ pub(crate) fn check_tx(
     let mut sealed: Vec<(String, Vec<u8>, bool)> = Vec::new();
     let users = check_users(tx, report)?;
     check_sessions_and_tokens(tx, report, &users)?;
+    check_totp(tx, report, &users, &mut sealed)?;
     let projects = check_projects(tx, report, &users)?;
     check_scoped(tx, report, &projects, &mut sealed)?;
     check_integrations(tx, report, &projects)?;
@@ -352,6 +353,65 @@ fn check_sessions_and_tokens(
 /// A token's handle for messages, if its record decodes at all.
 fn t_handle(bytes: &[u8]) -> String {
     codec::decode::<ApiToken>(bytes).map_or_else(|_| "?".into(), |t| t.handle)
+}
+
+/// TOTP enrolments: each decodes, sits under its own user, who exists; its secret is sealed
+/// (opened with the others); its id is below the counter. Each pending session row names an
+/// existing session of the same user.
+fn check_totp(
+    tx: &WriteTransaction,
+    report: &mut Report,
+    users: &BTreeMap<u64, User>,
+    sealed: &mut Vec<(String, Vec<u8>, bool)>,
+) -> Result<()> {
+    use super::tables::{SESSIONHASH_PENDING, USERID_TOTP};
+    let mut rows = Vec::new();
+    let n = each(tx, USERID_TOTP, |user, b| rows.push((user, b.to_vec())))?;
+    report.counts.push(("user_totp", n));
+    let mut max_id = None;
+    for (user, bytes) in rows {
+        let Some(t) = decode::<crate::model::UserTotp>(report, "user_totp", user, &bytes) else {
+            continue;
+        };
+        if t.user_id != user || !users.contains_key(&user) {
+            report.problem(format!(
+                "user_totp[{user}]: enrolment of user {} (no such user here)",
+                t.user_id
+            ));
+        }
+        max_id = max_id.max(Some(t.id));
+        sealed.push((
+            format!("TOTP secret of user {user}"),
+            t.sealed_secret,
+            false,
+        ));
+    }
+    let next = tx
+        .open_table(META)?
+        .get("next_totp_id")?
+        .map_or(1, |v| v.value());
+    if let Some(max) = max_id.filter(|&m| m >= next) {
+        report.problem(format!(
+            "meta.next_totp_id is {next} but id {max} is taken: new records would collide"
+        ));
+    }
+    let mut pending = Vec::new();
+    let n = each(tx, SESSIONHASH_PENDING, |h, user| pending.push((h, user)))?;
+    report.counts.push(("sessions_pending_totp", n));
+    let sessions = tx.open_table(SESSIONHASH_SESSION)?;
+    for (hash, user) in pending {
+        let owner = match sessions.get(&hash)? {
+            Some(b) => codec::decode::<Session>(b.value()).ok().map(|s| s.user_id),
+            None => None,
+        };
+        if owner != Some(user) {
+            report.problem(format!(
+                "sessions_pending_totp[{:02x}{:02x}{:02x}{:02x}…]: no session of user {user}",
+                hash[0], hash[1], hash[2], hash[3]
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_projects(

@@ -40,6 +40,7 @@ mod sessions;
 pub mod tables;
 pub mod tasks;
 mod tokens;
+pub mod totp;
 mod users;
 pub mod writer;
 
@@ -207,6 +208,8 @@ impl Store {
             tx.open_table(tables::CHANNEL_ALERT)?;
             tx.open_table(tables::RUNNERID_RUNNER)?;
             tx.open_table(tables::TOKENHASH_RUNNERID)?;
+            tx.open_table(tables::USERID_TOTP)?;
+            tx.open_table(tables::SESSIONHASH_PENDING)?;
             for table in tables::PROJECT_SCOPED {
                 tx.open_table(*table)?;
             }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Error, Result, Store, codec, tables};
-use crate::model::{AccessKey, Environment, ProjectId, Task};
+use crate::model::{AccessKey, Environment, ProjectId, Task, UserTotp};
 
 /// How many sealed values of each kind a re-seal rewrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Resealed {
     pub environments: usize,
     /// Tasks' secret extra vars (sealed at launch).
     pub tasks: usize,
+    /// Users' TOTP secrets.
+    pub totp: usize,
 }
 
 /// Why a re-seal stopped; nothing was written.
@@ -78,9 +80,29 @@ where
     Ok(rewritten.len())
 }
 
+/// Rewrites the sealed secret of every TOTP enrolment.
+fn reseal_totp<F>(tx: &WriteTransaction, reseal: &F) -> Result<usize, ResealError>
+where
+    F: Fn(&[u8]) -> Option<Vec<u8>>,
+{
+    let mut table = tx.open_table(tables::USERID_TOTP)?;
+    let mut rewritten = Vec::new();
+    for row in table.iter()? {
+        let (user, value) = row?;
+        let mut totp: UserTotp = codec::decode(value.value())?;
+        totp.sealed_secret = reseal(&totp.sealed_secret)
+            .ok_or_else(|| ResealError::Open(format!("TOTP secret of user {}", user.value())))?;
+        rewritten.push((user.value(), codec::encode(&totp)));
+    }
+    for (user, bytes) in &rewritten {
+        table.insert(*user, bytes.as_slice())?;
+    }
+    Ok(rewritten.len())
+}
+
 impl Store {
     /// Replaces every sealed value (access keys, environment passwords, tasks' secret
-    /// extra vars, and the settings named in `settings`) by `reseal(old)`, durably, in one
+    /// extra vars, TOTP secrets, and the settings named in `settings`) by `reseal(old)`, durably, in one
     /// transaction. `reseal` answers `None` when it cannot open a value; then nothing is
     /// written.
     ///
@@ -127,6 +149,7 @@ impl Store {
                     |t: &mut Task| &mut t.sealed_secret,
                     &reseal,
                 )?,
+                totp: reseal_totp(tx, &reseal)?,
             })
         })
     }

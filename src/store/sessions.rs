@@ -24,10 +24,7 @@ impl Store {
             session.created,
         );
         self.write(Durability::Immediate, move |tx| {
-            tx.open_table(SESSIONHASH_SESSION)?
-                .insert(&hash, encoded.as_slice())?;
-            tx.open_table(USERID_SESSIONHASH)?
-                .insert((user_id, hash), ())?;
+            insert(tx, &hash, &encoded, user_id)?;
             if let Some(e) = &event {
                 super::projects::record(tx, created, e.clone())?;
             }
@@ -87,6 +84,7 @@ impl Store {
             let session: Session = codec::decode(bytes.value())?;
             tx.open_table(USERID_SESSIONHASH)?
                 .remove((session.user_id, hash))?;
+            super::totp::forget_pending(tx, &[hash])?;
             Ok(true)
         })
     }
@@ -111,9 +109,24 @@ impl Store {
             for key in &gone {
                 by_user.remove(key)?;
             }
+            let hashes: Vec<SecretHash> = gone.iter().map(|(_, h)| *h).collect();
+            super::totp::forget_pending(tx, &hashes)?;
             Ok(gone.len())
         })
     }
+}
+
+/// Stores session `hash` of `user` (its encoded record) with its per-user index, inside `tx`.
+pub(super) fn insert(
+    tx: &WriteTransaction,
+    hash: &SecretHash,
+    encoded: &[u8],
+    user: UserId,
+) -> Result<()> {
+    tx.open_table(SESSIONHASH_SESSION)?.insert(hash, encoded)?;
+    tx.open_table(USERID_SESSIONHASH)?
+        .insert((user, *hash), ())?;
+    Ok(())
 }
 
 /// Deletes every session of `user` but `keep`, inside `tx`; returns how many.
@@ -130,7 +143,9 @@ pub(super) fn revoke_user_sessions(
             Some(&hash) != keep
         })?
     {
-        sessions.remove(row?.0.value().1)?;
+        let hash = row?.0.value().1;
+        sessions.remove(hash)?;
+        super::totp::forget_pending(tx, &[hash])?;
         gone += 1;
     }
     Ok(gone)

@@ -133,6 +133,12 @@ pub const RUNNERID_RUNNER: TableDefinition<u64, &[u8]> = TableDefinition::new("r
 /// Runner token hash → runner id: the `X-Runner-Token` lookup.
 pub const TOKENHASH_RUNNERID: TableDefinition<SecretHash, u64> =
     TableDefinition::new("runners_by_token");
+/// User id → encoded [`crate::model::UserTotp`]: a user's two-factor (TOTP) enrolment.
+pub const USERID_TOTP: TableDefinition<UserId, &[u8]> = TableDefinition::new("user_totp");
+/// SHA-256(session id) → user id: sessions that still await their second factor (the session
+/// itself is in `SESSIONHASH_SESSION`; a row here limits it to the verify routes).
+pub const SESSIONHASH_PENDING: TableDefinition<SecretHash, UserId> =
+    TableDefinition::new("sessions_pending_totp");
 
 /// Every table keyed by `(project id, object id)` with encoded records: deleting a project
 /// clears its range in each. A new project-scoped table must be added here.

@@ -158,7 +158,7 @@ impl Store {
         })
     }
 
-    /// Deletes user `id` with its sessions and API tokens.
+    /// Deletes user `id` with its sessions, API tokens and TOTP enrolment.
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::LastAdmin`] for the only administrator.
@@ -176,7 +176,9 @@ impl Store {
             for row in by_user.extract_from_if((id, [0; 32])..=(id, [0xff; 32]), |_, ()| true)? {
                 let hash = row?.0.value().1;
                 sessions.remove(hash)?;
+                super::totp::forget_pending(tx, &[hash])?;
             }
+            super::totp::forget_user(tx, id)?;
 
             let mut members = tx.open_table(PROJECTUSER_ROLE)?;
             let range = (id, 0)..=(id, u64::MAX);

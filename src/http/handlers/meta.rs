@@ -36,9 +36,24 @@ struct Info<'a> {
     web_host: &'a str,
     use_remote_runner: bool,
     schedule_timezone: &'a str,
+    auth_methods: AuthMethods,
 }
 
-/// `GET /api/info`: version, `ansible --version` (run once, on first request), web host.
+/// Login methods beyond the password (upstream ≥ 2.12).
+#[derive(Serialize)]
+struct AuthMethods {
+    totp: TotpMethod,
+}
+
+/// Two-factor login: on (`--totp on`), and recovery codes accepted.
+#[derive(Serialize)]
+struct TotpMethod {
+    enabled: bool,
+    allow_recovery: bool,
+}
+
+/// `GET /api/info`: version, `ansible --version` (run once, on first request), web host,
+/// `auth_methods.totp`.
 pub async fn info(req: Req) -> HandlerResult {
     let ansible = req.app.ansible_version().await;
     Ok(body::json(
@@ -49,6 +64,12 @@ pub async fn info(req: Req) -> HandlerResult {
             web_host: &req.app.config.web_host,
             use_remote_runner: false,
             schedule_timezone: req.app.services.schedule_timezone(),
+            auth_methods: AuthMethods {
+                totp: TotpMethod {
+                    enabled: req.app.services.totp_on(),
+                    allow_recovery: req.app.services.totp_on(),
+                },
+            },
         },
     ))
 }

@@ -17,6 +17,7 @@ pub mod session;
 pub mod site;
 pub mod tasks;
 pub mod tokens;
+pub mod totp;
 pub mod users;
 pub mod ws;
 

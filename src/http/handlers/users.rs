@@ -23,6 +23,17 @@ pub struct UserView<'a> {
     alert: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     can_create_project: Option<bool>,
+    /// The caller's own two-factor enrolment (`GET /api/user` only, while `--totp on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    totp: Option<TotpSummary>,
+}
+
+/// A TOTP enrolment as listed: never its secret or recovery codes.
+#[derive(Serialize)]
+struct TotpSummary {
+    id: u64,
+    user_id: u64,
+    created: String,
 }
 
 impl<'a> UserView<'a> {
@@ -38,6 +49,7 @@ impl<'a> UserView<'a> {
             external: u.external,
             alert: u.alert,
             can_create_project: None,
+            totp: None,
         }
     }
 }
@@ -50,11 +62,22 @@ struct UserSummary<'a> {
     name: &'a str,
 }
 
-/// `GET /api/user`: the caller, plus `can_create_project`.
+/// `GET /api/user`: the caller, plus `can_create_project` and, when enabled, `totp`.
 pub async fn current(req: Req) -> HandlerResult {
     let user = req.user()?;
     let mut view = UserView::new(user);
     view.can_create_project = Some(user.admin || req.app.services.non_admin_can_create_project());
+    if req.app.services.totp_on() {
+        view.totp = req
+            .app
+            .services
+            .totp_of_user(user, user.id)?
+            .map(|t| TotpSummary {
+                id: t.id,
+                user_id: t.user_id,
+                created: rfc3339(t.created),
+            });
+    }
     Ok(body::json(StatusCode::OK, &view))
 }
 
