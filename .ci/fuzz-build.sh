@@ -14,7 +14,7 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   fi
   (cd fuzz && cargo +nightly fuzz build)
   # A short run of each target proves they start and hold their invariants on a fresh corpus.
-  for target in auth_headers request_body validators forwarded; do
+  for target in auth_headers request_body validators forwarded totp_input; do
     (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=10 -print_final_stats=0 >/dev/null 2>&1) \
       || { echo "fuzz target $target failed"; exit 1; }
   done

@@ -55,7 +55,7 @@ class Api:
 def serve(work, port, extra_env):
     env = dict(os.environ, FORGE_ADMIN="admin", FORGE_ADMIN_PASSWORD="changeme", FORGE_LOG="warn",
                FORGE_SCRYPT_LOG_N="4", FORGE_RUNNER_REGISTRATION_TOKEN=REG,
-               FORGE_OUTPUT_MAX_LINES="2000000", **extra_env)
+               FORGE_OUTPUT_MAX_LINES="2000000", FORGE_LOCAL_REPO_ROOTS=work, **extra_env)
     log = open(os.path.join(work, "server.log"), "ab")
     p = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--db",
                           os.path.join(work, "forge.redb")], env=env, stdout=log, stderr=log)

@@ -337,8 +337,10 @@ async fn task_with_refused_output(end_while_full: bool) {
     let a = s.admin().await;
     let p = new_project(&a, "tasks").await;
     let repo_dir = tempfile::tempdir().expect("temp dir");
-    let sig = tempfile::tempdir().expect("temp dir");
-    let d = sig.path().display();
+    // Signals go through the repository: the task's sandbox lets it write there only.
+    let sig = repo_dir.path().join("signals");
+    std::fs::create_dir(&sig).expect("signals dir");
+    let d = sig.display();
     // Prints a little, waits for the disk to fill, prints big lines (which cannot be stored),
     // then waits for space to come back and ends with exit status 0.
     write_script(
@@ -372,14 +374,14 @@ async fn task_with_refused_output(end_while_full: bool) {
         sleep(Duration::from_millis(20)).await;
     }
     switch.fill();
-    std::fs::write(sig.path().join("go"), "").expect("go");
-    wait_file(&sig.path().join("printed"), Duration::from_secs(20)).await;
+    std::fs::write(sig.join("go"), "").expect("go");
+    wait_file(&sig.join("printed"), Duration::from_secs(20)).await;
     sleep(Duration::from_millis(500)).await;
     let task = ok_json(&a, &task_path).await;
     assert_eq!(task["status"], "running", "{task}");
     if end_while_full {
         // The app exits 0 on a full disk: its end cannot be stored yet, and is not dropped.
-        std::fs::write(sig.path().join("end"), "").expect("end");
+        std::fs::write(sig.join("end"), "").expect("end");
         sleep(Duration::from_millis(1500)).await;
         let task = ok_json(&a, &task_path).await;
         assert_eq!(task["status"], "running", "{task}");
@@ -389,7 +391,7 @@ async fn task_with_refused_output(end_while_full: bool) {
         switch.free();
         // Lines printed before the store takes writes again are lost too; wait for it.
         wait_health(&s.client(), 200, Duration::from_secs(5)).await;
-        std::fs::write(sig.path().join("end"), "").expect("end");
+        std::fs::write(sig.join("end"), "").expect("end");
     }
 
     let started = Instant::now();

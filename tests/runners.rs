@@ -135,6 +135,8 @@ fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
         .env("NO_COLOR", "1")
         .env("FORGE_RUNNER_REGISTRATION_TOKEN", REGISTRATION)
         .env("FORGE_RUNNER_TIMEOUT", timeout)
+        // The tests' repositories are local folders in the temp dir.
+        .env("FORGE_LOCAL_REPO_ROOTS", std::env::temp_dir())
         .env("FORGE_STOP_GRACE_SECS", "2")
         .env("FORGE_SHUTDOWN_GRACE_SECS", "1")
         .env_remove("FORGE_SECRET_KEY")

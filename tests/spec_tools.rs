@@ -382,9 +382,15 @@ async fn fuzzed_server() -> Fuzzed {
     // One alert channel (issue 14) whose endpoint refuses connections, so that the alert
     // test route answers a channel's failure, not just `{}`. Fixture projects have alerts
     // off: no task of theirs sends anything.
+    // Tasks run here even once the fuzzer has created remote runners (with the default
+    // `auto` they would wait for a runner that never polls, and a followed task's output
+    // would never end).
     let server = ServerProcess::start(
         &dir.path().join("forge.redb"),
-        &[("FORGE_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")],
+        &[
+            ("FORGE_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+            ("FORGE_LOCAL_RUNNER", "on"),
+        ],
     );
     let mut admin = Client::new(server.addr);
     assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);

@@ -644,6 +644,7 @@ async fn prepare_repository(
         .join(format!("repository_{}_{}", repo.id, template.id));
     let mut env = base_env(task, task_dir, &dir);
     env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
+    super::sandbox::trust_clone_source(&repo.git_url, task_dir)?;
     // Submodules get no credentials: a `.gitmodules` URL must not collect the repository's.
     let mut submodule_env = env.clone();
     submodule_env.push((

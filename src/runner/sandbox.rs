@@ -2,6 +2,7 @@
 //! read-write in the task's workspace and private directory only, and a local-path repository
 //! only where `--local-repo-roots` allows it.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,6 +96,32 @@ impl Inner {
             None => Ok(()),
         }
     }
+}
+
+/// Tells git to trust a `file://` clone source that `--local-repo-roots` allows although
+/// another user owns it (git refuses to read a repository owned by someone else: with
+/// `--task-user` the task user clones what root or a deploy user keeps). The administrator
+/// chose the roots, so their repositories are trusted for reading. It goes into the global
+/// config of the task's own home (`home/.gitconfig`): git drops `-c` settings and
+/// `GIT_CONFIG_PARAMETERS` for the `upload-pack` it runs in the source repository.
+///
+/// # Errors
+/// When the file cannot be written.
+pub(super) fn trust_clone_source(url: &str, home: &Path) -> Result<(), String> {
+    let Some(path) = crate::sandbox::local_path(url) else {
+        return Ok(());
+    };
+    let mut paths = vec![path.to_owned()];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        paths.push(real.display().to_string());
+    }
+    let mut config = String::from("[safe]\n");
+    for p in paths {
+        let quoted = p.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(config, "\tdirectory = \"{quoted}\"");
+    }
+    let file = home.join(".gitconfig");
+    std::fs::write(&file, config).map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
 /// Points ansible's remote temp dir at `$HOME/.ansible/tmp`, expanded by the target's shell:
