@@ -928,6 +928,109 @@ async fn ssh_host_keys_are_pinned_on_first_use_and_a_changed_one_fails() {
     drop(server);
 }
 
+/// ansible's own ssh connections to inventory hosts use the same pins: the first run pins the
+/// host's key, a swapped key fails the task with the clear line and is not pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn ansible_ssh_connections_pin_host_keys_too() {
+    let Some(sshd) = sshd_program() else {
+        let _ = common::tools::ready("the ansible host key test", &["sshd".to_owned()]);
+        return;
+    };
+    let Some(ansible) = common::tools::require("ansible-playbook", "the ansible host key test")
+    else {
+        return;
+    };
+    let bin = ansible.parent().expect("a dir holds ansible-playbook");
+    let keys = tempfile::tempdir().expect("temp dir");
+    let k = |name: &str| keys.path().join(name);
+    keygen(&k("host_a"));
+    keygen(&k("host_b"));
+    keygen(&k("client"));
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let repo_dir = tempfile::tempdir().expect("temp dir");
+    // `raw` needs no python on the target: only ssh.
+    std::fs::write(
+        repo_dir.path().join("site.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.raw: echo over-ansible-ssh\n",
+    )
+    .unwrap();
+
+    let path = std::env::var("PATH").unwrap_or_default();
+    let path = format!("{}:{path}", bin.display());
+    let lab = Lab::start(&[("PATH", path.as_str())]).await;
+    let a = &lab.a;
+    let p = common::new_project(a, "ansible-ssh").await;
+    let key = add_key(
+        a,
+        p,
+        "deploy",
+        json!({"type": "ssh", "ssh": {"login": user, "passphrase": "",
+               "private_key": std::fs::read_to_string(k("client")).unwrap()}}),
+    )
+    .await;
+    let none = add_key(a, p, "none", json!({"type": "none"})).await;
+    let repo = add_repo(
+        a,
+        p,
+        "playbooks",
+        &repo_dir.path().display().to_string(),
+        none,
+    )
+    .await;
+    let mut server = Sshd::start(&sshd, keys.path(), &k("host_a"), &k("client.pub"));
+    let port = server.port;
+    let r = a
+        .post(
+            &at(p, "inventory"),
+            json!({"name": "target", "project_id": p, "type": "static", "ssh_key_id": key,
+                   "inventory": format!("target ansible_host=127.0.0.1 ansible_port={port} \
+                                         ansible_user={user}\n")}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "POST inventory: {}", r.text());
+    let inv = id_of(&r.json());
+    let tpl = add_template(
+        a,
+        p,
+        json!({"name": "site", "app": "ansible", "playbook": "site.yml", "inventory_id": inv,
+               "repository_id": repo}),
+    )
+    .await;
+    let host = format!("[127.0.0.1]:{port}");
+
+    let t = launch(a, p, tpl).await;
+    let (status, out) = finished(a, p, t).await;
+    assert_eq!(status, "success", "{out:#?}");
+    assert!(out.contains(&"changed: [target]".to_owned()), "{out:#?}");
+    assert!(
+        out.contains(&format!(
+            "Pinned the SSH host key of {host} for this project"
+        )),
+        "{out:#?}"
+    );
+    let pinned = ok_json(a, &at(p, "host_keys")).await;
+    assert_eq!(pinned.as_array().unwrap().len(), 1, "{pinned}");
+
+    drop(server);
+    server = Sshd::start_on(&sshd, keys.path(), &k("host_b"), &k("client.pub"), port);
+    let t = launch(a, p, tpl).await;
+    let (status, out) = finished(a, p, t).await;
+    assert_eq!(status, "error", "{out:#?}");
+    assert!(
+        out.iter().any(|l| l.starts_with(&format!(
+            "SSH host key changed: {host} did not show the key pinned for this project"
+        ))),
+        "{out:#?}"
+    );
+    assert!(!out.contains(&"changed: [target]".to_owned()), "{out:#?}");
+    let still = ok_json(a, &at(p, "host_keys")).await;
+    assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
+    drop(server);
+}
+
 /// Bad requests on the host key routes: unknown ids and projects, bad ids, no session.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_key_routes_refuse_bad_requests() {

@@ -59,6 +59,8 @@ pub(super) struct Prepared {
     pub(super) env: Vec<(String, String)>,
     /// Terraform/OpenTofu: the commands to run instead of `args`.
     pub(super) flow: Option<terraform::Flow>,
+    /// ansible: the project's pinned SSH host keys, written for the run (checked after it).
+    pub(super) pins: Option<hostkeys::Pins>,
 }
 
 /// Runs task `id` to its end; every state change is stored before it is published.
@@ -243,7 +245,8 @@ async fn run_steps(
         return run.steps(flow, stop, sleep_until_deadline, decision).await;
     }
     let args = prepared.args.clone();
-    match run_command(
+    let pins = prepared.pins.take();
+    let outcome = match run_command(
         inner,
         id,
         &prepared,
@@ -257,7 +260,33 @@ async fn run_steps(
     {
         Ok(status) => exit_outcome(status),
         Err(outcome) => outcome,
+    };
+    match pins {
+        Some(pins) => match check_pins(inner, &pins, sink).await {
+            Some(changed) if matches!(outcome, Outcome::Success | Outcome::Failed(_)) => {
+                Outcome::Failed(changed)
+            }
+            _ => outcome,
+        },
+        None => outcome,
     }
+}
+
+/// After a run that used ssh with the project's pinned keys: ssh's log lines into the output,
+/// hosts met for the first time pinned, and the line saying why the task fails when a host
+/// showed another key than its pinned one.
+async fn check_pins(inner: &Inner, pins: &hostkeys::Pins, sink: &Sink) -> Option<String> {
+    let (ssh_lines, changed) = pins.explain();
+    for line in ssh_lines {
+        sink.line(line).await;
+    }
+    for host in pins.learn(inner).await {
+        sink.line(format!(
+            "Pinned the SSH host key of {host} for this project"
+        ))
+        .await;
+    }
+    changed
 }
 
 /// When a run that may take `max_secs` (0 = no limit) and starts now must end.
@@ -665,17 +694,7 @@ async fn prepare_repository(
     env.extend(credentials);
     let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
     let checked_out = checkout(&repo.git_url, &branch, &dir, &env, &submodule_env, sink).await;
-    let (ssh_lines, changed) = pins.explain();
-    for line in ssh_lines {
-        sink.line(line).await;
-    }
-    for host in pins.learn(inner).await {
-        sink.line(format!(
-            "Pinned the SSH host key of {host} for this project"
-        ))
-        .await;
-    }
-    if let Some(line) = changed {
+    if let Some(line) = check_pins(inner, &pins, sink).await {
         return Err(line);
     }
     checked_out?;
@@ -845,6 +864,7 @@ fn shell(
         args,
         env,
         flow: None,
+        pins: None,
     })
 }
 
@@ -862,6 +882,10 @@ fn ansible(
     task_dir: &Path,
 ) -> Result<Prepared, String> {
     vars.env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    // ansible's ssh checks host keys against the project's pinned ones (hosts met for the
+    // first time are pinned after the run); a changed key fails the task.
+    let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
+    vars.env.extend(hostkeys::ansible_env(task_dir));
     vars.env.push((
         "ANSIBLE_LOCAL_TEMP".into(),
         task_dir.join("tmp").display().to_string(),
@@ -962,6 +986,7 @@ fn ansible(
         args,
         env: vars.env,
         flow: None,
+        pins: Some(pins),
     })
 }
 

@@ -39,6 +39,25 @@ pub(super) fn ssh_command(key: Option<&Path>, dir: &Path) -> String {
     )
 }
 
+/// The environment that makes ansible's ssh connections check host keys against the known
+/// hosts and log of `dir` (the project's pinned keys, written by [`Pins::write`]): hosts not
+/// pinned yet are accepted and recorded, a pinned host showing another key is refused.
+/// (An inventory's own `ansible_ssh_common_args` still wins over it.)
+pub(super) fn ansible_env(dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("ANSIBLE_HOST_KEY_CHECKING".into(), "True".into()),
+        (
+            "ANSIBLE_SSH_COMMON_ARGS".into(),
+            format!(
+                "-o StrictHostKeyChecking=accept-new -o HashKnownHosts=no \
+                 -o UserKnownHostsFile='{}' -o GlobalKnownHostsFile=/dev/null -E '{}'",
+                dir.join(KNOWN_HOSTS).display(),
+                dir.join(SSH_LOG).display()
+            ),
+        ),
+    ]
+}
+
 /// One `known_hosts` entry: (host, key type, key).
 type Entry = (String, String, String);
 

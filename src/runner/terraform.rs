@@ -173,6 +173,7 @@ impl Inputs<'_> {
             args: Vec::new(),
             env,
             flow: Some(flow),
+            pins: None,
         })
     }
 }
