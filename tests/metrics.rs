@@ -271,7 +271,18 @@ async fn counters_move_as_work_happens() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     wait_status(&a, p, id_of(&r.json()), "success").await;
-    let ran = scrape(&python, &scraper).await;
+    // The end is counted just after its status is stored (a reader may see `success` a moment
+    // before the metrics do): scrape until the task's duration is there.
+    let started = std::time::Instant::now();
+    let ran = loop {
+        let ran = scrape(&python, &scraper).await;
+        if ran.types.contains_key("forge_task_duration_seconds")
+            || started.elapsed() > std::time::Duration::from_secs(10)
+        {
+            break ran;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     // Every family is there, with its type (an empty family shows no sample).
     for (name, kind) in [
         ("semaphore_tasks_running", "gauge"),
