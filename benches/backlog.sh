@@ -27,6 +27,7 @@ measure() {
   local base="http://127.0.0.1:$port" dir="$work/$n"
   mkdir -p "$dir/repo" && printf 'sleep 600\n' > "$dir/repo/run.sh"
   FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn FORGE_SCRYPT_LOG_N=4 \
+    FORGE_LOCAL_REPO_ROOTS="$dir" \
     "$BIN" serve --listen "127.0.0.1:$port" --db "$dir/forge.redb" > "$dir/server.log" 2>&1 &
   server=$!
   for _ in $(seq 1 100); do curl -sf "$base/api/ping" >/dev/null && break; sleep 0.1; done

@@ -31,7 +31,8 @@ base="http://127.0.0.1:$port"
 mkdir -p "$work/repo" && printf 'true\n' > "$work/repo/run.sh"
 # wrk acts as a trusted reverse proxy (loopback) so that the login storm can come from many
 # client addresses (see login.lua): one address would be throttled (429) before hashing.
-FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn \
+# The template's repository is a local folder: allowed under --local-repo-roots only.
+FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn FORGE_LOCAL_REPO_ROOTS="$work" \
   "$BIN" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" --trusted-proxies 127.0.0.1 \
   > "$work/server.log" 2>&1 &
 server=$!

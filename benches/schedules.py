@@ -79,7 +79,8 @@ def main():
     port = free_port()
     log = open(os.path.join(work, "server.log"), "w+")
     env = dict(os.environ, FORGE_ADMIN="admin", FORGE_ADMIN_PASSWORD="changeme",
-               FORGE_SCRYPT_LOG_N="4", FORGE_LOG="warn,forge::scheduler=debug", NO_COLOR="1")
+               FORGE_SCRYPT_LOG_N="4", FORGE_LOG="warn,forge::scheduler=debug", NO_COLOR="1",
+               FORGE_LOCAL_REPO_ROOTS=work)
     server = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--db",
                                os.path.join(work, "forge.redb")], env=env, stdout=log,
                               stderr=subprocess.STDOUT)
