@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(code.bytes().all(|b| b.is_ascii_digit()));
         let digits: String = text.chars().filter(char::is_ascii_digit).collect();
         assert_eq!(digits, code);
-        assert!(text.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '\t'));
+        assert!(
+            text.chars()
+                .all(|c| c.is_ascii_digit() || c == ' ' || c == '\t')
+        );
         assert_eq!(parse_passcode(&code).as_deref(), Some(code.as_str()));
     }
     if let Some(code) = parse_recovery_code(&text) {
