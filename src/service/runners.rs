@@ -143,11 +143,7 @@ impl Services {
             created: self.now(),
         };
         apply(&mut r, input)?;
-        let mut r = self.store.create_runner(r).await?;
-        if r.name.is_empty() {
-            r.name = format!("runner-{}", r.id);
-            self.store.put_runner(r.clone()).await?;
-        }
+        let r = self.store.create_runner(r).await?;
         tracing::info!(runner = r.id, name = %r.name, "runner created");
         Ok((r, token))
     }

@@ -12,7 +12,8 @@ use crate::model::{RemoteRunner, SecretHash};
 const COUNTER: &str = "next_runner_id";
 
 impl Store {
-    /// Stores a new runner (its `id` is assigned here) durably; returns it.
+    /// Stores a new runner (its `id` is assigned here; an empty name becomes `runner-{id}` in
+    /// the same transaction) durably; returns it.
     ///
     /// # Errors
     /// [`Error::Conflict`] when its token hash is taken (astronomically unlikely); storage
@@ -23,8 +24,15 @@ impl Store {
             if by_token.get(&runner.token_hash)?.is_some() {
                 return Err(Error::Conflict("runner token collision"));
             }
+            let id = next_id(tx, COUNTER)?;
+            let name = if runner.name.is_empty() {
+                format!("runner-{id}")
+            } else {
+                runner.name.clone()
+            };
             let runner = RemoteRunner {
-                id: next_id(tx, COUNTER)?,
+                id,
+                name,
                 ..runner.clone()
             };
             by_token.insert(&runner.token_hash, runner.id)?;
@@ -186,6 +194,19 @@ mod tests {
             token_hash: [hash; 32],
             created: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn an_unnamed_runner_is_named_after_its_id_in_one_write() {
+        let (_d, s) = temp_store();
+        s.create_runner(runner(1)).await.unwrap();
+        let unnamed = RemoteRunner {
+            name: String::new(),
+            ..runner(2)
+        };
+        let made = s.create_runner(unnamed).await.unwrap();
+        assert_eq!(made.name, "runner-2");
+        assert_eq!(s.runner(2).unwrap().unwrap().name, "runner-2");
     }
 
     #[tokio::test]
