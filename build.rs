@@ -61,8 +61,14 @@ fn stamp() {
     });
     println!("cargo:rustc-env=FORGE_COMMIT={commit}");
     println!("cargo:rustc-env=FORGE_BUILD_TIME={built}");
+    // Only the checked-out branch's ref: a commit on another branch (a worktree's) must not
+    // rebuild this one.
     println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD")
+        && let Some(branch) = head.trim().strip_prefix("ref: ")
+    {
+        println!("cargo:rerun-if-changed=.git/{branch}");
+    }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 }
 

@@ -12,11 +12,17 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
   fi
-  (cd fuzz && cargo +nightly fuzz build)
-  # A short run of each target proves they start and hold their invariants on a fresh corpus.
+  # `cargo fuzz run` builds what it runs (with other flags than `cargo fuzz build`, so building
+  # first would compile the crate twice): a short run of each target proves it builds, starts
+  # and holds its invariants on a fresh corpus.
   for target in auth_headers request_body validators forwarded totp_input; do
-    (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=10 -print_final_stats=0 >/dev/null 2>&1) \
-      || { echo "fuzz target $target failed"; exit 1; }
+    log=$(mktemp)
+    if ! (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=10 -print_final_stats=0) >"$log" 2>&1; then
+      tail -n 40 "$log"
+      echo "fuzz target $target failed"
+      exit 1
+    fi
+    rm -f "$log"
   done
   echo "fuzz: built and ran each target for 10 s"
 else
