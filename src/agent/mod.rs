@@ -70,6 +70,11 @@ pub enum RunnerCommand {
         /// The config file `register` wrote.
         #[arg(long, env = "FORGE_RUNNER_CONFIG")]
         config: PathBuf,
+        /// How jobs are confined, as the server's `--sandbox`: `landlock` (read-write only in
+        /// their workspace and task directory; never the config file or another job's
+        /// files) or `off`.
+        #[arg(long, env = "FORGE_SANDBOX", value_enum, default_value_t = crate::sandbox::Mode::Landlock)]
+        sandbox: crate::sandbox::Mode,
     },
     /// Remove this runner from the server (its token stops working) and its config file.
     Unregister {
@@ -160,7 +165,12 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
             );
             Ok(())
         }
-        RunnerCommand::Start { config } => start(read_config(&config)?).await,
+        RunnerCommand::Start { config, sandbox } => {
+            let cfg = read_config(&config)?;
+            let config = std::path::absolute(&config).map_err(|e| e.to_string())?;
+            let jail = crate::sandbox::Jail::for_runner(sandbox, &cfg.work_dir, &config)?;
+            start(cfg, Arc::new(jail)).await
+        }
         RunnerCommand::Unregister { config } => {
             let cfg = read_config(&config)?;
             let api = Api::new(&cfg.server, &cfg.token)?;
@@ -214,6 +224,8 @@ struct Agent {
     api: Api,
     work: PathBuf,
     jobs: Mutex<HashMap<TaskId, Arc<JobHandle>>>,
+    /// How its jobs' commands are confined.
+    jail: Arc<crate::sandbox::Jail>,
     /// Wakes the reporter (a job started or ended).
     report_now: tokio::sync::Notify,
 }
@@ -230,13 +242,13 @@ impl Agent {
         for id in ids {
             if let Some(j) = jobs.get(id) {
                 tracing::info!(task = id, "stopping task");
-                j.stop.send_replace(true);
+                j.ask_stop();
             }
         }
     }
 }
 
-async fn start(cfg: RunnerConfig) -> Result<(), String> {
+async fn start(cfg: RunnerConfig, jail: Arc<crate::sandbox::Jail>) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -247,6 +259,7 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
         api: Api::new(&cfg.server, &cfg.token)?,
         work: cfg.work_dir.clone(),
         jobs: Mutex::default(),
+        jail,
         report_now: tokio::sync::Notify::new(),
     });
     tracing::info!(runner = cfg.id, server = %cfg.server, "runner started");
@@ -292,8 +305,9 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
                     tracing::info!(task = id, template = %j.template_name, "job started");
                     agent.report_now.notify_one();
                     let (agent2, work) = (Arc::clone(&agent), agent.work.clone());
+                    let jail = Arc::clone(&agent.jail);
                     tokio::spawn(async move {
-                        job::run(j, work, handle).await;
+                        job::run(j, work, handle, jail).await;
                         agent2.report_now.notify_one();
                     });
                 }

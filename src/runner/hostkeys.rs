@@ -22,6 +22,11 @@ const SSH_LOG: &str = "ssh.log";
 /// What ssh says when a host shows another key than the one known for it.
 const CHANGED: &str = "REMOTE HOST IDENTIFICATION HAS CHANGED";
 
+/// Writes `text` (`known_hosts` lines) as the known hosts of task dir `dir` (`0600`).
+pub(super) fn write_known_hosts(dir: &Path, text: &str) -> Result<(), String> {
+    super::launch::private_file(&dir.join(KNOWN_HOSTS), text.as_bytes())
+}
+
 /// The ssh command git runs (`GIT_SSH_COMMAND`), with `key` as the only identity when given,
 /// the known hosts and log of `dir`, and never a prompt.
 pub(super) fn ssh_command(key: Option<&Path>, dir: &Path) -> String {
@@ -81,6 +86,29 @@ fn parse(text: &str) -> Vec<Entry> {
     out
 }
 
+/// The pinned keys of `project`, and as `known_hosts` text.
+fn pinned(inner: &Inner, project: ProjectId) -> Result<(BTreeSet<Entry>, String), String> {
+    let keys: Vec<HostKey> = inner
+        .store
+        .view()
+        .and_then(|v| v.list(project))
+        .map_err(|e| format!("cannot read the project's host keys: {e}"))?;
+    let known: BTreeSet<Entry> = keys
+        .into_iter()
+        .map(|k| (k.host, k.key_type, k.key))
+        .collect();
+    let text = known
+        .iter()
+        .map(|(host, kind, key)| [host.as_str(), kind, key].join(" ") + "\n")
+        .collect::<String>();
+    Ok((known, text))
+}
+
+/// The pinned keys of `project` as `known_hosts` text (for a remote runner's job).
+pub(super) fn known_hosts(inner: &Inner, project: ProjectId) -> Result<String, String> {
+    pinned(inner, project).map(|(_, text)| text)
+}
+
 /// A project's pinned keys, as written for one task.
 pub(super) struct Pins {
     project: ProjectId,
@@ -97,20 +125,8 @@ impl Pins {
         task: TaskId,
         dir: &Path,
     ) -> Result<Self, String> {
-        let keys: Vec<HostKey> = inner
-            .store
-            .view()
-            .and_then(|v| v.list(project))
-            .map_err(|e| format!("cannot read the project's host keys: {e}"))?;
-        let known: BTreeSet<Entry> = keys
-            .into_iter()
-            .map(|k| (k.host, k.key_type, k.key))
-            .collect();
-        let text = known
-            .iter()
-            .map(|(host, kind, key)| [host.as_str(), kind, key].join(" ") + "\n")
-            .collect::<String>();
-        super::exec::private_file(&dir.join(KNOWN_HOSTS), text.as_bytes())?;
+        let (known, text) = pinned(inner, project)?;
+        write_known_hosts(dir, &text)?;
         Ok(Self {
             project,
             task,

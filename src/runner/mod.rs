@@ -9,14 +9,14 @@
 mod exec;
 mod fleet;
 mod hostkeys;
+pub(crate) mod launch;
 mod output;
 pub mod process;
 mod queue;
 pub mod remote;
 mod remote_exec;
 mod sandbox;
-pub mod seam;
-mod secrets;
+pub(crate) mod secrets;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};

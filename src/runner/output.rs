@@ -61,19 +61,9 @@ impl Sink {
         }
     }
 
-    /// The task's sandbox, for the commands it runs.
-    pub(super) fn jail(&self) -> &super::sandbox::TaskJail {
-        &self.jail
-    }
-
     /// A counter of the lines the store refused (read it after [`Sink::finish_within`]).
     pub(super) fn lost(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.lost)
-    }
-
-    /// A sender for a reader of the app's output.
-    pub(super) fn sender(&self) -> mpsc::Sender<Chunk> {
-        self.tx.clone()
     }
 
     /// Adds a server line (`Started: 7`, `Cloning ...`).
@@ -113,6 +103,20 @@ impl Sink {
     pub(super) async fn drained(&self, done: impl std::future::Future, wait: std::time::Duration) {
         let until = tokio::time::Instant::now() + wait * MAX_OPEN_WAITS;
         while_storing(done, wait, &self.stored, Some(until)).await;
+    }
+}
+
+impl super::launch::Log for Sink {
+    fn sender(&self) -> mpsc::Sender<Chunk> {
+        self.tx.clone()
+    }
+
+    async fn note(&self, text: String) {
+        self.line(text).await;
+    }
+
+    fn command(&self, program: &str, workspace: &std::path::Path) -> tokio::process::Command {
+        self.jail.command(program, workspace)
     }
 }
 
