@@ -918,7 +918,9 @@ impl Inner {
             let inner = Arc::clone(self);
             let remote = remote.map(|runner| {
                 let first = self.store.output_len(id).unwrap_or(0);
-                let (out, ending) = self.fleet.assign(id, runner, first);
+                let (out, ending) =
+                    self.fleet
+                        .assign(id, runner, first, output::Cap::new(self, first));
                 (runner, out, ending)
             });
             tokio::spawn(async move {

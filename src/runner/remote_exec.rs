@@ -133,19 +133,20 @@ fn line(text: String) -> OutputLine {
     }
 }
 
-/// Stores `lines` as the task's next output lines (within the output limit), then publishes
+/// Stores `lines` as the task's next output lines (within the output limits in lines and
+/// bytes, as a local run's), then publishes
 /// them. A write the store refuses is tried again once the store takes writes.
 async fn append(
     inner: &Arc<Inner>,
     task: &Task,
     out: &tokio::sync::Mutex<Output>,
-    mut lines: Vec<OutputLine>,
+    lines: Vec<OutputLine>,
 ) {
     let mut o = out.lock().await;
-    let room = inner.settings.output_max_lines.saturating_sub(o.next);
-    let keep = usize::try_from(room).unwrap_or(usize::MAX).min(lines.len());
-    o.dropped += (lines.len() - keep) as u64;
-    lines.truncate(keep);
+    let mut keep = Vec::with_capacity(lines.len());
+    o.cap
+        .admit(lines.into_iter().map(|l| (l.time_us, l.text)), &mut keep);
+    let lines = keep;
     if lines.is_empty() {
         return;
     }
@@ -183,14 +184,14 @@ async fn finish(
     status: TaskStatus,
     why: Option<String>,
 ) {
-    let mut last = Vec::new();
-    let dropped = out.lock().await.dropped;
-    if dropped > 0 {
-        last.push(line(format!(
-            "output truncated: {dropped} more lines were dropped (limit: {} lines per task)",
-            inner.settings.output_max_lines
-        )));
-    }
+    let mut last: Vec<OutputLine> = out
+        .lock()
+        .await
+        .cap
+        .marker()
+        .into_iter()
+        .map(line)
+        .collect();
     last.extend(why.map(line));
     if !last.is_empty() {
         // Past the limit: the reason must still be read.
