@@ -30,7 +30,20 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Self {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// Started with `args` after `start --config PATH`, and `path_first` before its PATH.
+    fn start_with(config: &Path, args: &[&str], path_first: &[&Path]) -> Self {
         let log = config.with_extension("log");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            path_first
+                .iter()
+                .map(|p| p.to_path_buf())
+                .chain(std::env::split_paths(&path)),
+        )
+        .expect("PATH");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -39,6 +52,8 @@ impl Agent {
         let child = Command::new(FORGE)
             .args(["runner", "start", "--config"])
             .arg(config)
+            .args(args)
+            .env("PATH", path)
             .env("FORGE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -125,6 +140,11 @@ fn free_port() -> u16 {
 
 /// `forge serve` on `db` at `port` with the registration token and a short runner timeout.
 fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
+    serve_with(db, port, timeout, &[])
+}
+
+/// [`serve`] with more environment variables.
+fn serve_with(db: &Path, port: u16, timeout: &str, env: &[(&str, &str)]) -> ServerProcess {
     let mut cmd = Command::new(FORGE);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("FORGE_DB", db)
@@ -139,6 +159,7 @@ fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
         .env("FORGE_LOCAL_REPO_ROOTS", std::env::temp_dir())
         .env("FORGE_STOP_GRACE_SECS", "2")
         .env("FORGE_SHUTDOWN_GRACE_SECS", "1")
+        .envs(env.iter().copied())
         .env_remove("FORGE_SECRET_KEY")
         .env_remove("FORGE_SECRET_KEY_FILE")
         .stdin(Stdio::null())
@@ -669,4 +690,289 @@ async fn runner_routes_refuse_bad_input() {
         )
         .await;
     r.assert_error(400);
+}
+
+/// `localhost` over the local connection, modules run by the Python that runs ansible.
+const INVENTORY: &str = "localhost ansible_connection=local ansible_python_interpreter='{{ ansible_playbook_python }}'\n";
+
+const PLAYBOOK: &str = r#"- name: remote play
+  hosts: all
+  gather_facts: false
+  vars_files:
+    - vaulted.yml
+  tasks:
+    - name: show the vaulted variable
+      ansible.builtin.debug:
+        msg: "vault says {{ from_vault }}"
+    - name: show the secret extra variable
+      ansible.builtin.debug:
+        msg: "secret var is {{ secret_var }}"
+"#;
+
+const VAULT_PASSWORD: &str = "runner-vault-password-7c1e";
+const SECRET_VAR: &str = "runner-secret-var-93ea";
+const VAULTED: &str = "vaulted-plain-text-5d2b";
+
+/// Every file under `dir` (recursively) whose bytes contain one of `needles`.
+fn files_holding(dir: &Path, needles: &[&str]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                for n in needles {
+                    if text.contains(n) {
+                        hits.push(format!("{} holds {n}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// A tagged ansible template runs on a real `forge runner` with the server's own executor:
+/// the inventory, the vault password and a `var` secret travel in the job, reach the playbook
+/// (a vaulted variable is decrypted, the secret is an extra var), and once the task has ended
+/// no file under the runner's directories holds any of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ansible_template_runs_on_a_runner_and_its_secrets_leave_nothing_behind() {
+    let Some(ansible) = common::tools::require("ansible-playbook", "the remote ansible test")
+    else {
+        return;
+    };
+    let bin = ansible.parent().expect("ansible's directory").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let password_file = scratch.path().join("vault-password");
+    std::fs::write(&password_file, VAULT_PASSWORD).unwrap();
+    let vaulted = Command::new(bin.join("ansible-vault"))
+        .args(["encrypt_string", "--vault-password-file"])
+        .arg(&password_file)
+        .args([VAULTED, "--name", "from_vault"])
+        .output()
+        .expect("ansible-vault");
+    assert!(
+        vaulted.status.success(),
+        "ansible-vault: {}",
+        String::from_utf8_lossy(&vaulted.stderr)
+    );
+    std::fs::write(repo.path().join("vaulted.yml"), &vaulted.stdout).unwrap();
+
+    // The server checks that the app is there (the runner runs it).
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let path = path.to_str().expect("PATH is UTF-8");
+    let server = serve_with(
+        &dir.path().join("forge.redb"),
+        free_port(),
+        "10",
+        &[("PATH", path)],
+    );
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (config, runner) = register(server.addr, dir.path(), "ansible", "ansible", 1);
+    let agent = Agent::start_with(&config, &[], &[bin.as_path()]);
+    wait_online(&admin, runner).await;
+    let (p, repo_id) = project(&admin, repo.path(), &[("site.yml", PLAYBOOK)]).await;
+
+    let r = admin
+        .post(
+            &at(p, "keys"),
+            json!({"name": "vault", "type": "login_password", "project_id": p,
+                   "login_password": {"login": "", "password": VAULT_PASSWORD}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "POST keys: {}", r.text());
+    let keys = ok_json(&admin, &at(p, "keys")).await;
+    let vault = keys
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["name"] == "vault"))
+        .map(id_of)
+        .expect("the vault key");
+    let r = admin
+        .post(
+            &at(p, "inventory"),
+            json!({"name": "local", "project_id": p, "type": "static", "inventory": INVENTORY}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "POST inventory: {}", r.text());
+    let inventory = id_of(&r.json());
+    let r = admin
+        .post(
+            &at(p, "environment"),
+            json!({"name": "vars", "project_id": p, "json": "{}", "env": "{}",
+                   "secrets": [{"operation": "create", "type": "var", "name": "secret_var",
+                                "secret": SECRET_VAR}]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "POST environment: {}", r.text());
+    let envs = ok_json(&admin, &at(p, "environment")).await;
+    let env = envs
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "vars"))
+        .map(id_of)
+        .expect("the environment");
+    let r = admin
+        .post(
+            &at(p, "templates"),
+            json!({"name": "play", "project_id": p, "app": "ansible", "playbook": "site.yml",
+                   "inventory_id": inventory, "repository_id": repo_id, "environment_id": env,
+                   "runner_tag": "ansible", "vaults": [{"vault_key_id": vault}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "POST templates: {}", r.text());
+    let template = id_of(&r.json());
+
+    let task = launch(&admin, p, template).await;
+    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 180).await;
+    let text = texts(&output(&admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    for want in [
+        "PLAY [remote play]".to_owned(),
+        format!("vault says {VAULTED}"),
+        format!("secret var is {SECRET_VAR}"),
+    ] {
+        assert!(
+            text.iter().any(|l| l.contains(&want)),
+            "no {want:?} in {text:#?}"
+        );
+    }
+    let work = config.with_extension("json.work");
+    assert!(work.is_dir(), "the runner's work dir {}", work.display());
+    assert!(
+        !work.join("tasks").join(task.to_string()).exists(),
+        "the task's private dir is gone"
+    );
+    let secrets = [VAULT_PASSWORD, SECRET_VAR, VAULTED];
+    let hits = files_holding(&work, &secrets);
+    assert!(hits.is_empty(), "secrets left on the runner: {hits:#?}");
+    let log = agent.log();
+    assert!(
+        !secrets.iter().any(|s| log.contains(s)),
+        "the runner logged a secret: {log}"
+    );
+}
+
+/// Whether this kernel enforces Landlock (every machine Forge's CI runs on does); elsewhere a
+/// visible skip.
+fn landlock_here(what: &str) -> bool {
+    match forge::sandbox::supported() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{what}: Landlock is required in CI: {why}"
+            );
+            eprintln!("SKIPPED: {what}: this kernel has no Landlock ({why})");
+            false
+        }
+    }
+}
+
+/// A runner's jobs run in the same Landlock sandbox as the server's: a job can write its own
+/// home, but cannot read the runner's config file (its token) or look into the runner's task
+/// directories (another job's files).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_job_cannot_read_the_runners_config_or_other_jobs() {
+    if !landlock_here("the runner sandbox test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("forge.redb"), free_port(), "10");
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (config, runner) = register(server.addr, dir.path(), "boxed", "boxed", 1);
+    let token = serde_json::from_slice::<Value>(&std::fs::read(&config).unwrap()).unwrap()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let work = config.with_extension("json.work");
+    let _agent = Agent::start_with(&config, &["--sandbox", "landlock"], &[]);
+    wait_online(&admin, runner).await;
+    let script = format!(
+        "#!/usr/bin/env bash\n\
+         if cat '{config}'; then echo READ-THE-CONFIG; else echo config-denied; fi\n\
+         if ls '{tasks}'; then echo LISTED-THE-TASKS; else echo tasks-denied; fi\n\
+         echo mine > \"$HOME/own\" && echo own-home-ok\n",
+        config = config.display(),
+        tasks = work.join("tasks").display()
+    );
+    let (p, repo_id) = project(&admin, repo.path(), &[("peek.sh", &script)]).await;
+    let t = template(&admin, p, repo_id, "peek", "peek.sh", "boxed").await;
+    let task = launch(&admin, p, t).await;
+    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(&admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    for want in ["config-denied", "tasks-denied", "own-home-ok"] {
+        assert!(text.iter().any(|l| l == want), "no {want} in {text:#?}");
+    }
+    assert!(
+        !text
+            .iter()
+            .any(|l| l.contains(&token) || l.starts_with("READ-") || l.starts_with("LISTED-")),
+        "{text:#?}"
+    );
+}
+
+/// Output from a runner is capped per task like a local task's (`--output-max-bytes`): the
+/// stored lines stay within the byte limit and one marker line says what was dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_output_is_capped_in_bytes_like_local_output() {
+    const CAP: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let cap = CAP.to_string();
+    let server = serve_with(
+        &dir.path().join("forge.redb"),
+        free_port(),
+        "10",
+        &[("FORGE_OUTPUT_MAX_BYTES", cap.as_str())],
+    );
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let (config, runner) = register(server.addr, dir.path(), "loud", "loud", 1);
+    let _agent = Agent::start(&config);
+    wait_online(&admin, runner).await;
+    let script = "#!/usr/bin/env bash\nfor i in $(seq 1 500); do \
+                  printf 'line %04d %s\\n' \"$i\" 0123456789012345678901234567890123456789; done\n";
+    let (p, repo_id) = project(&admin, repo.path(), &[("loud.sh", script)]).await;
+    let t = template(&admin, p, repo_id, "loud", "loud.sh", "loud").await;
+    let task = launch(&admin, p, t).await;
+    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(&admin, p, task).await);
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    let marker = text
+        .iter()
+        .position(|l| l.starts_with("output truncated: "))
+        .unwrap_or_else(|| panic!("no marker line: {text:#?}"));
+    assert!(
+        text[marker].contains(&format!("{CAP} bytes per task")),
+        "{}",
+        text[marker]
+    );
+    // The cap counts the run's bytes (from `Started:`; the queue's line comes before).
+    let started = text
+        .iter()
+        .position(|l| l.starts_with("Started: "))
+        .expect("started");
+    let stored: usize = text[started..marker].iter().map(String::len).sum();
+    assert!(stored <= CAP, "{stored} bytes stored before the marker");
+    let lines = text.iter().filter(|l| l.starts_with("line ")).count();
+    assert!(lines > 10 && lines < 500, "{lines} app lines kept");
 }
