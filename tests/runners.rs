@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::files::holding as files_holding;
 use common::process::{FORGE, ServerProcess};
+use common::tools::landlock as landlock_here;
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, ok_json};
 use serde_json::{Value, json};
 
@@ -36,14 +38,7 @@ impl Agent {
     /// Started with `args` after `start --config PATH`, and `path_first` before its PATH.
     fn start_with(config: &Path, args: &[&str], path_first: &[&Path]) -> Self {
         let log = config.with_extension("log");
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let path = std::env::join_paths(
-            path_first
-                .iter()
-                .map(|p| p.to_path_buf())
-                .chain(std::env::split_paths(&path)),
-        )
-        .expect("PATH");
+        let path = path_with(path_first);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -692,6 +687,69 @@ async fn runner_routes_refuse_bad_input() {
     r.assert_error(400);
 }
 
+/// A server in `dir` and one runner, online, named and tagged `name` (one slot).
+struct OneRunner {
+    // Dropped first: the runner stops before the server.
+    agent: Agent,
+    admin: Client,
+    config: PathBuf,
+    runner: u64,
+    _server: ServerProcess,
+}
+
+impl OneRunner {
+    /// The server with `env`, the runner started with `args` and `path_first` on its PATH.
+    async fn start(
+        dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        path_first: &[&Path],
+    ) -> Self {
+        let server = serve_with(&dir.join("forge.redb"), free_port(), "10", env);
+        let mut admin = server.client();
+        assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+        let (config, runner) = register(server.addr, dir, name, name, 1);
+        let agent = Agent::start_with(&config, args, path_first);
+        wait_online(&admin, runner).await;
+        Self {
+            agent,
+            admin,
+            config,
+            runner,
+            _server: server,
+        }
+    }
+}
+
+/// Creates `body` in project `p`'s `kind` (a `201` with the object, or a `204` after which
+/// it is found by name); returns its id.
+async fn add(admin: &Client, p: u64, kind: &str, body: Value) -> u64 {
+    let r = admin.post(&at(p, kind), body.clone()).await;
+    match r.status {
+        201 => id_of(&r.json()),
+        204 => {
+            let list = ok_json(admin, &at(p, kind)).await;
+            list.as_array()
+                .and_then(|l| l.iter().find(|o| o["name"] == body["name"]))
+                .map_or_else(|| panic!("no {} in {list}", body["name"]), id_of)
+        }
+        other => panic!("POST {kind}: {other} {}", r.text()),
+    }
+}
+
+/// `PATH` with `first` before the test's own.
+fn path_with(first: &[&Path]) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(
+        first
+            .iter()
+            .map(|p| p.to_path_buf())
+            .chain(std::env::split_paths(&path)),
+    )
+    .expect("PATH")
+}
+
 /// `localhost` over the local connection, modules run by the Python that runs ansible.
 const INVENTORY: &str = "localhost ansible_connection=local ansible_python_interpreter='{{ ansible_playbook_python }}'\n";
 
@@ -712,33 +770,6 @@ const PLAYBOOK: &str = r#"- name: remote play
 const VAULT_PASSWORD: &str = "runner-vault-password-7c1e";
 const SECRET_VAR: &str = "runner-secret-var-93ea";
 const VAULTED: &str = "vaulted-plain-text-5d2b";
-
-/// Every file under `dir` (recursively) whose bytes contain one of `needles`.
-fn files_holding(dir: &Path, needles: &[&str]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                let text = String::from_utf8_lossy(&bytes);
-                for n in needles {
-                    if text.contains(n) {
-                        hits.push(format!("{} holds {n}", path.display()));
-                    }
-                }
-            }
-        }
-    }
-    hits
-}
 
 /// A tagged ansible template runs on a real `forge runner` with the server's own executor:
 /// the inventory, the vault password and a `var` secret travel in the job, reach the playbook
@@ -775,70 +806,47 @@ async fn an_ansible_template_runs_on_a_runner_and_its_secrets_leave_nothing_behi
     )))
     .expect("PATH");
     let path = path.to_str().expect("PATH is UTF-8");
-    let server = serve_with(
-        &dir.path().join("forge.redb"),
-        free_port(),
-        "10",
-        &[("PATH", path)],
-    );
-    let mut admin = server.client();
-    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
-    let (config, runner) = register(server.addr, dir.path(), "ansible", "ansible", 1);
-    let agent = Agent::start_with(&config, &[], &[bin.as_path()]);
-    wait_online(&admin, runner).await;
-    let (p, repo_id) = project(&admin, repo.path(), &[("site.yml", PLAYBOOK)]).await;
+    let one = OneRunner::start(dir.path(), "ansible", &[("PATH", path)], &[], &[&bin]).await;
+    let (admin, config, runner) = (&one.admin, &one.config, one.runner);
+    let (p, repo_id) = project(admin, repo.path(), &[("site.yml", PLAYBOOK)]).await;
 
-    let r = admin
-        .post(
-            &at(p, "keys"),
-            json!({"name": "vault", "type": "login_password", "project_id": p,
-                   "login_password": {"login": "", "password": VAULT_PASSWORD}}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "POST keys: {}", r.text());
-    let keys = ok_json(&admin, &at(p, "keys")).await;
-    let vault = keys
-        .as_array()
-        .and_then(|k| k.iter().find(|k| k["name"] == "vault"))
-        .map(id_of)
-        .expect("the vault key");
-    let r = admin
-        .post(
-            &at(p, "inventory"),
-            json!({"name": "local", "project_id": p, "type": "static", "inventory": INVENTORY}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "POST inventory: {}", r.text());
-    let inventory = id_of(&r.json());
-    let r = admin
-        .post(
-            &at(p, "environment"),
-            json!({"name": "vars", "project_id": p, "json": "{}", "env": "{}",
-                   "secrets": [{"operation": "create", "type": "var", "name": "secret_var",
-                                "secret": SECRET_VAR}]}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "POST environment: {}", r.text());
-    let envs = ok_json(&admin, &at(p, "environment")).await;
-    let env = envs
-        .as_array()
-        .and_then(|e| e.iter().find(|e| e["name"] == "vars"))
-        .map(id_of)
-        .expect("the environment");
-    let r = admin
-        .post(
-            &at(p, "templates"),
-            json!({"name": "play", "project_id": p, "app": "ansible", "playbook": "site.yml",
-                   "inventory_id": inventory, "repository_id": repo_id, "environment_id": env,
-                   "runner_tag": "ansible", "vaults": [{"vault_key_id": vault}]}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "POST templates: {}", r.text());
-    let template = id_of(&r.json());
+    let vault = add(
+        admin,
+        p,
+        "keys",
+        json!({"name": "vault", "type": "login_password", "project_id": p,
+               "login_password": {"login": "", "password": VAULT_PASSWORD}}),
+    )
+    .await;
+    let inventory = add(
+        admin,
+        p,
+        "inventory",
+        json!({"name": "local", "project_id": p, "type": "static", "inventory": INVENTORY}),
+    )
+    .await;
+    let env = add(
+        admin,
+        p,
+        "environment",
+        json!({"name": "vars", "project_id": p, "json": "{}", "env": "{}",
+               "secrets": [{"operation": "create", "type": "var", "name": "secret_var",
+                            "secret": SECRET_VAR}]}),
+    )
+    .await;
+    let template = add(
+        admin,
+        p,
+        "templates",
+        json!({"name": "play", "project_id": p, "app": "ansible", "playbook": "site.yml",
+               "inventory_id": inventory, "repository_id": repo_id, "environment_id": env,
+               "runner_tag": "ansible", "vaults": [{"vault_key_id": vault}]}),
+    )
+    .await;
 
-    let task = launch(&admin, p, template).await;
-    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 180).await;
-    let text = texts(&output(&admin, p, task).await);
+    let task = launch(admin, p, template).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 180).await;
+    let text = texts(&output(admin, p, task).await);
     assert_eq!(t["status"], "success", "{t}: {text:#?}");
     assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
     for want in [
@@ -860,27 +868,11 @@ async fn an_ansible_template_runs_on_a_runner_and_its_secrets_leave_nothing_behi
     let secrets = [VAULT_PASSWORD, SECRET_VAR, VAULTED];
     let hits = files_holding(&work, &secrets);
     assert!(hits.is_empty(), "secrets left on the runner: {hits:#?}");
-    let log = agent.log();
+    let log = one.agent.log();
     assert!(
         !secrets.iter().any(|s| log.contains(s)),
         "the runner logged a secret: {log}"
     );
-}
-
-/// Whether this kernel enforces Landlock (every machine Forge's CI runs on does); elsewhere a
-/// visible skip.
-fn landlock_here(what: &str) -> bool {
-    match forge::sandbox::supported() {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{what}: Landlock is required in CI: {why}"
-            );
-            eprintln!("SKIPPED: {what}: this kernel has no Landlock ({why})");
-            false
-        }
-    }
 }
 
 /// A runner's jobs run in the same Landlock sandbox as the server's: a job can write its own
@@ -893,17 +885,14 @@ async fn a_runner_job_cannot_read_the_runners_config_or_other_jobs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let server = serve(&dir.path().join("forge.redb"), free_port(), "10");
-    let mut admin = server.client();
-    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
-    let (config, runner) = register(server.addr, dir.path(), "boxed", "boxed", 1);
-    let token = serde_json::from_slice::<Value>(&std::fs::read(&config).unwrap()).unwrap()["token"]
+    let args = ["--sandbox", "landlock"];
+    let one = OneRunner::start(dir.path(), "boxed", &[], &args, &[]).await;
+    let (admin, config, runner) = (&one.admin, &one.config, one.runner);
+    let token = serde_json::from_slice::<Value>(&std::fs::read(config).unwrap()).unwrap()["token"]
         .as_str()
         .expect("token")
         .to_owned();
     let work = config.with_extension("json.work");
-    let _agent = Agent::start_with(&config, &["--sandbox", "landlock"], &[]);
-    wait_online(&admin, runner).await;
     let script = format!(
         "#!/usr/bin/env bash\n\
          if cat '{config}'; then echo READ-THE-CONFIG; else echo config-denied; fi\n\
@@ -912,11 +901,11 @@ async fn a_runner_job_cannot_read_the_runners_config_or_other_jobs() {
         config = config.display(),
         tasks = work.join("tasks").display()
     );
-    let (p, repo_id) = project(&admin, repo.path(), &[("peek.sh", &script)]).await;
-    let t = template(&admin, p, repo_id, "peek", "peek.sh", "boxed").await;
-    let task = launch(&admin, p, t).await;
-    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 60).await;
-    let text = texts(&output(&admin, p, task).await);
+    let (p, repo_id) = project(admin, repo.path(), &[("peek.sh", &script)]).await;
+    let t = template(admin, p, repo_id, "peek", "peek.sh", "boxed").await;
+    let task = launch(admin, p, t).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
     assert_eq!(t["status"], "success", "{t}: {text:#?}");
     assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
     for want in ["config-denied", "tasks-denied", "own-home-ok"] {
@@ -938,24 +927,16 @@ async fn remote_output_is_capped_in_bytes_like_local_output() {
     let dir = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
     let cap = CAP.to_string();
-    let server = serve_with(
-        &dir.path().join("forge.redb"),
-        free_port(),
-        "10",
-        &[("FORGE_OUTPUT_MAX_BYTES", cap.as_str())],
-    );
-    let mut admin = server.client();
-    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
-    let (config, runner) = register(server.addr, dir.path(), "loud", "loud", 1);
-    let _agent = Agent::start(&config);
-    wait_online(&admin, runner).await;
+    let env = [("FORGE_OUTPUT_MAX_BYTES", cap.as_str())];
+    let one = OneRunner::start(dir.path(), "loud", &env, &[], &[]).await;
+    let (admin, runner) = (&one.admin, one.runner);
     let script = "#!/usr/bin/env bash\nfor i in $(seq 1 500); do \
                   printf 'line %04d %s\\n' \"$i\" 0123456789012345678901234567890123456789; done\n";
-    let (p, repo_id) = project(&admin, repo.path(), &[("loud.sh", script)]).await;
-    let t = template(&admin, p, repo_id, "loud", "loud.sh", "loud").await;
-    let task = launch(&admin, p, t).await;
-    let t = wait_status(&admin, p, task, &["success", "error", "stopped"], 60).await;
-    let text = texts(&output(&admin, p, task).await);
+    let (p, repo_id) = project(admin, repo.path(), &[("loud.sh", script)]).await;
+    let t = template(admin, p, repo_id, "loud", "loud.sh", "loud").await;
+    let task = launch(admin, p, t).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
     assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
     let marker = text
         .iter()

@@ -2,6 +2,7 @@
 //! clock, and a small real HTTP/1 client (hyper's) with a cookie jar.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod process;
 pub mod tools;
 
