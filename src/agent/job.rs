@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{Commit, Job, LogRecord};
+use super::protocol::{Commit, HostKeyReport, Job, LogRecord};
 use super::spool::Spool;
 use crate::runner::Stop;
-use crate::runner::launch::{self, App, DRAIN_OUTPUT, Log, Outcome};
+use crate::runner::launch::{self, App, DRAIN_OUTPUT, Log, Outcome, Pins};
 use crate::runner::process::{self, Chunk};
 use crate::runner::secrets;
 use crate::sandbox::Jail;
@@ -29,6 +29,8 @@ pub struct JobState {
     pub status: &'static str,
     /// The commit checked out, until reported.
     pub commit: Option<Commit>,
+    /// Host keys met for the first time, until reported.
+    pub host_keys: Vec<HostKeyReport>,
 }
 
 /// A running job.
@@ -50,6 +52,7 @@ impl JobHandle {
                 spool: Spool::new(spill, super::spool::MEMORY_BOUND),
                 status: "running",
                 commit: None,
+                host_keys: Vec::new(),
             }),
         }
     }
@@ -59,6 +62,21 @@ impl JobHandle {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps the host keys ssh met for the first time so far, to report them.
+    fn met(&self, pins: &Pins) {
+        let mut state = self.lock();
+        for (host, key_type, key) in pins.met() {
+            let k = HostKeyReport {
+                host,
+                key_type,
+                key,
+            };
+            if !state.host_keys.contains(&k) {
+                state.host_keys.push(k);
+            }
+        }
     }
 
     /// Asks it to stop (SIGTERM, then SIGKILL after the grace).
@@ -150,7 +168,7 @@ async fn steps(
         why = stop.wait_for(Option::is_some) => return launch::stopped(why.ok().and_then(|w| *w)),
         () = &mut deadline => return Outcome::TimedOut(max_secs),
     };
-    let (app, args) = match prepared {
+    let (app, args, pins) = match prepared {
         Ok(p) => p,
         Err(why) => return Outcome::Failed(why),
     };
@@ -168,10 +186,17 @@ async fn steps(
     let outcome = launch::supervise(&mut child, pgid, stop, &mut deadline, grace, max_secs).await;
     // Every line the app wrote comes before the line saying how it ended.
     let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
-    match outcome {
+    let outcome = match outcome {
         Ok(status) => launch::exit_outcome(status),
         Err(outcome) => outcome,
+    };
+    if job.ansible.is_none() {
+        return outcome;
     }
+    // ansible's own ssh connections use the pins too.
+    let changed = launch::ssh_lines(&pins, log).await;
+    handle.met(&pins);
+    launch::pins_checked(outcome, changed)
 }
 
 /// Moves the program's output into the job's spool.
@@ -194,10 +219,10 @@ async fn prepare(
     work: &Path,
     log: &JobLog,
     handle: &Arc<JobHandle>,
-) -> Result<(App, Vec<String>), String> {
+) -> Result<(App, Vec<String>, Pins), String> {
     let task_dir = log.task_dir.as_path();
     launch::private_dir(&task_dir.join("tmp"))?;
-    launch::known_hosts(task_dir, &job.known_hosts)?;
+    let pins = Pins::from_text(job.project_id, &job.known_hosts, task_dir)?;
     let repo = &job.repository;
     let cwd = if repo.url.starts_with('/') {
         let path = PathBuf::from(&repo.url);
@@ -212,7 +237,14 @@ async fn prepare(
         let secret = launch::credentials_secret(repo.credentials.as_ref());
         let (env, submodule_env) =
             launch::git_envs(job.task_id, secret, task_dir, &dir, &repo.url)?;
-        launch::checkout(&repo.url, &repo.branch, &dir, &env, &submodule_env, log).await?;
+        let checked_out =
+            launch::checkout(&repo.url, &repo.branch, &dir, &env, &submodule_env, log).await;
+        let changed = launch::ssh_lines(&pins, log).await;
+        handle.met(&pins);
+        if let Some(line) = changed {
+            return Err(line);
+        }
+        checked_out?;
         if let Some(hash) = &repo.commit {
             launch::detach(hash, &dir, &env, log).await?;
         }
@@ -236,7 +268,7 @@ async fn prepare(
         prefix: job.prefix.clone(),
         env,
     };
-    Ok((app, args))
+    Ok((app, args, pins))
 }
 
 /// Kills what jobs of a killed runner left running (their process groups, when a member still

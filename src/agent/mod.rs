@@ -357,7 +357,10 @@ async fn report_loop(agent: Arc<Agent>) {
             let jobs = agent.jobs();
             jobs.values().any(|j| {
                 let s = j.lock();
-                !s.spool.is_empty() || s.status != "running" || s.commit.is_some()
+                !s.spool.is_empty()
+                    || s.status != "running"
+                    || s.commit.is_some()
+                    || !s.host_keys.is_empty()
             })
         };
         if !pending {
@@ -381,19 +384,22 @@ async fn report_loop(agent: Arc<Agent>) {
             // The final status goes only with the last of the output.
             let done = s.status != "running" && log.len() as u64 == s.spool.len();
             let status = if done { s.status } else { "running" };
-            sent.push((*id, log.len(), done));
+            sent.push((*id, log.len(), done, s.host_keys.len()));
             report.jobs.push(JobReport {
                 task_id: *id,
                 status: status.to_owned(),
                 log_offset: offset,
                 log,
                 commit: s.commit.clone(),
+                host_keys: s.host_keys.clone(),
             });
         }
-        let quiet = report
-            .jobs
-            .iter()
-            .all(|j| j.log.is_empty() && j.status == "running" && j.commit.is_none());
+        let quiet = report.jobs.iter().all(|j| {
+            j.log.is_empty()
+                && j.status == "running"
+                && j.commit.is_none()
+                && j.host_keys.is_empty()
+        });
         if quiet && last.elapsed() < HEARTBEAT {
             continue;
         }
@@ -426,7 +432,10 @@ async fn report_loop(agent: Arc<Agent>) {
                 tracing::warn!(status = status.as_u16(), error = %client::error_text(&body), "report refused");
                 if status == StatusCode::BAD_REQUEST {
                     // Not worth sending again as it is: drop those records.
-                    let dropped: Vec<_> = sent.iter().map(|(id, n, _)| (*id, *n, false)).collect();
+                    let dropped: Vec<_> = sent
+                        .iter()
+                        .map(|(id, n, _, k)| (*id, *n, false, *k))
+                        .collect();
                     acknowledge(&agent, &dropped);
                 }
                 tokio::time::sleep(backoff).await;
@@ -441,14 +450,17 @@ async fn report_loop(agent: Arc<Agent>) {
     }
 }
 
-/// The server stored the first `n` records of each job `id` (and its end when `done`).
-fn acknowledge(agent: &Agent, sent: &[(TaskId, usize, bool)]) {
+/// The server stored the first `n` records of each job `id`, its first `k` host keys (and
+/// its end when `done`).
+fn acknowledge(agent: &Agent, sent: &[(TaskId, usize, bool, usize)]) {
     let mut jobs = agent.jobs();
-    for &(id, n, done) in sent {
+    for &(id, n, done, k) in sent {
         if let Some(h) = jobs.get(&id) {
             let mut s = h.lock();
             s.spool.ack(n);
             s.commit = None;
+            let k = k.min(s.host_keys.len());
+            s.host_keys.drain(..k);
             drop(s);
             if done {
                 jobs.remove(&id);

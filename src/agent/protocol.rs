@@ -185,6 +185,21 @@ pub struct JobReport {
     pub log: Vec<LogRecord>,
     /// The commit checked out.
     pub commit: Option<Commit>,
+    /// SSH host keys the job's ssh met for the first time (hosts not in the job's
+    /// `known_hosts`): the server pins them for the project.
+    pub host_keys: Vec<HostKeyReport>,
+}
+
+/// A host key met for the first time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostKeyReport {
+    /// The host as ssh names it (`example.com`, `[10.0.0.5]:2222`).
+    pub host: String,
+    /// The key type (`ssh-ed25519`).
+    pub key_type: String,
+    /// The key (base64).
+    pub key: String,
 }
 
 /// One output line.

@@ -236,12 +236,7 @@ async fn run_steps(
         Err(outcome) => outcome,
     };
     match pins {
-        Some(pins) => match check_pins(inner, &pins, sink).await {
-            Some(changed) if matches!(outcome, Outcome::Success | Outcome::Failed(_)) => {
-                Outcome::Failed(changed)
-            }
-            _ => outcome,
-        },
+        Some(pins) => launch::pins_checked(outcome, check_pins(inner, &pins, task.id, sink).await),
         None => outcome,
     }
 }
@@ -249,16 +244,15 @@ async fn run_steps(
 /// After a run that used ssh with the project's pinned keys: ssh's log lines into the output,
 /// hosts met for the first time pinned, and the line saying why the task fails when a host
 /// showed another key than its pinned one.
-async fn check_pins(inner: &Inner, pins: &hostkeys::Pins, sink: &Sink) -> Option<String> {
-    let (ssh_lines, changed) = pins.explain();
-    for line in ssh_lines {
-        sink.line(line).await;
-    }
-    for host in pins.learn(inner).await {
-        sink.line(format!(
-            "Pinned the SSH host key of {host} for this project"
-        ))
-        .await;
+async fn check_pins(
+    inner: &Inner,
+    pins: &hostkeys::Pins,
+    task: TaskId,
+    sink: &Sink,
+) -> Option<String> {
+    let changed = launch::ssh_lines(pins, sink).await;
+    for host in hostkeys::learn(inner, pins.project(), task, pins.met()).await {
+        sink.line(launch::pinned_line(&host)).await;
     }
     changed
 }
@@ -457,7 +451,7 @@ async fn prepare(
     if template.app == "ansible" {
         // ansible's ssh checks host keys against the project's pinned ones (hosts met for the
         // first time are pinned after the run); a changed key fails the task.
-        let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
+        let pins = hostkeys::Pins::write(inner, task.project_id, task_dir)?;
         let job = ansible_job(inner, task, template, &m, vars.extra, vars.var_secrets)?;
         let (args, env) = launch::ansible(&job, &cwd, task_dir, vars.env)?;
         Ok(Prepared {
@@ -525,10 +519,10 @@ async fn prepare_repository(
     super::sandbox::trust_clone_source(&repo.git_url, task_dir)?;
     let secret = m.secret(inner, Some(repo.ssh_key_id))?;
     let (env, submodule_env) = launch::git_envs(task.id, secret, task_dir, &dir, &repo.git_url)?;
-    let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
+    let pins = hostkeys::Pins::write(inner, task.project_id, task_dir)?;
     let checked_out =
         launch::checkout(&repo.git_url, &branch, &dir, &env, &submodule_env, sink).await;
-    if let Some(line) = check_pins(inner, &pins, sink).await {
+    if let Some(line) = check_pins(inner, &pins, task.id, sink).await {
         return Err(line);
     }
     checked_out?;

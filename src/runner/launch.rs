@@ -19,6 +19,7 @@ use super::process::{self, Chunk};
 use super::{Stop, hostkeys, secrets};
 use crate::agent::protocol::{AnsibleJob, Credentials};
 use crate::model::{KeyKind, KeySecret, TaskId};
+pub(crate) use hostkeys::Pins;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -234,10 +235,30 @@ pub(crate) fn base_env(task: TaskId, home: &Path, cwd: &Path) -> Vec<(String, St
     ]
 }
 
-/// Writes `text` (`known_hosts` lines: the project's pinned host keys) as the known hosts
-/// the task's ssh checks hosts against (`0600`, in `task_dir`).
-pub(crate) fn known_hosts(task_dir: &Path, text: &str) -> Result<(), String> {
-    hostkeys::write_known_hosts(task_dir, text)
+/// After ssh ran with the project's pinned keys ([`Pins`]): ssh's log lines into the output,
+/// and the line saying why the task fails when a host showed another key than its pinned one.
+pub(crate) async fn ssh_lines(pins: &Pins, log: &impl Log) -> Option<String> {
+    let (lines, changed) = pins.explain();
+    for line in lines {
+        log.note(line).await;
+    }
+    changed
+}
+
+/// The output line for a host whose key was pinned for the project.
+pub(crate) fn pinned_line(host: &str) -> String {
+    format!("Pinned the SSH host key of {host} for this project")
+}
+
+/// A run's outcome once ssh's log is read: a changed host key fails a run that ended by
+/// itself (`changed` says why).
+pub(crate) fn pins_checked(outcome: Outcome, changed: Option<String>) -> Outcome {
+    match changed {
+        Some(changed) if matches!(outcome, Outcome::Success | Outcome::Failed(_)) => {
+            Outcome::Failed(changed)
+        }
+        _ => outcome,
+    }
 }
 
 /// Writes an SSH private key where only we can read it; returns its path.

@@ -15,6 +15,9 @@ use super::{Inner, Stop, exec, hostkeys, launch, terraform};
 use crate::agent::protocol::{Job, JobRepository, Poll, Report, ReportAnswer};
 use crate::model::{OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
 
+/// Most host keys in one job's report.
+const MAX_HOST_KEYS: usize = 1000;
+
 /// Variables of the base environment the runner sets itself (its own paths and `PATH`).
 const RUNNER_SETS: [&str; 5] = ["PATH", "LANG", "HOME", "TMPDIR", "PWD"];
 
@@ -367,6 +370,17 @@ pub(super) async fn report(
                 )));
             }
         };
+        let bad = j.host_keys.len() > MAX_HOST_KEYS
+            || j.host_keys.iter().any(|k| {
+                !hostkeys::well_formed(&(k.host.clone(), k.key_type.clone(), k.key.clone()))
+            });
+        if bad {
+            return Err(crate::service::Error::Invalid(format!(
+                "jobs: task {}: host_keys: at most {MAX_HOST_KEYS}, each host, key_type and key \
+                 one word of printable ASCII",
+                j.task_id
+            )));
+        }
         finals.push(status);
     }
     let mut stop = Vec::new();
@@ -433,6 +447,21 @@ pub(super) async fn report(
                 true
             })
             .await;
+        }
+        if !j.host_keys.is_empty() {
+            let met = j
+                .host_keys
+                .into_iter()
+                .map(|k| (k.host, k.key_type, k.key))
+                .collect();
+            let pinned = hostkeys::learn(inner, task.project_id, id, met).await;
+            if !pinned.is_empty() {
+                let lines = pinned
+                    .iter()
+                    .map(|h| line(launch::pinned_line(h)))
+                    .collect();
+                append(inner, &task, &out, lines).await;
+            }
         }
         if let Some(status) = status {
             finish(inner, &task, &out, status, None).await;
