@@ -371,9 +371,9 @@ pub(super) async fn report(
             }
         };
         let bad = j.host_keys.len() > MAX_HOST_KEYS
-            || j.host_keys.iter().any(|k| {
-                !hostkeys::well_formed(&(k.host.clone(), k.key_type.clone(), k.key.clone()))
-            });
+            || j.host_keys
+                .iter()
+                .any(|k| !hostkeys::well_formed(&k.host, &k.key_type, &k.key));
         if bad {
             return Err(crate::service::Error::Invalid(format!(
                 "jobs: task {}: host_keys: at most {MAX_HOST_KEYS}, each host, key_type and key \
