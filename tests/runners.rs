@@ -585,6 +585,26 @@ async fn runner_routes_refuse_bad_input() {
     anon.raw("PUT", internal, Some(body.into_bytes()), &header)
         .await
         .assert_error(400);
+    // A host key that would add a known_hosts line of its own, or mark one.
+    for (host, key) in [
+        ("h", "AAAA\n@cert-authority * ssh-ed25519 AAAA"),
+        ("@revoked", "AAAA"),
+        ("a b", "AAAA"),
+        ("", "AAAA"),
+    ] {
+        let body = json!({"jobs": [{"task_id": 5, "status": "running", "host_keys": [
+            {"host": host, "key_type": "ssh-ed25519", "key": key}]}]});
+        let r = anon
+            .raw(
+                "PUT",
+                internal,
+                Some(body.to_string().into_bytes()),
+                &header,
+            )
+            .await;
+        r.assert_error(400);
+        assert!(r.text().contains("host_keys"), "{}", r.text());
+    }
     // A job the runner does not hold comes back as one to stop.
     let body = json!({"jobs": [{"task_id": 5, "status": "running"}]}).to_string();
     let r = anon
@@ -956,4 +976,128 @@ async fn remote_output_is_capped_in_bytes_like_local_output() {
     assert!(stored <= CAP, "{stored} bytes stored before the marker");
     let lines = text.iter().filter(|l| l.starts_with("line ")).count();
     assert!(lines > 10 && lines < 500, "{lines} app lines kept");
+}
+
+fn git_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        common::tools::show(&out)
+    );
+}
+
+/// Host key pinning on a runner, as on the server: the first checkout over ssh pins the SSH
+/// server's key (the runner reports it, the server stores it with the local line), and once
+/// the server shows another key the task fails with the same line as a local run, and the
+/// new key is not pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_pins_host_keys_and_a_changed_one_fails_its_task() {
+    let Some(sshd) = common::ssh::sshd_program() else {
+        let _ = common::tools::ready("the runner SSH host key test", &["sshd".to_owned()]);
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let k = |name: &str| keys.path().join(name);
+    for name in ["host_a", "host_b", "client"] {
+        common::ssh::keygen(&k(name));
+    }
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("run.sh"), "echo over-ssh\n").unwrap();
+    git_in(repo.path(), &["init", "-q", "-b", "main"]);
+    git_in(repo.path(), &["add", "run.sh"]);
+    git_in(
+        repo.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "run",
+        ],
+    );
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut sshd_a = Some(common::ssh::Sshd::start(
+        &sshd,
+        keys.path(),
+        &k("host_a"),
+        &k("client.pub"),
+    ));
+    let port = sshd_a.as_ref().map(|s| s.port).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let one = OneRunner::start(dir.path(), "ssh", &[], &[], &[]).await;
+    let (admin, runner) = (&one.admin, one.runner);
+    let p = common::new_project(admin, "pins").await;
+    let key = add(
+        admin,
+        p,
+        "keys",
+        json!({"name": "deploy", "type": "ssh", "project_id": p,
+               "ssh": {"login": user, "passphrase": "",
+                       "private_key": std::fs::read_to_string(k("client")).unwrap()}}),
+    )
+    .await;
+    let url = format!("ssh://{user}@127.0.0.1:{port}{}", repo.path().display());
+    let repo_id = add(
+        admin,
+        p,
+        "repositories",
+        json!({"name": "ssh", "project_id": p, "git_url": url, "git_branch": "main",
+               "ssh_key_id": key}),
+    )
+    .await;
+    let tpl = template(admin, p, repo_id, "run", "run.sh", "ssh").await;
+    let host = format!("[127.0.0.1]:{port}");
+    let key_of = |name: &str| {
+        std::fs::read_to_string(k(name))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+
+    // First use: the runner meets the key, the server pins it.
+    let task = launch(admin, p, tpl).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    assert!(text.iter().any(|l| l == "over-ssh"), "{text:#?}");
+    let pinned_line = format!("Pinned the SSH host key of {host} for this project");
+    assert!(text.contains(&pinned_line), "{text:#?}");
+    let pinned = ok_json(admin, &at(p, "host_keys")).await;
+    assert_eq!(pinned.as_array().map(Vec::len), Some(1), "{pinned}");
+    assert_eq!(pinned[0]["host"], host.as_str());
+    assert_eq!(pinned[0]["key"], key_of("host_a.pub").as_str());
+    assert_eq!(pinned[0]["task_id"], task);
+
+    // The SSH server's key changes: the task fails with the local line, nothing is pinned.
+    drop(sshd_a.take());
+    let _sshd_b =
+        common::ssh::Sshd::start_on(&sshd, keys.path(), &k("host_b"), &k("client.pub"), port);
+    let task = launch(admin, p, tpl).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "error", "{t}: {text:#?}");
+    let last = text.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "SSH host key changed: {host} did not show the key pinned for this project"
+        )),
+        "{text:#?}"
+    );
+    let still = ok_json(admin, &at(p, "host_keys")).await;
+    assert_eq!(still.as_array().map(Vec::len), Some(1), "{still}");
+    assert_eq!(still[0]["key"], key_of("host_a.pub").as_str());
 }

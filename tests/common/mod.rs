@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod process;
+pub mod ssh;
 pub mod tools;
 
 use std::net::SocketAddr;
