@@ -1090,13 +1090,7 @@ async fn a_runner_pins_host_keys_and_a_changed_one_fails_its_task() {
     let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
     let text = texts(&output(admin, p, task).await);
     assert_eq!(t["status"], "error", "{t}: {text:#?}");
-    let last = text.last().cloned().unwrap_or_default();
-    assert!(
-        last.starts_with(&format!(
-            "SSH host key changed: {host} did not show the key pinned for this project"
-        )),
-        "{text:#?}"
-    );
+    common::ssh::assert_key_changed(&text, &host);
     let still = ok_json(admin, &at(p, "host_keys")).await;
     assert_eq!(still.as_array().map(Vec::len), Some(1), "{still}");
     assert_eq!(still[0]["key"], key_of("host_a.pub").as_str());

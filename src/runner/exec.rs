@@ -258,7 +258,8 @@ async fn check_pins(
 }
 
 /// Starts `prepared.program` with the app's prefix and `args` in its own process group and
-/// waits for it (see [`supervise`]): its exit status, or how a stop or the deadline ended it.
+/// waits for it (see [`launch::supervise`]): its exit status, or how a stop or the deadline
+/// ended it.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_command(
     inner: &Arc<Inner>,

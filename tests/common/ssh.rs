@@ -87,3 +87,15 @@ pub fn sshd_program() -> Option<PathBuf> {
         .find(|p| p.is_file())
         .or_else(|| super::tools::find("sshd"))
 }
+
+/// Asserts that a task's output ends with the line saying `host` showed another key than the
+/// one pinned for the project.
+pub fn assert_key_changed(out: &[String], host: &str) {
+    let last = out.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "SSH host key changed: {host} did not show the key pinned for this project"
+        )),
+        "{out:#?}"
+    );
+}
