@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Commit, HostKeyReport, Job, LogRecord};
 use super::spool::Spool;
+use crate::model::TaskStatus;
 use crate::runner::Stop;
 use crate::runner::launch::{self, App, DRAIN_OUTPUT, Log, Outcome, Pins};
 use crate::runner::process::{self, Chunk};
@@ -132,17 +133,12 @@ pub async fn run(job: Job, work: PathBuf, handle: Arc<JobHandle>, jail: Arc<Jail
     log.note(format!("Preparing: {id}")).await;
     let mut stop = handle.stop.subscribe();
     let outcome = steps(&job, &work, &log, &handle, &mut stop).await;
-    let (status, last) = match outcome {
-        Outcome::Success => ("success", None),
-        Outcome::Failed(why) => ("error", Some(why)),
-        Outcome::TimedOut(secs) => (
-            "error",
-            Some(format!(
-                "Task timed out: it ran longer than {secs} s and was killed"
-            )),
-        ),
-        _ => ("stopped", Some("Task stopped".to_owned())),
+    let status = match outcome.status() {
+        TaskStatus::Success => "success",
+        TaskStatus::Stopped => "stopped",
+        _ => "error",
     };
+    let last = outcome.line();
     if let Some(last) = last {
         log.note(last).await;
     }

@@ -18,10 +18,9 @@ use crate::model::{
 use crate::store::{NewEvent, Tx};
 
 use super::launch::{self, DRAIN_OUTPUT};
-pub(super) use super::launch::{Outcome, deadline_after, exit_outcome, inside, stopped};
-
-/// The last output line of a task the server stopped on shutdown.
-pub(super) const SHUT_DOWN_LINE: &str = "stopped: server shut down";
+pub(super) use super::launch::{
+    Outcome, SHUT_DOWN_LINE, deadline_after, exit_outcome, inside, stopped,
+};
 
 /// What to start.
 pub(super) struct Prepared {
@@ -54,23 +53,7 @@ pub(super) async fn run(
     let _secrets = secrets::TaskDir::guard(task_dir.clone());
     let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir, &decision).await;
     let lost = sink.lost();
-    let (mut status, line) = match &outcome {
-        Outcome::Success => (TaskStatus::Success, None),
-        Outcome::Failed(why) => (TaskStatus::Error, Some(why.clone())),
-        Outcome::Stopped => (TaskStatus::Stopped, Some("Task stopped".to_owned())),
-        Outcome::Rejected => (
-            TaskStatus::Stopped,
-            Some("Plan rejected: nothing was applied".to_owned()),
-        ),
-        Outcome::TimedOut(secs) => (
-            TaskStatus::Error,
-            Some(format!(
-                "Task timed out: it ran longer than {secs} s and was killed"
-            )),
-        ),
-        Outcome::ShutDown => (TaskStatus::Error, Some(SHUT_DOWN_LINE.to_owned())),
-        Outcome::NotStarted => (TaskStatus::Waiting, None),
-    };
+    let (mut status, line) = (outcome.status(), outcome.line());
     if let Some(line) = line {
         sink.line(line).await;
     }

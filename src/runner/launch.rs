@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::process::{self, Chunk};
 use super::{Stop, hostkeys, secrets};
 use crate::agent::protocol::{AnsibleJob, Credentials};
-use crate::model::{KeyKind, KeySecret, TaskId};
+use crate::model::{KeyKind, KeySecret, TaskId, TaskStatus};
 pub(crate) use hostkeys::Pins;
 
 /// How a run ended.
@@ -35,6 +35,35 @@ pub(crate) enum Outcome {
     /// Never claimed: the server shut down first, and the task stays `waiting`.
     NotStarted,
 }
+
+impl Outcome {
+    /// The status a task ends with after this outcome (`Waiting` when it never started).
+    pub(crate) fn status(&self) -> TaskStatus {
+        match self {
+            Self::Success => TaskStatus::Success,
+            Self::Failed(_) | Self::TimedOut(_) | Self::ShutDown => TaskStatus::Error,
+            Self::Stopped | Self::Rejected => TaskStatus::Stopped,
+            Self::NotStarted => TaskStatus::Waiting,
+        }
+    }
+
+    /// The last output line that says how the task ended, if one does.
+    pub(crate) fn line(&self) -> Option<String> {
+        match self {
+            Self::Success | Self::NotStarted => None,
+            Self::Failed(why) => Some(why.clone()),
+            Self::Stopped => Some("Task stopped".to_owned()),
+            Self::Rejected => Some("Plan rejected: nothing was applied".to_owned()),
+            Self::TimedOut(secs) => Some(format!(
+                "Task timed out: it ran longer than {secs} s and was killed"
+            )),
+            Self::ShutDown => Some(SHUT_DOWN_LINE.to_owned()),
+        }
+    }
+}
+
+/// The last output line of a task the server stopped on shutdown.
+pub(crate) const SHUT_DOWN_LINE: &str = "stopped: server shut down";
 
 /// A child's environment.
 pub(crate) type Env = Vec<(String, String)>;
