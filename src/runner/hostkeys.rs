@@ -242,7 +242,38 @@ pub(crate) fn well_formed(host: &str, kind: &str, key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, well_formed};
+
+    #[test]
+    fn a_reported_key_is_one_known_hosts_entry_or_refused() {
+        let ok = [
+            ("[127.0.0.1]:2222", "ssh-ed25519", "AAAAC3Nza"),
+            ("git.example.com", "ecdsa-sha2-nistp256", "AAAAE2/+="),
+        ];
+        for (h, t, k) in ok {
+            assert!(well_formed(h, t, k), "{h} {t} {k}");
+        }
+        let bad = [
+            ("", "ssh-ed25519", "AAAA"),
+            ("h", "", "AAAA"),
+            ("h", "ssh-ed25519", ""),
+            ("a b", "ssh-ed25519", "AAAA"),
+            ("a,b", "ssh-ed25519", "AAAA"),
+            (
+                "h",
+                "ssh-ed25519",
+                "AAAA\n@cert-authority * ssh-ed25519 AAAA",
+            ),
+            ("@revoked", "ssh-ed25519", "AAAA"),
+            ("#h", "ssh-ed25519", "AAAA"),
+            ("|1|hashed", "ssh-ed25519", "AAAA"),
+            ("hé", "ssh-ed25519", "AAAA"),
+        ];
+        for (h, t, k) in bad {
+            assert!(!well_formed(h, t, k), "{h:?} {t:?} {k:?}");
+        }
+        assert!(!well_formed(&"h".repeat(301), "t", "k"));
+    }
 
     #[test]
     fn known_hosts_lines_give_host_type_and_key() {

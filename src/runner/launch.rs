@@ -606,7 +606,82 @@ pub(crate) fn ansible(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_commit;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    use super::{ansible, parse_commit};
+    use crate::agent::protocol::{AnsibleJob, Credentials, JobInventory, JobVault};
+
+    #[test]
+    fn ansibles_secrets_stay_off_its_argv_in_private_files_and_handoffs() {
+        let checkout = tempfile::tempdir().expect("dir");
+        std::fs::write(checkout.path().join("site.yml"), "- hosts: all\n").expect("playbook");
+        let task_dir = tempfile::tempdir().expect("dir");
+        let job = AnsibleJob {
+            inventory: JobInventory {
+                kind: "static".into(),
+                inventory: "web ansible_host=10.0.0.5\n".into(),
+            },
+            ssh_key: Some(Credentials {
+                kind: "ssh".into(),
+                login: "deploy".into(),
+                private_key: "PRIVATE-KEY-MATERIAL".into(),
+                ..Credentials::default()
+            }),
+            vaults: vec![JobVault {
+                name: "prod".into(),
+                password: "VAULT-PASSWORD".into(),
+            }],
+            extra_vars: serde_json::json!({"db_password": "EXTRA-SECRET"})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            flags: vec!["--diff".into()],
+            args: vec!["--tags".into(), "web".into()],
+            limit: "web".into(),
+            playbook: "site.yml".into(),
+        };
+        let (args, env) =
+            ansible(&job, checkout.path(), task_dir.path(), Vec::new()).expect("argv");
+        let line = args.join(" ");
+        for secret in ["PRIVATE-KEY-MATERIAL", "VAULT-PASSWORD", "EXTRA-SECRET"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+            assert!(
+                !env.iter().any(|(_, v)| v.contains(secret)),
+                "{secret} in env"
+            );
+        }
+        let dir = task_dir.path().display().to_string();
+        assert_eq!(args[0], "-i");
+        assert_eq!(args[1], format!("{dir}/inventory"));
+        assert!(args.contains(&format!("--private-key={dir}/inventory_ssh_key")));
+        assert!(args.contains(&"--user=deploy".to_owned()));
+        assert!(args.contains(&format!("--vault-id=prod@{dir}/vault_0")));
+        assert_eq!(
+            args[args.len() - 6..],
+            [
+                "--diff".to_owned(),
+                format!("--extra-vars=@{dir}/extra_vars.json"),
+                "--tags".to_owned(),
+                "web".to_owned(),
+                "--limit=web".to_owned(),
+                "site.yml".to_owned(),
+            ]
+        );
+        for file in ["inventory", "inventory_ssh_key"] {
+            let mode = std::fs::metadata(task_dir.path().join(file))
+                .expect("file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        for fifo in ["vault_0", "extra_vars.json"] {
+            let kind = std::fs::metadata(task_dir.path().join(fifo))
+                .expect("fifo")
+                .file_type();
+            assert!(kind.is_fifo(), "{fifo} is a read-once handoff");
+        }
+        crate::runner::secrets::remove(task_dir.path());
+    }
 
     #[test]
     fn a_commit_is_its_full_hash_and_subject() {
