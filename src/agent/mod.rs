@@ -168,8 +168,7 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
         RunnerCommand::Start { config, sandbox } => {
             let cfg = read_config(&config)?;
             let config = std::path::absolute(&config).map_err(|e| e.to_string())?;
-            let jail = crate::sandbox::Jail::for_runner(sandbox, &cfg.work_dir, &config)?;
-            start(cfg, Arc::new(jail)).await
+            start(cfg, &config, sandbox).await
         }
         RunnerCommand::Unregister { config } => {
             let cfg = read_config(&config)?;
@@ -248,12 +247,24 @@ impl Agent {
     }
 }
 
-async fn start(cfg: RunnerConfig, jail: Arc<crate::sandbox::Jail>) -> Result<(), String> {
+/// Runs jobs for `cfg` (read from `config`) with the sandbox `sandbox` until SIGTERM or
+/// Ctrl-C.
+async fn start(
+    cfg: RunnerConfig,
+    config: &Path,
+    sandbox: crate::sandbox::Mode,
+) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(cfg.work_dir.join("spool"))
         .map_err(|e| format!("cannot create {}: {e}", cfg.work_dir.display()))?;
+    // After the work dir exists: its real path is what the sandbox keeps jobs out of.
+    let jail = Arc::new(crate::sandbox::Jail::for_runner(
+        sandbox,
+        &cfg.work_dir,
+        config,
+    )?);
     job::sweep_leftovers(&cfg.work_dir);
     let agent = Arc::new(Agent {
         api: Api::new(&cfg.server, &cfg.token)?,
