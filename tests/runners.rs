@@ -391,6 +391,13 @@ async fn a_killed_runner_loses_its_task_the_others_finish_and_it_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Its private dir (keys, handoffs) outlives a kill -9, until the runner starts again.
+    let victim_dir = agents[&victim]
+        .config
+        .with_extension("json.work")
+        .join("tasks")
+        .join(doomed.to_string());
+    assert!(victim_dir.is_dir(), "{}", victim_dir.display());
     let killed_at = Instant::now();
     agents.get_mut(&victim).unwrap().kill_9();
     let t = wait_status(&admin, p, doomed, &["error"], 15).await;
@@ -417,6 +424,11 @@ async fn a_killed_runner_loses_its_task_the_others_finish_and_it_comes_back() {
     agents.insert(victim, Agent::start(&config));
     wait_online(&admin, victim).await;
     wait_dead(pid, 10).await;
+    assert!(
+        !victim_dir.exists(),
+        "swept at start: {}",
+        victim_dir.display()
+    );
     // Two jobs, one runner each (limit 1): the restarted one takes one of them.
     let busy = launch(&admin, p, sleepy).await;
     let again = launch(&admin, p, short).await;
