@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
         fleet.set_registered(2);
         assert_eq!(fleet.place(None, true, false), Place::Wait);
-        // Ansible and terraform stay here whatever the mode.
+        // Terraform stays here whatever the mode.
         assert_eq!(fleet.place(None, true, true), Place::Local);
         assert_eq!(fleet.place(None, false, true), Place::Wait);
         fleet.touch(&record(1, &["a"], 1), 0);
