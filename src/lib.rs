@@ -16,7 +16,9 @@
 //!   (`service::integrations`), and two-factor login with TOTP (`service::totp`).
 //! - [`runner`]: the task queue, child processes, stop/kill and live output, and the
 //!   terraform/tofu plan → confirm → apply flow (`runner::terraform`); `git ls-remote` for
-//!   repository-triggered schedules (`runner::remote`). It sees the services
+//!   repository-triggered schedules (`runner::remote`); the executor it shares with
+//!   `forge runner` ([`agent`]): checkout, ansible's argv and secret files, start and
+//!   supervision, with nothing of the store (`runner::launch`). It sees the services
 //!   only through a narrow handle (`runner::Host`: the clock, opening sealed secrets, an app's
 //!   command), persists through the store, and is driven by the HTTP layer through
 //!   [`runner::Runner`].

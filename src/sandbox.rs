@@ -144,27 +144,6 @@ impl Jail {
             }
             None => None,
         };
-        let landlock = match config.sandbox {
-            Mode::Off => {
-                tracing::warn!(
-                    "task sandbox off (--sandbox off): tasks can read and write whatever the \
-                     server can, the database and the key file included"
-                );
-                false
-            }
-            Mode::Landlock => match supported() {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::warn!(
-                        "Landlock is not available on this kernel ({why}): tasks run WITHOUT \
-                         the sandbox and can read the database and the key file; use a kernel \
-                         with Landlock (5.13+, lsm=landlock) or say --sandbox off to silence \
-                         this"
-                    );
-                    false
-                }
-            },
-        };
         let exe = match &config.sandbox_exe {
             Some(exe) => exe.clone(),
             None => std::env::current_exe()
@@ -187,6 +166,67 @@ impl Jail {
             .cloned(),
         );
         protected.extend(config.backup_dir.iter().cloned());
+        Ok(Self::build(
+            config.sandbox,
+            user,
+            exe,
+            work_dir,
+            &protected,
+            &config.sandbox_read_only,
+        ))
+    }
+
+    /// The jail of a `forge runner` (`--sandbox`): the same rules as the server's, with the
+    /// runner's work dir and config file (its token) protected; tasks run as the runner's
+    /// user.
+    ///
+    /// # Errors
+    /// When the forge binary (the wrapper) cannot be found.
+    pub fn for_runner(mode: Mode, work_dir: &Path, config_file: &Path) -> Result<Self, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the forge binary for the sandbox: {e}"))?;
+        let protected = [work_dir.to_owned(), config_file.to_owned()];
+        Ok(Self::build(
+            mode,
+            None,
+            exe,
+            work_dir.to_owned(),
+            &protected,
+            &[],
+        ))
+    }
+
+    /// The jail of `mode` with its read-only paths (the system, the tool chain, `extra`),
+    /// none of which covers a `protected` path.
+    fn build(
+        mode: Mode,
+        user: Option<TaskUser>,
+        exe: PathBuf,
+        work_dir: PathBuf,
+        protected: &[PathBuf],
+        extra: &[PathBuf],
+    ) -> Self {
+        let landlock = match mode {
+            Mode::Off => {
+                tracing::warn!(
+                    "task sandbox off (--sandbox off): tasks can read and write whatever the \
+                     server can, the database and the key file included"
+                );
+                false
+            }
+            Mode::Landlock => match supported() {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        "Landlock is not available on this kernel ({why}): tasks run WITHOUT \
+                         the sandbox and can read the database and the key file; use a kernel \
+                         with Landlock (5.13+, lsm=landlock) or say --sandbox off to silence \
+                         this"
+                    );
+                    false
+                }
+            },
+        };
         let protected: Vec<PathBuf> = protected.iter().map(|p| canonical(p)).collect();
         let mut wanted: Vec<PathBuf> = SYSTEM
             .iter()
@@ -194,7 +234,7 @@ impl Jail {
             .map(PathBuf::from)
             .collect();
         wanted.extend(tool_dirs(std::env::var_os("PATH").as_deref()));
-        wanted.extend(config.sandbox_read_only.iter().cloned());
+        wanted.extend(extra.iter().cloned());
         let mut read_only = Vec::new();
         for path in wanted {
             grant(&path, &protected, &mut read_only);
@@ -210,14 +250,14 @@ impl Jail {
                 "task sandbox: Landlock; tasks read-write only in their own directories"
             );
         }
-        Ok(Self {
+        Self {
             landlock,
             exe,
             read_only,
             protected,
             work_dir,
             user,
-        })
+        }
     }
 
     /// Whether commands run under Landlock.

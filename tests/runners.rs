@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::files::holding as files_holding;
 use common::process::{FORGE, ServerProcess};
+use common::tools::landlock as landlock_here;
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, ok_json};
 use serde_json::{Value, json};
 
@@ -30,7 +32,13 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Self {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// Started with `args` after `start --config PATH`, and `path_first` before its PATH.
+    fn start_with(config: &Path, args: &[&str], path_first: &[&Path]) -> Self {
         let log = config.with_extension("log");
+        let path = path_with(path_first);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -39,6 +47,8 @@ impl Agent {
         let child = Command::new(FORGE)
             .args(["runner", "start", "--config"])
             .arg(config)
+            .args(args)
+            .env("PATH", path)
             .env("FORGE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -125,6 +135,11 @@ fn free_port() -> u16 {
 
 /// `forge serve` on `db` at `port` with the registration token and a short runner timeout.
 fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
+    serve_with(db, port, timeout, &[])
+}
+
+/// [`serve`] with more environment variables.
+fn serve_with(db: &Path, port: u16, timeout: &str, env: &[(&str, &str)]) -> ServerProcess {
     let mut cmd = Command::new(FORGE);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("FORGE_DB", db)
@@ -139,6 +154,7 @@ fn serve(db: &Path, port: u16, timeout: &str) -> ServerProcess {
         .env("FORGE_LOCAL_REPO_ROOTS", std::env::temp_dir())
         .env("FORGE_STOP_GRACE_SECS", "2")
         .env("FORGE_SHUTDOWN_GRACE_SECS", "1")
+        .envs(env.iter().copied())
         .env_remove("FORGE_SECRET_KEY")
         .env_remove("FORGE_SECRET_KEY_FILE")
         .stdin(Stdio::null())
@@ -375,6 +391,13 @@ async fn a_killed_runner_loses_its_task_the_others_finish_and_it_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Its private dir (keys, handoffs) outlives a kill -9, until the runner starts again.
+    let victim_dir = agents[&victim]
+        .config
+        .with_extension("json.work")
+        .join("tasks")
+        .join(doomed.to_string());
+    assert!(victim_dir.is_dir(), "{}", victim_dir.display());
     let killed_at = Instant::now();
     agents.get_mut(&victim).unwrap().kill_9();
     let t = wait_status(&admin, p, doomed, &["error"], 15).await;
@@ -401,6 +424,11 @@ async fn a_killed_runner_loses_its_task_the_others_finish_and_it_comes_back() {
     agents.insert(victim, Agent::start(&config));
     wait_online(&admin, victim).await;
     wait_dead(pid, 10).await;
+    assert!(
+        !victim_dir.exists(),
+        "swept at start: {}",
+        victim_dir.display()
+    );
     // Two jobs, one runner each (limit 1): the restarted one takes one of them.
     let busy = launch(&admin, p, sleepy).await;
     let again = launch(&admin, p, short).await;
@@ -569,6 +597,26 @@ async fn runner_routes_refuse_bad_input() {
     anon.raw("PUT", internal, Some(body.into_bytes()), &header)
         .await
         .assert_error(400);
+    // A host key that would add a known_hosts line of its own, or mark one.
+    for (host, key) in [
+        ("h", "AAAA\n@cert-authority * ssh-ed25519 AAAA"),
+        ("@revoked", "AAAA"),
+        ("a b", "AAAA"),
+        ("", "AAAA"),
+    ] {
+        let body = json!({"jobs": [{"task_id": 5, "status": "running", "host_keys": [
+            {"host": host, "key_type": "ssh-ed25519", "key": key}]}]});
+        let r = anon
+            .raw(
+                "PUT",
+                internal,
+                Some(body.to_string().into_bytes()),
+                &header,
+            )
+            .await;
+        r.assert_error(400);
+        assert!(r.text().contains("host_keys"), "{}", r.text());
+    }
     // A job the runner does not hold comes back as one to stop.
     let body = json!({"jobs": [{"task_id": 5, "status": "running"}]}).to_string();
     let r = anon
@@ -669,4 +717,393 @@ async fn runner_routes_refuse_bad_input() {
         )
         .await;
     r.assert_error(400);
+}
+
+/// A server in `dir` and one runner, online, named and tagged `name` (one slot).
+struct OneRunner {
+    // Dropped first: the runner stops before the server.
+    agent: Agent,
+    admin: Client,
+    config: PathBuf,
+    runner: u64,
+    _server: ServerProcess,
+}
+
+impl OneRunner {
+    /// The server with `env`, the runner started with `args` and `path_first` on its PATH.
+    async fn start(
+        dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        path_first: &[&Path],
+    ) -> Self {
+        let server = serve_with(&dir.join("forge.redb"), free_port(), "10", env);
+        let mut admin = server.client();
+        assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+        let (config, runner) = register(server.addr, dir, name, name, 1);
+        let agent = Agent::start_with(&config, args, path_first);
+        wait_online(&admin, runner).await;
+        Self {
+            agent,
+            admin,
+            config,
+            runner,
+            _server: server,
+        }
+    }
+}
+
+/// Creates `body` in project `p`'s `kind` (a `201` with the object, or a `204` after which
+/// it is found by name); returns its id.
+async fn add(admin: &Client, p: u64, kind: &str, body: Value) -> u64 {
+    let r = admin.post(&at(p, kind), body.clone()).await;
+    match r.status {
+        201 => id_of(&r.json()),
+        204 => {
+            let list = ok_json(admin, &at(p, kind)).await;
+            list.as_array()
+                .and_then(|l| l.iter().find(|o| o["name"] == body["name"]))
+                .map_or_else(|| panic!("no {} in {list}", body["name"]), id_of)
+        }
+        other => panic!("POST {kind}: {other} {}", r.text()),
+    }
+}
+
+/// `PATH` with `first` before the test's own.
+fn path_with(first: &[&Path]) -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(
+        first
+            .iter()
+            .map(|p| p.to_path_buf())
+            .chain(std::env::split_paths(&path)),
+    )
+    .expect("PATH")
+}
+
+/// `localhost` over the local connection, modules run by the Python that runs ansible.
+const INVENTORY: &str = "localhost ansible_connection=local ansible_python_interpreter='{{ ansible_playbook_python }}'\n";
+
+const PLAYBOOK: &str = r#"- name: remote play
+  hosts: all
+  gather_facts: false
+  vars_files:
+    - vaulted.yml
+  tasks:
+    - name: show the vaulted variable
+      ansible.builtin.debug:
+        msg: "vault says {{ from_vault }}"
+    - name: show the secret extra variable
+      ansible.builtin.debug:
+        msg: "secret var is {{ secret_var }}"
+"#;
+
+const VAULT_PASSWORD: &str = "runner-vault-password-7c1e";
+const SECRET_VAR: &str = "runner-secret-var-93ea";
+const VAULTED: &str = "vaulted-plain-text-5d2b";
+
+/// A tagged ansible template runs on a real `forge runner` with the server's own executor:
+/// the inventory, the vault password and a `var` secret travel in the job, reach the playbook
+/// (a vaulted variable is decrypted, the secret is an extra var), and once the task has ended
+/// no file under the runner's directories holds any of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ansible_template_runs_on_a_runner_and_its_secrets_leave_nothing_behind() {
+    let Some(ansible) = common::tools::require("ansible-playbook", "the remote ansible test")
+    else {
+        return;
+    };
+    let bin = ansible.parent().expect("ansible's directory").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let password_file = scratch.path().join("vault-password");
+    std::fs::write(&password_file, VAULT_PASSWORD).unwrap();
+    let vaulted = Command::new(bin.join("ansible-vault"))
+        .args(["encrypt_string", "--vault-password-file"])
+        .arg(&password_file)
+        .args([VAULTED, "--name", "from_vault"])
+        .output()
+        .expect("ansible-vault");
+    assert!(
+        vaulted.status.success(),
+        "ansible-vault: {}",
+        String::from_utf8_lossy(&vaulted.stderr)
+    );
+    std::fs::write(repo.path().join("vaulted.yml"), &vaulted.stdout).unwrap();
+
+    // The server checks that the app is there (the runner runs it).
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let path = path.to_str().expect("PATH is UTF-8");
+    let one = OneRunner::start(dir.path(), "ansible", &[("PATH", path)], &[], &[&bin]).await;
+    let (admin, config, runner) = (&one.admin, &one.config, one.runner);
+    let (p, repo_id) = project(admin, repo.path(), &[("site.yml", PLAYBOOK)]).await;
+
+    let vault = add(
+        admin,
+        p,
+        "keys",
+        json!({"name": "vault", "type": "login_password", "project_id": p,
+               "login_password": {"login": "", "password": VAULT_PASSWORD}}),
+    )
+    .await;
+    let inventory = add(
+        admin,
+        p,
+        "inventory",
+        json!({"name": "local", "project_id": p, "type": "static", "inventory": INVENTORY}),
+    )
+    .await;
+    let env = add(
+        admin,
+        p,
+        "environment",
+        json!({"name": "vars", "project_id": p, "json": "{}", "env": "{}",
+               "secrets": [{"operation": "create", "type": "var", "name": "secret_var",
+                            "secret": SECRET_VAR}]}),
+    )
+    .await;
+    let template = add(
+        admin,
+        p,
+        "templates",
+        json!({"name": "play", "project_id": p, "app": "ansible", "playbook": "site.yml",
+               "inventory_id": inventory, "repository_id": repo_id, "environment_id": env,
+               "runner_tag": "ansible", "vaults": [{"vault_key_id": vault}]}),
+    )
+    .await;
+
+    let task = launch(admin, p, template).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 180).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    for want in [
+        "PLAY [remote play]".to_owned(),
+        format!("vault says {VAULTED}"),
+        format!("secret var is {SECRET_VAR}"),
+    ] {
+        assert!(
+            text.iter().any(|l| l.contains(&want)),
+            "no {want:?} in {text:#?}"
+        );
+    }
+    let work = config.with_extension("json.work");
+    assert!(work.is_dir(), "the runner's work dir {}", work.display());
+    assert!(
+        !work.join("tasks").join(task.to_string()).exists(),
+        "the task's private dir is gone"
+    );
+    let secrets = [VAULT_PASSWORD, SECRET_VAR, VAULTED];
+    let hits = files_holding(&work, &secrets);
+    assert!(hits.is_empty(), "secrets left on the runner: {hits:#?}");
+    let log = one.agent.log();
+    assert!(
+        !secrets.iter().any(|s| log.contains(s)),
+        "the runner logged a secret: {log}"
+    );
+}
+
+/// A runner's jobs run in the same Landlock sandbox as the server's: a job can write its own
+/// home, but cannot read the runner's config file (its token) or look into the runner's task
+/// directories (another job's files).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_job_cannot_read_the_runners_config_or_other_jobs() {
+    if !landlock_here("the runner sandbox test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let args = ["--sandbox", "landlock"];
+    let one = OneRunner::start(dir.path(), "boxed", &[], &args, &[]).await;
+    let (admin, config, runner) = (&one.admin, &one.config, one.runner);
+    let token = serde_json::from_slice::<Value>(&std::fs::read(config).unwrap()).unwrap()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let work = config.with_extension("json.work");
+    let script = format!(
+        "#!/usr/bin/env bash\n\
+         if cat '{config}'; then echo READ-THE-CONFIG; else echo config-denied; fi\n\
+         if ls '{tasks}'; then echo LISTED-THE-TASKS; else echo tasks-denied; fi\n\
+         echo mine > \"$HOME/own\" && echo own-home-ok\n",
+        config = config.display(),
+        tasks = work.join("tasks").display()
+    );
+    let (p, repo_id) = project(admin, repo.path(), &[("peek.sh", &script)]).await;
+    let t = template(admin, p, repo_id, "peek", "peek.sh", "boxed").await;
+    let task = launch(admin, p, t).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    for want in ["config-denied", "tasks-denied", "own-home-ok"] {
+        assert!(text.iter().any(|l| l == want), "no {want} in {text:#?}");
+    }
+    assert!(
+        !text
+            .iter()
+            .any(|l| l.contains(&token) || l.starts_with("READ-") || l.starts_with("LISTED-")),
+        "{text:#?}"
+    );
+}
+
+/// Output from a runner is capped per task like a local task's (`--output-max-bytes`): the
+/// stored lines stay within the byte limit and one marker line says what was dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_output_is_capped_in_bytes_like_local_output() {
+    const CAP: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let cap = CAP.to_string();
+    let env = [("FORGE_OUTPUT_MAX_BYTES", cap.as_str())];
+    let one = OneRunner::start(dir.path(), "loud", &env, &[], &[]).await;
+    let (admin, runner) = (&one.admin, one.runner);
+    let script = "#!/usr/bin/env bash\nfor i in $(seq 1 500); do \
+                  printf 'line %04d %s\\n' \"$i\" 0123456789012345678901234567890123456789; done\n";
+    let (p, repo_id) = project(admin, repo.path(), &[("loud.sh", script)]).await;
+    let t = template(admin, p, repo_id, "loud", "loud.sh", "loud").await;
+    let task = launch(admin, p, t).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    let marker = text
+        .iter()
+        .position(|l| l.starts_with("output truncated: "))
+        .unwrap_or_else(|| panic!("no marker line: {text:#?}"));
+    assert!(
+        text[marker].contains(&format!("{CAP} bytes per task")),
+        "{}",
+        text[marker]
+    );
+    // The cap counts the run's bytes (from `Started:`; the queue's line comes before).
+    let started = text
+        .iter()
+        .position(|l| l.starts_with("Started: "))
+        .expect("started");
+    let stored: usize = text[started..marker].iter().map(String::len).sum();
+    assert!(stored <= CAP, "{stored} bytes stored before the marker");
+    let lines = text.iter().filter(|l| l.starts_with("line ")).count();
+    assert!(lines > 10 && lines < 500, "{lines} app lines kept");
+}
+
+fn git_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        common::tools::show(&out)
+    );
+}
+
+/// Host key pinning on a runner, as on the server: the first checkout over ssh pins the SSH
+/// server's key (the runner reports it, the server stores it with the local line), and once
+/// the server shows another key the task fails with the same line as a local run, and the
+/// new key is not pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_pins_host_keys_and_a_changed_one_fails_its_task() {
+    let Some(sshd) = common::ssh::sshd_program() else {
+        let _ = common::tools::ready("the runner SSH host key test", &["sshd".to_owned()]);
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let k = |name: &str| keys.path().join(name);
+    for name in ["host_a", "host_b", "client"] {
+        common::ssh::keygen(&k(name));
+    }
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("run.sh"), "echo over-ssh\n").unwrap();
+    git_in(repo.path(), &["init", "-q", "-b", "main"]);
+    git_in(repo.path(), &["add", "run.sh"]);
+    git_in(
+        repo.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "run",
+        ],
+    );
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut sshd_a = Some(common::ssh::Sshd::start(
+        &sshd,
+        keys.path(),
+        &k("host_a"),
+        &k("client.pub"),
+    ));
+    let port = sshd_a.as_ref().map(|s| s.port).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let one = OneRunner::start(dir.path(), "ssh", &[], &[], &[]).await;
+    let (admin, runner) = (&one.admin, one.runner);
+    let p = common::new_project(admin, "pins").await;
+    let key = add(
+        admin,
+        p,
+        "keys",
+        json!({"name": "deploy", "type": "ssh", "project_id": p,
+               "ssh": {"login": user, "passphrase": "",
+                       "private_key": std::fs::read_to_string(k("client")).unwrap()}}),
+    )
+    .await;
+    let url = format!("ssh://{user}@127.0.0.1:{port}{}", repo.path().display());
+    let repo_id = add(
+        admin,
+        p,
+        "repositories",
+        json!({"name": "ssh", "project_id": p, "git_url": url, "git_branch": "main",
+               "ssh_key_id": key}),
+    )
+    .await;
+    let tpl = template(admin, p, repo_id, "run", "run.sh", "ssh").await;
+    let host = format!("[127.0.0.1]:{port}");
+    let key_of = |name: &str| {
+        std::fs::read_to_string(k(name))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+
+    // First use: the runner meets the key, the server pins it.
+    let task = launch(admin, p, tpl).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "success", "{t}: {text:#?}");
+    assert_eq!(t["runner_id"].as_u64(), Some(runner), "{t}");
+    assert!(text.iter().any(|l| l == "over-ssh"), "{text:#?}");
+    let pinned_line = format!("Pinned the SSH host key of {host} for this project");
+    assert!(text.contains(&pinned_line), "{text:#?}");
+    let pinned = ok_json(admin, &at(p, "host_keys")).await;
+    assert_eq!(pinned.as_array().map(Vec::len), Some(1), "{pinned}");
+    assert_eq!(pinned[0]["host"], host.as_str());
+    assert_eq!(pinned[0]["key"], key_of("host_a.pub").as_str());
+    assert_eq!(pinned[0]["task_id"], task);
+
+    // The SSH server's key changes: the task fails with the local line, nothing is pinned.
+    drop(sshd_a.take());
+    let _sshd_b =
+        common::ssh::Sshd::start_on(&sshd, keys.path(), &k("host_b"), &k("client.pub"), port);
+    let task = launch(admin, p, tpl).await;
+    let t = wait_status(admin, p, task, &["success", "error", "stopped"], 60).await;
+    let text = texts(&output(admin, p, task).await);
+    assert_eq!(t["status"], "error", "{t}: {text:#?}");
+    common::ssh::assert_key_changed(&text, &host);
+    let still = ok_json(admin, &at(p, "host_keys")).await;
+    assert_eq!(still.as_array().map(Vec::len), Some(1), "{still}");
+    assert_eq!(still[0]["key"], key_of("host_a.pub").as_str());
 }

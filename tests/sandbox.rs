@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::ServerProcess;
+use common::tools::landlock as landlock_here;
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, new_project, ok_json};
 use forge::sandbox::Mode;
 use serde_json::{Value, json};
@@ -162,22 +163,6 @@ async fn server_with(root: &Path, tweak: impl FnOnce(&mut forge::Config)) -> Tes
         tweak(c);
     })
     .await
-}
-
-/// Whether this kernel enforces Landlock (every machine Forge's CI runs on does); elsewhere a
-/// visible skip.
-fn landlock_here(what: &str) -> bool {
-    match forge::sandbox::supported() {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{what}: Landlock is required in CI: {why}"
-            );
-            eprintln!("SKIPPED: {what}: this kernel has no Landlock ({why})");
-            false
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

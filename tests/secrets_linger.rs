@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::process::ServerProcess;
+use common::ssh::{Sshd, keygen, sshd_program};
 use common::{ADMIN, ADMIN_PASSWORD, Client, at, id_of, ok_json};
 use serde_json::{Value, json};
 use tokio::time::sleep;
@@ -747,75 +748,6 @@ async fn ansible_extra_vars_and_vault_passwords_never_touch_the_disk() {
 // SSH host keys
 // ---------------------------------------------------------------------------------------------
 
-/// A throwaway `sshd` on a loopback port with its own host key, letting in one client key.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Sshd {
-    fn start(sshd: &Path, dir: &Path, host_key: &Path, client_pub: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Self::start_on(sshd, dir, host_key, client_pub, port)
-    }
-
-    fn start_on(sshd: &Path, dir: &Path, host_key: &Path, client_pub: &Path, port: u16) -> Self {
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nPidFile none\n\
-                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n",
-                host_key.display(),
-                client_pub.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start sshd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd does not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-        .arg(path)
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success(), "{}", common::tools::show(&out));
-}
-
-fn sshd_program() -> Option<PathBuf> {
-    ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .or_else(|| common::tools::find("sshd"))
-}
-
 /// First run pins the host key, the second passes with it, a swapped host key fails the
 /// task with a clear line (and is not pinned), and once the old key is forgotten through the
 /// API the next run pins the new one.
@@ -897,13 +829,7 @@ async fn ssh_host_keys_are_pinned_on_first_use_and_a_changed_one_fails() {
     let t = launch(a, p, tpl).await;
     let (status, out) = finished(a, p, t).await;
     assert_eq!(status, "error", "{out:#?}");
-    let last = out.last().cloned().unwrap_or_default();
-    assert!(
-        last.starts_with(&format!(
-            "SSH host key changed: {host} did not show the key pinned for this project"
-        )),
-        "{out:#?}"
-    );
+    common::ssh::assert_key_changed(&out, &host);
     let still = ok_json(a, &at(p, "host_keys")).await;
     assert_eq!(still.as_array().unwrap().len(), 1);
     assert_eq!(still[0]["key"], key_of(&host_a).as_str());

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::files::holding as files_holding;
 use common::process::ServerProcess;
 use common::{ADMIN, ADMIN_PASSWORD, Client, at, id_of, ok_json};
 use forge::model::TaskStatus;
@@ -480,32 +481,6 @@ const KEY_MATERIAL: &str = "FORGE-SHUTDOWN-TEST-KEY-MATERIAL-5c1d9e";
 const VAULT_PASSWORD: &str = "forge-shutdown-vault-password-77a3";
 const VAR_SECRET: &str = "forge-shutdown-var-secret-19bf";
 const BECOME_PASSWORD: &str = "forge-shutdown-become-password-4e02";
-
-/// Files under `dir` (recursively) whose contents hold any of `needles`.
-fn files_holding(dir: &Path, needles: &[&str]) -> Vec<(PathBuf, String)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                for n in needles {
-                    if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
-                        found.push((path.clone(), (*n).to_owned()));
-                    }
-                }
-            }
-        }
-    }
-    found
-}
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")

@@ -1,24 +1,25 @@
-//! Running one job on the runner: a private task directory, the repository checked out (or a
-//! local path used in place), the script checked to stay inside it, the program started as an
-//! argv in its own process group with only the job's environment, a stop (SIGTERM, SIGKILL
-//! after the grace) and the time limit honoured at every step, and the task directory removed
-//! on every path.
+//! Running one job on the runner with the server's own executor ([`launch`]): a private
+//! `0700` task directory for its keys and secret handoffs (removed on every path, swept at
+//! start-up), the repository checked out (or a local path used in place), the script or
+//! ansible's playbook checked to stay inside it, the program started as an argv in its own
+//! process group inside the task sandbox with only the job's environment, and a stop
+//! (SIGTERM, SIGKILL after the grace) and the time limit honoured at every step.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{Commit, Job, LogRecord};
+use super::protocol::{Commit, HostKeyReport, Job, LogRecord};
 use super::spool::Spool;
-use crate::runner::process::{self, Chunk, GroupGuard};
-
-/// How long output may drain after the program ended.
-const DRAIN: Duration = Duration::from_secs(5);
+use crate::model::TaskStatus;
+use crate::runner::Stop;
+use crate::runner::launch::{self, App, DRAIN_OUTPUT, Log, Outcome, Pins};
+use crate::runner::process::{self, Chunk};
+use crate::runner::secrets;
+use crate::sandbox::Jail;
 
 /// A job's shared state: its output, status and commit, read by the reporter.
 #[derive(Debug)]
@@ -29,13 +30,15 @@ pub struct JobState {
     pub status: &'static str,
     /// The commit checked out, until reported.
     pub commit: Option<Commit>,
+    /// Host keys met for the first time, until reported.
+    pub host_keys: Vec<HostKeyReport>,
 }
 
 /// A running job.
 #[derive(Debug)]
 pub struct JobHandle {
     /// Asks it to stop.
-    pub stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<Option<Stop>>,
     /// Its state.
     pub state: Mutex<JobState>,
 }
@@ -45,11 +48,12 @@ impl JobHandle {
     #[must_use]
     pub fn new(spill: PathBuf) -> Self {
         Self {
-            stop: watch::Sender::new(false),
+            stop: watch::Sender::new(None),
             state: Mutex::new(JobState {
                 spool: Spool::new(spill, super::spool::MEMORY_BOUND),
                 status: "running",
                 commit: None,
+                host_keys: Vec::new(),
             }),
         }
     }
@@ -61,139 +65,134 @@ impl JobHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn line(&self, text: impl Into<String>) {
-        self.lock().spool.push(LogRecord {
-            time: crate::clock::now_us(),
-            message: text.into(),
-        });
+    /// Keeps the host keys ssh met for the first time so far, to report them.
+    fn met(&self, pins: &Pins) {
+        let mut state = self.lock();
+        for (host, key_type, key) in pins.met() {
+            let k = HostKeyReport {
+                host,
+                key_type,
+                key,
+            };
+            if !state.host_keys.contains(&k) {
+                state.host_keys.push(k);
+            }
+        }
+    }
+
+    /// Asks it to stop (SIGTERM, then SIGKILL after the grace).
+    pub fn ask_stop(&self) {
+        self.stop.send_replace(Some(Stop::Term));
     }
 }
 
-enum Outcome {
-    Success,
-    Failed(String),
-    Stopped,
-    TimedOut(u64),
+/// A job's log and sandbox: lines go through one channel into its spool, in order; commands
+/// run in the runner's jail, read-write in their workspace and the task directory only.
+struct JobLog {
+    tx: mpsc::Sender<Chunk>,
+    jail: Arc<Jail>,
+    task_dir: PathBuf,
+    /// The folder of a `file://` repository, which git reads.
+    source: Option<PathBuf>,
 }
 
-/// Runs `job` under `work` to its end, recording everything in `handle`.
-pub async fn run(job: Job, work: PathBuf, handle: Arc<JobHandle>) {
+impl Log for JobLog {
+    fn sender(&self) -> mpsc::Sender<Chunk> {
+        self.tx.clone()
+    }
+
+    async fn note(&self, text: String) {
+        let line = process::Line {
+            time_us: crate::clock::now_us(),
+            text,
+        };
+        let _ = self.tx.send(vec![line]).await;
+    }
+
+    fn command(&self, program: &str, workspace: &Path) -> Command {
+        let read: Vec<&Path> = self.source.as_deref().into_iter().collect();
+        self.jail
+            .command(program, &[workspace, self.task_dir.as_path()], &read)
+    }
+}
+
+/// Runs `job` under `work` in `jail` to its end, recording everything in `handle`.
+pub async fn run(job: Job, work: PathBuf, handle: Arc<JobHandle>, jail: Arc<Jail>) {
     let id = job.task_id;
     let task_dir = work.join("tasks").join(id.to_string());
-    handle.line(format!("Preparing: {id}"));
+    // Keys, inventories and unread handoffs go on every way out, a panic included.
+    let guard = secrets::TaskDir::guard(task_dir.clone());
+    let (tx, rx) = mpsc::channel::<Chunk>(64);
+    let pump = tokio::spawn(pump(rx, Arc::clone(&handle)));
+    let log = JobLog {
+        tx,
+        jail,
+        task_dir: task_dir.clone(),
+        source: crate::sandbox::local_path(&job.repository.url).map(PathBuf::from),
+    };
+    log.note(format!("Preparing: {id}")).await;
     let mut stop = handle.stop.subscribe();
-    let deadline = crate::runner::seam::deadline(job.max_duration_secs);
-    let outcome = tokio::select! {
-        o = steps(&job, &work, &task_dir, &handle, &mut stop, deadline) => o,
-        () = tokio::time::sleep_until(deadline) => Outcome::TimedOut(job.max_duration_secs),
+    let outcome = steps(&job, &work, &log, &handle, &mut stop).await;
+    let status = match outcome.status() {
+        TaskStatus::Success => "success",
+        TaskStatus::Stopped => "stopped",
+        _ => "error",
     };
-    let (status, last) = match outcome {
-        Outcome::Success => ("success", None),
-        Outcome::Failed(why) => ("error", Some(why)),
-        Outcome::Stopped => ("stopped", Some("Task stopped".to_owned())),
-        Outcome::TimedOut(secs) => (
-            "error",
-            Some(format!(
-                "Task timed out: it ran longer than {secs} s and was killed"
-            )),
-        ),
-    };
+    let last = outcome.line();
     if let Some(last) = last {
-        handle.line(last);
+        log.note(last).await;
     }
-    if let Err(e) = std::fs::remove_dir_all(&task_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::error!(task = id, error = %e, "cannot remove the task's workspace");
-    }
+    drop(log);
+    // Output a grandchild still holds open must not keep the job from ending.
+    let _ = tokio::time::timeout(DRAIN_OUTPUT, pump).await;
+    drop(guard);
     handle.lock().status = status;
 }
 
 async fn steps(
     job: &Job,
     work: &Path,
-    task_dir: &Path,
+    log: &JobLog,
     handle: &Arc<JobHandle>,
-    stop: &mut watch::Receiver<bool>,
-    deadline: tokio::time::Instant,
+    stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Outcome {
-    if let Err(e) = private_dir(&task_dir.join("tmp")) {
-        return Outcome::Failed(e);
-    }
+    let max_secs = job.max_duration_secs;
+    let deadline = tokio::time::sleep_until(launch::deadline_after(max_secs));
+    tokio::pin!(deadline);
     let prepared = tokio::select! {
-        r = prepare(job, work, task_dir, handle) => r,
-        () = asked(stop) => return Outcome::Stopped,
+        r = prepare(job, work, log, handle) => r,
+        why = stop.wait_for(Option::is_some) => return launch::stopped(why.ok().and_then(|w| *w)),
+        () = &mut deadline => return Outcome::TimedOut(max_secs),
     };
-    let cwd = match prepared {
-        Ok(cwd) => cwd,
+    let (app, args, pins) = match prepared {
+        Ok(p) => p,
         Err(why) => return Outcome::Failed(why),
     };
-    let mut env = base_env(job, task_dir, &cwd);
-    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut cmd = Command::new(&job.program);
-    cmd.args(&job.prefix)
-        .args(&job.args)
-        .current_dir(&cwd)
-        .env_clear()
-        .envs(env);
-    let (tx, rx) = mpsc::channel::<Chunk>(64);
-    let pump = tokio::spawn(pump(rx, Arc::clone(handle)));
-    let (mut child, output_done) = match process::spawn(cmd, tx) {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "Running app failed: cannot start {}: {e}",
-                job.program
-            ));
-        }
+    let launch::Started {
+        mut child,
+        pgid,
+        output_done,
+    } = match launch::start(log, &app, &args) {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let _group = GroupGuard(pgid);
     // Read by the next start of the runner if this one is killed (see `sweep_leftovers`).
-    let _ = std::fs::write(task_dir.join("pgid"), pgid.to_string());
+    let _ = std::fs::write(log.task_dir.join("pgid"), pgid.to_string());
     let grace = Duration::from_secs(job.stop_grace_secs);
-    let mut stopped = false;
-    let mut kill_at: Option<tokio::time::Instant> = None;
-    let status = loop {
-        let kill_timer = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            status = child.wait() => break status,
-            () = asked(stop), if !stopped => {
-                stopped = true;
-                process::signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
-            }
-            () = kill_timer => {
-                process::signal_group(pgid, Signal::SIGKILL);
-                kill_at = None;
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                process::signal_group(pgid, Signal::SIGKILL);
-                let _ = tokio::time::timeout(DRAIN, output_done).await;
-                let _ = tokio::time::timeout(DRAIN, pump).await;
-                return Outcome::TimedOut(job.max_duration_secs);
-            }
-        }
+    let outcome = launch::supervise(&mut child, pgid, stop, &mut deadline, grace, max_secs).await;
+    // Every line the app wrote comes before the line saying how it ended.
+    let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
+    let outcome = match outcome {
+        Ok(status) => launch::exit_outcome(status),
+        Err(outcome) => outcome,
     };
-    process::signal_group(pgid, Signal::SIGKILL);
-    let _ = tokio::time::timeout(DRAIN, output_done).await;
-    let _ = tokio::time::timeout(DRAIN, pump).await;
-    if stopped {
-        return Outcome::Stopped;
+    if job.ansible.is_none() {
+        return outcome;
     }
-    match status {
-        Ok(s) if s.success() => Outcome::Success,
-        Ok(s) => Outcome::Failed(match s.code() {
-            Some(code) => format!("Running app failed: exit status {code}"),
-            None => "Running app failed: killed by a signal".into(),
-        }),
-        Err(e) => Outcome::Failed(format!("Running app failed: {e}")),
-    }
+    // ansible's own ssh connections use the pins too.
+    let changed = launch::ssh_lines(&pins, log).await;
+    handle.met(&pins);
+    launch::pins_checked(outcome, changed)
 }
 
 /// Moves the program's output into the job's spool.
@@ -209,13 +208,17 @@ async fn pump(mut rx: mpsc::Receiver<Chunk>, handle: Arc<JobHandle>) {
     }
 }
 
-/// The checkout to run in, with its commit recorded; the script checked to be inside it.
+/// The checkout to run in (its commit recorded) and what to start there: the job's app, or
+/// ansible's built from the job's inputs, with its secrets in the task directory.
 async fn prepare(
     job: &Job,
     work: &Path,
-    task_dir: &Path,
+    log: &JobLog,
     handle: &Arc<JobHandle>,
-) -> Result<PathBuf, String> {
+) -> Result<(App, Vec<String>, Pins), String> {
+    let task_dir = log.task_dir.as_path();
+    launch::private_dir(&task_dir.join("tmp"))?;
+    let pins = Pins::from_text(job.project_id, &job.known_hosts, task_dir)?;
     let repo = &job.repository;
     let cwd = if repo.url.starts_with('/') {
         let path = PathBuf::from(&repo.url);
@@ -227,176 +230,41 @@ async fn prepare(
         let dir = work
             .join("repos")
             .join(format!("repository_{}_{}", job.project_id, job.template_id));
-        let mut env = base_env(job, task_dir, &dir);
-        env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
-        let submodule_env = crate::runner::seam::submodule_env(&env, task_dir);
-        env.extend(crate::runner::seam::credentials_env(
-            repo.credentials.as_ref(),
-            task_dir,
-            &repo.url,
-        )?);
-        checkout(&repo.url, &repo.branch, &dir, &env, &submodule_env, handle).await?;
+        let secret = launch::credentials_secret(repo.credentials.as_ref());
+        let (env, submodule_env) =
+            launch::git_envs(job.task_id, secret, task_dir, &dir, &repo.url)?;
+        let checked_out =
+            launch::checkout(&repo.url, &repo.branch, &dir, &env, &submodule_env, log).await;
+        let changed = launch::ssh_lines(&pins, log).await;
+        handle.met(&pins);
+        if let Some(line) = changed {
+            return Err(line);
+        }
+        checked_out?;
         if let Some(hash) = &repo.commit {
-            handle.line(format!("Checking out commit {hash}"));
-            git(
-                &["checkout", "--force", "--detach", hash.as_str(), "--"],
-                &dir,
-                &env,
-                handle,
-            )
-            .await?;
+            launch::detach(hash, &dir, &env, log).await?;
         }
         dir
     };
-    if cwd.join(".git").exists() {
-        let safe = format!("safe.directory={}", cwd.display());
-        let out = Command::new("git")
-            .args(["-c", safe.as_str(), "log", "-1", "--format=%H%n%s"])
-            .current_dir(&cwd)
-            .env_clear()
-            .envs(base_env(job, task_dir, &cwd))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        if let Ok(out) = out
-            && out.status.success()
-        {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let mut lines = text.lines();
-            if let Some(hash) = lines.next() {
-                handle.lock().commit = Some(Commit {
-                    hash: hash.trim().to_owned(),
-                    message: lines.next().unwrap_or_default().to_owned(),
-                });
-            }
-        }
+    let env = launch::base_env(job.task_id, task_dir, &cwd);
+    if let Some((hash, message)) = launch::read_commit(log, &cwd, env.clone()).await {
+        handle.lock().commit = Some(Commit { hash, message });
     }
-    inside(&cwd, &job.script)?;
-    Ok(cwd)
-}
-
-/// `path` (relative) inside `root`, following symlinks.
-fn inside(root: &Path, path: &str) -> Result<(), String> {
-    crate::service::validate::relative_path(path, "script")?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", root.display()))?;
-    let full = root
-        .join(path)
-        .canonicalize()
-        .map_err(|_| format!("script {path} not found in the repository"))?;
-    if !full.starts_with(&root) {
-        return Err(format!("script {path} points outside the repository"));
-    }
-    Ok(())
-}
-
-/// The runner's base environment for a job (as the server's: `PATH` and `LANG` of the
-/// runner, its own `HOME` and `TMPDIR`).
-fn base_env(job: &Job, home: &Path, cwd: &Path) -> Vec<(String, String)> {
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-    vec![
-        ("PATH".into(), path),
-        ("LANG".into(), lang),
-        ("HOME".into(), home.display().to_string()),
-        ("TMPDIR".into(), home.join("tmp").display().to_string()),
-        ("PWD".into(), cwd.display().to_string()),
-        ("FORGE_TASK_ID".into(), job.task_id.to_string()),
-    ]
-}
-
-fn private_dir(path: &Path) -> Result<(), String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
-/// Clones `url` at `branch` into `dir`, or brings an existing clone up to date (cloning again
-/// when that fails); submodules with `submodule_env`, which holds no credentials.
-async fn checkout(
-    url: &str,
-    branch: &str,
-    dir: &Path,
-    env: &[(String, String)],
-    submodule_env: &[(String, String)],
-    handle: &Arc<JobHandle>,
-) -> Result<(), String> {
-    if dir.join(".git").is_dir() {
-        handle.line(format!("Updating Repository {url}"));
-        let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-        let remote = format!("refs/remotes/origin/{branch}");
-        let steps: [&[&str]; 4] = [
-            &["remote", "set-url", "origin", url],
-            &["fetch", "--prune", "origin", refspec.as_str()],
-            &["checkout", "--force", "-B", branch, remote.as_str(), "--"],
-            &["clean", "-ffdx"],
-        ];
-        let mut updated = Ok(());
-        for args in steps {
-            updated = git(args, dir, env, handle).await;
-            if updated.is_err() {
-                break;
-            }
-        }
-        if updated.is_ok() {
-            updated = git(SUBMODULES, dir, submodule_env, handle).await;
-        }
-        if updated.is_ok() {
-            return Ok(());
-        }
-        handle.line("Update failed; cloning again");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    handle.line(format!("Cloning Repository {url}"));
-    let parent = dir.parent().unwrap_or(dir);
-    private_dir(parent)?;
-    let target = dir.display().to_string();
-    let args = ["clone", "--branch", branch, "--", url, target.as_str()];
-    git(&args, parent, env, handle).await?;
-    git(SUBMODULES, dir, submodule_env, handle).await
-}
-
-/// Checks out a clone's submodules (with an environment that holds no credentials).
-const SUBMODULES: &[&str] = &["submodule", "update", "--init", "--recursive"];
-
-/// One git command, its output into the job's log; a failure is an error.
-async fn git(
-    args: &[&str],
-    cwd: &Path,
-    env: &[(String, String)],
-    handle: &Arc<JobHandle>,
-) -> Result<(), String> {
-    let mut cmd = Command::new("git");
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env.iter().cloned());
-    let (tx, rx) = mpsc::channel::<Chunk>(16);
-    let pump = tokio::spawn(pump(rx, Arc::clone(handle)));
-    let (mut child, _done) = process::spawn(cmd, tx).map_err(|e| format!("cannot run git: {e}"))?;
-    let _group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-    let status = child.wait().await.map_err(|e| format!("git failed: {e}"))?;
-    let _ = tokio::time::timeout(DRAIN, pump).await;
-    if status.success() {
-        Ok(())
+    let mut env = env;
+    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let (args, env) = if let Some(ansible) = &job.ansible {
+        launch::ansible(ansible, &cwd, task_dir, env)?
     } else {
-        Err(format!(
-            "git {} failed: {status}",
-            args.first().copied().unwrap_or_default()
-        ))
-    }
-}
-
-/// Returns once a stop is asked for.
-async fn asked(stop: &mut watch::Receiver<bool>) {
-    let asked = stop.wait_for(|s| *s).await.is_ok();
-    if !asked {
-        std::future::pending::<()>().await;
-    }
+        launch::inside(&cwd, &job.script, "script")?;
+        (job.args.clone(), env)
+    };
+    let app = App {
+        cwd,
+        program: job.program.clone(),
+        prefix: job.prefix.clone(),
+        env,
+    };
+    Ok((app, args, pins))
 }
 
 /// Kills what jobs of a killed runner left running (their process groups, when a member still
@@ -425,6 +293,6 @@ pub fn sweep_leftovers(work: &Path) {
                 "killed leftover processes of an interrupted job"
             );
         }
-        let _ = std::fs::remove_dir_all(entry.path());
+        secrets::remove(&entry.path());
     }
 }

@@ -70,6 +70,11 @@ pub enum RunnerCommand {
         /// The config file `register` wrote.
         #[arg(long, env = "FORGE_RUNNER_CONFIG")]
         config: PathBuf,
+        /// How jobs are confined, as the server's `--sandbox`: `landlock` (read-write only in
+        /// their workspace and task directory; never the config file or another job's
+        /// files) or `off`.
+        #[arg(long, env = "FORGE_SANDBOX", value_enum, default_value_t = crate::sandbox::Mode::Landlock)]
+        sandbox: crate::sandbox::Mode,
     },
     /// Remove this runner from the server (its token stops working) and its config file.
     Unregister {
@@ -160,7 +165,11 @@ pub async fn command(cmd: RunnerCommand) -> Result<(), String> {
             );
             Ok(())
         }
-        RunnerCommand::Start { config } => start(read_config(&config)?).await,
+        RunnerCommand::Start { config, sandbox } => {
+            let cfg = read_config(&config)?;
+            let config = std::path::absolute(&config).map_err(|e| e.to_string())?;
+            start(cfg, &config, sandbox).await
+        }
         RunnerCommand::Unregister { config } => {
             let cfg = read_config(&config)?;
             let api = Api::new(&cfg.server, &cfg.token)?;
@@ -214,6 +223,8 @@ struct Agent {
     api: Api,
     work: PathBuf,
     jobs: Mutex<HashMap<TaskId, Arc<JobHandle>>>,
+    /// How its jobs' commands are confined.
+    jail: Arc<crate::sandbox::Jail>,
     /// Wakes the reporter (a job started or ended).
     report_now: tokio::sync::Notify,
 }
@@ -230,23 +241,36 @@ impl Agent {
         for id in ids {
             if let Some(j) = jobs.get(id) {
                 tracing::info!(task = id, "stopping task");
-                j.stop.send_replace(true);
+                j.ask_stop();
             }
         }
     }
 }
 
-async fn start(cfg: RunnerConfig) -> Result<(), String> {
+/// Runs jobs for `cfg` (read from `config`) with the sandbox `sandbox` until SIGTERM or
+/// Ctrl-C.
+async fn start(
+    cfg: RunnerConfig,
+    config: &Path,
+    sandbox: crate::sandbox::Mode,
+) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(cfg.work_dir.join("spool"))
         .map_err(|e| format!("cannot create {}: {e}", cfg.work_dir.display()))?;
+    // After the work dir exists: its real path is what the sandbox keeps jobs out of.
+    let jail = Arc::new(crate::sandbox::Jail::for_runner(
+        sandbox,
+        &cfg.work_dir,
+        config,
+    )?);
     job::sweep_leftovers(&cfg.work_dir);
     let agent = Arc::new(Agent {
         api: Api::new(&cfg.server, &cfg.token)?,
         work: cfg.work_dir.clone(),
         jobs: Mutex::default(),
+        jail,
         report_now: tokio::sync::Notify::new(),
     });
     tracing::info!(runner = cfg.id, server = %cfg.server, "runner started");
@@ -292,8 +316,9 @@ async fn start(cfg: RunnerConfig) -> Result<(), String> {
                     tracing::info!(task = id, template = %j.template_name, "job started");
                     agent.report_now.notify_one();
                     let (agent2, work) = (Arc::clone(&agent), agent.work.clone());
+                    let jail = Arc::clone(&agent.jail);
                     tokio::spawn(async move {
-                        job::run(j, work, handle).await;
+                        job::run(j, work, handle, jail).await;
                         agent2.report_now.notify_one();
                     });
                 }
@@ -343,7 +368,10 @@ async fn report_loop(agent: Arc<Agent>) {
             let jobs = agent.jobs();
             jobs.values().any(|j| {
                 let s = j.lock();
-                !s.spool.is_empty() || s.status != "running" || s.commit.is_some()
+                !s.spool.is_empty()
+                    || s.status != "running"
+                    || s.commit.is_some()
+                    || !s.host_keys.is_empty()
             })
         };
         if !pending {
@@ -367,19 +395,22 @@ async fn report_loop(agent: Arc<Agent>) {
             // The final status goes only with the last of the output.
             let done = s.status != "running" && log.len() as u64 == s.spool.len();
             let status = if done { s.status } else { "running" };
-            sent.push((*id, log.len(), done));
+            sent.push((*id, log.len(), done, s.host_keys.len()));
             report.jobs.push(JobReport {
                 task_id: *id,
                 status: status.to_owned(),
                 log_offset: offset,
                 log,
                 commit: s.commit.clone(),
+                host_keys: s.host_keys.clone(),
             });
         }
-        let quiet = report
-            .jobs
-            .iter()
-            .all(|j| j.log.is_empty() && j.status == "running" && j.commit.is_none());
+        let quiet = report.jobs.iter().all(|j| {
+            j.log.is_empty()
+                && j.status == "running"
+                && j.commit.is_none()
+                && j.host_keys.is_empty()
+        });
         if quiet && last.elapsed() < HEARTBEAT {
             continue;
         }
@@ -412,7 +443,10 @@ async fn report_loop(agent: Arc<Agent>) {
                 tracing::warn!(status = status.as_u16(), error = %client::error_text(&body), "report refused");
                 if status == StatusCode::BAD_REQUEST {
                     // Not worth sending again as it is: drop those records.
-                    let dropped: Vec<_> = sent.iter().map(|(id, n, _)| (*id, *n, false)).collect();
+                    let dropped: Vec<_> = sent
+                        .iter()
+                        .map(|(id, n, _, k)| (*id, *n, false, *k))
+                        .collect();
                     acknowledge(&agent, &dropped);
                 }
                 tokio::time::sleep(backoff).await;
@@ -427,14 +461,17 @@ async fn report_loop(agent: Arc<Agent>) {
     }
 }
 
-/// The server stored the first `n` records of each job `id` (and its end when `done`).
-fn acknowledge(agent: &Agent, sent: &[(TaskId, usize, bool)]) {
+/// The server stored the first `n` records of each job `id`, its first `k` host keys (and
+/// its end when `done`).
+fn acknowledge(agent: &Agent, sent: &[(TaskId, usize, bool, usize)]) {
     let mut jobs = agent.jobs();
-    for &(id, n, done) in sent {
+    for &(id, n, done, k) in sent {
         if let Some(h) = jobs.get(&id) {
             let mut s = h.lock();
             s.spool.ack(n);
             s.commit = None;
+            let k = k.min(s.host_keys.len());
+            s.host_keys.drain(..k);
             drop(s);
             if done {
                 jobs.remove(&id);

@@ -83,6 +83,55 @@ pub struct Job {
     pub max_duration_secs: u64,
     /// Seconds between SIGTERM and SIGKILL on a stop.
     pub stop_grace_secs: u64,
+    /// An ansible job: what the runner builds `ansible-playbook`'s argv from (then `args` is
+    /// empty and `script` the playbook).
+    pub ansible: Option<AnsibleJob>,
+    /// The project's pinned SSH host keys (`known_hosts` lines) git's and ansible's ssh check
+    /// hosts against; hosts not pinned yet are accepted.
+    pub known_hosts: String,
+}
+
+/// What `ansible-playbook` needs, resolved and opened by the server for one job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AnsibleJob {
+    /// The inventory.
+    pub inventory: JobInventory,
+    /// The inventory's SSH key (`kind` `ssh`; a login and password went into `extra_vars`).
+    pub ssh_key: Option<Credentials>,
+    /// Vault passwords, by vault id.
+    pub vaults: Vec<JobVault>,
+    /// Every extra variable, secrets included (environment, task, `var` secrets, secret
+    /// task variables, login and become passwords, `semaphore_vars`).
+    pub extra_vars: serde_json::Map<String, serde_json::Value>,
+    /// `-vvvv`, `--diff`, `--check` as the task asks.
+    pub flags: Vec<String>,
+    /// Template arguments, then the task's.
+    pub args: Vec<String>,
+    /// `--limit`, when not empty.
+    pub limit: String,
+    /// The playbook, relative to the checkout.
+    pub playbook: String,
+}
+
+/// An inventory as a job carries it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobInventory {
+    /// `static`, `static-yaml`, or `file` (a path in the checkout).
+    pub kind: String,
+    /// The inventory text, or the path of a `file` inventory.
+    pub inventory: String,
+}
+
+/// One vault password.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobVault {
+    /// The vault id (`default` when the template names none).
+    pub name: String,
+    /// The password.
+    pub password: String,
 }
 
 /// Where a job's files come from.
@@ -136,6 +185,21 @@ pub struct JobReport {
     pub log: Vec<LogRecord>,
     /// The commit checked out.
     pub commit: Option<Commit>,
+    /// SSH host keys the job's ssh met for the first time (hosts not in the job's
+    /// `known_hosts`): the server pins them for the project.
+    pub host_keys: Vec<HostKeyReport>,
+}
+
+/// A host key met for the first time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostKeyReport {
+    /// The host as ssh names it (`example.com`, `[10.0.0.5]:2222`).
+    pub host: String,
+    /// The key type (`ssh-ed25519`).
+    pub key_type: String,
+    /// The key (base64).
+    pub key: String,
 }
 
 /// One output line.

@@ -3,51 +3,24 @@
 //! and the time limit at every step, and record how it ended.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use super::output::Sink;
-use super::{Decision, Inner, Stop, hostkeys, process, secrets, terraform};
+use super::{Decision, Inner, Stop, hostkeys, secrets, terraform};
+use crate::agent::protocol::{AnsibleJob, JobInventory, JobVault};
 use crate::model::{
     AccessKey, Environment, Inventory, KeyKind, KeySecret, Repository, Task, TaskId, TaskStatus,
     Template,
 };
 use crate::store::{NewEvent, Tx};
 
-/// How a run ended.
-pub(super) enum Outcome {
-    Success,
-    Failed(String),
-    Stopped,
-    /// A user rejected the plan the task waited with.
-    Rejected,
-    TimedOut(u64),
-    /// Stopped because the server shuts down.
-    ShutDown,
-    /// Never claimed: the server shut down first, and the task stays `waiting`.
-    NotStarted,
-}
-
-/// The last output line of a task the server stopped on shutdown.
-pub(super) const SHUT_DOWN_LINE: &str = "stopped: server shut down";
-
-/// How long the output of an app that has ended may take to drain (a process that left its
-/// group can hold the pipe open for ever).
-const DRAIN_OUTPUT: Duration = Duration::from_secs(5);
-
-/// The outcome a stop asked for.
-pub(super) fn stopped(why: Option<Stop>) -> Outcome {
-    if why == Some(Stop::Shutdown) {
-        Outcome::ShutDown
-    } else {
-        Outcome::Stopped
-    }
-}
+use super::launch::{self, DRAIN_OUTPUT};
+pub(super) use super::launch::{
+    Outcome, SHUT_DOWN_LINE, deadline_after, exit_outcome, inside, stopped,
+};
 
 /// What to start.
 pub(super) struct Prepared {
@@ -80,23 +53,7 @@ pub(super) async fn run(
     let _secrets = secrets::TaskDir::guard(task_dir.clone());
     let outcome = run_steps(&inner, task, &sink, &mut stop, &task_dir, &decision).await;
     let lost = sink.lost();
-    let (mut status, line) = match &outcome {
-        Outcome::Success => (TaskStatus::Success, None),
-        Outcome::Failed(why) => (TaskStatus::Error, Some(why.clone())),
-        Outcome::Stopped => (TaskStatus::Stopped, Some("Task stopped".to_owned())),
-        Outcome::Rejected => (
-            TaskStatus::Stopped,
-            Some("Plan rejected: nothing was applied".to_owned()),
-        ),
-        Outcome::TimedOut(secs) => (
-            TaskStatus::Error,
-            Some(format!(
-                "Task timed out: it ran longer than {secs} s and was killed"
-            )),
-        ),
-        Outcome::ShutDown => (TaskStatus::Error, Some(SHUT_DOWN_LINE.to_owned())),
-        Outcome::NotStarted => (TaskStatus::Waiting, None),
-    };
+    let (mut status, line) = (outcome.status(), outcome.line());
     if let Some(line) = line {
         sink.line(line).await;
     }
@@ -262,12 +219,7 @@ async fn run_steps(
         Err(outcome) => outcome,
     };
     match pins {
-        Some(pins) => match check_pins(inner, &pins, sink).await {
-            Some(changed) if matches!(outcome, Outcome::Success | Outcome::Failed(_)) => {
-                Outcome::Failed(changed)
-            }
-            _ => outcome,
-        },
+        Some(pins) => launch::pins_checked(outcome, check_pins(inner, &pins, task.id, sink).await),
         None => outcome,
     }
 }
@@ -275,45 +227,22 @@ async fn run_steps(
 /// After a run that used ssh with the project's pinned keys: ssh's log lines into the output,
 /// hosts met for the first time pinned, and the line saying why the task fails when a host
 /// showed another key than its pinned one.
-async fn check_pins(inner: &Inner, pins: &hostkeys::Pins, sink: &Sink) -> Option<String> {
-    let (ssh_lines, changed) = pins.explain();
-    for line in ssh_lines {
-        sink.line(line).await;
-    }
-    for host in pins.learn(inner).await {
-        sink.line(format!(
-            "Pinned the SSH host key of {host} for this project"
-        ))
-        .await;
+async fn check_pins(
+    inner: &Inner,
+    pins: &hostkeys::Pins,
+    task: TaskId,
+    sink: &Sink,
+) -> Option<String> {
+    let changed = launch::ssh_lines(pins, sink).await;
+    for host in hostkeys::learn(inner, pins.project(), task, pins.met()).await {
+        sink.line(launch::pinned_line(&host)).await;
     }
     changed
 }
 
-/// When a run that may take `max_secs` (0 = no limit) and starts now must end.
-pub(super) fn deadline_after(max_secs: u64) -> tokio::time::Instant {
-    // Far enough to never fire, near enough not to overflow.
-    let secs = if max_secs > 0 {
-        max_secs
-    } else {
-        100 * 365 * 86_400
-    };
-    tokio::time::Instant::now() + Duration::from_secs(secs)
-}
-
-/// The outcome of an app that exited by itself.
-pub(super) fn exit_outcome(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
-    match status {
-        Ok(s) if s.success() => Outcome::Success,
-        Ok(s) => Outcome::Failed(match s.code() {
-            Some(code) => format!("Running app failed: exit status {code}"),
-            None => "Running app failed: killed by a signal".into(),
-        }),
-        Err(e) => Outcome::Failed(format!("Running app failed: {e}")),
-    }
-}
-
 /// Starts `prepared.program` with the app's prefix and `args` in its own process group and
-/// waits for it (see [`supervise`]): its exit status, or how a stop or the deadline ended it.
+/// waits for it (see [`launch::supervise`]): its exit status, or how a stop or the deadline
+/// ended it.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_command(
     inner: &Arc<Inner>,
@@ -325,32 +254,24 @@ pub(super) async fn run_command(
     sink: &Sink,
     max_secs: u64,
 ) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
-    let mut cmd = sink.jail().command(&prepared.program, &prepared.cwd);
-    cmd.args(&prepared.prefix)
-        .args(args)
-        .current_dir(&prepared.cwd)
-        .env_clear()
-        .envs(prepared.env.iter().cloned());
-    let (mut child, output_done) = match process::spawn(cmd, sink.sender()) {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(Outcome::Failed(format!(
-                "Running app failed: cannot start {}: {e}",
-                prepared.program
-            )));
-        }
+    let app = launch::App {
+        cwd: prepared.cwd.clone(),
+        program: prepared.program.clone(),
+        prefix: prepared.prefix.clone(),
+        env: prepared.env.clone(),
     };
-    let pgid = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .unwrap_or(0);
+    let launch::Started {
+        mut child,
+        pgid,
+        output_done,
+    } = launch::start(sink, &app, &args)?;
     update(inner, id, move |t| {
         t.process_group = Some(pgid);
         true
     })
     .await;
 
-    let outcome = supervise(
+    let outcome = launch::supervise(
         &mut child,
         pgid,
         stop,
@@ -362,57 +283,6 @@ pub(super) async fn run_command(
     // Every line the app wrote comes before the line saying how it ended.
     sink.drained(output_done, DRAIN_OUTPUT).await;
     outcome
-}
-
-/// Waits for the app, honouring a stop (SIGTERM, then SIGKILL after `grace`; SIGKILL at once
-/// when forced) and the deadline; whatever is left of its process group is killed at the end.
-/// `Ok` with the exit status when it ended by itself.
-async fn supervise(
-    child: &mut tokio::process::Child,
-    pgid: i32,
-    stop: &mut watch::Receiver<Option<Stop>>,
-    deadline: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    grace: Duration,
-    max_secs: u64,
-) -> Result<std::io::Result<std::process::ExitStatus>, Outcome> {
-    let mut outcome = None;
-    let mut kill_at: Option<tokio::time::Instant> = None;
-    let status = loop {
-        let kill_timer = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            status = child.wait() => break status,
-            why = stop.wait_for(Option::is_some), if outcome.is_none() => {
-                // A closed channel (the runner is gone) counts as a forced stop.
-                let why = why.ok().and_then(|w| *w).unwrap_or(Stop::Kill);
-                outcome = Some(stopped(Some(why)));
-                if why == Stop::Kill {
-                    process::signal_group(pgid, Signal::SIGKILL);
-                } else {
-                    process::signal_group(pgid, Signal::SIGTERM);
-                    kill_at = Some(tokio::time::Instant::now() + grace);
-                }
-            }
-            () = deadline.as_mut(), if outcome.is_none() => {
-                outcome = Some(Outcome::TimedOut(max_secs));
-                process::signal_group(pgid, Signal::SIGKILL);
-            }
-            () = kill_timer => {
-                process::signal_group(pgid, Signal::SIGKILL);
-                kill_at = None;
-            }
-        }
-    };
-    // Nothing of the task may outlive it: end whatever the app left running in its group.
-    process::signal_group(pgid, Signal::SIGKILL);
-    match outcome {
-        Some(outcome) => Err(outcome),
-        None => Ok(status),
-    }
 }
 
 /// Applies `change` to the stored task in one transaction when it returns true; returns the
@@ -494,59 +364,6 @@ pub(super) async fn record(inner: &Arc<Inner>, task: &Task, description: String)
     let _ = tokio::task::spawn_blocking(move || store.record_event(now, event)).await;
 }
 
-/// Makes a directory (and parents) readable only by us.
-fn private_dir(path: &Path) -> Result<(), String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
-/// Writes a file only we can read (keys, passwords, extra vars).
-pub(super) fn private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(contents)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// `path` (relative) inside `root`, following symlinks: refuses anything that resolves outside.
-pub(super) fn inside(root: &Path, path: &str, what: &str) -> Result<PathBuf, String> {
-    crate::service::validate::relative_path(path, what)?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", root.display()))?;
-    let full = root
-        .join(path)
-        .canonicalize()
-        .map_err(|_| format!("{what} {path} not found in the repository"))?;
-    if !full.starts_with(&root) {
-        return Err(format!("{what} {path} points outside the repository"));
-    }
-    Ok(full)
-}
-
-/// The base environment every child gets: nothing of the server's but `PATH` and `LANG`.
-fn base_env(task: &Task, home: &Path, cwd: &Path) -> Vec<(String, String)> {
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-    vec![
-        ("PATH".into(), path),
-        ("LANG".into(), lang),
-        ("HOME".into(), home.display().to_string()),
-        ("TMPDIR".into(), home.join("tmp").display().to_string()),
-        ("PWD".into(), cwd.display().to_string()),
-        ("FORGE_TASK_ID".into(), task.id.to_string()),
-    ]
-}
-
 /// What a run draws on, read in one view at the start.
 pub(super) struct Materials {
     pub(super) repo: Repository,
@@ -601,17 +418,6 @@ impl Materials {
     }
 }
 
-/// Writes an SSH private key where only we can read it; returns its path.
-fn key_file(task_dir: &Path, name: &str, secret: &KeySecret) -> Result<PathBuf, String> {
-    let path = task_dir.join(name);
-    let mut key = secret.private_key.clone();
-    if !key.ends_with('\n') {
-        key.push('\n');
-    }
-    private_file(&path, key.as_bytes())?;
-    Ok(path)
-}
-
 async fn prepare(
     inner: &Arc<Inner>,
     task: &Task,
@@ -621,13 +427,26 @@ async fn prepare(
 ) -> Result<Prepared, String> {
     crate::sandbox::check_task_vars(template, &task.environment)?;
     let m = Materials::load(inner, task, template)?;
-    private_dir(&task_dir.join("tmp"))?;
+    launch::private_dir(&task_dir.join("tmp"))?;
     let cwd = prepare_repository(inner, task, template, &m, sink, task_dir).await?;
-    record_commit(inner, task, &cwd, task_dir).await;
+    record_commit(inner, task, &cwd, task_dir, sink).await;
     let mut vars = Variables::collect(inner, task, &m, &cwd, task_dir)?;
     vars.env.extend(build_env(template, task));
     if template.app == "ansible" {
-        ansible(inner, task, template, &m, vars, cwd, task_dir).map(super::sandbox::ansible_temp)
+        // ansible's ssh checks host keys against the project's pinned ones (hosts met for the
+        // first time are pinned after the run); a changed key fails the task.
+        let pins = hostkeys::Pins::write(inner, task.project_id, task_dir)?;
+        let job = ansible_job(inner, task, template, &m, vars.extra, vars.var_secrets)?;
+        let (args, env) = launch::ansible(&job, &cwd, task_dir, vars.env)?;
+        Ok(Prepared {
+            cwd,
+            program: "ansible-playbook".into(),
+            prefix: Vec::new(),
+            args,
+            env,
+            flow: None,
+            pins: Some(pins),
+        })
     } else if terraform::handles(&template.app) {
         let inputs = terraform::Inputs {
             inner,
@@ -638,7 +457,17 @@ async fn prepare(
         };
         inputs.prepare(vars, &cwd)
     } else {
-        shell(template, task, vars, cwd)
+        inside(&cwd, &template.playbook, "script")?;
+        let (program, args, env) = shell(template, task, vars);
+        Ok(Prepared {
+            cwd,
+            program,
+            prefix: Vec::new(),
+            args,
+            env,
+            flow: None,
+            pins: None,
+        })
     }
 }
 
@@ -671,72 +500,20 @@ async fn prepare_repository(
         .work_dir
         .join("repos")
         .join(format!("repository_{}_{}", repo.id, template.id));
-    let mut env = base_env(task, task_dir, &dir);
-    env.push(("GIT_TERMINAL_PROMPT".into(), "0".into()));
     super::sandbox::trust_clone_source(&repo.git_url, task_dir)?;
-    // Submodules get no credentials: a `.gitmodules` URL must not collect the repository's.
-    let mut submodule_env = env.clone();
-    submodule_env.push((
-        "GIT_SSH_COMMAND".into(),
-        hostkeys::ssh_command(None, task_dir),
-    ));
-    let credentials = git_credentials(
-        m.secret(inner, Some(repo.ssh_key_id))?,
-        task_dir,
-        &repo.git_url,
-    )?;
-    if !credentials.iter().any(|(k, _)| k == "GIT_SSH_COMMAND") {
-        env.push((
-            "GIT_SSH_COMMAND".into(),
-            hostkeys::ssh_command(None, task_dir),
-        ));
-    }
-    env.extend(credentials);
-    let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
-    let checked_out = checkout(&repo.git_url, &branch, &dir, &env, &submodule_env, sink).await;
-    if let Some(line) = check_pins(inner, &pins, sink).await {
+    let secret = m.secret(inner, Some(repo.ssh_key_id))?;
+    let (env, submodule_env) = launch::git_envs(task.id, secret, task_dir, &dir, &repo.git_url)?;
+    let pins = hostkeys::Pins::write(inner, task.project_id, task_dir)?;
+    let checked_out =
+        launch::checkout(&repo.git_url, &branch, &dir, &env, &submodule_env, sink).await;
+    if let Some(line) = check_pins(inner, &pins, task.id, sink).await {
         return Err(line);
     }
     checked_out?;
     if let Some(hash) = &task.commit_hash {
-        sink.line(format!("Checking out commit {hash}")).await;
-        git(
-            &["checkout", "--force", "--detach", hash.as_str(), "--"],
-            &dir,
-            &env,
-            sink,
-        )
-        .await?;
+        launch::detach(hash, &dir, &env, sink).await?;
     }
     Ok(dir)
-}
-
-/// The environment that gives git the credentials of a repository's key, through files in
-/// `dir` (an SSH key, `0600`): an SSH command, or a credential helper reading the child's
-/// environment for a login and password (never the URL, which would show in `ps`).
-pub(super) fn git_credentials(
-    secret: Option<(KeyKind, KeySecret)>,
-    dir: &Path,
-    url: &str,
-) -> Result<Vec<(String, String)>, String> {
-    let mut env = Vec::new();
-    match secret {
-        Some((KeyKind::Ssh, s)) => {
-            let key = key_file(dir, "git_ssh_key", &s)?;
-            env.push((
-                "GIT_SSH_COMMAND".into(),
-                hostkeys::ssh_command(Some(&key), dir),
-            ));
-        }
-        // Credentials reach git through a helper reading the child's environment, never
-        // through the URL (which would show in `ps` and in .git/config), and only for the
-        // repository's own host.
-        Some((KeyKind::LoginPassword, s)) => {
-            env.extend(secrets::credential_env(url, s.login, s.password));
-        }
-        _ => {}
-    }
-    Ok(env)
 }
 
 /// Variables of a run: extra vars (environment JSON, then the task's own, which win), the
@@ -764,7 +541,7 @@ impl Variables {
         if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&task.environment) {
             extra.extend(map);
         }
-        let mut env = base_env(task, task_dir, cwd);
+        let mut env = launch::base_env(task.id, task_dir, cwd);
         let mut var_secrets = BTreeMap::new();
         if let Some(e) = &m.environment {
             if let Some(Ok(serde_json::Value::Object(map))) = e
@@ -830,14 +607,13 @@ pub(super) fn arguments(template: &Template, task: &Task) -> (Vec<String>, Vec<S
 
 /// `bash|python3 <script> [template args] [KEY=extra var ...] [task args]` (upstream's order;
 /// extra vars sorted by key); `var` secrets are `NAME=secret` in the environment (upstream
-/// puts them on the command line, where `ps` shows them).
-fn shell(
+/// puts them on the command line, where `ps` shows them). The program, app and environment,
+/// for the local runner and remote runners alike.
+pub(super) fn shell(
     template: &Template,
     task: &Task,
     vars: Variables,
-    cwd: PathBuf,
-) -> Result<Prepared, String> {
-    inside(&cwd, &template.playbook, "script")?;
+) -> (String, Vec<String>, Vec<(String, String)>) {
     let program = match template.app.as_str() {
         "bash" => "bash".to_owned(),
         "python" => "python3".to_owned(),
@@ -854,68 +630,32 @@ fn shell(
         args.push(format!("{k}={value}"));
     }
     args.extend(task_args);
-    // Secrets go through the environment, never argv (which anyone on the host can read).
+    // Secrets go through the environment, never app (which anyone on the host can read).
     let mut env = vars.env;
     env.extend(vars.var_secrets);
-    Ok(Prepared {
-        cwd,
-        program,
-        prefix: Vec::new(),
-        args,
-        env,
-        flow: None,
-        pins: None,
-    })
+    (program, args, env)
 }
 
-/// `ansible-playbook -i <inventory> [key options] [-vvvv] [--diff] [--check]
-/// --extra-vars=@<file> [template args] [task args] [--limit=X] <playbook>`. No secret is on
-/// the command line: keys are 0600 files in the task's private dir, extra vars and vault
-/// passwords [`secrets::handoff`]s.
-fn ansible(
+/// What `ansible-playbook` needs for `task` ([`launch::ansible`] builds its app from it),
+/// for the local runner and remote runners alike: the inventory, its keys opened (an SSH key
+/// as a file, a login and password and the become password as extra vars), the vault
+/// passwords, and every extra variable (`extra`, then `var` secrets, the task's secret
+/// variables and `semaphore_vars`).
+pub(super) fn ansible_job(
     inner: &Inner,
     task: &Task,
     template: &Template,
     m: &Materials,
-    mut vars: Variables,
-    cwd: PathBuf,
-    task_dir: &Path,
-) -> Result<Prepared, String> {
-    vars.env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-    // ansible's ssh checks host keys against the project's pinned ones (hosts met for the
-    // first time are pinned after the run); a changed key fails the task.
-    let pins = hostkeys::Pins::write(inner, task.project_id, task.id, task_dir)?;
-    vars.env.extend(hostkeys::ansible_env(task_dir));
-    vars.env.push((
-        "ANSIBLE_LOCAL_TEMP".into(),
-        task_dir.join("tmp").display().to_string(),
-    ));
+    mut extra: serde_json::Map<String, serde_json::Value>,
+    var_secrets: BTreeMap<String, String>,
+) -> Result<AnsibleJob, String> {
     let inventory = m
         .inventory
         .as_ref()
         .ok_or("an ansible template needs an inventory")?;
-    let inventory_path = if inventory.kind == "file" {
-        inside(&cwd, &inventory.inventory, "inventory")?
-    } else {
-        let name = if inventory.kind == "static-yaml" {
-            "inventory.yml"
-        } else {
-            "inventory"
-        };
-        let path = task_dir.join(name);
-        private_file(&path, inventory.inventory.as_bytes())?;
-        path
-    };
-    let mut args = vec!["-i".to_owned(), inventory_path.display().to_string()];
-    let extra = &mut vars.extra;
+    let mut ssh_key = None;
     match m.secret(inner, inventory.ssh_key_id)? {
-        Some((KeyKind::Ssh, s)) => {
-            let key = key_file(task_dir, "inventory_ssh_key", &s)?;
-            args.push(format!("--private-key={}", key.display()));
-            if !s.login.is_empty() {
-                args.push(format!("--user={}", s.login));
-            }
-        }
+        Some((KeyKind::Ssh, s)) => ssh_key = launch::credentials_of(Some((KeyKind::Ssh, s))),
         Some((KeyKind::LoginPassword, s)) => {
             extra.insert("ansible_user".into(), s.login.into());
             extra.insert("ansible_password".into(), s.password.into());
@@ -928,24 +668,22 @@ fn ansible(
         }
         extra.insert("ansible_become_password".into(), s.password.into());
     }
-    for (i, vault) in template.vaults.iter().enumerate() {
+    let mut vaults = Vec::new();
+    for vault in &template.vaults {
         if let Some((_, s)) = m.secret(inner, Some(vault.vault_key_id))? {
-            let file = secrets::handoff(task_dir, &format!("vault_{i}"), s.password.into_bytes())?;
-            let name = vault.name.clone().unwrap_or_else(|| "default".into());
-            args.push(format!("--vault-id={name}@{}", file.display()));
+            vaults.push(JobVault {
+                name: vault.name.clone().unwrap_or_else(|| "default".into()),
+                password: s.password,
+            });
         }
     }
-    for (flag, on) in [
+    let flags = [
         ("-vvvv", task.debug),
         ("--diff", task.diff),
         ("--check", task.dry_run),
-    ] {
-        if on {
-            args.push(flag.into());
-        }
-    }
-    for (k, v) in &vars.var_secrets {
-        extra.insert(k.clone(), v.clone().into());
+    ];
+    for (k, v) in var_secrets {
+        extra.insert(k, v.into());
     }
     if !task.sealed_secret.is_empty() {
         let plain = inner.host.open_sealed(&task.sealed_secret)?;
@@ -957,122 +695,42 @@ fn ansible(
         "semaphore_vars".into(),
         serde_json::json!({"task_details": {"id": task.id, "message": task.message}}),
     );
-    // Read once by ansible through a FIFO removed as soon as it opens it: never on disk.
-    let vars_file = secrets::handoff(
-        task_dir,
-        "extra_vars.json",
-        serde_json::Value::Object(std::mem::take(extra))
-            .to_string()
-            .into_bytes(),
-    )?;
-    args.push(format!("--extra-vars=@{}", vars_file.display()));
-    let (template_args, task_args) = arguments(template, task);
-    args.extend(template_args);
+    let (mut args, task_args) = arguments(template, task);
     args.extend(task_args);
-    if !task.limit.is_empty() {
-        args.push(format!("--limit={}", task.limit));
-    }
     let playbook = if task.playbook.is_empty() {
         &template.playbook
     } else {
         &task.playbook
     };
-    inside(&cwd, playbook, "playbook")?;
-    args.push(playbook.clone());
-    Ok(Prepared {
-        cwd,
-        program: "ansible-playbook".into(),
-        prefix: Vec::new(),
+    Ok(AnsibleJob {
+        inventory: JobInventory {
+            kind: inventory.kind.clone(),
+            inventory: inventory.inventory.clone(),
+        },
+        ssh_key,
+        vaults,
+        extra_vars: extra,
+        flags: flags
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(f, _)| f.to_owned())
+            .collect(),
         args,
-        env: vars.env,
-        flow: None,
-        pins: Some(pins),
+        limit: task.limit.clone(),
+        playbook: playbook.clone(),
     })
-}
-
-/// Clones `url` at `branch` into `dir`, or brings an existing clone up to date (re-cloning
-/// when that fails); submodules with `submodule_env`.
-async fn checkout(
-    url: &str,
-    branch: &str,
-    dir: &Path,
-    env: &[(String, String)],
-    submodule_env: &[(String, String)],
-    sink: &Sink,
-) -> Result<(), String> {
-    if dir.join(".git").is_dir() {
-        sink.line(format!("Updating Repository {url}")).await;
-        let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-        let remote = format!("refs/remotes/origin/{branch}");
-        let updated = async {
-            git(&["remote", "set-url", "origin", url], dir, env, sink).await?;
-            git(
-                &["fetch", "--prune", "origin", refspec.as_str()],
-                dir,
-                env,
-                sink,
-            )
-            .await?;
-            git(
-                &["checkout", "--force", "-B", branch, remote.as_str(), "--"],
-                dir,
-                env,
-                sink,
-            )
-            .await?;
-            git(&["clean", "-ffdx"], dir, env, sink).await?;
-            submodules(dir, submodule_env, sink).await
-        }
-        .await;
-        if updated.is_ok() {
-            return Ok(());
-        }
-        sink.line("Update failed; cloning again").await;
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    sink.line(format!("Cloning Repository {url}")).await;
-    // Into the workspace made first: the sandbox lets git write there and nowhere else.
-    private_dir(dir)?;
-    let args = ["clone", "--branch", branch, "--", url, "."];
-    git(&args, dir, env, sink).await?;
-    submodules(dir, submodule_env, sink).await
-}
-
-/// Checks out the submodules of the clone in `dir`, with `env` (which holds no credentials).
-async fn submodules(dir: &Path, env: &[(String, String)], sink: &Sink) -> Result<(), String> {
-    git(
-        &["submodule", "update", "--init", "--recursive"],
-        dir,
-        env,
-        sink,
-    )
-    .await
 }
 
 /// Stores on the task the hash and subject of the commit checked out in `cwd` (`commit_hash`,
 /// `commit_message`), when `cwd` is a git work tree's top: every clone, and a local-path
 /// repository only when it is a git repository itself (left as it is: read, never checked
 /// out). A failure to read it only leaves the fields as they were.
-async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &Path) {
+async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &Path, sink: &Sink) {
     if !cwd.join(".git").exists() {
         return;
     }
-    let safe = format!("safe.directory={}", cwd.display());
-    let out = inner
-        .task_command(task, "git", cwd)
-        .args(["-c", safe.as_str(), "log", "-1", "--format=%H%n%s"])
-        .current_dir(cwd)
-        .env_clear()
-        .envs(base_env(task, task_dir, cwd))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let Some((hash, subject)) = out
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| parse_commit(&String::from_utf8_lossy(&o.stdout)))
-    else {
+    let env = launch::base_env(task.id, task_dir, cwd);
+    let Some((hash, subject)) = launch::read_commit(sink, cwd, env).await else {
         tracing::warn!(task = task.id, dir = %cwd.display(), "cannot read the checked-out commit");
         return;
     };
@@ -1082,61 +740,4 @@ async fn record_commit(inner: &Arc<Inner>, task: &Task, cwd: &Path, task_dir: &P
         true
     })
     .await;
-}
-
-/// `<hash>\n<subject>` as `git log -1 --format=%H%n%s` prints it.
-fn parse_commit(text: &str) -> Option<(String, String)> {
-    let mut lines = text.lines();
-    let hash = lines.next()?.trim();
-    let ok = (40..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
-    ok.then(|| (hash.to_owned(), lines.next().unwrap_or_default().to_owned()))
-}
-
-/// Runs one git command (argv, output into the task log); a failure is an error.
-async fn git(
-    args: &[&str],
-    cwd: &Path,
-    env: &[(String, String)],
-    sink: &Sink,
-) -> Result<(), String> {
-    let mut cmd = sink.jail().command("git", cwd);
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env.iter().cloned());
-    let (mut child, _output_done) =
-        process::spawn(cmd, sink.sender()).map_err(|e| format!("cannot run git: {e}"))?;
-    // git starts helpers (git-remote-http, ssh) in its group: if this future is dropped by a
-    // stop or a timeout, or git fails, none of them may live on.
-    let _group = process::GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-    let status = child.wait().await.map_err(|e| format!("git failed: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "git {} failed: {status}",
-            args.first().copied().unwrap_or_default()
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_commit;
-
-    #[test]
-    fn a_commit_is_its_full_hash_and_subject() {
-        let hash = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(
-            parse_commit(&format!("{hash}\nFix the deploy\n")),
-            Some((hash.to_owned(), "Fix the deploy".to_owned()))
-        );
-        assert_eq!(
-            parse_commit(&format!("{hash}\n")),
-            Some((hash.to_owned(), String::new()))
-        );
-        assert_eq!(parse_commit("fatal: not a git repository\n"), None);
-        assert_eq!(parse_commit("abc123\nshort\n"), None);
-        assert_eq!(parse_commit(""), None);
-    }
 }

@@ -68,12 +68,12 @@ pub(super) struct Assigned {
 }
 
 /// A remote task's output position.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Output {
     /// Next line number.
     pub next: u64,
-    /// Lines dropped over the output limits.
-    pub dropped: u64,
+    /// The output limits (as a local run's).
+    pub cap: super::output::Cap,
 }
 
 /// The remote runners' state (see the module docs).
@@ -173,10 +173,11 @@ impl Fleet {
         id: TaskId,
         runner: u64,
         next_line: u64,
+        cap: super::output::Cap,
     ) -> (Arc<tokio::sync::Mutex<Output>>, watch::Receiver<Ending>) {
         let out = Arc::new(tokio::sync::Mutex::new(Output {
             next: next_line,
-            dropped: 0,
+            cap,
         }));
         let (ending, rx) = watch::channel(Ending::Open);
         self.lock().jobs.insert(
@@ -386,22 +387,23 @@ mod tests {
         assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
         fleet.set_registered(2);
         assert_eq!(fleet.place(None, true, false), Place::Wait);
-        // Ansible and terraform stay here whatever the mode.
+        // Terraform stays here whatever the mode.
         assert_eq!(fleet.place(None, true, true), Place::Local);
         assert_eq!(fleet.place(None, false, true), Place::Wait);
         fleet.touch(&record(1, &["a"], 1), 0);
         fleet.touch(&record(2, &[], 2), 0);
         assert_eq!(fleet.place(Some("a"), true, false), Place::Remote(1));
         assert_eq!(fleet.place(Some("b"), true, false), Place::Wait);
-        let _ = fleet.assign(10, 1, 0);
+        let _ = fleet.assign(10, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
         // Runner 1 is full: tag a waits; untagged goes to the least loaded (runner 2).
         assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
         assert_eq!(fleet.place(None, true, false), Place::Remote(2));
-        let _ = fleet.assign(11, 2, 0);
-        let _ = fleet.assign(12, 2, 0);
+        let _ = fleet.assign(11, 2, 0, super::super::output::Cap::with_limits(10, 10, 0));
+        let _ = fleet.assign(12, 2, 0, super::super::output::Cap::with_limits(10, 10, 0));
         assert_eq!(fleet.place(None, true, false), Place::Wait);
         // A deactivated runner is gone at once; its task is lost.
-        let (_, mut ending) = fleet.assign(13, 1, 0);
+        let (_, mut ending) =
+            fleet.assign(13, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
         assert_eq!(fleet.sweep(Some((1, "was deactivated"))), 2);
         assert!(
             matches!(&*ending.borrow_and_update(), Ending::Lost(why) if why.contains("was deactivated"))
@@ -416,7 +418,7 @@ mod tests {
     fn stops_reach_the_runner_once() {
         let fleet = Fleet::new(Duration::from_secs(60), LocalRunner::Off, 1);
         fleet.touch(&record(1, &[], 0), 0);
-        let _ = fleet.assign(5, 1, 0);
+        let _ = fleet.assign(5, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
         fleet.hand_out(5, Job::default());
         assert_eq!(fleet.take_handout(1).0.jobs.len(), 1);
         assert!(fleet.stop(5));

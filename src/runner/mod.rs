@@ -9,14 +9,14 @@
 mod exec;
 mod fleet;
 mod hostkeys;
+pub(crate) mod launch;
 mod output;
 pub mod process;
 mod queue;
 pub mod remote;
 mod remote_exec;
 mod sandbox;
-pub mod seam;
-mod secrets;
+pub(crate) mod secrets;
 pub mod terraform;
 
 use std::collections::{HashMap, HashSet};
@@ -918,7 +918,9 @@ impl Inner {
             let inner = Arc::clone(self);
             let remote = remote.map(|runner| {
                 let first = self.store.output_len(id).unwrap_or(0);
-                let (out, ending) = self.fleet.assign(id, runner, first);
+                let (out, ending) =
+                    self.fleet
+                        .assign(id, runner, first, output::Cap::new(self, first));
                 (runner, out, ending)
             });
             tokio::spawn(async move {

@@ -61,19 +61,9 @@ impl Sink {
         }
     }
 
-    /// The task's sandbox, for the commands it runs.
-    pub(super) fn jail(&self) -> &super::sandbox::TaskJail {
-        &self.jail
-    }
-
     /// A counter of the lines the store refused (read it after [`Sink::finish_within`]).
     pub(super) fn lost(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.lost)
-    }
-
-    /// A sender for a reader of the app's output.
-    pub(super) fn sender(&self) -> mpsc::Sender<Chunk> {
-        self.tx.clone()
     }
 
     /// Adds a server line (`Started: 7`, `Cloning ...`).
@@ -116,6 +106,20 @@ impl Sink {
     }
 }
 
+impl super::launch::Log for Sink {
+    fn sender(&self) -> mpsc::Sender<Chunk> {
+        self.tx.clone()
+    }
+
+    async fn note(&self, text: String) {
+        self.line(text).await;
+    }
+
+    fn command(&self, program: &str, workspace: &std::path::Path) -> tokio::process::Command {
+        self.jail.command(program, workspace)
+    }
+}
+
 /// How many `wait`s [`Sink::finish_within`] gives senders that keep sending after the app.
 const MAX_OPEN_WAITS: u32 = 12;
 
@@ -149,8 +153,9 @@ struct Progress {
 }
 
 /// The per-task cap: it counts every stored line of the task, including those before this
-/// run began.
-struct Cap {
+/// run began. Remote runners' output goes through the same cap.
+#[derive(Debug)]
+pub(super) struct Cap {
     max_lines: u64,
     max_bytes: u64,
     lines: u64,
@@ -160,21 +165,53 @@ struct Cap {
 }
 
 impl Cap {
-    /// Moves the lines of `chunk` the cap allows into `keep`; counts the others.
-    fn admit(&mut self, chunk: Chunk, keep: &mut Vec<OutputLine>) {
-        for l in chunk {
-            let len = l.text.len() as u64;
+    /// The cap of `inner`'s settings for a run whose first line is line `first`.
+    pub(super) fn new(inner: &Inner, first: u64) -> Self {
+        Self::with_limits(
+            inner.settings.output_max_lines,
+            inner.settings.output_max_bytes,
+            first,
+        )
+    }
+
+    /// A cap of `max_lines` lines and `max_bytes` bytes, `first` lines stored already.
+    pub(super) fn with_limits(max_lines: u64, max_bytes: u64, first: u64) -> Self {
+        Self {
+            max_lines,
+            max_bytes,
+            lines: first,
+            bytes: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Moves the lines (time, text) the cap allows into `keep`; counts the others.
+    pub(super) fn admit(
+        &mut self,
+        lines: impl IntoIterator<Item = (i64, String)>,
+        keep: &mut Vec<OutputLine>,
+    ) {
+        for (time_us, text) in lines {
+            let len = text.len() as u64;
             if self.lines < self.max_lines && self.bytes + len <= self.max_bytes {
                 self.lines += 1;
                 self.bytes += len;
-                keep.push(OutputLine {
-                    time_us: l.time_us,
-                    text: l.text,
-                });
+                keep.push(OutputLine { time_us, text });
             } else {
                 self.dropped += 1;
             }
         }
+    }
+
+    /// The line saying what the cap dropped, if it dropped anything.
+    pub(super) fn marker(&self) -> Option<String> {
+        let (max_lines, max_bytes, dropped) = (self.max_lines, self.max_bytes, self.dropped);
+        (dropped > 0).then(|| {
+            format!(
+                "output truncated: {dropped} more lines were dropped (limits: {max_lines} lines, \
+                 {max_bytes} bytes per task)"
+            )
+        })
     }
 }
 
@@ -188,13 +225,7 @@ async fn pump(
     lost: Arc<AtomicU64>,
     progress: Progress,
 ) {
-    let mut cap = Cap {
-        max_lines: inner.settings.output_max_lines,
-        max_bytes: inner.settings.output_max_bytes,
-        lines: first,
-        bytes: 0,
-        dropped: 0,
-    };
+    let mut cap = Cap::new(&inner, first);
     let task = Arc::new(task);
     let mut next = first;
     let mut pending: Vec<OutputLine> = Vec::new();
@@ -214,7 +245,7 @@ async fn pump(
                 break;
             }
             if let Some(chunk) = rx.recv().await {
-                cap.admit(chunk, &mut pending);
+                cap.admit(chunk.into_iter().map(|l| (l.time_us, l.text)), &mut pending);
             } else {
                 open = false;
                 progress.closed.send_replace(true);
@@ -224,7 +255,7 @@ async fn pump(
         tokio::select! {
             chunk = rx.recv(), if open && pending.len() < BATCH => {
                 if let Some(chunk) = chunk {
-                    cap.admit(chunk, &mut pending);
+                    cap.admit(chunk.into_iter().map(|l| (l.time_us, l.text)), &mut pending);
                 } else {
                     open = false;
                     progress.closed.send_replace(true);
@@ -239,14 +270,7 @@ async fn pump(
             }
         }
     }
-    let mut markers = Vec::new();
-    let (max_lines, max_bytes, dropped) = (cap.max_lines, cap.max_bytes, cap.dropped);
-    if dropped > 0 {
-        markers.push(format!(
-            "output truncated: {dropped} more lines were dropped (limits: {max_lines} lines, \
-             {max_bytes} bytes per task)"
-        ));
-    }
+    let mut markers: Vec<String> = cap.marker().into_iter().collect();
     let refused = lost.load(Ordering::SeqCst);
     if refused > 0 {
         markers.push(format!(

@@ -46,7 +46,7 @@ async fn ls_remote(
         ("LANG".to_owned(), "C".to_owned()),
         ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
     ];
-    env.extend(super::exec::git_credentials(secret, scratch, url)?);
+    env.extend(super::launch::git_credentials(secret, scratch, url)?);
     let reference = if branch.is_empty() {
         "HEAD".to_owned()
     } else {

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::fleet::{Ending, Output};
-use super::{Inner, Stop, exec, terraform};
-use crate::agent::protocol::{Credentials, Job, JobRepository, Poll, Report, ReportAnswer};
-use crate::model::{KeyKind, OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
+use super::{Inner, Stop, exec, hostkeys, launch, terraform};
+use crate::agent::protocol::{Job, JobRepository, Poll, Report, ReportAnswer};
+use crate::model::{OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
+
+/// Most host keys in one job's report.
+const MAX_HOST_KEYS: usize = 1000;
 
 /// Variables of the base environment the runner sets itself (its own paths and `PATH`).
 const RUNNER_SETS: [&str; 5] = ["PATH", "LANG", "HOME", "TMPDIR", "PWD"];
@@ -133,19 +136,20 @@ fn line(text: String) -> OutputLine {
     }
 }
 
-/// Stores `lines` as the task's next output lines (within the output limit), then publishes
+/// Stores `lines` as the task's next output lines (within the output limits in lines and
+/// bytes, as a local run's), then publishes
 /// them. A write the store refuses is tried again once the store takes writes.
 async fn append(
     inner: &Arc<Inner>,
     task: &Task,
     out: &tokio::sync::Mutex<Output>,
-    mut lines: Vec<OutputLine>,
+    lines: Vec<OutputLine>,
 ) {
     let mut o = out.lock().await;
-    let room = inner.settings.output_max_lines.saturating_sub(o.next);
-    let keep = usize::try_from(room).unwrap_or(usize::MAX).min(lines.len());
-    o.dropped += (lines.len() - keep) as u64;
-    lines.truncate(keep);
+    let mut keep = Vec::with_capacity(lines.len());
+    o.cap
+        .admit(lines.into_iter().map(|l| (l.time_us, l.text)), &mut keep);
+    let lines = keep;
     if lines.is_empty() {
         return;
     }
@@ -183,14 +187,14 @@ async fn finish(
     status: TaskStatus,
     why: Option<String>,
 ) {
-    let mut last = Vec::new();
-    let dropped = out.lock().await.dropped;
-    if dropped > 0 {
-        last.push(line(format!(
-            "output truncated: {dropped} more lines were dropped (limit: {} lines per task)",
-            inner.settings.output_max_lines
-        )));
-    }
+    let mut last: Vec<OutputLine> = out
+        .lock()
+        .await
+        .cap
+        .marker()
+        .into_iter()
+        .map(line)
+        .collect();
     last.extend(why.map(line));
     if !last.is_empty() {
         // Past the limit: the reason must still be read.
@@ -233,73 +237,57 @@ async fn finish(
     }
 }
 
-/// The job a runner runs for `task`: what the local executor would start, with paths left to
-/// the runner. Ansible and Terraform/OpenTofu templates (their inventories, key files and
-/// plans live on the server's disk) run locally only.
+/// The job a runner runs for `task`: what the local executor would start (the same program,
+/// argv and environment, or for ansible the same inputs its argv is built from), with paths
+/// left to the runner. Terraform/OpenTofu templates (their plans wait for a confirmation on
+/// the server's disk) run locally only.
 fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, String> {
-    if template.app == "ansible" || terraform::handles(&template.app) {
+    if terraform::handles(&template.app) {
         return Err(format!(
             "app {} does not run on remote runners: give its template no runner tag and run \
              it on the server (--local-runner)",
             template.app
         ));
     }
+    crate::sandbox::check_task_vars(template, &task.environment)?;
     let m = exec::Materials::load(inner, task, template)?;
     let nowhere = Path::new("/");
-    let vars = exec::Variables::collect(inner, task, &m, nowhere, nowhere)?;
-    let mut env: BTreeMap<String, String> = vars
-        .env
-        .iter()
+    let mut vars = exec::Variables::collect(inner, task, &m, nowhere, nowhere)?;
+    vars.env.extend(exec::build_env(template, task));
+    let (program, args, env, ansible) = if template.app == "ansible" {
+        let exec::Variables {
+            extra,
+            env,
+            var_secrets,
+        } = vars;
+        let job = exec::ansible_job(inner, task, template, &m, extra, var_secrets)?;
+        ("ansible-playbook".to_owned(), Vec::new(), env, Some(job))
+    } else {
+        let (program, args, env) = exec::shell(template, task, vars);
+        (program, args, env, None)
+    };
+    let env: BTreeMap<String, String> = env
+        .into_iter()
         .filter(|(k, _)| !RUNNER_SETS.contains(&k.as_str()))
-        .cloned()
         .collect();
-    env.extend(exec::build_env(template, task));
-    let (template_args, task_args) = exec::arguments(template, task);
-    let mut args = vec![template.playbook.clone()];
-    args.extend(vars.var_secrets.iter().map(|(k, v)| format!("{k}={v}")));
-    args.extend(template_args);
-    for (k, v) in &vars.extra {
-        let value = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        args.push(format!("{k}={value}"));
-    }
-    args.extend(task_args);
     let (path, prefix) = inner.host.app_command(&template.app);
-    let program = path.unwrap_or_else(|| match template.app.as_str() {
-        "bash" => "bash".to_owned(),
-        "python" => "python3".to_owned(),
-        other => other.to_owned(),
-    });
     let repo = &m.repo;
-    let credentials = m
-        .secret(inner, Some(repo.ssh_key_id))?
-        .and_then(|(kind, s)| {
-            let kind = match kind {
-                KeyKind::Ssh => "ssh",
-                KeyKind::LoginPassword => "login_password",
-                _ => return None,
-            };
-            Some(Credentials {
-                kind: kind.into(),
-                login: s.login,
-                password: s.password,
-                private_key: s.private_key,
-            })
-        });
+    let credentials = launch::credentials_of(m.secret(inner, Some(repo.ssh_key_id))?);
     let max_duration_secs = if template.max_duration_secs > 0 {
         template.max_duration_secs
     } else {
         inner.settings.max_duration_secs
     };
+    let script = ansible
+        .as_ref()
+        .map_or_else(|| template.playbook.clone(), |a| a.playbook.clone());
     Ok(Job {
         task_id: task.id,
         project_id: task.project_id,
         template_id: template.id,
         template_name: template.name.clone(),
         app: template.app.clone(),
-        program,
+        program: path.unwrap_or(program),
         prefix,
         args,
         env,
@@ -313,9 +301,11 @@ fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, Strin
             commit: task.commit_hash.clone(),
             credentials,
         },
-        script: template.playbook.clone(),
+        script,
         max_duration_secs,
         stop_grace_secs: inner.settings.stop_grace.as_secs(),
+        ansible,
+        known_hosts: hostkeys::known_hosts(inner, task.project_id)?,
     })
 }
 
@@ -380,6 +370,17 @@ pub(super) async fn report(
                 )));
             }
         };
+        let bad = j.host_keys.len() > MAX_HOST_KEYS
+            || j.host_keys
+                .iter()
+                .any(|k| !hostkeys::well_formed(&k.host, &k.key_type, &k.key));
+        if bad {
+            return Err(crate::service::Error::Invalid(format!(
+                "jobs: task {}: host_keys: at most {MAX_HOST_KEYS}, each host, key_type and key \
+                 one word of printable ASCII",
+                j.task_id
+            )));
+        }
         finals.push(status);
     }
     let mut stop = Vec::new();
@@ -447,6 +448,21 @@ pub(super) async fn report(
             })
             .await;
         }
+        if !j.host_keys.is_empty() {
+            let met = j
+                .host_keys
+                .into_iter()
+                .map(|k| (k.host, k.key_type, k.key))
+                .collect();
+            let pinned = hostkeys::learn(inner, task.project_id, id, met).await;
+            if !pinned.is_empty() {
+                let lines = pinned
+                    .iter()
+                    .map(|h| line(launch::pinned_line(h)))
+                    .collect();
+                append(inner, &task, &out, lines).await;
+            }
+        }
         if let Some(status) = status {
             finish(inner, &task, &out, status, None).await;
             inner.fleet.with_job(record.id, id, |a| {
@@ -490,7 +506,7 @@ pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
 
 impl Inner {
     /// The runner tag of template `template` of `project`, and whether it runs only here
-    /// (its app keeps its files on the server: ansible, terraform, tofu).
+    /// (terraform and tofu: a plan waits for its confirmation on the server's disk).
     pub(super) fn placement(
         &self,
         project: crate::model::ProjectId,
@@ -503,7 +519,7 @@ impl Inner {
             .and_then(|v| v.get::<Template>(project, template).ok().flatten());
         match t {
             Some(t) => {
-                let here = t.app == "ansible" || terraform::handles(&t.app);
+                let here = terraform::handles(&t.app);
                 (t.runner_tag, here)
             }
             None => (None, false),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use super::Inner;
-use super::exec::Prepared;
 use crate::model::{Repository, Task, TaskId, Template};
 use crate::sandbox::Jail;
 
@@ -76,11 +75,6 @@ pub(super) fn task_dir(inner: &Inner, id: TaskId) -> PathBuf {
 }
 
 impl Inner {
-    /// [`TaskJail::command`] for `task`.
-    pub(super) fn task_command(&self, task: &Task, program: &str, workspace: &Path) -> Command {
-        TaskJail::new(self, task).command(program, workspace)
-    }
-
     /// The resolved folder of local repository `url` (a path or a `file://` URL), when
     /// `--local-repo-roots` allows it. Checked again at every run: the path, the roots or the
     /// links on the way may have changed since it was saved.
@@ -122,15 +116,4 @@ pub(super) fn trust_clone_source(url: &str, home: &Path) -> Result<(), String> {
     }
     let file = home.join(".gitconfig");
     std::fs::write(&file, config).map_err(|e| format!("cannot write {}: {e}", file.display()))
-}
-
-/// Points ansible's remote temp dir at `$HOME/.ansible/tmp`, expanded by the target's shell:
-/// the task's home on `localhost` (the only place the sandbox lets a local-connection play
-/// write; upstream's `~` default names the login's home from the user database), the
-/// login's home elsewhere, as before.
-pub(super) fn ansible_temp(mut prepared: Prepared) -> Prepared {
-    prepared
-        .env
-        .push(("ANSIBLE_REMOTE_TEMP".into(), "$HOME/.ansible/tmp".into()));
-    prepared
 }

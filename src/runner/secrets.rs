@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::Mode;
 
 /// Removes a task's private directory when dropped (releasing any handoff no program opened).
-pub(super) struct TaskDir(PathBuf);
+pub(crate) struct TaskDir(PathBuf);
 
 impl TaskDir {
     /// Guards `path` (which may not exist yet).
-    pub(super) fn guard(path: PathBuf) -> Self {
+    pub(crate) fn guard(path: PathBuf) -> Self {
         Self(path)
     }
 }
@@ -35,7 +35,7 @@ impl Drop for TaskDir {
 }
 
 /// Releases the handoffs left in `dir`, then removes it and everything in it; logs a failure.
-pub(super) fn remove(dir: &Path) {
+pub(crate) fn remove(dir: &Path) {
     release_handoffs(dir);
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound

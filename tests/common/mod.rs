@@ -2,7 +2,9 @@
 //! clock, and a small real HTTP/1 client (hyper's) with a cookie jar.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod process;
+pub mod ssh;
 pub mod tools;
 
 use std::net::SocketAddr;

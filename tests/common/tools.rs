@@ -121,3 +121,20 @@ pub fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Whether this kernel enforces Landlock (every machine Forge's CI runs on does); elsewhere a
+/// visible skip.
+#[must_use]
+pub fn landlock(what: &str) -> bool {
+    match forge::sandbox::supported() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{what}: Landlock is required in CI: {why}"
+            );
+            eprintln!("SKIPPED: {what}: this kernel has no Landlock ({why})");
+            false
+        }
+    }
+}
