@@ -582,7 +582,7 @@ async fn runner_routes_refuse_bad_input() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"jobs": [], "stop": [], "timeout_secs": 60})
+        json!({"jobs": [], "stop": [], "confirm": [], "reject": [], "timeout_secs": 60})
     );
     anon.raw("GET", &format!("{internal}?wait=soon"), None, &header)
         .await
@@ -1127,6 +1127,17 @@ fn take_calls(calls: &Path) -> Vec<Vec<String>> {
     argvs
 }
 
+/// Confirms or rejects (`action`) the plan task `t` waits with; the task once ended, and its
+/// output.
+async fn decide(admin: &Client, p: u64, t: u64, action: &str) -> (Value, Vec<String>) {
+    let r = admin
+        .post(&at(p, &format!("tasks/{t}/{action}")), json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{action}: {}", r.text());
+    let task = wait_status(admin, p, t, &["success", "error", "stopped"], 30).await;
+    (task, texts(&output(admin, p, t).await))
+}
+
 /// A tagged terraform template runs on a real `forge runner` with the server's commands: the
 /// runner plans, the task waits for a confirmation here as a local plan does (same status,
 /// same confirm/reject API), a confirm reaches the runner, which applies; a rejected plan ends
@@ -1221,12 +1232,7 @@ async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
         assert!(Instant::now() < deadline, "no waiting line");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = admin
-        .post(&at(p, &format!("tasks/{t}/confirm")), json!({}))
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
-    let text = texts(&output(&admin, p, t).await);
+    let (task, text) = decide(&admin, p, t, "confirm").await;
     assert_eq!(task["status"], "success", "{task}: {text:#?}");
     assert_eq!(
         take_calls(&calls),
@@ -1251,12 +1257,7 @@ async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
     let t = launch_tf(json!({})).await;
     wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
     take_calls(&calls);
-    let r = admin
-        .post(&at(p, &format!("tasks/{t}/reject")), json!({}))
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
-    let text = texts(&output(&admin, p, t).await);
+    let (task, text) = decide(&admin, p, t, "reject").await;
     assert_eq!(task["status"], "stopped", "{task}: {text:#?}");
     assert_eq!(
         text.last().map(String::as_str),

@@ -267,12 +267,7 @@ impl Terraform<'_> {
         stop: &mut watch::Receiver<Option<Stop>>,
         deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<(), Outcome> {
-        match self.command(args, stop, deadline).await? {
-            0 => Ok(()),
-            code => Err(Outcome::Failed(format!(
-                "Running app failed: exit status {code}"
-            ))),
-        }
+        launch::succeeded(self.command(args, stop, deadline).await?)
     }
 
     async fn steps(

@@ -713,15 +713,23 @@ pub(crate) fn running_line(program: &str, prefix: &[String], args: &[String]) ->
     format!("Running: {}", shown.join(" "))
 }
 
+/// A command that must succeed exited with `code`.
+pub(crate) fn succeeded(code: i32) -> Result<(), Outcome> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Outcome::Failed(format!(
+            "Running app failed: exit status {code}"
+        )))
+    }
+}
+
 /// What a plan's exit `code` means: `Ok(true)` changes to apply, `Ok(false)` none (the task
 /// succeeds), `Err` a failed plan.
 pub(crate) fn plan_changes(code: i32) -> Result<bool, Outcome> {
     match code {
-        0 => Ok(false),
         2 => Ok(true),
-        code => Err(Outcome::Failed(format!(
-            "Running app failed: exit status {code}"
-        ))),
+        code => succeeded(code).map(|()| false),
     }
 }
 

@@ -510,15 +510,7 @@ async fn awaiting(inner: &Arc<Inner>, id: TaskId) {
             })
     };
     if first {
-        exec::update(inner, id, |t| {
-            if t.status != TaskStatus::Running {
-                return false;
-            }
-            t.status = TaskStatus::WaitingConfirmation;
-            t.process_group = None;
-            true
-        })
-        .await;
+        terraform::waiting(inner, id).await;
     }
 }
 

@@ -108,6 +108,21 @@ pub(super) fn job(
     Ok((env, job))
 }
 
+/// Moves running task `id` to `waiting_confirmation` (here or on a runner); the task, unless
+/// it was not running any more (a stop came first).
+pub(super) async fn waiting(inner: &Arc<Inner>, id: TaskId) -> Option<Task> {
+    exec::update(inner, id, |t| {
+        if t.status != TaskStatus::Running {
+            return false;
+        }
+        t.status = TaskStatus::WaitingConfirmation;
+        // No process runs while it waits.
+        t.process_group = None;
+        true
+    })
+    .await
+}
+
 /// A variable's value as text: strings as they are, anything else as JSON (which terraform
 /// reads as HCL).
 fn text(v: serde_json::Value) -> String {
@@ -162,12 +177,7 @@ impl Run<'_> {
         stop: &mut watch::Receiver<Option<Stop>>,
         deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<(), Outcome> {
-        match self.command(args, stop, deadline).await? {
-            0 => Ok(()),
-            code => Err(Outcome::Failed(format!(
-                "Running app failed: exit status {code}"
-            ))),
-        }
+        launch::succeeded(self.command(args, stop, deadline).await?)
     }
 
     /// init, workspace, plan, then (as the params and the plan say) apply.
@@ -220,17 +230,7 @@ impl Run<'_> {
             }
             decision.send_replace(Decision::Awaiting);
         }
-        let waiting = exec::update(self.inner, self.id, |t| {
-            if t.status != TaskStatus::Running {
-                return false;
-            }
-            t.status = TaskStatus::WaitingConfirmation;
-            // No process runs while it waits.
-            t.process_group = None;
-            true
-        })
-        .await;
-        if waiting.is_none() {
+        if waiting(self.inner, self.id).await.is_none() {
             // A stop came first.
             return Err(exec::stopped(*stop.borrow()));
         }
