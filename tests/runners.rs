@@ -1140,8 +1140,9 @@ async fn decide(admin: &Client, p: u64, t: u64, action: &str) -> (Value, Vec<Str
 
 /// A tagged terraform template runs on a real `forge runner` with the server's commands: the
 /// runner plans, the task waits for a confirmation here as a local plan does (same status,
-/// same confirm/reject API), a confirm reaches the runner, which applies; a rejected plan ends
-/// `stopped` without an apply; a runner lost while a plan waits ends its task `error`.
+/// same confirm/reject API), a confirm reaches the runner, which applies; a rejected or stopped
+/// plan ends `stopped` without an apply; an auto-approved one runs through; a runner lost
+/// while a plan waits ends its task `error`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
     let dir = tempfile::tempdir().unwrap();
@@ -1275,6 +1276,21 @@ async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
     assert_eq!(task["status"], "success", "{task}");
     assert_eq!(take_calls(&calls).len(), 3, "init, plan, apply");
 
+    // A stop reaches a waiting job like any other: nothing applied.
+    let t = launch_tf(json!({})).await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
+    take_calls(&calls);
+    let r = admin
+        .post(&at(p, &format!("tasks/{t}/stop")), json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
+    assert_eq!(task["status"], "stopped", "{task}");
+    assert!(
+        take_calls(&calls).is_empty(),
+        "a stopped plan is never applied"
+    );
+
     // A runner lost while its plan waits: the task ends `error` like any lost runner's.
     let t = launch_tf(json!({})).await;
     wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
@@ -1286,4 +1302,99 @@ async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
         text.last().is_some_and(|l| l.contains("was lost")),
         "{text:#?}"
     );
+}
+
+/// The plan decision over the bare protocol: a job reported `waiting_confirmation` makes its
+/// task wait; a confirm comes in the next poll's `confirm`, once, and again after a report
+/// that still says `waiting_confirmation` (the answer that carried it may have been lost);
+/// the report of `running` that follows moves the task back to `running`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_decision_is_handed_out_again_until_the_runner_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(repo.path().join("calls")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    common::terraform::install(&bin, &["tofu"], &repo.path().join("calls"), repo.path());
+    let path = path_with(&[&bin]);
+    let path = path.to_str().expect("PATH is UTF-8");
+    let server = serve_with(
+        &dir.path().join("forge.redb"),
+        free_port(),
+        "10",
+        &[("PATH", path)],
+    );
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let r = admin
+        .post("/api/runners", json!({"name": "bare", "tags": ["bare"]}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let header = [("x-runner-token", token.as_str())];
+    let internal = "/api/internal/runners";
+    let anon = server.client();
+    // A long poll: answers as soon as there is something (or after `wait` seconds).
+    let poll = |wait: u64| {
+        let anon = anon.clone();
+        async move {
+            let path = format!("{internal}?wait={wait}");
+            let r = anon.raw("GET", &path, None, &header).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    let (p, repo_id) = project(&admin, repo.path(), &[]).await;
+    let template = add(
+        &admin,
+        p,
+        "templates",
+        json!({"name": "bare", "project_id": p, "app": "tofu", "playbook": "",
+               "repository_id": repo_id, "runner_tag": "bare"}),
+    )
+    .await;
+    poll(0).await;
+    let t = launch(&admin, p, template).await;
+    let job = poll(10).await;
+    let job = &job["jobs"][0];
+    assert_eq!(job["task_id"].as_u64(), Some(t), "{job}");
+    assert_eq!(job["terraform"]["params"]["auto_approve"], false, "{job}");
+    assert_eq!(job["args"], json!([]), "{job}");
+    let put = |status: &str| {
+        let body = json!({"jobs": [{"task_id": t, "status": status, "log_offset": 0,
+                                    "log": []}]})
+        .to_string();
+        let anon = anon.clone();
+        async move {
+            let r = anon
+                .raw("PUT", internal, Some(body.into_bytes()), &header)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    put("running").await;
+    wait_status(&admin, p, t, &["running"], 10).await;
+    put("waiting_confirmation").await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 10).await;
+    let r = admin
+        .post(&at(p, &format!("tasks/{t}/confirm")), json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let first = poll(10).await;
+    assert_eq!(first["confirm"], json!([t]), "{first}");
+    assert_eq!(first["reject"], json!([]), "{first}");
+    // Taken once: the next (immediate) poll has none...
+    assert_eq!(poll(0).await["confirm"], json!([]));
+    // ... until the runner says again that it waits.
+    put("waiting_confirmation").await;
+    assert_eq!(poll(10).await["confirm"], json!([t]));
+    assert_eq!(
+        ok_json(&admin, &at(p, &format!("tasks/{t}"))).await["status"],
+        "confirmed"
+    );
+    put("running").await;
+    wait_status(&admin, p, t, &["running"], 10).await;
+    put("success").await;
+    wait_status(&admin, p, t, &["success"], 10).await;
 }

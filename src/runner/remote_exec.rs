@@ -494,23 +494,31 @@ pub(super) async fn report(
 
 /// Task `id`'s runner reported that its plan waits for a decision: the first such report
 /// makes the task `waiting_confirmation` as a local plan's (confirm and reject then reach the
-/// runner through [`Fleet::decide`](super::fleet::Fleet::decide)); later ones change nothing.
+/// runner through [`Fleet::decide`](super::fleet::Fleet::decide)). A later one while a user's
+/// decision is already taken hands that decision out again (the poll answer that carried it
+/// may have been lost); otherwise it changes nothing.
 async fn awaiting(inner: &Arc<Inner>, id: TaskId) {
-    let first = {
+    let (first, decided) = {
         let state = inner.lock();
-        !state.shutting_down
-            && state.running.get(&id).is_some_and(|r| {
-                r.decision.send_if_modified(|d| {
-                    let first = *d == Decision::None;
-                    if first {
-                        *d = Decision::Awaiting;
-                    }
-                    first
-                })
-            })
+        if state.shutting_down {
+            return;
+        }
+        let Some(r) = state.running.get(&id) else {
+            return;
+        };
+        let first = r.decision.send_if_modified(|d| {
+            let first = *d == Decision::None;
+            if first {
+                *d = Decision::Awaiting;
+            }
+            first
+        });
+        (first, *r.decision.borrow())
     };
     if first {
         terraform::waiting(inner, id).await;
+    } else if matches!(decided, Decision::Confirmed | Decision::Rejected) {
+        inner.fleet.decide(id, decided == Decision::Confirmed);
     }
 }
 
