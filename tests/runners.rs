@@ -1127,8 +1127,8 @@ fn take_calls(calls: &Path) -> Vec<Vec<String>> {
     argvs
 }
 
-/// Confirms or rejects (`action`) the plan task `t` waits with; the task once ended, and its
-/// output.
+/// Confirms, rejects or stops (`action`) task `t`, which waits with a plan; the task once
+/// ended, and its output.
 async fn decide(admin: &Client, p: u64, t: u64, action: &str) -> (Value, Vec<String>) {
     let r = admin
         .post(&at(p, &format!("tasks/{t}/{action}")), json!({}))
@@ -1280,12 +1280,8 @@ async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
     let t = launch_tf(json!({})).await;
     wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
     take_calls(&calls);
-    let r = admin
-        .post(&at(p, &format!("tasks/{t}/stop")), json!({}))
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text());
-    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
-    assert_eq!(task["status"], "stopped", "{task}");
+    let (task, text) = decide(&admin, p, t, "stop").await;
+    assert_eq!(task["status"], "stopped", "{task}: {text:#?}");
     assert!(
         take_calls(&calls).is_empty(),
         "a stopped plan is never applied"
