@@ -582,7 +582,7 @@ async fn runner_routes_refuse_bad_input() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json(),
-        json!({"jobs": [], "stop": [], "timeout_secs": 60})
+        json!({"jobs": [], "stop": [], "confirm": [], "reject": [], "timeout_secs": 60})
     );
     anon.raw("GET", &format!("{internal}?wait=soon"), None, &header)
         .await
@@ -1106,4 +1106,291 @@ async fn a_runner_pins_host_keys_and_a_changed_one_fails_its_task() {
     let still = ok_json(admin, &at(p, "host_keys")).await;
     assert_eq!(still.as_array().map(Vec::len), Some(1), "{still}");
     assert_eq!(still[0]["key"], key_of("host_a.pub").as_str());
+}
+
+/// The argv files the terraform stand-in recorded in `calls` so far (each: program, then its
+/// arguments), oldest first; forgets them.
+fn take_calls(calls: &Path) -> Vec<Vec<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(calls)
+        .expect("calls")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut argvs = Vec::new();
+    for f in files {
+        if f.extension().is_some_and(|e| e == "argv") {
+            let text = std::fs::read_to_string(&f).expect("argv file");
+            argvs.push(text.lines().map(str::to_owned).collect());
+        }
+        std::fs::remove_file(f).expect("forget call");
+    }
+    argvs
+}
+
+/// Confirms, rejects or stops (`action`) task `t`, which waits with a plan; the task once
+/// ended, and its output.
+async fn decide(admin: &Client, p: u64, t: u64, action: &str) -> (Value, Vec<String>) {
+    let r = admin
+        .post(&at(p, &format!("tasks/{t}/{action}")), json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{action}: {}", r.text());
+    let task = wait_status(admin, p, t, &["success", "error", "stopped"], 30).await;
+    (task, texts(&output(admin, p, t).await))
+}
+
+/// A tagged terraform template runs on a real `forge runner` with the server's commands: the
+/// runner plans, the task waits for a confirmation here as a local plan does (same status,
+/// same confirm/reject API), a confirm reaches the runner, which applies; a rejected or stopped
+/// plan ends `stopped` without an apply; an auto-approved one runs through; a runner lost
+/// while a plan waits ends its task `error`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terraform_plan_on_a_runner_waits_for_its_confirmation_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    // The stand-in may write only in its workspace (the template's directory) under the
+    // sandbox: its records go there.
+    let infra = repo.path().join("infra");
+    let (calls, ctl) = (infra.join("calls"), infra.join("ctl"));
+    for d in [&bin, &calls, &ctl] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(infra.join("main.tf"), "resource \"null\" \"x\" {}\n").unwrap();
+    common::terraform::install(&bin, &["terraform"], &calls, &ctl);
+    let path = path_with(&[&bin]);
+    let path = path.to_str().expect("PATH is UTF-8");
+    // The server checks that the app is there (the runner runs it).
+    let mut one = OneRunner::start(dir.path(), "tf", &[("PATH", path)], &[], &[&bin]).await;
+    let runner = one.runner;
+    let admin = one.admin.clone();
+    let (p, repo_id) = project(&admin, repo.path(), &[]).await;
+    let env = add(
+        &admin,
+        p,
+        "environment",
+        json!({"name": "prod", "project_id": p, "json": "{\"region\": \"eu-west-1\"}",
+               "env": "{}", "secrets": [{"operation": "create", "type": "var",
+                                         "name": "token", "secret": "s3cret-value"}]}),
+    )
+    .await;
+    let template = add(
+        &admin,
+        p,
+        "templates",
+        json!({"name": "infra", "project_id": p, "app": "terraform", "playbook": "infra",
+               "repository_id": repo_id, "environment_id": env, "runner_tag": "tf"}),
+    )
+    .await;
+    let launch_tf = |params: Value| {
+        let admin = admin.clone();
+        async move {
+            let body = json!({"template_id": template, "params": params});
+            let r = admin.post(&at(p, "tasks"), body).await;
+            assert_eq!(r.status, 201, "launch: {}", r.text());
+            id_of(&r.json())
+        }
+    };
+    let plan_file = |t: u64| {
+        let work = one.config.with_extension("json.work");
+        format!("{}/tasks/{t}/plan.tfplan", work.display())
+    };
+    let argv = |args: &[&str]| -> Vec<String> {
+        std::iter::once("terraform")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    };
+    let plan_argv = |t: u64| {
+        let out = format!("-out={}", plan_file(t));
+        argv(&[
+            "plan",
+            "-input=false",
+            "-detailed-exitcode",
+            &out,
+            "-var",
+            "region=eu-west-1",
+        ])
+    };
+
+    // Confirmed: the runner applies the plan it saved.
+    let t = launch_tf(json!({"upgrade": true})).await;
+    let task = wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
+    assert_eq!(task["runner_id"].as_u64(), Some(runner), "{task}");
+    assert!(task["end"].is_null(), "{task}");
+    assert_eq!(
+        take_calls(&calls),
+        [argv(&["init", "-input=false", "-upgrade"]), plan_argv(t)]
+    );
+    assert!(
+        Path::new(&plan_file(t)).is_file(),
+        "the plan waits on the runner"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !texts(&output(&admin, p, t).await)
+        .iter()
+        .any(|l| l.starts_with("Waiting for confirmation"))
+    {
+        assert!(Instant::now() < deadline, "no waiting line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (task, text) = decide(&admin, p, t, "confirm").await;
+    assert_eq!(task["status"], "success", "{task}: {text:#?}");
+    assert_eq!(
+        take_calls(&calls),
+        [argv(&["apply", "-input=false", &plan_file(t)])]
+    );
+    for want in ["Plan confirmed: applying", "Apply complete!"] {
+        assert!(text.iter().any(|l| l.contains(want)), "{want}: {text:#?}");
+    }
+    assert!(!text.iter().any(|l| l.contains("s3cret")), "{text:#?}");
+    assert!(
+        !Path::new(&plan_file(t)).exists(),
+        "the task dir is removed"
+    );
+    for action in ["confirm", "reject"] {
+        let r = admin
+            .post(&at(p, &format!("tasks/{t}/{action}")), json!({}))
+            .await;
+        assert_eq!(r.status, 400, "{action} of a finished task: {}", r.text());
+    }
+
+    // Rejected: it ends `stopped` as locally, nothing applied.
+    let t = launch_tf(json!({})).await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
+    take_calls(&calls);
+    let (task, text) = decide(&admin, p, t, "reject").await;
+    assert_eq!(task["status"], "stopped", "{task}: {text:#?}");
+    assert_eq!(
+        text.last().map(String::as_str),
+        Some("Plan rejected: nothing was applied")
+    );
+    assert!(
+        take_calls(&calls).is_empty(),
+        "a rejected plan is never applied"
+    );
+    assert!(!Path::new(&plan_file(t)).exists());
+
+    // Auto-approved: it runs through.
+    let t = launch_tf(json!({"auto_approve": true})).await;
+    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
+    assert_eq!(task["status"], "success", "{task}");
+    assert_eq!(take_calls(&calls).len(), 3, "init, plan, apply");
+
+    // A stop reaches a waiting job like any other: nothing applied.
+    let t = launch_tf(json!({})).await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
+    take_calls(&calls);
+    let (task, text) = decide(&admin, p, t, "stop").await;
+    assert_eq!(task["status"], "stopped", "{task}: {text:#?}");
+    assert!(
+        take_calls(&calls).is_empty(),
+        "a stopped plan is never applied"
+    );
+
+    // A runner lost while its plan waits: the task ends `error` like any lost runner's.
+    let t = launch_tf(json!({})).await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 30).await;
+    one.agent.kill_9();
+    let task = wait_status(&admin, p, t, &["success", "error", "stopped"], 30).await;
+    let text = texts(&output(&admin, p, t).await);
+    assert_eq!(task["status"], "error", "{task}: {text:#?}");
+    assert!(
+        text.last().is_some_and(|l| l.contains("was lost")),
+        "{text:#?}"
+    );
+}
+
+/// The plan decision over the bare protocol: a job reported `waiting_confirmation` makes its
+/// task wait; a confirm comes in the next poll's `confirm`, once, and again after a report
+/// that still says `waiting_confirmation` (the answer that carried it may have been lost);
+/// the report of `running` that follows moves the task back to `running`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_decision_is_handed_out_again_until_the_runner_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(repo.path().join("calls")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    common::terraform::install(&bin, &["tofu"], &repo.path().join("calls"), repo.path());
+    let path = path_with(&[&bin]);
+    let path = path.to_str().expect("PATH is UTF-8");
+    let server = serve_with(
+        &dir.path().join("forge.redb"),
+        free_port(),
+        "10",
+        &[("PATH", path)],
+    );
+    let mut admin = server.client();
+    assert_eq!(admin.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
+    let r = admin
+        .post("/api/runners", json!({"name": "bare", "tags": ["bare"]}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let header = [("x-runner-token", token.as_str())];
+    let internal = "/api/internal/runners";
+    let anon = server.client();
+    // A long poll: answers as soon as there is something (or after `wait` seconds).
+    let poll = |wait: u64| {
+        let anon = anon.clone();
+        async move {
+            let path = format!("{internal}?wait={wait}");
+            let r = anon.raw("GET", &path, None, &header).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    let (p, repo_id) = project(&admin, repo.path(), &[]).await;
+    let template = add(
+        &admin,
+        p,
+        "templates",
+        json!({"name": "bare", "project_id": p, "app": "tofu", "playbook": "",
+               "repository_id": repo_id, "runner_tag": "bare"}),
+    )
+    .await;
+    poll(0).await;
+    let t = launch(&admin, p, template).await;
+    let job = poll(10).await;
+    let job = &job["jobs"][0];
+    assert_eq!(job["task_id"].as_u64(), Some(t), "{job}");
+    assert_eq!(job["terraform"]["params"]["auto_approve"], false, "{job}");
+    assert_eq!(job["args"], json!([]), "{job}");
+    let put = |status: &str| {
+        let body = json!({"jobs": [{"task_id": t, "status": status, "log_offset": 0,
+                                    "log": []}]})
+        .to_string();
+        let anon = anon.clone();
+        async move {
+            let r = anon
+                .raw("PUT", internal, Some(body.into_bytes()), &header)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    put("running").await;
+    wait_status(&admin, p, t, &["running"], 10).await;
+    put("waiting_confirmation").await;
+    wait_status(&admin, p, t, &["waiting_confirmation"], 10).await;
+    let r = admin
+        .post(&at(p, &format!("tasks/{t}/confirm")), json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let first = poll(10).await;
+    assert_eq!(first["confirm"], json!([t]), "{first}");
+    assert_eq!(first["reject"], json!([]), "{first}");
+    // Taken once: the next (immediate) poll has none...
+    assert_eq!(poll(0).await["confirm"], json!([]));
+    // ... until the runner says again that it waits.
+    put("waiting_confirmation").await;
+    assert_eq!(poll(10).await["confirm"], json!([t]));
+    assert_eq!(
+        ok_json(&admin, &at(p, &format!("tasks/{t}"))).await["status"],
+        "confirmed"
+    );
+    put("running").await;
+    wait_status(&admin, p, t, &["running"], 10).await;
+    put("success").await;
+    wait_status(&admin, p, t, &["success"], 10).await;
 }

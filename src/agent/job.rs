@@ -32,6 +32,8 @@ pub struct JobState {
     pub commit: Option<Commit>,
     /// Host keys met for the first time, until reported.
     pub host_keys: Vec<HostKeyReport>,
+    /// Its terraform plan waits for a user's decision.
+    pub waiting: bool,
 }
 
 /// A running job.
@@ -39,6 +41,8 @@ pub struct JobState {
 pub struct JobHandle {
     /// Asks it to stop.
     pub(crate) stop: watch::Sender<Option<Stop>>,
+    /// A user's decision on its plan: confirmed (`true`) or rejected.
+    decision: watch::Sender<Option<bool>>,
     /// Its state.
     pub state: Mutex<JobState>,
 }
@@ -49,11 +53,13 @@ impl JobHandle {
     pub fn new(spill: PathBuf) -> Self {
         Self {
             stop: watch::Sender::new(None),
+            decision: watch::Sender::new(None),
             state: Mutex::new(JobState {
                 spool: Spool::new(spill, super::spool::MEMORY_BOUND),
                 status: "running",
                 commit: None,
                 host_keys: Vec::new(),
+                waiting: false,
             }),
         }
     }
@@ -78,6 +84,17 @@ impl JobHandle {
                 state.host_keys.push(k);
             }
         }
+    }
+
+    /// Passes on a user's decision on the plan it waits with (the first one counts).
+    pub fn decide(&self, confirmed: bool) {
+        self.decision.send_if_modified(|d| {
+            let first = d.is_none();
+            if first {
+                *d = Some(confirmed);
+            }
+            first
+        });
     }
 
     /// Asks it to stop (SIGTERM, then SIGKILL after the grace).
@@ -168,6 +185,18 @@ async fn steps(
         Ok(p) => p,
         Err(why) => return Outcome::Failed(why),
     };
+    let grace = Duration::from_secs(job.stop_grace_secs);
+    if let Some(tf) = &job.terraform {
+        let flow = launch::Flow::new(tf, &log.task_dir.join(launch::PLAN_FILE));
+        let run = Terraform {
+            app: &app,
+            log,
+            handle,
+            grace,
+            max_secs,
+        };
+        return run.steps(flow, stop, deadline).await;
+    }
     let launch::Started {
         mut child,
         pgid,
@@ -178,7 +207,6 @@ async fn steps(
     };
     // Read by the next start of the runner if this one is killed (see `sweep_leftovers`).
     let _ = std::fs::write(log.task_dir.join("pgid"), pgid.to_string());
-    let grace = Duration::from_secs(job.stop_grace_secs);
     let outcome = launch::supervise(&mut child, pgid, stop, &mut deadline, grace, max_secs).await;
     // Every line the app wrote comes before the line saying how it ended.
     let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
@@ -193,6 +221,106 @@ async fn steps(
     let changed = launch::ssh_lines(&pins, log).await;
     handle.met(&pins);
     launch::pins_checked(outcome, changed)
+}
+
+/// A terraform/OpenTofu job's run through its commands, as the server's (`runner::terraform`):
+/// init, workspace, plan, then as the params and the plan say, apply; a plan that waits for a
+/// decision is reported `waiting_confirmation` until the server passes a confirm or reject on.
+struct Terraform<'a> {
+    app: &'a App,
+    log: &'a JobLog,
+    handle: &'a Arc<JobHandle>,
+    grace: Duration,
+    max_secs: u64,
+}
+
+impl Terraform<'_> {
+    /// Runs `args`; `Ok(exit code)` when it ended by itself, the outcome otherwise.
+    async fn command(
+        &self,
+        args: &[String],
+        stop: &mut watch::Receiver<Option<Stop>>,
+        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Result<i32, Outcome> {
+        let app = self.app;
+        let line = launch::running_line(&app.program, &app.prefix, args);
+        self.log.note(line).await;
+        let launch::Started {
+            mut child,
+            pgid,
+            output_done,
+        } = launch::start(self.log, app, args)?;
+        let _ = std::fs::write(self.log.task_dir.join("pgid"), pgid.to_string());
+        let status =
+            launch::supervise(&mut child, pgid, stop, deadline, self.grace, self.max_secs).await;
+        let _ = tokio::time::timeout(DRAIN_OUTPUT, output_done).await;
+        match status? {
+            Ok(s) => Ok(s.code().unwrap_or(-1)),
+            Err(e) => Err(Outcome::Failed(format!("Running app failed: {e}"))),
+        }
+    }
+
+    /// Runs `args`, which must succeed.
+    async fn must(
+        &self,
+        args: &[String],
+        stop: &mut watch::Receiver<Option<Stop>>,
+        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Outcome> {
+        launch::succeeded(self.command(args, stop, deadline).await?)
+    }
+
+    async fn steps(
+        self,
+        flow: launch::Flow,
+        stop: &mut watch::Receiver<Option<Stop>>,
+        mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Outcome {
+        let outcome = async {
+            self.must(&flow.init, stop, &mut deadline).await?;
+            if let Some(ws) = &flow.workspace {
+                self.must(ws, stop, &mut deadline).await?;
+            }
+            let code = self.command(&flow.plan, stop, &mut deadline).await?;
+            if !launch::plan_changes(code)? {
+                self.log.note(launch::NO_CHANGES_LINE.into()).await;
+                return Ok(Outcome::Success);
+            }
+            if flow.params.plan {
+                self.log.note(launch::PLAN_ONLY_LINE.into()).await;
+                return Ok(Outcome::Success);
+            }
+            if !flow.params.auto_approve {
+                self.confirmation(stop).await?;
+                deadline
+                    .as_mut()
+                    .reset(launch::deadline_after(self.max_secs));
+            }
+            self.must(&flow.apply, stop, &mut deadline).await?;
+            Ok(Outcome::Success)
+        }
+        .await;
+        outcome.unwrap_or_else(|o| o)
+    }
+
+    /// Reports the job waiting until the server passes on a decision, or a stop comes.
+    async fn confirmation(&self, stop: &mut watch::Receiver<Option<Stop>>) -> Result<(), Outcome> {
+        self.handle.lock().waiting = true;
+        self.log.note(launch::WAITING_LINE.into()).await;
+        let mut decided = self.handle.decision.subscribe();
+        let confirmed = tokio::select! {
+            d = decided.wait_for(Option::is_some) => d.is_ok_and(|d| *d == Some(true)),
+            why = stop.wait_for(Option::is_some) => {
+                return Err(launch::stopped(why.ok().and_then(|w| *w)));
+            }
+        };
+        self.handle.lock().waiting = false;
+        if !confirmed {
+            return Err(Outcome::Rejected);
+        }
+        self.log.note(launch::CONFIRMED_LINE.into()).await;
+        Ok(())
+    }
 }
 
 /// Moves the program's output into the job's spool.
@@ -252,11 +380,15 @@ async fn prepare(
     }
     let mut env = env;
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let (args, env) = if let Some(ansible) = &job.ansible {
-        launch::ansible(ansible, &cwd, task_dir, env)?
+    let (args, env, cwd) = if let Some(ansible) = &job.ansible {
+        let (args, env) = launch::ansible(ansible, &cwd, task_dir, env)?;
+        (args, env, cwd)
+    } else if job.terraform.is_some() {
+        let dir = launch::terraform_dir(&cwd, &job.script)?;
+        (Vec::new(), env, dir)
     } else {
         launch::inside(&cwd, &job.script, "script")?;
-        (job.args.clone(), env)
+        (job.args.clone(), env, cwd)
     };
     let app = App {
         cwd,

@@ -236,6 +236,17 @@ impl Agent {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Passes a user's plan decisions on to the jobs waiting with them.
+    fn decide(&self, ids: &[TaskId], confirmed: bool) {
+        let jobs = self.jobs();
+        for id in ids {
+            if let Some(j) = jobs.get(id) {
+                tracing::info!(task = id, confirmed, "plan decided");
+                j.decide(confirmed);
+            }
+        }
+    }
+
     fn stop(&self, ids: &[TaskId]) {
         let jobs = self.jobs();
         for id in ids {
@@ -301,6 +312,8 @@ async fn start(
                 };
                 wait = (poll.timeout_secs / 3).clamp(1, protocol::MAX_WAIT_SECS);
                 agent.stop(&poll.stop);
+                agent.decide(&poll.confirm, true);
+                agent.decide(&poll.reject, false);
                 for j in poll.jobs {
                     let id = j.task_id;
                     let handle = {
@@ -394,7 +407,13 @@ async fn report_loop(agent: Arc<Agent>) {
             budget = budget.saturating_sub(log.iter().map(|r| r.message.len() + 32).sum());
             // The final status goes only with the last of the output.
             let done = s.status != "running" && log.len() as u64 == s.spool.len();
-            let status = if done { s.status } else { "running" };
+            let status = if done {
+                s.status
+            } else if s.waiting {
+                "waiting_confirmation"
+            } else {
+                "running"
+            };
             sent.push((*id, log.len(), done, s.host_keys.len()));
             report.jobs.push(JobReport {
                 task_id: *id,

@@ -48,6 +48,10 @@ pub struct Poll {
     pub jobs: Vec<Job>,
     /// Tasks to kill.
     pub stop: Vec<TaskId>,
+    /// Terraform/OpenTofu tasks whose plan a user confirmed: apply it.
+    pub confirm: Vec<TaskId>,
+    /// Terraform/OpenTofu tasks whose plan a user rejected: end them without applying.
+    pub reject: Vec<TaskId>,
     /// The server's `--runner-timeout`: poll (or report) at least this often.
     pub timeout_secs: u64,
 }
@@ -89,6 +93,23 @@ pub struct Job {
     /// The project's pinned SSH host keys (`known_hosts` lines) git's and ansible's ssh check
     /// hosts against; hosts not pinned yet are accepted.
     pub known_hosts: String,
+    /// A terraform/OpenTofu job: what the runner builds its commands from (then `args` is
+    /// empty and `script` the directory to run in, relative to the checkout; empty: its top).
+    pub terraform: Option<TerraformJob>,
+}
+
+/// What a terraform/OpenTofu run's commands are built from (see `runner::launch::Flow`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TerraformJob {
+    /// The task's options (plan only, destroy, auto-approve, init flags).
+    pub params: crate::runner::launch::Params,
+    /// The workspace to select (or create) after `init` (a `terraform-workspace` inventory).
+    pub workspace: Option<String>,
+    /// The extra variables, as `-var name=value` (secrets travel in `env` as `TF_VAR_*`).
+    pub vars: Vec<(String, String)>,
+    /// Template arguments, then the task's, after the plan's own.
+    pub args: Vec<String>,
 }
 
 /// What `ansible-playbook` needs, resolved and opened by the server for one job.
@@ -176,7 +197,8 @@ pub struct Report {
 pub struct JobReport {
     /// The task.
     pub task_id: TaskId,
-    /// `running`, or how it ended: `success`, `error`, `stopped`.
+    /// `running`, `waiting_confirmation` (a terraform plan waits for a user's confirm or
+    /// reject; no process runs), or how it ended: `success`, `error`, `stopped`.
     pub status: String,
     /// The number (from 0) of the first record of `log` among all the job's records: a
     /// batch sent again after a lost answer is stored once.

@@ -31,7 +31,7 @@ pub(super) struct Prepared {
     pub(super) args: Vec<String>,
     pub(super) env: Vec<(String, String)>,
     /// Terraform/OpenTofu: the commands to run instead of `args`.
-    pub(super) flow: Option<terraform::Flow>,
+    pub(super) flow: Option<launch::Flow>,
     /// ansible: the project's pinned SSH host keys, written for the run (checked after it).
     pub(super) pins: Option<hostkeys::Pins>,
 }
@@ -368,7 +368,7 @@ pub(super) async fn record(inner: &Arc<Inner>, task: &Task, description: String)
 pub(super) struct Materials {
     pub(super) repo: Repository,
     environment: Option<Environment>,
-    inventory: Option<Inventory>,
+    pub(super) inventory: Option<Inventory>,
     keys: Vec<AccessKey>,
 }
 

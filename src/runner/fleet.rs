@@ -4,7 +4,7 @@
 //! poll, and tasks they held were ended by the start-up recovery (their runner is told to
 //! kill them when it reports them).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ struct Online {
     touched: i64,
     /// Tasks it must kill, delivered with its next poll.
     stops: BTreeSet<TaskId>,
+    /// Plan decisions (confirmed or not) for its tasks, delivered with its next poll.
+    decisions: BTreeMap<TaskId, bool>,
     /// Wakes its long-poll.
     wake: Arc<Notify>,
 }
@@ -97,6 +99,18 @@ struct FleetState {
 pub(super) struct Handout {
     pub jobs: Vec<Arc<Job>>,
     pub stop: Vec<TaskId>,
+    pub confirm: Vec<TaskId>,
+    pub reject: Vec<TaskId>,
+}
+
+impl Handout {
+    /// Whether the runner has nothing to do.
+    pub(super) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+            && self.stop.is_empty()
+            && self.confirm.is_empty()
+            && self.reject.is_empty()
+    }
 }
 
 impl Fleet {
@@ -123,22 +137,13 @@ impl Fleet {
         self.registered.store(n, Ordering::Relaxed);
     }
 
-    /// Where a task of a template with `tag` goes. `local_free`: this server has a slot;
-    /// `here`: its app runs only on the server (unless it names a runner tag, when it waits for
-    /// a runner and fails there, saying why).
-    pub(super) fn place(&self, tag: Option<&str>, local_free: bool, here: bool) -> Place {
+    /// Where a task of a template with `tag` goes. `local_free`: this server has a slot.
+    pub(super) fn place(&self, tag: Option<&str>, local_free: bool) -> Place {
         let local_allowed = match self.local {
             LocalRunner::On => true,
             LocalRunner::Off => false,
             LocalRunner::Auto => self.registered.load(Ordering::Relaxed) == 0,
         };
-        if here && tag.is_none() {
-            return if local_free {
-                Place::Local
-            } else {
-                Place::Wait
-            };
-        }
         if tag.is_none() && local_allowed && local_free {
             return Place::Local;
         }
@@ -226,6 +231,19 @@ impl Fleet {
         acked || handed
     }
 
+    /// Tells task `id`'s runner with its next poll that a user confirmed (or rejected) the
+    /// plan the task waits with.
+    pub(super) fn decide(&self, id: TaskId, confirmed: bool) {
+        let mut state = self.lock();
+        let Some(runner) = state.jobs.get(&id).map(|a| a.runner) else {
+            return;
+        };
+        if let Some(o) = state.online.get_mut(&runner) {
+            o.decisions.insert(id, confirmed);
+            o.wake.notify_one();
+        }
+    }
+
     /// Forgets task `id` (its executor ended); the runner is told to kill it if it still
     /// reports it.
     pub(super) fn forget(&self, id: TaskId) {
@@ -272,6 +290,7 @@ impl Fleet {
                     seen: Instant::now(),
                     touched: now,
                     stops: BTreeSet::new(),
+                    decisions: BTreeMap::new(),
                     wake: Arc::new(Notify::new()),
                 },
             );
@@ -279,7 +298,8 @@ impl Fleet {
         }
     }
 
-    /// What `runner` should do now: jobs not yet acknowledged, and stops (taken).
+    /// What `runner` should do now: jobs not yet acknowledged, and stops and decisions
+    /// (taken).
     pub(super) fn take_handout(&self, runner: u64) -> (Handout, Option<Arc<Notify>>) {
         let mut state = self.lock();
         let jobs = state
@@ -292,7 +312,21 @@ impl Fleet {
             return (Handout::default(), None);
         };
         let stop = std::mem::take(&mut o.stops).into_iter().collect();
-        (Handout { jobs, stop }, Some(Arc::clone(&o.wake)))
+        let (mut confirm, mut reject) = (Vec::new(), Vec::new());
+        for (id, confirmed) in std::mem::take(&mut o.decisions) {
+            if confirmed {
+                confirm.push(id);
+            } else {
+                reject.push(id);
+            }
+        }
+        let handout = Handout {
+            jobs,
+            stop,
+            confirm,
+            reject,
+        };
+        (handout, Some(Arc::clone(&o.wake)))
     }
 
     /// Last contact of each online runner, Unix seconds.
@@ -383,24 +417,21 @@ mod tests {
     fn placement_follows_tags_limits_and_the_local_mode() {
         let fleet = Fleet::new(Duration::from_secs(60), LocalRunner::Auto, 0);
         // No runner registered: untagged tasks run here, tagged ones wait.
-        assert_eq!(fleet.place(None, true, false), Place::Local);
-        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
+        assert_eq!(fleet.place(None, true), Place::Local);
+        assert_eq!(fleet.place(Some("a"), true), Place::Wait);
         fleet.set_registered(2);
-        assert_eq!(fleet.place(None, true, false), Place::Wait);
-        // Terraform stays here whatever the mode.
-        assert_eq!(fleet.place(None, true, true), Place::Local);
-        assert_eq!(fleet.place(None, false, true), Place::Wait);
+        assert_eq!(fleet.place(None, true), Place::Wait);
         fleet.touch(&record(1, &["a"], 1), 0);
         fleet.touch(&record(2, &[], 2), 0);
-        assert_eq!(fleet.place(Some("a"), true, false), Place::Remote(1));
-        assert_eq!(fleet.place(Some("b"), true, false), Place::Wait);
+        assert_eq!(fleet.place(Some("a"), true), Place::Remote(1));
+        assert_eq!(fleet.place(Some("b"), true), Place::Wait);
         let _ = fleet.assign(10, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
         // Runner 1 is full: tag a waits; untagged goes to the least loaded (runner 2).
-        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
-        assert_eq!(fleet.place(None, true, false), Place::Remote(2));
+        assert_eq!(fleet.place(Some("a"), true), Place::Wait);
+        assert_eq!(fleet.place(None, true), Place::Remote(2));
         let _ = fleet.assign(11, 2, 0, super::super::output::Cap::with_limits(10, 10, 0));
         let _ = fleet.assign(12, 2, 0, super::super::output::Cap::with_limits(10, 10, 0));
-        assert_eq!(fleet.place(None, true, false), Place::Wait);
+        assert_eq!(fleet.place(None, true), Place::Wait);
         // A deactivated runner is gone at once; its task is lost.
         let (_, mut ending) =
             fleet.assign(13, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
@@ -411,7 +442,7 @@ mod tests {
         assert!(!fleet.is_online(1));
         fleet.forget(10);
         fleet.forget(13);
-        assert_eq!(fleet.place(Some("a"), true, false), Place::Wait);
+        assert_eq!(fleet.place(Some("a"), true), Place::Wait);
     }
 
     #[test]
@@ -426,5 +457,20 @@ mod tests {
         assert!(h.jobs.is_empty());
         assert_eq!(h.stop, [5]);
         assert!(fleet.take_handout(1).0.stop.is_empty());
+    }
+
+    #[test]
+    fn plan_decisions_reach_the_runner_once() {
+        let fleet = Fleet::new(Duration::from_secs(60), LocalRunner::Off, 1);
+        fleet.touch(&record(1, &[], 0), 0);
+        let _ = fleet.assign(6, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
+        let _ = fleet.assign(7, 1, 0, super::super::output::Cap::with_limits(10, 10, 0));
+        fleet.decide(6, true);
+        fleet.decide(7, false);
+        // Not this server's task: nothing to deliver.
+        fleet.decide(8, true);
+        let (h, _) = fleet.take_handout(1);
+        assert_eq!((h.confirm, h.reject), (vec![6], vec![7]));
+        assert!(fleet.take_handout(1).0.is_empty());
     }
 }

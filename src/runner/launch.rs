@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::process::{self, Chunk};
 use super::{Stop, hostkeys, secrets};
-use crate::agent::protocol::{AnsibleJob, Credentials};
+use crate::agent::protocol::{AnsibleJob, Credentials, TerraformJob};
 use crate::model::{KeyKind, KeySecret, TaskId, TaskStatus};
 pub(crate) use hostkeys::Pins;
 
@@ -602,6 +602,135 @@ pub(crate) fn ansible(
     inside(cwd, &job.playbook, "playbook")?;
     args.push(job.playbook.clone());
     Ok((args, env))
+}
+
+/// The plan file of a terraform/OpenTofu run, in its task's private directory.
+pub(crate) const PLAN_FILE: &str = "plan.tfplan";
+
+/// A task's terraform options (its `params`; unknown keys, such as ansible's, are ignored).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[allow(clippy::struct_excessive_bools)] // upstream's five independent flags
+pub struct Params {
+    /// Only plan: the task ends after the plan.
+    pub plan: bool,
+    /// Plan a destroy.
+    pub destroy: bool,
+    /// Apply the plan without waiting for a confirmation.
+    pub auto_approve: bool,
+    /// `init -upgrade`.
+    pub upgrade: bool,
+    /// `init -reconfigure`.
+    pub reconfigure: bool,
+}
+
+impl Params {
+    /// The params stored on a task (JSON object text; empty = none).
+    #[must_use]
+    pub fn from_task(params: &str) -> Self {
+        serde_json::from_str(params).unwrap_or_default()
+    }
+}
+
+/// The commands of one terraform/OpenTofu run (see `runner::terraform`), on the server and on
+/// a runner alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Flow {
+    pub(crate) params: Params,
+    pub(crate) init: Vec<String>,
+    pub(crate) workspace: Option<Vec<String>>,
+    pub(crate) plan: Vec<String>,
+    pub(crate) apply: Vec<String>,
+}
+
+impl Flow {
+    /// The argv (after the program and the app's own arguments) of every step of `job`, its
+    /// plan saved to `plan_file`.
+    pub(crate) fn new(job: &TerraformJob, plan_file: &Path) -> Self {
+        let params = job.params;
+        let strings = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut init = strings(&["init", "-input=false"]);
+        if params.upgrade {
+            init.push("-upgrade".into());
+        }
+        if params.reconfigure {
+            init.push("-reconfigure".into());
+        }
+        let workspace = job.workspace.as_ref().map(|w| {
+            let mut a = strings(&["workspace", "select", "-or-create=true"]);
+            a.push(w.clone());
+            a
+        });
+        let mut plan = strings(&["plan", "-input=false", "-detailed-exitcode"]);
+        if params.destroy {
+            plan.push("-destroy".into());
+        }
+        plan.push(format!("-out={}", plan_file.display()));
+        for (k, v) in &job.vars {
+            plan.push("-var".into());
+            plan.push(format!("{k}={v}"));
+        }
+        plan.extend(job.args.iter().cloned());
+        let mut apply = strings(&["apply", "-input=false"]);
+        apply.push(plan_file.display().to_string());
+        Self {
+            params,
+            init,
+            workspace,
+            plan,
+            apply,
+        }
+    }
+}
+
+/// The directory a terraform/OpenTofu run works in: `dir` (empty: the checkout's top) inside
+/// `checkout`.
+pub(crate) fn terraform_dir(checkout: &Path, dir: &str) -> Result<PathBuf, String> {
+    let cwd = if dir.is_empty() {
+        checkout.to_path_buf()
+    } else {
+        inside(checkout, dir, "directory")?
+    };
+    if !cwd.is_dir() {
+        return Err(format!("{dir} is not a directory"));
+    }
+    Ok(cwd)
+}
+
+/// The lines around a plan's confirmation, as the server and runners write them.
+pub(crate) const WAITING_LINE: &str =
+    "Waiting for confirmation: confirm to apply the plan, or reject it";
+pub(crate) const CONFIRMED_LINE: &str = "Plan confirmed: applying";
+pub(crate) const NO_CHANGES_LINE: &str = "No changes: nothing to apply";
+pub(crate) const PLAN_ONLY_LINE: &str = "Plan only: not applied";
+
+/// The `Running: ...` line shown before each terraform command.
+pub(crate) fn running_line(program: &str, prefix: &[String], args: &[String]) -> String {
+    let shown: Vec<&str> = std::iter::once(program)
+        .chain(prefix.iter().map(String::as_str))
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    format!("Running: {}", shown.join(" "))
+}
+
+/// A command that must succeed exited with `code`.
+pub(crate) fn succeeded(code: i32) -> Result<(), Outcome> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Outcome::Failed(format!(
+            "Running app failed: exit status {code}"
+        )))
+    }
+}
+
+/// What a plan's exit `code` means: `Ok(true)` changes to apply, `Ok(false)` none (the task
+/// succeeds), `Err` a failed plan.
+pub(crate) fn plan_changes(code: i32) -> Result<bool, Outcome> {
+    match code {
+        2 => Ok(true),
+        code => succeeded(code).map(|()| false),
+    }
 }
 
 #[cfg(test)]

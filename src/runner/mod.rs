@@ -430,20 +430,20 @@ impl Runner {
         status: TaskStatus,
         decision: Decision,
     ) -> crate::service::Result<()> {
-        let sender = {
+        let found = {
             let state = self.inner.lock();
             state
                 .running
                 .get(&task_id)
                 .filter(|r| *r.decision.borrow() == Decision::Awaiting)
-                .map(|r| Arc::clone(&r.decision))
+                .map(|r| (Arc::clone(&r.decision), r.remote))
         };
         let not_waiting = || {
             crate::service::Error::Invalid(format!(
                 "task {task_id} is not waiting for a confirmation"
             ))
         };
-        let sender = sender.ok_or_else(not_waiting)?;
+        let (sender, remote) = found.ok_or_else(not_waiting)?;
         let now = self.inner.host.now();
         let task = self
             .inner
@@ -463,6 +463,12 @@ impl Runner {
             .ok_or_else(not_waiting)?;
         self.inner.publish_update(&task);
         sender.send_replace(decision);
+        if remote.is_some() {
+            // Its runner applies or ends it after its next poll.
+            self.inner
+                .fleet
+                .decide(task_id, decision == Decision::Confirmed);
+        }
         Ok(())
     }
 
@@ -892,8 +898,8 @@ impl Inner {
                 blocked.insert(project);
                 continue;
             }
-            let (tag, here) = self.placement(project, template);
-            let place = self.fleet.place(tag.as_deref(), local_free, here);
+            let tag = self.runner_tag(project, template);
+            let place = self.fleet.place(tag.as_deref(), local_free);
             let remote = match place {
                 fleet::Place::Local => None,
                 fleet::Place::Remote(id) => Some(id),

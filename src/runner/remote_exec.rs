@@ -11,9 +11,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::fleet::{Ending, Output};
-use super::{Inner, Stop, exec, hostkeys, launch, terraform};
+use super::{Decision, Inner, Stop, exec, hostkeys, launch, terraform};
 use crate::agent::protocol::{Job, JobRepository, Poll, Report, ReportAnswer};
 use crate::model::{OutputLine, RemoteRunner, Task, TaskId, TaskStatus, Template};
+
+/// The reported status of a job whose plan waits for a user's decision.
+const WAITING: &str = "waiting_confirmation";
 
 /// Most host keys in one job's report.
 const MAX_HOST_KEYS: usize = 1000;
@@ -239,21 +242,15 @@ async fn finish(
 
 /// The job a runner runs for `task`: what the local executor would start (the same program,
 /// argv and environment, or for ansible the same inputs its argv is built from), with paths
-/// left to the runner. Terraform/OpenTofu templates (their plans wait for a confirmation on
-/// the server's disk) run locally only.
+/// left to the runner; for terraform/OpenTofu the inputs of its commands (its plan's
+/// confirmation goes through [`report`] and the poll).
 fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, String> {
-    if terraform::handles(&template.app) {
-        return Err(format!(
-            "app {} does not run on remote runners: give its template no runner tag and run \
-             it on the server (--local-runner)",
-            template.app
-        ));
-    }
     crate::sandbox::check_task_vars(template, &task.environment)?;
     let m = exec::Materials::load(inner, task, template)?;
     let nowhere = Path::new("/");
     let mut vars = exec::Variables::collect(inner, task, &m, nowhere, nowhere)?;
     vars.env.extend(exec::build_env(template, task));
+    let mut tf = None;
     let (program, args, env, ansible) = if template.app == "ansible" {
         let exec::Variables {
             extra,
@@ -262,6 +259,10 @@ fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, Strin
         } = vars;
         let job = exec::ansible_job(inner, task, template, &m, extra, var_secrets)?;
         ("ansible-playbook".to_owned(), Vec::new(), env, Some(job))
+    } else if terraform::handles(&template.app) {
+        let (env, job) = terraform::job(inner, task, template, m.inventory.as_ref(), vars)?;
+        tf = Some(job);
+        (template.app.clone(), Vec::new(), env, None)
     } else {
         let (program, args, env) = exec::shell(template, task, vars);
         (program, args, env, None)
@@ -306,6 +307,7 @@ fn resolve(inner: &Inner, task: &Task, template: &Template) -> Result<Job, Strin
         stop_grace_secs: inner.settings.stop_grace.as_secs(),
         ansible,
         known_hosts: hostkeys::known_hosts(inner, task.project_id)?,
+        terraform: tf,
     })
 }
 
@@ -322,7 +324,7 @@ pub(super) async fn poll(inner: &Arc<Inner>, record: &RemoteRunner, wait_secs: u
     let deadline = tokio::time::Instant::now() + wait;
     let mut handout = loop {
         let (handout, wake) = inner.fleet.take_handout(record.id);
-        if !handout.jobs.is_empty() || !handout.stop.is_empty() {
+        if !handout.is_empty() {
             break handout;
         }
         let Some(wake) = wake else {
@@ -339,6 +341,8 @@ pub(super) async fn poll(inner: &Arc<Inner>, record: &RemoteRunner, wait_secs: u
     Poll {
         jobs: handout.jobs.drain(..).map(|j| (*j).clone()).collect(),
         stop: handout.stop,
+        confirm: handout.confirm,
+        reject: handout.reject,
         timeout_secs: timeout.as_secs(),
     }
 }
@@ -359,13 +363,14 @@ pub(super) async fn report(
     let mut finals = Vec::with_capacity(report.jobs.len());
     for j in &report.jobs {
         let status = match j.status.as_str() {
-            "running" => None,
+            "running" | WAITING => None,
             "success" => Some(TaskStatus::Success),
             "error" => Some(TaskStatus::Error),
             "stopped" => Some(TaskStatus::Stopped),
             other => {
                 return Err(crate::service::Error::Invalid(format!(
-                    "jobs: task {}: unknown status {other:?} (running, success, error, stopped)",
+                    "jobs: task {}: unknown status {other:?} (running, waiting_confirmation, \
+                     success, error, stopped)",
                     j.task_id
                 )));
             }
@@ -463,6 +468,19 @@ pub(super) async fn report(
                 append(inner, &task, &out, lines).await;
             }
         }
+        if j.status == WAITING {
+            awaiting(inner, id).await;
+        } else if status.is_none() && task.status == TaskStatus::Confirmed {
+            // The runner took the confirmation and applies.
+            exec::update(inner, id, |t| {
+                if t.status != TaskStatus::Confirmed {
+                    return false;
+                }
+                t.status = TaskStatus::Running;
+                true
+            })
+            .await;
+        }
         if let Some(status) = status {
             finish(inner, &task, &out, status, None).await;
             inner.fleet.with_job(record.id, id, |a| {
@@ -472,6 +490,36 @@ pub(super) async fn report(
     }
     inner.fleet.add_stops(record.id, &stop);
     Ok(ReportAnswer { stop })
+}
+
+/// Task `id`'s runner reported that its plan waits for a decision: the first such report
+/// makes the task `waiting_confirmation` as a local plan's (confirm and reject then reach the
+/// runner through [`Fleet::decide`](super::fleet::Fleet::decide)). A later one while a user's
+/// decision is already taken hands that decision out again (the poll answer that carried it
+/// may have been lost); otherwise it changes nothing.
+async fn awaiting(inner: &Arc<Inner>, id: TaskId) {
+    let (first, decided) = {
+        let state = inner.lock();
+        if state.shutting_down {
+            return;
+        }
+        let Some(r) = state.running.get(&id) else {
+            return;
+        };
+        let first = r.decision.send_if_modified(|d| {
+            let first = *d == Decision::None;
+            if first {
+                *d = Decision::Awaiting;
+            }
+            first
+        });
+        (first, *r.decision.borrow())
+    };
+    if first {
+        terraform::waiting(inner, id).await;
+    } else if matches!(decided, Decision::Confirmed | Decision::Rejected) {
+        inner.fleet.decide(id, decided == Decision::Confirmed);
+    }
 }
 
 /// Active runner records in the store.
@@ -505,25 +553,17 @@ pub(super) async fn sweep_runners(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    /// The runner tag of template `template` of `project`, and whether it runs only here
-    /// (terraform and tofu: a plan waits for its confirmation on the server's disk).
-    pub(super) fn placement(
+    /// The runner tag of template `template` of `project`.
+    pub(super) fn runner_tag(
         &self,
         project: crate::model::ProjectId,
         template: u64,
-    ) -> (Option<String>, bool) {
-        let t = self
-            .store
+    ) -> Option<String> {
+        self.store
             .view()
             .ok()
-            .and_then(|v| v.get::<Template>(project, template).ok().flatten());
-        match t {
-            Some(t) => {
-                let here = terraform::handles(&t.app);
-                (t.runner_tag, here)
-            }
-            None => (None, false),
-        }
+            .and_then(|v| v.get::<Template>(project, template).ok().flatten())
+            .and_then(|t| t.runner_tag)
     }
 }
 

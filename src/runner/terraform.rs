@@ -20,16 +20,22 @@
 //! Extra variables go in as `-var name=value` (as upstream); secrets never reach the command
 //! line: `var` secrets and the task's secret variables become `TF_VAR_<name>` in the
 //! environment, `env` secrets plain variables.
+//!
+//! On a remote runner the same commands run (built by [`launch::Flow`] from the job's
+//! [`TerraformJob`], which [`job`] resolves here): the runner reports `waiting_confirmation`,
+//! the task waits here as a local one does, and a confirm or reject reaches the runner with
+//! its next poll (`remote_exec`).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::exec::{self, Outcome, Prepared, Variables};
+use super::launch::{self, Flow};
 use super::output::Sink;
 use super::{Decision, Inner, Stop};
+use crate::agent::protocol::TerraformJob;
 use crate::model::{Inventory, Task, TaskId, TaskStatus, Template};
 
 /// Whether `app` runs through this module.
@@ -37,84 +43,7 @@ pub(super) fn handles(app: &str) -> bool {
     matches!(app, "terraform" | "tofu")
 }
 
-/// A task's terraform options (its `params`; unknown keys, such as ansible's, are ignored).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-#[allow(clippy::struct_excessive_bools)] // upstream's five independent flags
-pub struct Params {
-    /// Only plan: the task ends after the plan.
-    pub plan: bool,
-    /// Plan a destroy.
-    pub destroy: bool,
-    /// Apply the plan without waiting for a confirmation.
-    pub auto_approve: bool,
-    /// `init -upgrade`.
-    pub upgrade: bool,
-    /// `init -reconfigure`.
-    pub reconfigure: bool,
-}
-
-impl Params {
-    /// The params stored on a task (JSON object text; empty = none).
-    #[must_use]
-    pub fn from_task(params: &str) -> Self {
-        serde_json::from_str(params).unwrap_or_default()
-    }
-}
-
-/// The commands of one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Flow {
-    params: Params,
-    init: Vec<String>,
-    workspace: Option<Vec<String>>,
-    plan: Vec<String>,
-    apply: Vec<String>,
-}
-
-impl Flow {
-    /// The argv (after the program and the app's own arguments) of every step.
-    fn new(
-        params: Params,
-        workspace: Option<&str>,
-        plan_file: &Path,
-        vars: &[(String, String)],
-        extra_args: Vec<String>,
-    ) -> Self {
-        let strings = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let mut init = strings(&["init", "-input=false"]);
-        if params.upgrade {
-            init.push("-upgrade".into());
-        }
-        if params.reconfigure {
-            init.push("-reconfigure".into());
-        }
-        let workspace = workspace.map(|w| {
-            let mut a = strings(&["workspace", "select", "-or-create=true"]);
-            a.push(w.to_owned());
-            a
-        });
-        let mut plan = strings(&["plan", "-input=false", "-detailed-exitcode"]);
-        if params.destroy {
-            plan.push("-destroy".into());
-        }
-        plan.push(format!("-out={}", plan_file.display()));
-        for (k, v) in vars {
-            plan.push("-var".into());
-            plan.push(format!("{k}={v}"));
-        }
-        plan.extend(extra_args);
-        let mut apply = strings(&["apply", "-input=false"]);
-        apply.push(plan_file.display().to_string());
-        Self {
-            params,
-            init,
-            workspace,
-            plan,
-            apply,
-        }
-    }
-}
+pub use super::launch::Params;
 
 /// What preparing a terraform run reads.
 pub(super) struct Inputs<'a> {
@@ -129,46 +58,12 @@ impl Inputs<'_> {
     /// The working directory (the checkout, or the template's `playbook` sub-directory of
     /// it), the environment and the commands.
     pub(super) fn prepare(self, vars: Variables, checkout: &Path) -> Result<Prepared, String> {
-        let (task, template) = (self.task, self.template);
-        let cwd = if template.playbook.is_empty() {
-            checkout.to_path_buf()
-        } else {
-            exec::inside(checkout, &template.playbook, "directory")?
-        };
-        if !cwd.is_dir() {
-            return Err(format!("{} is not a directory", template.playbook));
-        }
-        let mut env = vars.env;
-        env.push(("TF_IN_AUTOMATION".into(), "1".into()));
-        env.push(("TF_INPUT".into(), "0".into()));
-        let mut secrets: Vec<(String, String)> = vars.var_secrets.into_iter().collect();
-        if !task.sealed_secret.is_empty() {
-            let plain = self.inner.host.open_sealed(&task.sealed_secret)?;
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&plain) {
-                secrets.extend(map.into_iter().map(|(k, v)| (k, text(v))));
-            }
-        }
-        env.extend(secrets.into_iter().map(|(k, v)| (format!("TF_VAR_{k}"), v)));
-        let vars: Vec<(String, String)> =
-            vars.extra.into_iter().map(|(k, v)| (k, text(v))).collect();
-        let workspace = self
-            .inventory
-            .filter(|i| i.kind == "terraform-workspace")
-            .map(|i| i.inventory.trim())
-            .filter(|w| !w.is_empty());
-        let (template_args, task_args) = exec::arguments(template, task);
-        let mut extra_args = template_args;
-        extra_args.extend(task_args);
-        let flow = Flow::new(
-            Params::from_task(&task.params),
-            workspace,
-            &self.task_dir.join("plan.tfplan"),
-            &vars,
-            extra_args,
-        );
+        let cwd = launch::terraform_dir(checkout, &self.template.playbook)?;
+        let (env, job) = job(self.inner, self.task, self.template, self.inventory, vars)?;
+        let flow = Flow::new(&job, &self.task_dir.join(launch::PLAN_FILE));
         Ok(Prepared {
             cwd,
-            program: template.app.clone(),
+            program: self.template.app.clone(),
             prefix: Vec::new(),
             args: Vec::new(),
             env,
@@ -176,6 +71,56 @@ impl Inputs<'_> {
             pins: None,
         })
     }
+}
+
+/// The environment (`vars.env`, terraform's own variables, secrets as `TF_VAR_*`) and the
+/// inputs of the commands of `task`, for this server or a runner.
+pub(super) fn job(
+    inner: &Inner,
+    task: &Task,
+    template: &Template,
+    inventory: Option<&Inventory>,
+    vars: Variables,
+) -> Result<(Vec<(String, String)>, TerraformJob), String> {
+    let mut env = vars.env;
+    env.push(("TF_IN_AUTOMATION".into(), "1".into()));
+    env.push(("TF_INPUT".into(), "0".into()));
+    let mut secrets: Vec<(String, String)> = vars.var_secrets.into_iter().collect();
+    if !task.sealed_secret.is_empty() {
+        let plain = inner.host.open_sealed(&task.sealed_secret)?;
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&plain) {
+            secrets.extend(map.into_iter().map(|(k, v)| (k, text(v))));
+        }
+    }
+    env.extend(secrets.into_iter().map(|(k, v)| (format!("TF_VAR_{k}"), v)));
+    let workspace = inventory
+        .filter(|i| i.kind == "terraform-workspace")
+        .map(|i| i.inventory.trim().to_owned())
+        .filter(|w| !w.is_empty());
+    let (mut args, task_args) = exec::arguments(template, task);
+    args.extend(task_args);
+    let job = TerraformJob {
+        params: Params::from_task(&task.params),
+        workspace,
+        vars: vars.extra.into_iter().map(|(k, v)| (k, text(v))).collect(),
+        args,
+    };
+    Ok((env, job))
+}
+
+/// Moves running task `id` to `waiting_confirmation` (here or on a runner); the task, unless
+/// it was not running any more (a stop came first).
+pub(super) async fn waiting(inner: &Arc<Inner>, id: TaskId) -> Option<Task> {
+    exec::update(inner, id, |t| {
+        if t.status != TaskStatus::Running {
+            return false;
+        }
+        t.status = TaskStatus::WaitingConfirmation;
+        // No process runs while it waits.
+        t.process_group = None;
+        true
+    })
+    .await
 }
 
 /// A variable's value as text: strings as they are, anything else as JSON (which terraform
@@ -204,12 +149,9 @@ impl Run<'_> {
         stop: &mut watch::Receiver<Option<Stop>>,
         deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<i32, Outcome> {
-        let shown: Vec<&str> = std::iter::once(self.prepared.program.as_str())
-            .chain(self.prepared.prefix.iter().map(String::as_str))
-            .chain(args.iter().map(String::as_str))
-            .collect();
+        let p = self.prepared;
         self.sink
-            .line(format!("Running: {}", shown.join(" ")))
+            .line(launch::running_line(&p.program, &p.prefix, &args))
             .await;
         let status = exec::run_command(
             self.inner,
@@ -235,12 +177,7 @@ impl Run<'_> {
         stop: &mut watch::Receiver<Option<Stop>>,
         deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<(), Outcome> {
-        match self.command(args, stop, deadline).await? {
-            0 => Ok(()),
-            code => Err(Outcome::Failed(format!(
-                "Running app failed: exit status {code}"
-            ))),
-        }
+        launch::succeeded(self.command(args, stop, deadline).await?)
     }
 
     /// init, workspace, plan, then (as the params and the plan say) apply.
@@ -256,20 +193,13 @@ impl Run<'_> {
             if let Some(ws) = flow.workspace {
                 self.must(ws, stop, &mut deadline).await?;
             }
-            match self.command(flow.plan, stop, &mut deadline).await? {
-                0 => {
-                    self.sink.line("No changes: nothing to apply").await;
-                    return Ok(Outcome::Success);
-                }
-                2 => {}
-                code => {
-                    return Err(Outcome::Failed(format!(
-                        "Running app failed: exit status {code}"
-                    )));
-                }
+            let code = self.command(flow.plan, stop, &mut deadline).await?;
+            if !launch::plan_changes(code)? {
+                self.sink.line(launch::NO_CHANGES_LINE).await;
+                return Ok(Outcome::Success);
             }
             if flow.params.plan {
-                self.sink.line("Plan only: not applied").await;
+                self.sink.line(launch::PLAN_ONLY_LINE).await;
                 return Ok(Outcome::Success);
             }
             if !flow.params.auto_approve {
@@ -300,23 +230,11 @@ impl Run<'_> {
             }
             decision.send_replace(Decision::Awaiting);
         }
-        let waiting = exec::update(self.inner, self.id, |t| {
-            if t.status != TaskStatus::Running {
-                return false;
-            }
-            t.status = TaskStatus::WaitingConfirmation;
-            // No process runs while it waits.
-            t.process_group = None;
-            true
-        })
-        .await;
-        if waiting.is_none() {
+        if waiting(self.inner, self.id).await.is_none() {
             // A stop came first.
             return Err(exec::stopped(*stop.borrow()));
         }
-        self.sink
-            .line("Waiting for confirmation: confirm to apply the plan, or reject it")
-            .await;
+        self.sink.line(launch::WAITING_LINE).await;
         let mut decided = decision.subscribe();
         let confirmed = tokio::select! {
             d = decided.wait_for(|d| matches!(d, Decision::Confirmed | Decision::Rejected)) => {
@@ -340,7 +258,7 @@ impl Run<'_> {
         if running.is_none() {
             return Err(exec::stopped(*stop.borrow()));
         }
-        self.sink.line("Plan confirmed: applying").await;
+        self.sink.line(launch::CONFIRMED_LINE).await;
         Ok(())
     }
 }
@@ -350,13 +268,13 @@ mod tests {
     use super::*;
 
     fn argv(params: Params, workspace: Option<&str>) -> Flow {
-        Flow::new(
+        let job = TerraformJob {
             params,
-            workspace,
-            Path::new("/w/plan.tfplan"),
-            &[("region".into(), "eu".into())],
-            vec!["-parallelism=2".into()],
-        )
+            workspace: workspace.map(str::to_owned),
+            vars: vec![("region".into(), "eu".into())],
+            args: vec!["-parallelism=2".into()],
+        };
+        Flow::new(&job, Path::new("/w/plan.tfplan"))
     }
 
     #[test]

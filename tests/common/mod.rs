@@ -5,6 +5,7 @@
 pub mod files;
 pub mod process;
 pub mod ssh;
+pub mod terraform;
 pub mod tools;
 
 use std::net::SocketAddr;
