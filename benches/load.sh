@@ -6,6 +6,7 @@
 #   benches/load.sh            # 10 s per scenario, plus the redb commit ceiling (criterion)
 #   benches/load.sh --smoke    # 2 s per scenario, no ceiling (CI)
 #   benches/load.sh --no-ceiling   # 10 s per scenario, no ceiling (a repeat run)
+#   benches/load.sh --flood    # only the output flood (one task printing 1 M lines)
 #   FORGE_BIN=path benches/load.sh   # use an already built binary
 #
 # The launch scenario runs last: each launch queues a real task (bash), and the backlog it
@@ -17,7 +18,13 @@ DURATION=10s
 SMOKE=""
 NO_CEILING=""
 [ "${1:-}" = "--smoke" ] && DURATION=2s && SMOKE=1
+FLOOD_ONLY=""
 [ "${1:-}" = "--no-ceiling" ] && NO_CEILING=1
+[ "${1:-}" = "--flood" ] && FLOOD_ONLY=1
+# Lines the flood task prints (all stored: the server's cap is raised above it).
+flood_default=1000000
+[ -n "$SMOKE" ] && flood_default=100000
+FLOOD_LINES=${FLOOD_LINES:-$flood_default}
 command -v wrk >/dev/null || { echo "load.sh: wrk is required (.ci/install-tools.sh installs it)"; exit 1; }
 
 BIN=${FORGE_BIN:-target/release/forge}
@@ -29,10 +36,13 @@ work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 base="http://127.0.0.1:$port"
 mkdir -p "$work/repo" && printf 'true\n' > "$work/repo/run.sh"
+printf "yes 'TASK [deploy : copy configuration] ********************* ok: [web-01]' | head -n %d\n" \
+  "$FLOOD_LINES" > "$work/repo/flood.sh"
 # wrk acts as a trusted reverse proxy (loopback) so that the login storm can come from many
 # client addresses (see login.lua): one address would be throttled (429) before hashing.
 # The template's repository is a local folder: allowed under --local-repo-roots only.
 FORGE_ADMIN=admin FORGE_ADMIN_PASSWORD=changeme FORGE_LOG=warn FORGE_LOCAL_REPO_ROOTS="$work" \
+  FORGE_OUTPUT_MAX_LINES=$((FLOOD_LINES * 2)) FORGE_OUTPUT_MAX_BYTES=$((1 << 30)) \
   "$BIN" serve --listen "127.0.0.1:$port" --db "$work/forge.redb" --trusted-proxies 127.0.0.1 \
   > "$work/server.log" 2>&1 &
 server=$!
@@ -48,7 +58,37 @@ curl -sf -H "$auth" -XPOST -d "{\"name\":\"r\",\"project_id\":1,\"git_url\":\"$w
   "$base/api/project/1/repositories"
 curl -sf -H "$auth" -XPOST -d '{"name":"t","project_id":1,"app":"bash","playbook":"run.sh","repository_id":1}' \
   "$base/api/project/1/templates" >/dev/null
+curl -sf -H "$auth" -XPOST -d '{"name":"flood","project_id":1,"app":"bash","playbook":"flood.sh","repository_id":1}' \
+  "$base/api/project/1/templates" >/dev/null
 curl -sf -H "$auth" -XPOST -d '{"template_id":1}' "$base/api/project/1/tasks" >/dev/null
+
+# flood: one task printing $FLOOD_LINES lines, launch -> `success` (stored only once every line
+# is durable), polled every 10 ms; prints the time and lines/s, keeps lines/s in $flood_lps.
+flood() {
+  local start end status="" id
+  start=$(date +%s%N)
+  id=$(curl -sf -H "$auth" -XPOST -d '{"template_id":2}' "$base/api/project/1/tasks" |
+    sed -E 's/^\{"id":([0-9]+).*/\1/')
+  while :; do
+    status=$(curl -sf -H "$auth" "$base/api/project/1/tasks/$id" | sed -E 's/.*"status":"([a-z_]+)".*/\1/')
+    case $status in success | error | stopped) break ;; esac
+    sleep 0.01
+  done
+  end=$(date +%s%N)
+  local stored
+  stored=$(curl -sf -H "$auth" "$base/api/project/1/tasks/$id/output?offset=$FLOOD_LINES&limit=1")
+  [ "$status" = success ] && [ "$stored" != "[]" ] || { echo "flood task $id: $status, $stored"; exit 1; }
+  flood_lps=$(awk -v n="$FLOOD_LINES" -v ns=$((end - start)) 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
+  printf '%-40s %10s lines/s  (%d lines in %d ms, load %s)\n' "output flood, launch -> success" \
+    "$flood_lps" "$FLOOD_LINES" $(((end - start) / 1000000)) "$(cut -d' ' -f1 /proc/loadavg)"
+}
+if [ -n "$FLOOD_ONLY" ]; then
+  echo "idle RSS: ${idle_rss} kB"
+  for _ in 1 2 3; do flood; done
+  # What the writer did (all three floods): commits, and their total time.
+  curl -sf -H "$auth" "$base/api/metrics" | grep -E '^forge_store_commit_(latency|batch_size)_seconds_(sum|count)|^forge_store_commit.*(_sum|_count) |^forge_output'
+  exit 0
+fi
 
 cat > "$work/launch.lua" <<LUA
 wrk.method = "POST"
@@ -92,6 +132,7 @@ echo "Forge load benchmark: $DURATION per scenario, wrk -t2, on $(nproc) cores (
 run "GET /api/ping" 64 "$base/api/ping";                                   ping=$rps
 run "Bearer GET /api/user" 64 -H "$auth" "$base/api/user";                 user=$rps
 run "Bearer GET /api/project/1/tasks/last" 64 -H "$auth" "$base/api/project/1/tasks/last"; last=$rps
+flood
 run "POST /api/auth/login (scrypt 17, many addresses)" 16 -s "$work/login.lua" "$base/api/auth/login"
 wrk -t1 -c16 -d"$DURATION" -s "$work/login.lua" "$base/api/auth/login" >/dev/null &
 storm=$!
@@ -141,14 +182,15 @@ if [ -z "$SMOKE$NO_CEILING" ]; then
 fi
 
 echo
-awk -v p="$ping" -v u="$user" -v t="$last" -v d="$during" -v l="$launch" -v c="$ceiling" 'BEGIN {
+awk -v p="$ping" -v u="$user" -v f="$flood_lps" -v t="$last" -v d="$during" -v l="$launch" -v c="$ceiling" 'BEGIN {
   printf "Bearer GET /api/user / ping:                 %.2f (target >= 0.85)\n", u / p
   printf "Bearer GET /api/project/1/tasks/last / ping: %.2f (target >= 0.6)\n", t / p
   printf "Bearer during login storm / without:         %.2f (target >= 0.4)\n", d / u
+  printf "output flood, lines/s launch -> success:      %.0f (target >= 800000)\n", f
   if (c > 0)
     printf "durable launches/s / redb commit ceiling:    %.0f / %.0f = %.2f (target >= 2)\n", l, c, l / c
   else
     printf "durable launches/s at 64 connections:        %.0f (ceiling not measured)\n", l
 }'
-echo "idle RSS: ${idle_rss} kB; peak RSS (VmHWM) before the launches (logins): ${peak_rss} kB"
+echo "idle RSS: ${idle_rss} kB (target < 8192); peak RSS (VmHWM) before the launches (logins): ${peak_rss} kB"
 echo "RSS before the launch scenario: ${pre_launch_rss} kB; peak during it: ${launch_rss} kB (target < 65536)"

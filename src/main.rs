@@ -13,6 +13,9 @@ use forge::config::{DEFAULT_DB, LogFormat};
 use forge::service::{NewUserInput, Services};
 use forge::store::{self, Store};
 use forge::{App, Config};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(name = "forge", version = forge::VERSION, about = "Self-hosted automation server")]
@@ -123,24 +126,31 @@ fn main() -> ExitCode {
         Command::Serve(config) => config.log_format,
         _ => LogFormat::Text,
     };
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FORGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
+    // `FORGE_LOG` as `Targets` (`info`, `warn,forge=debug`): the same directives people set,
+    // without `EnvFilter`'s regex engine, which compiled its patterns at every start (code
+    // and memory an idle server kept resident).
+    let filter = std::env::var("FORGE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
         // Colours only for a person at a terminal: a log file gets plain text.
-        LogFormat::Text => log
-            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        LogFormat::Text => registry
+            .with(log.with_ansi(
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            ))
             .init(),
         // One object per line, the event's fields at the top level (as log shippers index
         // them), no span context (Forge logs no spans).
-        LogFormat::Json => log
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(
+                log.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
             .init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -214,7 +214,7 @@ fn report(what: &str, result: store::Result<Pruned>) {
 /// batch under way is one transaction, so it commits whole or not at all).
 pub async fn run(
     retention: Arc<Retention>,
-    live: tokio::sync::broadcast::Receiver<LiveEvent>,
+    live: tokio::sync::broadcast::Receiver<Arc<LiveEvent>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -248,11 +248,11 @@ pub async fn run(
                     Some(live) => live.recv().await,
                     None => Err(RecvError::Closed),
                 }
-            }, if live.is_some() => match event {
+            }, if live.is_some() => match event.as_deref() {
                 Ok(LiveEvent::Update { project_id, template_id, status, .. })
                     if status.is_finished() =>
                 {
-                    finished.insert((project_id, template_id));
+                    finished.insert((*project_id, *template_id));
                     due.get_or_insert_with(|| tokio::time::Instant::now() + SOON);
                 }
                 Ok(_) => {}

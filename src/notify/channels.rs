@@ -99,7 +99,10 @@ pub struct Channels {
     telegram: Option<Telegram>,
     webhook: Option<Webhook>,
     email: Option<Email>,
-    http: HttpClient,
+    /// Built only when a channel posts over HTTP (or a CA file is given): loading and
+    /// parsing the system's root certificates costs start-up time and memory that a server
+    /// without alerts does not need.
+    http: Option<HttpClient>,
     web_host: String,
     timeout: Duration,
 }
@@ -155,7 +158,6 @@ impl Channels {
             None => Vec::new(),
         };
         let timeout = Duration::from_secs(config.alert_timeout_secs);
-        let http = HttpClient::new(tls_config(&extra)?, timeout);
         let slack = secret(
             config.alert_slack_url.as_ref(),
             config.alert_slack_url_file.as_ref(),
@@ -203,6 +205,12 @@ impl Channels {
                 })
             })
             .transpose()?;
+        let posts = slack.is_some() || teams.is_some() || telegram.is_some() || webhook.is_some();
+        let http = if posts || !extra.is_empty() {
+            Some(HttpClient::new(tls_config(&extra)?, timeout))
+        } else {
+            None
+        };
         let email = match config.alert_smtp_host.as_deref().map(str::trim) {
             Some(host) if !host.is_empty() => Some(email(config, host, &extra, timeout)?),
             _ => None,
@@ -255,10 +263,17 @@ impl Channels {
             .unwrap_or_else(|_| Err(format!("no answer within {} s", self.timeout.as_secs())))
     }
 
+    /// The HTTP client; there is one whenever a channel that posts is configured.
+    fn http(&self) -> Result<&HttpClient, String> {
+        self.http
+            .as_ref()
+            .ok_or_else(|| "not configured".to_owned())
+    }
+
     async fn slack(&self, m: &Message<'_>) -> Result<(), String> {
         let url = self.slack.as_deref().ok_or("not configured")?;
         let body = json!({ "text": m.text() });
-        self.http
+        self.http()?
             .post_json(url, &[], body.to_string().into_bytes())
             .await?;
         Ok(())
@@ -280,7 +295,7 @@ impl Channels {
             "title": m.subject(),
             "text": text,
         });
-        self.http
+        self.http()?
             .post_json(url, &[], body.to_string().into_bytes())
             .await?;
         Ok(())
@@ -301,7 +316,7 @@ impl Channels {
             "disable_web_page_preview": true,
         });
         let answer = self
-            .http
+            .http()?
             .post_json(&url, &[], body.to_string().into_bytes())
             .await
             .map_err(|e| e.replace(&bot.token, "<token>"))?;
@@ -327,7 +342,7 @@ impl Channels {
         if let Some(key) = &hook.key {
             headers.push((SIGNATURE_HEADER, signature(key, &body)));
         }
-        self.http.post_json(&hook.url, &headers, body).await?;
+        self.http()?.post_json(&hook.url, &headers, body).await?;
         Ok(())
     }
 

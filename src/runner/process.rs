@@ -70,7 +70,12 @@ fn read_lines(mut reader: impl Read, lines: &mpsc::Sender<Chunk>) {
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         chunk.push(Line {
             time_us,
-            text: String::from_utf8_lossy(bytes).into_owned(),
+            // Valid UTF-8 (nearly every line) is checked by the fast validator alone;
+            // only a line that fails it is walked again to replace the bad bytes.
+            text: match std::str::from_utf8(bytes) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+            },
         });
     };
     loop {

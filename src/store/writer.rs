@@ -127,12 +127,17 @@ where
     }
 
     fn answer(self: Box<Self>, committed: std::result::Result<(), Failure>) {
-        let out = match (committed, self.out) {
+        let Request { f, out, reply, .. } = *self;
+        // What the write captured goes before the caller hears back: data the caller shares
+        // (a batch of output lines it publishes next) is then freed by the caller, off the
+        // writer thread, instead of by whichever side happens to drop it last.
+        drop(f);
+        let out = match (committed, out) {
             (Ok(()), Some(out)) => out,
             (Ok(()), None) => Err(E::from(Error::Write("the write never ran".into()))),
             (Err(e), _) => Err(E::from(e.error())),
         };
-        self.reply.send(out);
+        reply.send(out);
     }
 }
 

@@ -407,9 +407,9 @@ fn follow(req: &Req, task: Task, offset: u64) -> hyper::Response<body::Body> {
                         continue;
                     }
                 };
-                match event {
+                match event.as_deref() {
                     Ok(LiveEvent::Log { task_id, .. } | LiveEvent::Update { task_id, .. })
-                        if task_id == task.id =>
+                        if *task_id == task.id =>
                     {
                         break;
                     }

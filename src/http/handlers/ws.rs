@@ -124,7 +124,7 @@ async fn serve<S>(
     services: &Services,
     user: User,
     mut caller: LiveCaller,
-    mut live: tokio::sync::broadcast::Receiver<LiveEvent>,
+    mut live: tokio::sync::broadcast::Receiver<Arc<LiveEvent>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
