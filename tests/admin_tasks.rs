@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use common::git::git;
 use std::time::Duration;
 
 use common::{Client, TestServer, at, id_of, new_project, ok_json};
@@ -104,22 +103,6 @@ async fn wait_line(a: &Client, p: u64, t: u64, line: &str) {
         assert!(Instant::now() < deadline, "task {t}: no {line:?} in {out}");
         sleep(Duration::from_millis(30)).await;
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c"])
-        .arg("commit.gpgsign=false")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

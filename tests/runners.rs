@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::git::git as git_in;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -988,19 +989,6 @@ async fn remote_output_is_capped_in_bytes_like_local_output() {
     assert!(stored <= CAP, "{stored} bytes stored before the marker");
     let lines = text.iter().filter(|l| l.starts_with("line ")).count();
     assert!(lines > 10 && lines < 500, "{lines} app lines kept");
-}
-
-fn git_in(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        common::tools::show(&out)
-    );
 }
 
 /// Host key pinning on a runner, as on the server: the first checkout over ssh pins the SSH

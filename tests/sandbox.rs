@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::git::git;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +17,7 @@ use common::process::ServerProcess;
 use common::tools::landlock as landlock_here;
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, new_project, ok_json};
 use forge::sandbox::Mode;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::{Instant, sleep};
 
 /// The project's `None` key.
@@ -48,25 +49,6 @@ async fn add_repo(a: &Client, p: u64, name: &str, url: &str, branch: &str) -> u6
         .map_or_else(|| panic!("no repository {name} in {list}"), id_of)
 }
 
-/// Adds a template running `script` of `repo` with `app` (asserting 201); `extra` adds fields.
-async fn add_template(
-    a: &Client,
-    p: u64,
-    name: &str,
-    repo: u64,
-    script: &str,
-    extra: Value,
-) -> u64 {
-    let mut body = json!({"name": name, "project_id": p, "app": "bash", "playbook": script,
-                          "repository_id": repo});
-    for (k, v) in extra.as_object().expect("an object") {
-        body[k] = v.clone();
-    }
-    let r = a.post(&at(p, "templates"), body).await;
-    assert_eq!(r.status, 201, "POST templates: {}", r.text());
-    id_of(&r.json())
-}
-
 /// Launches `template`, waits until it ends; returns its status and output lines.
 async fn run(a: &Client, p: u64, template: u64) -> (String, Vec<String>) {
     let r = a
@@ -91,28 +73,6 @@ async fn run(a: &Client, p: u64, template: u64) -> (String, Vec<String>) {
         assert!(Instant::now() < deadline, "task {t} never ended: {task}");
         sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Runs git in `dir` with a test identity; panics on failure.
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        common::tools::show(&out)
-    );
 }
 
 /// A bare repository at `<top>/origin.git` whose `main` holds `files`; its `file://` URL.
@@ -182,7 +142,7 @@ async fn a_task_cannot_read_the_db_the_key_or_another_tasks_workspace() {
         &[("leave.sh", "echo secret-of-a > marker.txt\necho left\n")],
     );
     let clone = add_repo(&a, p, "bare", &url, "main").await;
-    let leave = add_template(&a, p, "leave", clone, "leave.sh", json!({})).await;
+    let leave = common::bash_template(&a, p, "leave", clone, "leave.sh", json!({})).await;
     let (status, out) = run(&a, p, leave).await;
     assert_eq!(status, "success", "{out:#?}");
     assert!(
@@ -203,7 +163,7 @@ async fn a_task_cannot_read_the_db_the_key_or_another_tasks_workspace() {
     let script = probe_script(&[&db, &key, &other], &outside, std::process::id());
     std::fs::write(local.join("probe.sh"), script).unwrap();
     let repo = add_repo(&a, p, "local", local.to_str().unwrap(), "").await;
-    let probe = add_template(&a, p, "probe", repo, "probe.sh", json!({})).await;
+    let probe = common::bash_template(&a, p, "probe", repo, "probe.sh", json!({})).await;
     let (status, out) = run(&a, p, probe).await;
     assert_eq!(status, "success", "{out:#?}");
     for f in [&db, &key, &other] {
@@ -237,7 +197,7 @@ async fn sandbox_off_lets_a_task_read_what_the_server_can() {
     let db = s.db_path();
     std::fs::write(local.join("probe.sh"), probe_script(&[&db], &outside, 1)).unwrap();
     let repo = add_repo(&a, p, "local", local.to_str().unwrap(), "").await;
-    let probe = add_template(&a, p, "probe", repo, "probe.sh", json!({})).await;
+    let probe = common::bash_template(&a, p, "probe", repo, "probe.sh", json!({})).await;
     let (status, out) = run(&a, p, probe).await;
     assert_eq!(status, "success", "{out:#?}");
     assert!(has(&out, &["READ", &db.display().to_string()]), "{out:#?}");
@@ -304,7 +264,7 @@ async fn local_repositories_only_under_the_allowed_roots() {
         assert!(text.contains(message), "{what}: {url}: {text}");
     }
     let repo = add_repo(&a, p, "app", root.join("app").to_str().unwrap(), "").await;
-    let tpl = add_template(&a, p, "app", repo, "run.sh", json!({})).await;
+    let tpl = common::bash_template(&a, p, "app", repo, "run.sh", json!({})).await;
     let (status, out) = run(&a, p, tpl).await;
     assert_eq!(status, "success", "{out:#?}");
     assert!(has(&out, &["ran-locally"]), "{out:#?}");
@@ -331,8 +291,8 @@ async fn ansible_variables_in_a_task_only_where_the_template_allows_them() {
     let a = s.admin().await;
     let p = new_project(&a, "vars").await;
     let repo = add_repo(&a, p, "local", top_path.to_str().unwrap(), "").await;
-    let strict = add_template(&a, p, "strict", repo, "run.sh", json!({})).await;
-    let open = add_template(
+    let strict = common::bash_template(&a, p, "strict", repo, "run.sh", json!({})).await;
+    let open = common::bash_template(
         &a,
         p,
         "open",
@@ -438,7 +398,7 @@ async fn an_ansible_playbook_runs_inside_the_sandbox() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let inv = id_of(&r.json());
-    let tpl = add_template(
+    let tpl = common::bash_template(
         &a,
         p,
         "play",
@@ -538,7 +498,7 @@ async fn tasks_run_as_the_task_user() {
     let a = s.admin().await;
     let p = new_project(&a, "as-user").await;
     let repo = add_repo(&a, p, "bare", &url, "main").await;
-    let tpl = add_template(&a, p, "who", repo, "who.sh", json!({})).await;
+    let tpl = common::bash_template(&a, p, "who", repo, "who.sh", json!({})).await;
     let (status, out) = run(&a, p, tpl).await;
     assert_eq!(status, "success", "{out:#?}");
     assert!(has(&out, &[&format!("uid={uid}")]), "{out:#?}");

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::git::git;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -579,17 +580,6 @@ async fn kill_9_during_firing_never_duplicates_an_occurrence() {
         tasks.len()
     );
     server.stop();
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A schedule with `repository_id` polls the branch head (`git ls-remote`) at each

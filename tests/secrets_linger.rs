@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::git::git;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -130,21 +131,6 @@ fn serve(mut conn: std::net::TcpStream, root: &Path, gate: &Gate, seen: &Mutex<V
 fn basic(login: &str, password: &str) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
     format!("Basic {token}")
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A bare repository `<root>/<name>.git` (branch `main`) holding `files`, ready for dumb HTTP.

@@ -15,6 +15,7 @@
 
 mod common;
 
+use common::git::git;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -481,19 +482,6 @@ const KEY_MATERIAL: &str = "FORGE-SHUTDOWN-TEST-KEY-MATERIAL-5c1d9e";
 const VAULT_PASSWORD: &str = "forge-shutdown-vault-password-77a3";
 const VAR_SECRET: &str = "forge-shutdown-var-secret-19bf";
 const BECOME_PASSWORD: &str = "forge-shutdown-become-password-4e02";
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_leaves_no_secret_file_after_the_restart() {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::git::git;
 use common::{at, id_of, new_project};
 
 use common::process::ServerProcess;
@@ -71,25 +72,6 @@ async fn add_repo(a: &Client, p: u64, name: &str, url: &str, branch: &str) -> u6
     id_by_name(a, &at(p, "repositories"), name).await
 }
 
-/// A bash template; `extra` adds or overrides fields of the body.
-async fn add_template(
-    a: &Client,
-    p: u64,
-    name: &str,
-    repo: u64,
-    script: &str,
-    extra: Value,
-) -> u64 {
-    let mut body = json!({"name": name, "project_id": p, "app": "bash", "playbook": script,
-                          "repository_id": repo});
-    for (k, v) in extra.as_object().expect("extra is an object") {
-        body[k] = v.clone();
-    }
-    let r = a.post(&at(p, "templates"), body).await;
-    assert_eq!(r.status, 201, "POST templates: {}", r.text());
-    id_of(&r.json())
-}
-
 fn write_script(dir: &Path, name: &str, body: &str) {
     std::fs::write(dir.join(name), body).expect("write script");
 }
@@ -116,7 +98,9 @@ impl Setup {
         let repo = add_repo(a, p, "local", &url, "").await;
         let mut tpls = Vec::new();
         for (name, _) in scripts {
-            tpls.push(add_template(a, p, name, repo, &format!("{name}.sh"), json!({})).await);
+            tpls.push(
+                common::bash_template(a, p, name, repo, &format!("{name}.sh"), json!({})).await,
+            );
         }
         Self { p, repo, tpls, dir }
     }
@@ -215,29 +199,6 @@ fn server_head(t: u64, template: &str) -> Vec<String> {
 
 fn owned(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// Runs `git` (with an identity and no signing) in `dir`; panics on failure; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Pids of the live (non-zombie) processes in process group `pgid`.
@@ -387,7 +348,7 @@ async fn git_repository_is_cloned_then_fetched_and_the_output_keeps_order() {
     let first_commit = git(up, &["rev-parse", "HEAD"]);
     let url = format!("file://{}", up.display());
     let repo = add_repo(&a, p, "upstream", &url, "main").await;
-    let tpl = add_template(&a, p, "from-git", repo, "run.sh", json!({})).await;
+    let tpl = common::bash_template(&a, p, "from-git", repo, "run.sh", json!({})).await;
 
     let t1 = launch(&a, p, tpl).await;
     let task = wait_finished(&a, p, t1, Duration::from_secs(30)).await;
@@ -474,7 +435,7 @@ async fn a_relative_db_path_still_clones() {
     let p = new_project(&a, "Relative").await;
     let url = format!("file://{}", up.display());
     let repo = add_repo(&a, p, "upstream", &url, "main").await;
-    let tpl = add_template(&a, p, "rel", repo, "run.sh", json!({})).await;
+    let tpl = common::bash_template(&a, p, "rel", repo, "run.sh", json!({})).await;
     let t = launch(&a, p, tpl).await;
     let task = wait_finished(&a, p, t, Duration::from_secs(30)).await;
     let out = lines(&a, p, t).await;
@@ -596,7 +557,7 @@ async fn exit_status_variables_arguments_and_a_minimal_environment() {
         .await;
     assert_eq!(r.status, 204, "{}", r.text());
     let env = id_by_name(&a, &at(p, "environment"), "vars").await;
-    let with_args = add_template(
+    let with_args = common::bash_template(
         &a,
         p,
         "with-args",
@@ -606,7 +567,7 @@ async fn exit_status_variables_arguments_and_a_minimal_environment() {
                "allow_override_args_in_task": true}),
     )
     .await;
-    let no_override = add_template(
+    let no_override = common::bash_template(
         &a,
         p,
         "no-override",
@@ -895,7 +856,7 @@ async fn task_json_lists_and_refused_launches() {
     // Bad launches: 400 and nothing stored.
     let q = new_project(&a, "Elsewhere").await;
     let q_repo = add_repo(&a, q, "local", setup.path().to_str().unwrap(), "").await;
-    let foreign = add_template(&a, q, "foreign", q_repo, "ok.sh", json!({})).await;
+    let foreign = common::bash_template(&a, q, "foreign", q_repo, "ok.sh", json!({})).await;
     let bad: Vec<(&str, Value)> = vec![
         ("no template_id", json!({})),
         ("template_id 0", json!({"template_id": 0})),
@@ -1199,7 +1160,7 @@ async fn a_stop_during_the_clone_is_honoured() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/repo.git", listener.local_addr().unwrap());
     let repo = add_repo(&a, p, "hanging", &url, "main").await;
-    let tpl = add_template(&a, p, "hangs", repo, "run.sh", json!({})).await;
+    let tpl = common::bash_template(&a, p, "hangs", repo, "run.sh", json!({})).await;
     let t = launch(&a, p, tpl).await;
     let (mut conn, _) = timeout(Duration::from_secs(30), listener.accept())
         .await
@@ -1344,7 +1305,7 @@ async fn tasks_running_too_long_are_killed() {
     )
     .await;
     let p = setup.p;
-    let own = add_template(
+    let own = common::bash_template(
         &a,
         p,
         "own-limit",
@@ -1353,7 +1314,7 @@ async fn tasks_running_too_long_are_killed() {
         json!({"max_duration_secs": 1}),
     )
     .await;
-    let longer = add_template(
+    let longer = common::bash_template(
         &a,
         p,
         "longer-limit",

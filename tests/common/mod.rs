@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod files;
+pub mod git;
 pub mod process;
 pub mod ssh;
 pub mod terraform;
@@ -96,6 +97,26 @@ pub async fn open_webhook(a: &Client, p: u64, name: &str, template: u64) -> (u64
     assert_eq!(r.status, 201, "create alias: {}", r.text());
     let alias = r.json()["alias"].as_str().expect("alias").to_owned();
     (hook, alias)
+}
+
+/// Adds a bash template running `script` of repository `repo` (asserting 201); `extra` adds or
+/// overrides fields of the body. Returns its id.
+pub async fn bash_template(
+    a: &Client,
+    p: u64,
+    name: &str,
+    repo: u64,
+    script: &str,
+    extra: Value,
+) -> u64 {
+    let mut body = serde_json::json!({"name": name, "project_id": p, "app": "bash",
+                                      "playbook": script, "repository_id": repo});
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        body[k] = v.clone();
+    }
+    let r = a.post(&at(p, "templates"), body).await;
+    assert_eq!(r.status, 201, "POST templates: {}", r.text());
+    id_of(&r.json())
 }
 
 /// GET `path`, asserting 200, as JSON.
