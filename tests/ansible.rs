@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::id_by_name;
 use common::{at, id_of, ok_json};
 
 use common::process::ServerProcess;
@@ -28,17 +29,6 @@ fn start_server(db: &Path, ansible_dir: &Path) -> ServerProcess {
     .expect("PATH");
     let path = path.to_str().expect("PATH is UTF-8").to_owned();
     ServerProcess::start(db, &[("PATH", path.as_str())])
-}
-
-async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
-    let items = ok_json(c, path).await;
-    let hit = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no {name:?} in {path}: {items}"));
-    id_of(hit)
 }
 
 /// `localhost` over the local connection. Modules run with the Python that runs

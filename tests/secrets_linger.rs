@@ -15,6 +15,7 @@
 mod common;
 
 use common::git::git;
+use common::id_by_name;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -196,17 +197,6 @@ async fn login(server: &ServerProcess) -> Client {
     let mut a = server.client();
     assert_eq!(a.login(ADMIN, ADMIN_PASSWORD).await.status, 204);
     a
-}
-
-async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
-    let items = ok_json(c, path).await;
-    let hit = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no {name:?} in {path}: {items}"));
-    id_of(hit)
 }
 
 async fn add_key(a: &Client, p: u64, name: &str, body: Value) -> u64 {

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::id_by_name;
 use common::process::ServerProcess;
 use common::tools;
 use common::{ADMIN, ADMIN_PASSWORD, Client, at, id_of, ok_json};
@@ -50,17 +51,6 @@ async fn created(c: &Client, path: &str, body: Value, status: u16) -> Option<Val
     let r = c.post(path, body).await;
     assert_eq!(r.status, status, "POST {path}: {}", r.text());
     (status == 201).then(|| r.json())
-}
-
-async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
-    let items = ok_json(c, path).await;
-    let hit = items
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no {name:?} in {path}: {items}"));
-    id_of(hit)
 }
 
 /// One of everything the spec's paths name, so schemathesis (and the spec's examples, which

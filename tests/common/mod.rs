@@ -119,6 +119,19 @@ pub async fn bash_template(
     id_of(&r.json())
 }
 
+/// The id of the first item named `name` in the list at `path` (asserting 200; panics with
+/// the list when there is none).
+pub async fn id_by_name(c: &Client, path: &str, name: &str) -> u64 {
+    let items = ok_json(c, path).await;
+    let hit = items
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} in {path}: {items}"));
+    id_of(hit)
+}
+
 /// GET `path`, asserting 200, as JSON.
 pub async fn ok_json(c: &Client, path: &str) -> Value {
     let r = c.get(path).await;
