@@ -25,7 +25,7 @@ use std::time::Duration;
 use common::process::{FORGE, ServerProcess};
 use common::{ADMIN, ADMIN_PASSWORD, Client, TestServer, at, id_of, new_project, ok_json};
 use forge::store::tables;
-use redb::{ReadOnlyDatabase, ReadableDatabase, ReadableTableMetadata};
+use redb::{ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -203,8 +203,18 @@ async fn backup_during_a_launch_storm_restores_every_acknowledged_task() {
         let file = ReadOnlyDatabase::open(&db).expect("the backup is a redb file");
         assert!(row_count(&file, tables::PROJECT_TEMPLATE) >= 2);
         let tx = file.begin_read().expect("read");
-        let output = tx.open_table(tables::TASK_OUTPUT).expect("output");
-        assert!(output.len().expect("len") >= 3 * 40_000);
+        let output = tx.open_table(tables::OUTPUT_CHUNK).expect("output");
+        let lines: usize = output
+            .iter()
+            .expect("chunks")
+            .map(|row| {
+                let chunk = row.expect("chunk").1;
+                forge::store::output::decode_chunk(chunk.value())
+                    .expect("a chunk")
+                    .len()
+            })
+            .sum();
+        assert!(lines >= 3 * 40_000, "{lines} lines");
     }
 
     // Without its key file the restored server refuses to start (secrets would not open).

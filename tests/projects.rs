@@ -577,7 +577,7 @@ fn scan(db: &Path) -> Scan {
     out.task_projects = task_projects;
     out.active_tasks = keys!(tx, tables::ACTIVE_TASK);
     out.template_tasks = keys!(tx, tables::TEMPLATE_TASK);
-    let output: Vec<(u64, u64)> = keys!(tx, tables::TASK_OUTPUT);
+    let output: Vec<(u64, u64)> = keys!(tx, tables::OUTPUT_CHUNK);
     out.output_tasks = output.into_iter().map(|(task, _)| task).collect();
     out
 }

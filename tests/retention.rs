@@ -149,8 +149,8 @@ fn scan(db: &Path) -> Rows {
         .map(|r| r.unwrap().0.value().2)
         .collect();
     let output = tx
-        .open_table(tables::TASK_OUTPUT)
-        .expect("task_output")
+        .open_table(tables::OUTPUT_CHUNK)
+        .expect("task_output_chunks")
         .iter()
         .unwrap()
         .map(|r| r.unwrap().0.value().0)

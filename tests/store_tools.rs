@@ -46,7 +46,7 @@ fn check_passes_a_sound_file_and_reports_a_damaged_one() {
     let report = text(&out);
     for line in [
         "users ",
-        "task_output ",
+        "task_output_chunks ",
         "sealed secrets opened",
         "no problems found",
     ] {
@@ -62,11 +62,11 @@ fn check_passes_a_sound_file_and_reports_a_damaged_one() {
                 .open_table(forge::store::tables::USERNAME_USERID)
                 .expect("index");
             assert!(names.remove("manager").expect("remove").is_some());
-            let line = forge::store::codec::encode(&forge::model::OutputLine {
+            let line = forge::store::codec::encode(&vec![forge::model::OutputLine {
                 time_us: 0,
                 text: "left behind".into(),
-            });
-            tx.open_table(forge::store::tables::TASK_OUTPUT)
+            }]);
+            tx.open_table(forge::store::tables::OUTPUT_CHUNK)
                 .expect("output")
                 .insert((999, 0), line.as_slice())
                 .expect("insert");
@@ -121,22 +121,23 @@ async fn compact_shrinks_a_file_with_deleted_records_and_keeps_the_rest() {
     drop(server.stop());
     {
         let file = redb::Database::create(&db).expect("open");
-        let line = forge::store::codec::encode(&forge::model::OutputLine {
+        let line = forge::model::OutputLine {
             time_us: 0,
             text: "x".repeat(500),
-        });
+        };
+        let chunk = forge::store::codec::encode(&vec![line; 10]);
         let tx = file.begin_write().expect("write");
         {
             let mut out = tx
-                .open_table(forge::store::tables::TASK_OUTPUT)
+                .open_table(forge::store::tables::OUTPUT_CHUNK)
                 .expect("output");
-            for n in 1000..11_000 {
-                out.insert((1, n), line.as_slice()).expect("insert");
+            for n in (1000..11_000).step_by(10) {
+                out.insert((1, n), chunk.as_slice()).expect("insert");
             }
         }
         tx.commit().expect("commit");
         let tx = file.begin_write().expect("write");
-        tx.open_table(forge::store::tables::TASK_OUTPUT)
+        tx.open_table(forge::store::tables::OUTPUT_CHUNK)
             .expect("output")
             .retain(|(_, n), _| n < 1000)
             .expect("delete");

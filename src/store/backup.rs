@@ -181,7 +181,7 @@ fn copy_tables(c: &mut Copy<'_>) -> Result<(), SnapshotError> {
     c.table(tables::TASKID_PROJECT)?;
     c.table(tables::ACTIVE_TASK)?;
     c.table(tables::TEMPLATE_TASK)?;
-    c.table(tables::TASK_OUTPUT)?;
+    c.table(tables::OUTPUT_CHUNK)?;
     c.table(tables::PURGE_TASK)?;
     c.table(tables::ALIASHASH_ALIAS)?;
     c.table(tables::INTEGRATION_DELIVERY)?;

@@ -12,16 +12,17 @@ use redb::{Database, Key, ReadableTable, TableDefinition, Value, WriteTransactio
 use serde::de::DeserializeOwned;
 
 use super::tables::{
-    ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, PROJECT_BUILDVERSION,
-    PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY,
-    PROJECT_TASK, PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT, PROJECTUSER_ROLE, PURGE_TASK,
-    SESSIONHASH_SESSION, SETTINGS, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, TOKENHASH_TOKEN,
-    USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID, USERPROJECT,
+    ACTIVE_TASK, ADMIN_USERID, EMAIL_USERID, EVENTID_EVENT, META, OUTPUT_CHUNK,
+    PROJECT_BUILDVERSION, PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY, PROJECT_KEY,
+    PROJECT_REPOSITORY, PROJECT_TASK, PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT,
+    PROJECTUSER_ROLE, PURGE_TASK, SESSIONHASH_SESSION, SETTINGS, TASKID_PROJECT, TEMPLATE_TASK,
+    TOKENHASH_TOKEN, USERID_SESSIONHASH, USERID_TOKENHANDLE, USERID_USER, USERNAME_USERID,
+    USERPROJECT,
 };
-use super::{Error, Result, codec, migrate};
+use super::{Error, Result, codec, migrate, output};
 use crate::model::{
-    AccessKey, ApiToken, BuildVersion, Environment, Event, Inventory, KeySecret, OutputLine,
-    Project, Repository, Session, Task, Template, User, View,
+    AccessKey, ApiToken, BuildVersion, Environment, Event, Inventory, KeySecret, Project,
+    Repository, Session, Task, Template, User, View,
 };
 
 /// The `SETTINGS` row holding the server key's sealed check value (written by
@@ -788,23 +789,53 @@ fn check_tasks(
         ));
     }
 
-    // Output may be millions of rows: streamed, never held.
+    // Output may be millions of chunks: streamed, never held. A task's chunks must follow
+    // each other from line 0 without gap or overlap (a purging task's may start later).
     let mut orphans: HashMap<u64, u64> = HashMap::new();
-    let mut undecodable = Tally::new("task_output");
+    let mut undecodable = Tally::new("task_output_chunks");
+    let mut broken = Tally::new("task_output_chunks");
     let mut bad = Vec::new();
-    let n = each(tx, TASK_OUTPUT, |(task, line), bytes| {
-        if !by_id.contains(&task) && !purging.contains(&task) {
-            *orphans.entry(task).or_default() += 1;
+    let mut gaps = Vec::new();
+    let mut lines = 0;
+    // The task of the previous chunk and the line its next chunk must start at (unknown
+    // after a chunk that did not decode).
+    let mut next: Option<(u64, Option<u64>)> = None;
+    let n = each(tx, OUTPUT_CHUNK, |(task, first), bytes| {
+        let len = match output::decode_chunk(bytes) {
+            Ok(chunk) => Some(chunk.len() as u64),
+            Err(e) => {
+                bad.push(format!("task_output_chunks[{task}, {first}]: {e}"));
+                None
+            }
+        };
+        let count = len.unwrap_or(1);
+        lines += count;
+        let exists = by_id.contains(&task);
+        if !exists && !purging.contains(&task) {
+            *orphans.entry(task).or_default() += count;
         }
-        if let Err(e) = codec::decode::<OutputLine>(bytes) {
-            bad.push(format!("task_output[{task}, {line}]: {e}"));
+        let expected = match next {
+            Some((t, at)) if t == task => at,
+            _ => exists.then_some(0),
+        };
+        if let Some(at) = expected.filter(|&at| at != first) {
+            gaps.push(format!(
+                "task_output_chunks[{task}, {first}]: task {task}'s output should go on at \
+                 line {at}"
+            ));
         }
+        next = Some((task, len.map(|l| first + l)));
     })?;
     for text in bad {
         undecodable.add(report, text);
     }
     undecodable.finish(report);
-    report.counts.push(("task_output", n));
+    for text in gaps {
+        broken.add(report, text);
+    }
+    broken.finish(report);
+    report.counts.push(("task_output_chunks", n));
+    report.counts.push(("output lines", lines));
     let mut orphans: Vec<_> = orphans.into_iter().collect();
     orphans.sort_unstable();
     for (task, lines) in orphans.iter().take(LIST_AT_MOST) {
@@ -948,7 +979,7 @@ fn check_secrets(
 mod tests {
     #![allow(clippy::many_single_char_names)]
     use super::*;
-    use crate::model::{KeyKind, TaskStatus};
+    use crate::model::{KeyKind, OutputLine, TaskStatus};
     use crate::service::secrets::Cipher;
     use std::path::PathBuf;
 
@@ -1097,9 +1128,9 @@ mod tests {
                 time_us: 0,
                 text: "hi".into(),
             };
-            tx.open_table(TASK_OUTPUT)
+            tx.open_table(OUTPUT_CHUNK)
                 .unwrap()
-                .insert((5, 0), codec::encode(&line).as_slice())
+                .insert((5, 0), codec::encode(&vec![line.clone(), line]).as_slice())
                 .unwrap();
             let mut meta = tx.open_table(META).unwrap();
             for (c, n) in [
@@ -1143,7 +1174,8 @@ mod tests {
         assert_eq!(report.secrets_opened, 1);
         let count = |t| report.counts.iter().find(|(n, _)| *n == t).unwrap().1;
         assert_eq!(count("users"), 1);
-        assert_eq!(count("task_output"), 1);
+        assert_eq!(count("task_output_chunks"), 1);
+        assert_eq!(count("output lines"), 2);
         assert!(report.to_string().contains("no problems found"));
     }
 
@@ -1234,18 +1266,47 @@ mod tests {
             (
                 "output of a missing task",
                 |tx| {
-                    let line = codec::encode(&OutputLine {
+                    let line = codec::encode(&vec![OutputLine {
                         time_us: 0,
                         text: "x".into(),
-                    });
+                    }]);
                     drop(
-                        tx.open_table(TASK_OUTPUT)
+                        tx.open_table(OUTPUT_CHUNK)
                             .unwrap()
                             .insert((99, 0), line.as_slice())
                             .unwrap(),
                     );
                 },
                 "task_output: 1 line(s) of task 99, which does not exist",
+            ),
+            (
+                "a gap in a task's output",
+                |tx| {
+                    let line = codec::encode(&vec![OutputLine {
+                        time_us: 0,
+                        text: "x".into(),
+                    }]);
+                    drop(
+                        tx.open_table(OUTPUT_CHUNK)
+                            .unwrap()
+                            .insert((5, 3), line.as_slice())
+                            .unwrap(),
+                    );
+                },
+                "task_output_chunks[5, 3]: task 5's output should go on at line 2",
+            ),
+            (
+                "an empty output chunk",
+                |tx| {
+                    let none: Vec<OutputLine> = Vec::new();
+                    drop(
+                        tx.open_table(OUTPUT_CHUNK)
+                            .unwrap()
+                            .insert((5, 2), codec::encode(&none).as_slice())
+                            .unwrap(),
+                    );
+                },
+                "task_output_chunks[5, 2]: undecodable record: an empty output chunk",
             ),
             (
                 "resource of a missing project",

@@ -16,6 +16,14 @@ const FORMAT_V1: u8 = 1;
 #[error("undecodable record: {0}")]
 pub struct CodecError(String);
 
+impl CodecError {
+    /// A record that decoded but breaks a rule of its shape.
+    #[must_use]
+    pub fn new(why: &str) -> Self {
+        CodecError(why.to_owned())
+    }
+}
+
 /// Encodes a record.
 ///
 /// # Panics

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::{Error, Result, codec, tables};
 
 /// The format version this binary writes, and the newest it can open.
-pub const CURRENT: u64 = 4;
+pub const CURRENT: u64 = 5;
 
 /// The `META` key holding the format version.
 pub const VERSION_KEY: &str = "schema_version";
@@ -62,6 +62,12 @@ pub const MIGRATIONS: &[Migration] = &[
         to: 4,
         name: "templates gain runner_tag and allow_ansible_vars_in_task; tasks gain runner_id",
         apply: v4::apply,
+    },
+    Migration {
+        to: 5,
+        name: "task output moves from one row per line (task_output) to chunks of lines \
+               (task_output_chunks)",
+        apply: v5::apply,
     },
 ];
 
@@ -358,6 +364,55 @@ mod v4 {
                 allow_ansible_vars_in_task: false,
             }
         }
+    }
+}
+
+/// Version 4 → 5: task output is stored in chunks of consecutive lines (`store::output`)
+/// instead of one row per line. The rows of `task_output` are read in key order; each task's
+/// run of consecutive lines becomes chunks as an append of those lines would make them (a gap
+/// in the numbers starts a new chunk, as it was), then `task_output` is deleted.
+mod v5 {
+    use redb::{ReadableTable, TableDefinition, TableError, WriteTransaction};
+
+    use super::{Result, codec, tables};
+    use crate::model::OutputLine;
+    use crate::store::output;
+
+    /// Version 4's output table: (task id, line number) → encoded [`OutputLine`] (frozen).
+    pub(super) const TASK_OUTPUT_V4: TableDefinition<(u64, u64), &[u8]> =
+        TableDefinition::new("task_output");
+
+    /// Lines gathered before they are written: bounds the migration's memory on any file.
+    const RUN: usize = 16 * output::CHUNK_LINES;
+
+    pub(super) fn apply(tx: &WriteTransaction) -> Result<()> {
+        let old = match tx.open_table(TASK_OUTPUT_V4) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut new = tx.open_table(tables::OUTPUT_CHUNK)?;
+        // The run being gathered: its task, its first line, its lines.
+        let mut run: (u64, u64, Vec<OutputLine>) = (0, 0, Vec::with_capacity(RUN));
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let (task, line) = k.value();
+            let (t, first, lines) = &mut run;
+            let follows = *t == task && *first + lines.len() as u64 == line;
+            if !lines.is_empty() && (!follows || lines.len() == RUN) {
+                output::insert_chunks(&mut new, *t, *first, lines)?;
+                lines.clear();
+            }
+            if lines.is_empty() {
+                (*t, *first) = (task, line);
+            }
+            lines.push(codec::decode(v.value())?);
+        }
+        let (t, first, lines) = &run;
+        output::insert_chunks(&mut new, *t, *first, lines)?;
+        drop((old, new));
+        tx.delete_table(TASK_OUTPUT_V4)?;
+        Ok(())
     }
 }
 
@@ -735,6 +790,65 @@ mod tests {
             (got.id, got.debug, got.version.as_deref(), got.sealed_secret),
             (8, true, Some("1.2"), vec![1, 2])
         );
+    }
+
+    /// A version-4 file's output (one row per line) becomes chunks: every line reads back
+    /// with its number and time, a long run is split, a gap in a task's numbers is kept, and
+    /// the old table is gone.
+    #[test]
+    fn version_5_moves_output_lines_into_chunks() {
+        use crate::model::OutputLine;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.redb");
+        let line = |task: u64, n: u64| OutputLine {
+            time_us: i64::try_from(task * 100_000 + n).unwrap(),
+            text: format!("task {task} line {n}"),
+        };
+        // Task 3: 600 lines; task 4: lines 0-4 and 10-11 (a gap); task 7: one line.
+        let rows: Vec<(u64, u64)> = (0..600)
+            .map(|n| (3, n))
+            .chain((0..5).chain(10..12).map(|n| (4, n)))
+            .chain([(7, 0)])
+            .collect();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(tables::META)
+                .unwrap()
+                .insert(VERSION_KEY, 4)
+                .unwrap();
+            let mut old = tx.open_table(v5::TASK_OUTPUT_V4).unwrap();
+            for &(task, n) in &rows {
+                old.insert((task, n), codec::encode(&line(task, n)).as_slice())
+                    .unwrap();
+            }
+            drop(old);
+            tx.commit().unwrap();
+        }
+        let db = open(&path, &Upgrade { backup: false }).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert!(matches!(
+            tx.open_table(v5::TASK_OUTPUT_V4),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+        let chunks = tx.open_table(tables::OUTPUT_CHUNK).unwrap();
+        let keys: Vec<(u64, u64)> = chunks
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect();
+        assert_eq!(keys, [(3, 0), (3, 256), (3, 512), (4, 0), (4, 10), (7, 0)]);
+        for task in [3, 4, 7] {
+            let got = crate::store::output::read(&chunks, task, 0, usize::MAX).unwrap();
+            let want: Vec<(u64, OutputLine)> = rows
+                .iter()
+                .filter(|r| r.0 == task)
+                .map(|&(t, n)| (n, line(t, n)))
+                .collect();
+            assert_eq!(got, want, "task {task}");
+        }
+        assert_eq!(crate::store::output::len(&chunks, 3).unwrap(), 600);
+        assert_eq!(crate::store::output::len(&chunks, 4).unwrap(), 12);
     }
 
     /// A record shape as an older release wrote it.

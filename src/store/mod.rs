@@ -32,6 +32,7 @@ pub mod integrations;
 pub mod migrate;
 pub mod options;
 pub mod outbox;
+pub mod output;
 pub mod projects;
 pub mod reseal;
 pub mod retention;
@@ -200,7 +201,7 @@ impl Store {
             tx.open_table(tables::PROJECT_EVENTID)?;
             tx.open_table(tables::TASKID_PROJECT)?;
             tx.open_table(tables::ACTIVE_TASK)?;
-            tx.open_table(tables::TASK_OUTPUT)?;
+            tx.open_table(tables::OUTPUT_CHUNK)?;
             tx.open_table(tables::TEMPLATE_TASK)?;
             tx.open_table(tables::PURGE_TASK)?;
             tx.open_table(tables::ALIASHASH_ALIAS)?;

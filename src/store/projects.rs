@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::tables::{
-    ACTIVE_TASK, EVENTID_EVENT, PROJECT_ENVIRONMENT, PROJECT_EVENTID, PROJECT_INVENTORY,
-    PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TASK, PROJECT_TEMPLATE, PROJECT_VIEW,
-    PROJECTID_PROJECT, PROJECTUSER_ROLE, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK, USERID_USER,
-    USERPROJECT,
+    ACTIVE_TASK, EVENTID_EVENT, OUTPUT_CHUNK, PROJECT_ENVIRONMENT, PROJECT_EVENTID,
+    PROJECT_INVENTORY, PROJECT_KEY, PROJECT_REPOSITORY, PROJECT_SCOPED, PROJECT_TASK,
+    PROJECT_TEMPLATE, PROJECT_VIEW, PROJECTID_PROJECT, PROJECTUSER_ROLE, TASKID_PROJECT,
+    TEMPLATE_TASK, USERID_USER, USERPROJECT,
 };
 use super::{Error, Result, Store, codec, next_id};
 use crate::model::{
@@ -321,7 +321,7 @@ fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) -> Result<()>
         .collect::<Result<_>>()?;
     let mut index = tx.open_table(TASKID_PROJECT)?;
     let mut active = tx.open_table(ACTIVE_TASK)?;
-    let mut output = tx.open_table(TASK_OUTPUT)?;
+    let mut output = tx.open_table(OUTPUT_CHUNK)?;
     tx.open_table(TEMPLATE_TASK)?
         .retain_in((project, 0, 0)..=(project, u64::MAX, u64::MAX), |_, ()| {
             false
@@ -329,7 +329,7 @@ fn forget_project_tasks(tx: &WriteTransaction, project: ProjectId) -> Result<()>
     for id in ids {
         index.remove(id)?;
         active.remove(id)?;
-        output.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+        super::output::delete(&mut output, id)?;
     }
     Ok(())
 }

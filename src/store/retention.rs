@@ -6,8 +6,9 @@
 //! 1. one transaction removes its row and its index rows (`tasks`, `task_projects`,
 //!    `tasks_by_template`) and records its id in `tasks_purging` (`PURGE_TASK`): from then on
 //!    the API no longer finds it, and template counts and `last_task` no longer include it;
-//! 2. its output rows go as range deletes over `task_output` keyed `(task id, line)`, at most
-//!    [`OUTPUT_BATCH`] rows per transaction; the id leaves `tasks_purging` with its last row.
+//! 2. its output goes as range deletes over `task_output_chunks` keyed `(task id, first line)`,
+//!    whole chunks of about [`OUTPUT_BATCH`] lines per transaction; the id leaves
+//!    `tasks_purging` with its last chunk.
 //!
 //! A crash between the steps leaves the id queued and the next sweep finishes the job (task ids
 //! are never reused, so the rows cannot be mistaken for a new task's). An unfinished task
@@ -19,15 +20,16 @@ use std::collections::HashSet;
 use redb::{Durability, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::tables::{
-    ACTIVE_TASK, EVENTID_EVENT, PROJECT_EVENTID, PROJECT_TASK, PURGE_TASK, TASK_OUTPUT,
+    ACTIVE_TASK, EVENTID_EVENT, OUTPUT_CHUNK, PROJECT_EVENTID, PROJECT_TASK, PURGE_TASK,
     TASKID_PROJECT, TEMPLATE_TASK,
 };
-use super::{Error, Result, Store, codec};
+use super::{Error, Result, Store, codec, output};
 use crate::model::{Event, ProjectId, Task, TaskId};
 
 /// Most tasks one transaction removes (rows and index rows only; output goes separately).
 pub const TASK_BATCH: usize = 128;
-/// Most output rows one transaction deletes.
+/// Output lines one transaction deletes (whole chunks: at least one, never past this
+/// unless a single chunk is larger).
 pub const OUTPUT_BATCH: u64 = 2048;
 /// Most events one transaction deletes.
 pub const EVENT_BATCH: usize = 2048;
@@ -217,50 +219,59 @@ impl Store {
         Ok(Batch { removed, more })
     }
 
-    /// Deletes up to [`OUTPUT_BATCH`] output rows of removed tasks (range deletes over
-    /// `task_output`, oldest task first); a task leaves the purge queue with its last row.
+    /// Deletes about [`OUTPUT_BATCH`] output lines of removed tasks (range deletes of whole
+    /// chunks over `task_output_chunks`, oldest task first; a batch ends before the chunk that
+    /// would pass the budget, except that it always takes one); a task leaves the purge queue
+    /// with its last chunk. `removed` counts lines.
     ///
     /// # Errors
     /// Storage failures only.
     pub fn purge_output(&self) -> Result<Batch> {
         self.write(BATCH_DURABILITY, |tx| {
             let mut purge = tx.open_table(PURGE_TASK)?;
-            let mut output = tx.open_table(TASK_OUTPUT)?;
+            let mut output = tx.open_table(OUTPUT_CHUNK)?;
             let queued: Vec<TaskId> = purge
                 .iter()?
                 .take(TASK_BATCH)
                 .map(|row| Ok::<_, Error>(row?.0.value()))
                 .collect::<Result<_>>()?;
             let mut left = OUTPUT_BATCH;
+            let mut removed = 0;
             let mut done = Vec::new();
             for id in queued {
                 if left == 0 {
                     break;
                 }
-                // The first `left` rows of this task: where the range delete ends.
-                let mut rows = 0;
-                let mut last = 0;
+                // The chunks that fit in `left`: where the range delete ends.
+                let mut lines = 0;
+                let mut last = None;
+                let mut whole = true;
                 for row in output.range((id, 0)..=(id, u64::MAX))? {
-                    if rows == left {
+                    let (k, v) = row?;
+                    // A chunk that does not decode still goes (`forge check` reports such).
+                    let n = output::decode_chunk(v.value()).map_or(1, |c| c.len() as u64);
+                    if (last.is_some() || removed > 0) && lines + n > left {
+                        whole = false;
                         break;
                     }
-                    last = row?.0.value().1;
-                    rows += 1;
+                    lines += n;
+                    last = Some(k.value().1);
                 }
-                if rows > 0 {
+                if let Some(last) = last {
                     output.retain_in((id, 0)..=(id, last), |_, _| false)?;
                 }
-                if rows < left {
+                if whole {
                     done.push(id);
                 }
-                left -= rows;
+                left = left.saturating_sub(lines);
+                removed += lines;
             }
             for id in &done {
                 purge.remove(id)?;
             }
             let more = !purge.is_empty()?;
             Ok(Batch {
-                removed: OUTPUT_BATCH - left,
+                removed,
                 more: more.then_some(()),
             })
         })

@@ -93,8 +93,11 @@ pub const ACTIVE_TASK: TableDefinition<TaskId, ()> = TableDefinition::new("activ
 /// (project id, template id, task id) → (): a template's tasks, newest last.
 pub const TEMPLATE_TASK: TableDefinition<(ProjectId, u64, TaskId), ()> =
     TableDefinition::new("tasks_by_template");
-/// (task id, line number from 0) → encoded [`crate::model::OutputLine`].
-pub const TASK_OUTPUT: TableDefinition<(TaskId, u64), &[u8]> = TableDefinition::new("task_output");
+/// (task id, number of the chunk's first line, from 0) → encoded `Vec<`[`crate::model::OutputLine`]`>`
+/// of consecutive lines (see `store::output`). Format 4 and older stored one line per row in
+/// `task_output`, a name never to be reused.
+pub const OUTPUT_CHUNK: TableDefinition<(TaskId, u64), &[u8]> =
+    TableDefinition::new("task_output_chunks");
 
 /// Task id → (): tasks removed by retention whose output rows are still being deleted, a
 /// bounded batch at a time (see `store::retention`). Ids are never reused.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::projects::{Resource, Tx, View};
-use super::tables::{ACTIVE_TASK, PROJECT_TASK, TASK_OUTPUT, TASKID_PROJECT, TEMPLATE_TASK};
+use super::tables::{ACTIVE_TASK, OUTPUT_CHUNK, PROJECT_TASK, TASKID_PROJECT, TEMPLATE_TASK};
 use super::{Error, Result, Store, codec};
 use crate::model::{OutputLine, ProjectId, Task, TaskId};
 
@@ -28,22 +28,6 @@ fn put_task(tx: &WriteTransaction, task: &Task) -> Result<()> {
         }
     } else {
         active.insert(task.id, ())?;
-    }
-    Ok(())
-}
-
-/// Inserts output lines `first..` of task `id`, encoding each into one reused buffer.
-fn insert_output(
-    tx: &WriteTransaction,
-    id: TaskId,
-    first: u64,
-    lines: &[OutputLine],
-) -> Result<()> {
-    let mut output = tx.open_table(TASK_OUTPUT)?;
-    let mut buf = Vec::with_capacity(128);
-    for (n, line) in (first..).zip(lines) {
-        codec::encode_into(line, &mut buf);
-        output.insert((id, n), buf.as_slice())?;
     }
     Ok(())
 }
@@ -98,10 +82,7 @@ impl Tx<'_> {
             task.template_id,
             task.id,
         ))?;
-        self.raw()
-            .open_table(TASK_OUTPUT)?
-            .retain_in((task.id, 0)..=(task.id, u64::MAX), |_, _| false)?;
-        Ok(())
+        super::output::delete(&mut self.raw().open_table(OUTPUT_CHUNK)?, task.id)
     }
 
     /// The tasks of template `template`, oldest first.
@@ -127,7 +108,7 @@ impl Tx<'_> {
     /// # Errors
     /// Storage failures only.
     pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
-        insert_output(self.raw(), id, first, lines)
+        super::output::append(self.raw(), id, first, lines)
     }
 }
 
@@ -234,7 +215,7 @@ impl Store {
     pub fn append_output(&self, id: TaskId, first: u64, lines: &[OutputLine]) -> Result<()> {
         let lines: Arc<[OutputLine]> = Arc::from(lines);
         self.write(Durability::Immediate, move |tx| {
-            insert_output(tx, id, first, &lines)
+            super::output::append(tx, id, first, &lines)
         })
     }
 
@@ -250,7 +231,7 @@ impl Store {
         lines: Arc<[OutputLine]>,
     ) -> Result<()> {
         self.write_async(Durability::Immediate, move |tx| {
-            insert_output(tx, id, first, &lines)
+            super::output::append(tx, id, first, &lines)
         })
         .await
     }
@@ -261,15 +242,7 @@ impl Store {
     /// Storage failures only.
     pub fn output(&self, id: TaskId, offset: u64, limit: usize) -> Result<Vec<(u64, OutputLine)>> {
         let tx = self.read()?;
-        let output = tx.open_table(TASK_OUTPUT)?;
-        output
-            .range((id, offset)..=(id, u64::MAX))?
-            .take(limit)
-            .map(|row| {
-                let (k, v) = row?;
-                Ok((k.value().1, codec::decode(v.value())?))
-            })
-            .collect()
+        super::output::read(&tx.open_table(OUTPUT_CHUNK)?, id, offset, limit)
     }
 
     /// How many output lines task `id` has.
@@ -278,12 +251,7 @@ impl Store {
     /// Storage failures only.
     pub fn output_len(&self, id: TaskId) -> Result<u64> {
         let tx = self.read()?;
-        let output = tx.open_table(TASK_OUTPUT)?;
-        let last = output
-            .range((id, 0)..=(id, u64::MAX))?
-            .next_back()
-            .transpose()?;
-        Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
+        super::output::len(&tx.open_table(OUTPUT_CHUNK)?, id)
     }
 }
 
