@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Every fixture directory under `tests/fixtures/`, oldest first.
-const FIXTURES: &[&str] = &["v1", "v2", "v3", "v4"];
-/// The fixture written by a release of the current format (4: templates' runner tags, tasks'
-/// runners): it needs no migration, only the tables added since that release (made at start).
-const CURRENT_FORMAT_FIXTURE: Option<&str> = None;
+const FIXTURES: &[&str] = &["v1", "v2", "v3", "v4", "v5"];
+/// The fixture written by a release of the current format (5: task output in chunks): it needs
+/// no migration, only the tables added since that release (made at start).
+const CURRENT_FORMAT_FIXTURE: Option<&str> = Some("v5");
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
