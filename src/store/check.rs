@@ -1179,6 +1179,18 @@ mod tests {
         assert!(report.to_string().contains("no problems found"));
     }
 
+    /// Stores a chunk of `lines` lines "x" under `key`.
+    fn put_chunk(tx: &WriteTransaction, key: (u64, u64), lines: usize) {
+        let line = OutputLine {
+            time_us: 0,
+            text: "x".into(),
+        };
+        tx.open_table(OUTPUT_CHUNK)
+            .unwrap()
+            .insert(key, codec::encode(&vec![line; lines]).as_slice())
+            .unwrap();
+    }
+
     #[test]
     fn every_kind_of_damage_is_reported() {
         type Case = (&'static str, fn(&WriteTransaction), &'static str);
@@ -1265,47 +1277,17 @@ mod tests {
             ),
             (
                 "output of a missing task",
-                |tx| {
-                    let line = codec::encode(&vec![OutputLine {
-                        time_us: 0,
-                        text: "x".into(),
-                    }]);
-                    drop(
-                        tx.open_table(OUTPUT_CHUNK)
-                            .unwrap()
-                            .insert((99, 0), line.as_slice())
-                            .unwrap(),
-                    );
-                },
+                |tx| put_chunk(tx, (99, 0), 1),
                 "task_output: 1 line(s) of task 99, which does not exist",
             ),
             (
                 "a gap in a task's output",
-                |tx| {
-                    let line = codec::encode(&vec![OutputLine {
-                        time_us: 0,
-                        text: "x".into(),
-                    }]);
-                    drop(
-                        tx.open_table(OUTPUT_CHUNK)
-                            .unwrap()
-                            .insert((5, 3), line.as_slice())
-                            .unwrap(),
-                    );
-                },
+                |tx| put_chunk(tx, (5, 3), 1),
                 "task_output_chunks[5, 3]: task 5's output should go on at line 2",
             ),
             (
                 "an empty output chunk",
-                |tx| {
-                    let none: Vec<OutputLine> = Vec::new();
-                    drop(
-                        tx.open_table(OUTPUT_CHUNK)
-                            .unwrap()
-                            .insert((5, 2), codec::encode(&none).as_slice())
-                            .unwrap(),
-                    );
-                },
+                |tx| put_chunk(tx, (5, 2), 0),
                 "task_output_chunks[5, 2]: undecodable record: an empty output chunk",
             ),
             (
