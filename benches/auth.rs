@@ -117,8 +117,10 @@ fn bearer_fixture(rt: &Runtime) -> BearerFixture {
 // `Authorization: Bearer` pays one SHA-256, then the token's user as remembered since the last
 // access change (`token_user`), or, the first time after such a change, one redb read
 // transaction (token, then user: `token_user_uncached`), and no write. `header_to_user` adds
-// the header parsing the middleware does around it; `unknown` is a well-formed token that is
-// not stored, as a guessing client sends (never remembered).
+// the header parsing the middleware does around it; `own_view` is `GET /api/user`'s work on
+// top of `token_user` once its answer is kept beside the remembered user (TOTP on, so the
+// data generation is checked too); `unknown` is a well-formed token that is not stored, as a
+// guessing client sends (never remembered).
 fn bearer(c: &mut Criterion) {
     let rt = runtime();
     let fixture = OnceCell::new();
@@ -154,6 +156,21 @@ fn bearer(c: &mut Criterion) {
                 .await;
             assert!(matches!(auth, Ok(Auth::User(_))), "the header resolves");
             auth
+        });
+    });
+    group.bench_function("own_view", |b| {
+        let f = setup();
+        let services = &f.fx.services;
+        b.iter(|| {
+            let caller = services
+                .token_user(black_box(&f.token))
+                .expect("no storage failure")
+                .expect("the benched token resolves");
+            let view = services.own_view(&caller, |user, _| {
+                bytes::Bytes::from(format!("{{\"username\":\"{}\"}}", user.username))
+            });
+            assert!(view.is_ok(), "the answer renders");
+            view
         });
     });
     group.bench_function("unknown_token", |b| {

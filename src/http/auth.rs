@@ -1,12 +1,14 @@
 //! Our own auth middleware: sorts a request's credentials into [`Credentials`], resolves them to
 //! an [`Auth`], and matches that against what the route [`Need`]s.
 
+use std::sync::Arc;
+
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, COOKIE};
 
 use super::error::ApiError;
-use crate::model::{Permissions, User};
-use crate::service::Services;
+use crate::model::Permissions;
+use crate::service::{Caller, Services};
 
 /// Name of the session cookie (upstream's, so existing clients keep working).
 pub const SESSION_COOKIE: &str = "semaphore";
@@ -52,10 +54,10 @@ pub enum Auth {
     /// Credentials were sent but do not name a live session or token.
     Invalid,
     /// An authenticated user.
-    User(User),
+    User(Arc<Caller>),
     /// A password login of a user enrolled in two-factor login that has not verified a code
     /// yet: only [`Need::SecondFactor`] routes admit it.
-    Pending(User),
+    Pending(Arc<Caller>),
 }
 
 /// Parses an `Authorization` value: `Some(Ok(token))` for `Bearer <token>` (scheme in any case,
@@ -129,9 +131,9 @@ impl Credentials {
             Credentials::Bearer(token) => services.token_user(&token)?,
             Credentials::Session(id) => match services.session_user(&id).await? {
                 Some((u, hash)) if services.session_awaits_totp(&hash, u.id)? => {
-                    return Ok(Auth::Pending(u));
+                    return Ok(Auth::Pending(Arc::new(Caller::new(u))));
                 }
-                other => other.map(|(u, _)| u),
+                other => other.map(|(u, _)| Arc::new(Caller::new(u))),
             },
         };
         Ok(user.map_or(Auth::Invalid, Auth::User))
@@ -155,7 +157,7 @@ impl Need {
     /// # Errors
     /// 401 when credentials are missing or invalid, or name a session awaiting its second
     /// factor (outside the verify routes); 403 when an admin is needed.
-    pub fn admit(self, auth: Auth) -> Result<Option<User>, ApiError> {
+    pub fn admit(self, auth: Auth) -> Result<Option<Arc<Caller>>, ApiError> {
         match (self, auth) {
             (Need::Anonymous, Auth::User(u)) | (Need::SecondFactor, Auth::Pending(u)) => {
                 Ok(Some(u))
@@ -163,7 +165,9 @@ impl Need {
             (Need::Anonymous, _) => Ok(None),
             (_, Auth::Anonymous | Auth::Invalid) => Err(ApiError::Unauthorized),
             (_, Auth::Pending(_)) => Err(ApiError::SecondFactorRequired),
-            (Need::Admin | Need::Metrics, Auth::User(u)) if !u.admin => Err(ApiError::Forbidden),
+            (Need::Admin | Need::Metrics, Auth::User(u)) if !u.user().admin => {
+                Err(ApiError::Forbidden)
+            }
             (_, Auth::User(u)) => Ok(Some(u)),
         }
     }
@@ -172,6 +176,7 @@ impl Need {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::User;
     use proptest::prelude::*;
 
     #[test]
@@ -207,8 +212,8 @@ mod tests {
         assert_eq!(c(""), None);
     }
 
-    fn user(admin: bool) -> User {
-        User {
+    fn user(admin: bool) -> Arc<Caller> {
+        Arc::new(Caller::new(User {
             id: 1,
             created: 0,
             username: "u".into(),
@@ -218,7 +223,7 @@ mod tests {
             external: false,
             alert: false,
             password_hash: String::new(),
-        }
+        }))
     }
 
     #[test]

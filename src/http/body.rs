@@ -66,15 +66,21 @@ pub fn status(status: StatusCode) -> Response<Body> {
 /// A JSON response: `application/json`, the value, and a trailing newline as upstream sends.
 #[must_use]
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
-    // Serializing Forge's own response types cannot fail: they hold no maps with non-string
-    // keys and no failing Serialize impls.
-    let mut bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-    bytes.push(b'\n');
-    let mut res = Response::new(full(bytes));
+    let mut res = Response::new(full(json_bytes(value)));
     *res.status_mut() = status;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
+}
+
+/// The body [`json`] sends for `value`, to keep and answer with [`json_rendered`].
+#[must_use]
+pub fn json_bytes<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    // Serializing Forge's own response types cannot fail: they hold no maps with non-string
+    // keys and no failing Serialize impls.
+    let mut bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+    bytes.push(b'\n');
+    bytes.into()
 }
 
 /// A `200` JSON answer from bytes [`json`] rendered earlier (kept by `http::rendered`).

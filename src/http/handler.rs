@@ -14,6 +14,7 @@ use super::body::{self, Body};
 use super::error::ApiError;
 use crate::app::App;
 use crate::model::User;
+use crate::service::Caller;
 use crate::service::projects::Access;
 
 /// What a handler returns.
@@ -29,7 +30,7 @@ pub struct Req {
     /// The server's state.
     pub app: Arc<App>,
     /// The authenticated caller (always set on routes that need a user).
-    pub caller: Option<User>,
+    pub caller: Option<Arc<Caller>>,
     /// Path parameters, raw (see [`Req::param`]).
     pub params: Vec<(String, String)>,
     /// Request headers.
@@ -85,7 +86,15 @@ impl Req {
     /// # Errors
     /// 401 when the route let an anonymous caller through.
     pub fn user(&self) -> Result<&User, ApiError> {
-        self.caller.as_ref().ok_or(ApiError::Unauthorized)
+        self.caller().map(Caller::user)
+    }
+
+    /// The authenticated caller, with what is kept beside them (see [`Caller`]).
+    ///
+    /// # Errors
+    /// 401 when the route let an anonymous caller through.
+    pub fn caller(&self) -> Result<&Caller, ApiError> {
+        self.caller.as_deref().ok_or(ApiError::Unauthorized)
     }
 
     /// Path parameter `name`, percent-decoded.

@@ -70,7 +70,9 @@ impl LiveCaller {
         self.checked = Some(Instant::now());
         let user = match &self.credentials {
             Credentials::Session(id) => services.session_user_now(id),
-            Credentials::Bearer(token) => services.token_user(token),
+            Credentials::Bearer(token) => services
+                .token_user(token)
+                .map(|c| c.map(|c| c.user().clone())),
             Credentials::Missing | Credentials::Invalid => Ok(None),
         };
         let Ok(Some(user)) = user else {

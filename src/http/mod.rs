@@ -173,7 +173,7 @@ async fn dispatch(
                 .await?,
         )?,
     };
-    seen.user = caller.as_ref().map(|u| u.id);
+    seen.user = caller.as_ref().map(|c| c.user().id);
     let access = match (need, &caller) {
         (auth::Need::Project(permission), Some(user)) => {
             let project = params
@@ -182,7 +182,7 @@ async fn dispatch(
                 .and_then(|(_, v)| v.parse::<u64>().ok())
                 .filter(|&id| id > 0)
                 .ok_or_else(|| ApiError::BadRequest("Invalid project ID".into()))?;
-            Some(app.services.access(user, project, permission)?)
+            Some(app.services.access(user.user(), project, permission)?)
         }
         _ => None,
     };

@@ -5,14 +5,16 @@
 //! the secret (the attacker does not control the hash), so no separate constant-time compare
 //! of the raw value is needed.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Error, Result, Services, blocking};
-use crate::model::{ApiToken, SecretHash, Session, User};
+use super::{Caller, Error, Result, Services, blocking};
+use crate::model::{ApiToken, SecretHash, Session, User, UserTotp};
 use crate::store::NewEvent;
 
 /// Length of an API token: 32 random bytes, padded URL-safe base64, lower-cased (upstream's
@@ -202,18 +204,50 @@ impl Services {
     ///
     /// # Errors
     /// Storage failures only.
-    pub fn token_user(&self, token: &str) -> Result<Option<User>> {
+    pub fn token_user(&self, token: &str) -> Result<Option<Arc<Caller>>> {
         let hash = secret_hash(token);
         // Read before the store (see `store::writer::Generation`).
         let generation = self.store.writer_stats().access.current();
-        if let Some(user) = self.access_cache.token_user(&hash, generation) {
-            return Ok(Some(user));
+        if let Some(caller) = self.access_cache.token_user(&hash, generation) {
+            return Ok(Some(caller));
         }
-        let user = self.store.token_user(&hash)?;
-        if let Some(user) = &user {
-            self.access_cache.keep_token_user(hash, generation, user);
+        let Some(user) = self.store.token_user(&hash)? else {
+            return Ok(None);
+        };
+        let caller = Arc::new(Caller::new(user));
+        self.access_cache.keep_token_user(hash, generation, &caller);
+        Ok(Some(caller))
+    }
+
+    /// `caller`'s own `GET /api/user` answer: `render` of the user and, while TOTP is on,
+    /// their enrolment; kept beside `caller` and given again while nothing it was rendered
+    /// from has changed. The user is current as long as `caller` is (a remembered token user
+    /// is dropped on any access change; a session's is read for each request). The enrolment
+    /// is not access data, so with TOTP on the answer is kept for the data generation read
+    /// before the enrolment (see `store::writer::Generation`): any commit renders it again.
+    ///
+    /// # Errors
+    /// Storage failures only.
+    pub fn own_view(
+        &self,
+        caller: &Caller,
+        render: impl FnOnce(&User, Option<UserTotp>) -> Bytes,
+    ) -> Result<Bytes> {
+        let generation = self
+            .totp_on()
+            .then(|| self.store.writer_stats().data.current());
+        if let Some(view) = caller.kept_view(generation) {
+            return Ok(view);
         }
-        Ok(user)
+        let user = caller.user();
+        let totp = if self.totp_on() {
+            self.totp_of_user(user, user.id)?
+        } else {
+            None
+        };
+        let view = render(user, totp);
+        caller.keep_view(generation, view.clone());
+        Ok(view)
     }
 
     /// Creates an API token for `user`; returns the token itself (shown once) and its record.

@@ -27,6 +27,7 @@ use crate::clock::ClockHandle;
 use crate::config::Config;
 use crate::store::{self, Store};
 
+pub use access_cache::Caller;
 pub use auth::LoginClient;
 pub use users::{NewUserInput, UserUpdate};
 

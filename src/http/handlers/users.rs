@@ -62,23 +62,22 @@ struct UserSummary<'a> {
     name: &'a str,
 }
 
-/// `GET /api/user`: the caller, plus `can_create_project` and, when enabled, `totp`.
+/// `GET /api/user`: the caller, plus `can_create_project` and, when enabled, `totp`. The
+/// answer is kept beside the caller while nothing it shows has changed
+/// (`Services::own_view`).
 pub async fn current(req: Req) -> HandlerResult {
-    let user = req.user()?;
-    let mut view = UserView::new(user);
-    view.can_create_project = Some(user.admin || req.app.services.non_admin_can_create_project());
-    if req.app.services.totp_on() {
-        view.totp = req
-            .app
-            .services
-            .totp_of_user(user, user.id)?
-            .map(|t| TotpSummary {
-                id: t.id,
-                user_id: t.user_id,
-                created: rfc3339(t.created),
-            });
-    }
-    Ok(body::json(StatusCode::OK, &view))
+    let services = &req.app.services;
+    let view = services.own_view(req.caller()?, |user, totp| {
+        let mut view = UserView::new(user);
+        view.can_create_project = Some(user.admin || services.non_admin_can_create_project());
+        view.totp = totp.map(|t| TotpSummary {
+            id: t.id,
+            user_id: t.user_id,
+            created: rfc3339(t.created),
+        });
+        body::json_bytes(&view)
+    })?;
+    Ok(body::json_rendered(view))
 }
 
 /// `GET /api/users`: admins get full users, others `{id, username, name}` of everyone.
