@@ -134,7 +134,12 @@ fn main() {
     let runs = if full { 5 } else { 1 };
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
-        .join(format!("startup-bench-{tasks}.redb"));
+        // Named by format too: a file of an older format would be upgraded (copied and
+        // migrated) at every start, which is not what a restart costs.
+        .join(format!(
+            "startup-bench-{tasks}-v{}.redb",
+            forge::store::migrate::CURRENT
+        ));
     if !cache.exists() {
         let building = cache.with_extension("building");
         let _ = std::fs::remove_file(&building);
