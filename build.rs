@@ -16,6 +16,17 @@ fn main() {
     stamp();
     swagger_ui();
     documents();
+    link_order();
+}
+
+/// The forge binary is linked through `.cargo/forge-linker`, which lays its code out in the
+/// order `.cargo/link-order.txt` gives: cargo does not know about either, so a change to them
+/// or to the wrapper's settings must link again.
+fn link_order() {
+    println!("cargo:rerun-if-changed=.cargo/link-order.txt");
+    println!("cargo:rerun-if-changed=.cargo/forge-linker");
+    println!("cargo:rerun-if-env-changed=FORGE_LINK_ORDER");
+    println!("cargo:rerun-if-env-changed=FORGE_LINK_MAP");
 }
 
 /// The API documents (`docs/`), gzipped: the Postman collection is ~1 MB of JSON that

@@ -9,8 +9,19 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 # ring (rustls, for alerts over HTTPS and SMTP) compiles C and assembly for the target: musl-gcc
 # from Debian's musl-tools (.ci/install-tools.sh installs it).
 export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
-cargo build --release --target "$target" --quiet
+# The linker map says how much of .cargo/link-order.txt this build found (a stale list, after
+# a dependency or compiler update, costs idle memory: benches/link-order.sh regenerates it).
+map="$PWD/target/$target/release/forge.map"
+FORGE_LINK_MAP="$map" cargo build --release --target "$target" --quiet
 bin="target/$target/release/forge"
+mine() { awk -v t="$target" '/^#/ { here = ($2 == t); next } here' .cargo/link-order.txt | sort -u; }
+in_map() {
+  { grep -o ':(\.text\.[^)]*)' "$map" | sed -E 's/^:\(\.text\.((unlikely|hot|startup|exit)\.)?//; s/\)$//'
+    awk 'NF == 5 { print $5 }' "$map"; } | sort -u
+}
+listed=$(mine | wc -l)
+found=$(comm -12 <(mine) <(in_map) | wc -l)
+echo "static build: link order: $found of the $listed functions .cargo/link-order.txt lists for $target are in this build"
 
 description=$(file -b "$bin")
 echo "static build: $description"
